@@ -1,0 +1,272 @@
+//! Owned packet buffers and fixed-size bursts of them.
+
+use std::ptr::NonNull;
+
+use crate::sys;
+
+/// The largest burst a [`MbufBurst`] holds (DPDK's own examples use 32 to 64).
+pub const MAX_BURST: usize = 256;
+
+/// One owned mbuf (single segment as l4lb receives them). Dropping it returns it to its pool;
+/// handing it to a tx burst or a ring gives it away.
+#[derive(Debug)]
+pub struct Mbuf {
+    raw: NonNull<sys::rte_mbuf>,
+}
+
+// SAFETY: an Mbuf is uniquely owned; mbufs are handed between lcores by design (rings, tx).
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// # Safety
+    /// `raw` must be a valid mbuf that the caller owns and gives to the new `Mbuf`.
+    pub(crate) unsafe fn from_raw(raw: NonNull<sys::rte_mbuf>) -> Mbuf {
+        Mbuf { raw }
+    }
+
+    pub(crate) fn into_raw(self) -> *mut sys::rte_mbuf {
+        let p = self.raw.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
+    /// The bytes of the first (in l4lb, only) segment.
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: the mbuf is valid and owned; mtod and data_len describe its initialised bytes.
+        unsafe { segment(self.raw.as_ptr()) }
+    }
+
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in data(); &mut self makes the borrow unique.
+        unsafe { segment_mut(self.raw.as_ptr()) }
+    }
+
+    pub fn pkt_len(&self) -> u32 {
+        // SAFETY: the mbuf is valid.
+        unsafe { sys::l4lb_pktmbuf_pkt_len(self.raw.as_ptr()) }
+    }
+
+    pub fn headroom(&self) -> u16 {
+        // SAFETY: the mbuf is valid.
+        unsafe { sys::l4lb_pktmbuf_headroom(self.raw.as_ptr()) }
+    }
+
+    pub fn tailroom(&self) -> u16 {
+        // SAFETY: the mbuf is valid.
+        unsafe { sys::l4lb_pktmbuf_tailroom(self.raw.as_ptr()) }
+    }
+
+    /// Grows the packet at the end by `len` bytes and returns them (uninitialised content is
+    /// whatever the buffer held; callers write it), or `None` without change if there is no room.
+    pub fn append(&mut self, len: u16) -> Option<&mut [u8]> {
+        // SAFETY: the mbuf is valid; DPDK returns NULL and changes nothing when there is no room.
+        let p = unsafe { sys::l4lb_pktmbuf_append(self.raw.as_ptr(), len) };
+        // SAFETY: a non-null p points at `len` bytes inside this mbuf's buffer.
+        (!p.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len as usize) })
+    }
+
+    /// Grows the packet at the front by `len` bytes (taken from the headroom) and returns them.
+    pub fn prepend(&mut self, len: u16) -> Option<&mut [u8]> {
+        // SAFETY: as in append().
+        let p = unsafe { sys::l4lb_pktmbuf_prepend(self.raw.as_ptr(), len) };
+        // SAFETY: a non-null p points at `len` bytes at the new start of data.
+        (!p.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len as usize) })
+    }
+
+    /// Removes `len` bytes from the front; false (and no change) if the packet is shorter.
+    pub fn adj(&mut self, len: u16) -> bool {
+        // SAFETY: the mbuf is valid; DPDK checks the length.
+        !unsafe { sys::l4lb_pktmbuf_adj(self.raw.as_ptr(), len) }.is_null()
+    }
+
+    /// Removes `len` bytes from the end; false (and no change) if the packet is shorter.
+    pub fn trim(&mut self, len: u16) -> bool {
+        // SAFETY: the mbuf is valid; DPDK checks the length.
+        unsafe { sys::l4lb_pktmbuf_trim(self.raw.as_ptr(), len) == 0 }
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf and give it back exactly once.
+        unsafe { sys::l4lb_pktmbuf_free(self.raw.as_ptr()) }
+    }
+}
+
+/// # Safety
+/// `m` must be a valid mbuf not mutably borrowed elsewhere for the returned lifetime.
+unsafe fn segment<'a>(m: *mut sys::rte_mbuf) -> &'a [u8] {
+    // SAFETY: per the caller's contract, mtod points at data_len initialised bytes.
+    unsafe {
+        std::slice::from_raw_parts(
+            sys::l4lb_pktmbuf_mtod(m).cast::<u8>(),
+            sys::l4lb_pktmbuf_data_len(m) as usize,
+        )
+    }
+}
+
+/// # Safety
+/// `m` must be a valid mbuf not borrowed elsewhere for the returned lifetime.
+unsafe fn segment_mut<'a>(m: *mut sys::rte_mbuf) -> &'a mut [u8] {
+    // SAFETY: per the caller's contract, mtod points at data_len initialised bytes.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            sys::l4lb_pktmbuf_mtod(m).cast::<u8>(),
+            sys::l4lb_pktmbuf_data_len(m) as usize,
+        )
+    }
+}
+
+/// Up to [`MAX_BURST`] owned mbufs in a fixed array: what rx fills, tx drains and rings carry,
+/// without allocating. Dropping or [`clear`](MbufBurst::clear)ing frees what is left, in bulk.
+pub struct MbufBurst {
+    len: usize,
+    ptrs: [*mut sys::rte_mbuf; MAX_BURST],
+}
+
+// SAFETY: the burst owns its mbufs uniquely; mbufs may move between lcores.
+unsafe impl Send for MbufBurst {}
+
+impl Default for MbufBurst {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MbufBurst {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MbufBurst").field("len", &self.len).finish()
+    }
+}
+
+impl MbufBurst {
+    pub const fn new() -> Self {
+        MbufBurst {
+            len: 0,
+            ptrs: [std::ptr::null_mut(); MAX_BURST],
+        }
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.len == MAX_BURST
+    }
+
+    /// Adds an mbuf at the end, or gives it back when the burst is full.
+    #[inline]
+    pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
+        if self.is_full() {
+            return Err(m);
+        }
+        self.ptrs[self.len] = m.into_raw();
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Moves the `i`-th mbuf out; the last one takes its place (order is not kept).
+    pub fn swap_remove(&mut self, i: usize) -> Mbuf {
+        assert!(i < self.len, "index {i} out of a burst of {}", self.len);
+        let p = self.ptrs[i];
+        self.len -= 1;
+        self.ptrs[i] = self.ptrs[self.len];
+        // SAFETY: p was owned by the burst and is no longer listed in it.
+        unsafe { Mbuf::from_raw(NonNull::new_unchecked(p)) }
+    }
+
+    /// The packet bytes of the `i`-th mbuf.
+    #[inline]
+    pub fn data(&self, i: usize) -> &[u8] {
+        // SAFETY: every pointer below len is a valid owned mbuf; &self prevents mutation.
+        unsafe { segment(self.ptrs[..self.len][i]) }
+    }
+
+    #[inline]
+    pub fn data_mut(&mut self, i: usize) -> &mut [u8] {
+        // SAFETY: as in data(); &mut self makes the borrow unique.
+        unsafe { segment_mut(self.ptrs[..self.len][i]) }
+    }
+
+    #[inline]
+    pub fn pkt_len(&self, i: usize) -> u32 {
+        // SAFETY: every pointer below len is a valid owned mbuf.
+        unsafe { sys::l4lb_pktmbuf_pkt_len(self.ptrs[..self.len][i]) }
+    }
+
+    /// Total packet bytes in the burst.
+    pub fn bytes(&self) -> u64 {
+        (0..self.len).map(|i| u64::from(self.pkt_len(i))).sum()
+    }
+
+    /// Frees every mbuf in one bulk call.
+    #[inline]
+    pub fn clear(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the first len pointers are valid mbufs owned by the burst; after this call
+            // the burst lists none of them.
+            unsafe { sys::rte_pktmbuf_free_bulk(self.ptrs.as_mut_ptr(), self.len as u32) };
+            self.len = 0;
+        }
+    }
+
+    /// Room left, and where DPDK may write that many new mbuf pointers.
+    pub(crate) fn spare(&mut self) -> (*mut *mut sys::rte_mbuf, usize) {
+        // SAFETY: len <= MAX_BURST, so the offset stays inside (or one past) the array.
+        (
+            unsafe { self.ptrs.as_mut_ptr().add(self.len) },
+            MAX_BURST - self.len,
+        )
+    }
+
+    /// Records that DPDK wrote `n` new mbufs after the current ones.
+    ///
+    /// # Safety
+    /// The `n` pointers after `len` must be valid mbufs now owned by the burst.
+    pub(crate) unsafe fn extend_by(&mut self, n: usize) {
+        debug_assert!(self.len + n <= MAX_BURST);
+        self.len += n;
+    }
+
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut *mut sys::rte_mbuf {
+        self.ptrs.as_mut_ptr()
+    }
+
+    /// Forgets the first `n` mbufs (they were handed to DPDK) and moves the rest to the front.
+    pub(crate) fn consume_front(&mut self, n: usize) {
+        debug_assert!(n <= self.len);
+        self.ptrs.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+}
+
+impl Drop for MbufBurst {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_burst_frees_nothing_and_reports_no_bytes() {
+        // No EAL needed: nothing is touched while the burst is empty.
+        let mut b = MbufBurst::new();
+        assert!(b.is_empty());
+        assert_eq!(b.bytes(), 0);
+        b.clear();
+        assert_eq!(b.spare().1, MAX_BURST);
+    }
+}
