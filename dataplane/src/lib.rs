@@ -1,1 +1,8 @@
+//! Everything per packet. The logic works on byte slices and plain structs (no DPDK types), so
+//! it unit-tests, fuzzes and benchmarks without EAL; `lcore` glues it to dpdk-rs bursts.
 #![deny(unsafe_code)]
+
+pub mod addr;
+pub mod counters;
+pub mod lcore;
+pub mod service;

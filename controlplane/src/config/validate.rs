@@ -1,0 +1,392 @@
+//! From the file as written to a [`Model`], or every reason why not, each naming its field.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use super::FieldError;
+use super::file::{BackendSpec, ConfigFile, ServiceSpec};
+use super::model::*;
+
+/// The largest burst the dataplane's fixed arrays hold.
+pub const MAX_BURST: u32 = dataplane::lcore::MAX_BURST as u32;
+/// Backend weights, as ipvsadm takes them (0 = no new flows).
+pub const MAX_WEIGHT: u32 = 65535;
+/// Maglev tables larger than this take too long to build and too much memory per service.
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 16_777_213; // the largest prime below 2^24
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Parses with `parse`; on failure records the error under `field` and returns None.
+    fn parse<T>(&mut self, field: impl Into<String>, r: Result<T, String>) -> Option<T> {
+        r.map_err(|m| self.add(field, m)).ok()
+    }
+}
+
+fn ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn check_id(errors: &mut Errors, field: String, id: &str) {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || id.len() > 64 || !id.chars().all(ok_char) {
+        errors.add(
+            field,
+            format!("{id:?} is not a valid id (1 to 64 of A-Z a-z 0-9 - _ .)"),
+        );
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d: &u32| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
+/// Validates a whole configuration file. All errors are reported, not just the first.
+pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
+    let mut e = Errors(Vec::new());
+
+    let d = &f.dpdk;
+    if !(1..=MAX_BURST).contains(&d.burst) {
+        e.add(
+            "dpdk.burst",
+            format!("{} is not from 1 to {MAX_BURST}", d.burst),
+        );
+    }
+    if d.flow_capacity == 0 {
+        e.add("dpdk.flow_capacity", "must be at least 1");
+    }
+    for (name, v) in [("dpdk.rx_desc", d.rx_desc), ("dpdk.tx_desc", d.tx_desc)] {
+        if !(32..=32768).contains(&v) {
+            e.add(name, format!("{v} is not from 32 to 32768"));
+        }
+    }
+    if d.idle_sleep_us > 1_000_000 {
+        e.add(
+            "dpdk.idle_sleep_us",
+            format!("{} is more than a second (1000000)", d.idle_sleep_us),
+        );
+    }
+
+    let t = &f.timeouts;
+    for (name, v) in [
+        ("timeouts.tcp_established", t.tcp_established),
+        ("timeouts.tcp_syn", t.tcp_syn),
+        ("timeouts.tcp_fin", t.tcp_fin),
+        ("timeouts.tcp_close", t.tcp_close),
+        ("timeouts.udp", t.udp),
+    ] {
+        if v == 0 {
+            e.add(name, "must be at least 1 second");
+        }
+    }
+
+    let mut interfaces = Vec::new();
+    let mut ports_seen: HashMap<u16, usize> = HashMap::new();
+    let mut our_addresses: HashMap<IpAddr, String> = HashMap::new();
+    if f.interfaces.is_empty() {
+        e.add(
+            "interfaces",
+            "at least one [[interfaces]] entry (a DPDK port) is needed",
+        );
+    }
+    for (i, itf) in f.interfaces.iter().enumerate() {
+        if let Some(first) = ports_seen.insert(itf.port, i) {
+            e.add(
+                format!("interfaces[{i}].port"),
+                format!("port {} is already interfaces[{first}]", itf.port),
+            );
+        }
+        if !(576..=9216).contains(&itf.mtu) {
+            e.add(
+                format!("interfaces[{i}].mtu"),
+                format!("{} is not from 576 to 9216", itf.mtu),
+            );
+        }
+        let mut addresses = Vec::new();
+        for (j, a) in itf.addresses.iter().enumerate() {
+            let field = format!("interfaces[{i}].addresses[{j}]");
+            if let Some(p) = e.parse(field.clone(), a.parse::<IpPrefix>()) {
+                if let Some(other) = our_addresses.insert(p.addr, field.clone()) {
+                    e.add(field, format!("{} is already {other}", p.addr));
+                }
+                addresses.push(p);
+            }
+        }
+        interfaces.push(Interface {
+            port: itf.port,
+            addresses,
+            mtu: itf.mtu,
+        });
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in f.routes.iter().enumerate() {
+        let prefix = e.parse(format!("routes[{i}].prefix"), r.prefix.parse::<IpPrefix>());
+        let via = e.parse(format!("routes[{i}].via"), ip(&r.via));
+        if let Some(p) = prefix
+            && p.network() != p
+        {
+            e.add(
+                format!("routes[{i}].prefix"),
+                format!("{p} has host bits set (did you mean {}?)", p.network()),
+            );
+        }
+        if let (Some(prefix), Some(via)) = (prefix, via) {
+            if prefix.addr.is_ipv4() != via.is_ipv4() {
+                e.add(
+                    format!("routes[{i}].via"),
+                    format!(
+                        "{via} is {}, the prefix {prefix} is {}",
+                        family(via),
+                        family(prefix.addr)
+                    ),
+                );
+            }
+            routes.push(Route { prefix, via });
+        }
+    }
+
+    let mut neighbors = Vec::new();
+    let mut neighbor_seen: HashMap<IpAddr, usize> = HashMap::new();
+    for (i, n) in f.neighbors.iter().enumerate() {
+        let address = e.parse(format!("neighbors[{i}].address"), ip(&n.address));
+        let mac = e.parse(format!("neighbors[{i}].mac"), n.mac.parse::<MacAddr>());
+        if let Some(a) = address
+            && let Some(first) = neighbor_seen.insert(a, i)
+        {
+            e.add(
+                format!("neighbors[{i}].address"),
+                format!("{a} is already neighbors[{first}]"),
+            );
+        }
+        if let Some(m) = mac
+            && m.is_multicast()
+        {
+            e.add(
+                format!("neighbors[{i}].mac"),
+                format!("{m} is a multicast address"),
+            );
+        }
+        if let (Some(address), Some(mac)) = (address, mac) {
+            neighbors.push(Neighbor { address, mac });
+        }
+    }
+
+    let listen = e.parse(
+        "api.listen",
+        f.api.listen.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{:?} is not an address:port (like 127.0.0.1:9180)",
+                f.api.listen
+            )
+        }),
+    );
+
+    let services = validate_services(&mut e, &f.services, "services");
+
+    if !e.0.is_empty() {
+        return Err(e.0);
+    }
+    Ok(Model {
+        dpdk: DpdkSettings {
+            eal_args: d.eal_args.clone(),
+            burst: d.burst as usize,
+            idle_sleep_us: d.idle_sleep_us,
+            flow_capacity: d.flow_capacity,
+            rx_desc: d.rx_desc,
+            tx_desc: d.tx_desc,
+        },
+        timeouts: Timeouts {
+            tcp_established: t.tcp_established,
+            tcp_syn: t.tcp_syn,
+            tcp_fin: t.tcp_fin,
+            tcp_close: t.tcp_close,
+            udp: t.udp,
+        },
+        interfaces,
+        routes,
+        neighbors,
+        api: ApiSettings {
+            listen: listen.expect("no errors, so it parsed"),
+            token: Some(f.api.token.clone()).filter(|t| !t.is_empty()),
+            state_file: Some(PathBuf::from(&f.api.state_file))
+                .filter(|p| !p.as_os_str().is_empty()),
+        },
+        services: services.expect("no errors, so every service parsed"),
+    })
+}
+
+/// Validates a list of services (the file's, or the API's whole new set) under `path`.
+fn validate_services(e: &mut Errors, specs: &[ServiceSpec], path: &str) -> Option<Vec<Service>> {
+    let before = e.0.len();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut endpoints: HashMap<(Protocol, IpAddr, u16), usize> = HashMap::new();
+    let mut services = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        check_id(e, format!("{at}.id"), &s.id);
+        if let Some(first) = ids.insert(&s.id, i) {
+            e.add(
+                format!("{at}.id"),
+                format!("duplicate service id {:?} (also {path}[{first}])", s.id),
+            );
+        }
+        let protocol = e.parse(
+            format!("{at}.protocol"),
+            s.protocol.parse::<Protocol>().map_err(|x| x.to_string()),
+        );
+        let vip = e.parse(format!("{at}.vip"), ip(&s.vip));
+        if s.port == 0 {
+            e.add(format!("{at}.port"), "0 is not a port (1 to 65535)");
+        }
+        let scheduler = e.parse(
+            format!("{at}.scheduler"),
+            s.scheduler
+                .parse::<SchedulerKind>()
+                .map_err(|x| x.to_string()),
+        );
+        let forwarding = e.parse(
+            format!("{at}.forwarding"),
+            s.forwarding
+                .parse::<ForwardingMode>()
+                .map_err(|x| x.to_string()),
+        );
+        let m = s.maglev_table_size;
+        if !is_prime(m) || m > MAX_MAGLEV_TABLE_SIZE || (m as usize) < s.backends.len() {
+            e.add(
+                format!("{at}.maglev_table_size"),
+                format!("{m} is not a prime from the number of backends to {MAX_MAGLEV_TABLE_SIZE} (Maglev needs M prime; 65537 is the default)"),
+            );
+        }
+        if let (Some(protocol), Some(vip)) = (protocol, vip)
+            && s.port != 0
+            && let Some(first) = endpoints.insert((protocol, vip, s.port), i)
+        {
+            e.add(
+                at.clone(),
+                format!(
+                    "{protocol} {vip} port {} is already {path}[{first}] ({:?})",
+                    s.port, specs[first].id
+                ),
+            );
+        }
+        let backends = validate_backends(e, &s.backends, &at, vip, s.port, forwarding);
+        if let (Some(protocol), Some(vip), Some(scheduler), Some(forwarding), Some(backends)) =
+            (protocol, vip, scheduler, forwarding, backends)
+        {
+            services.push(Service {
+                id: s.id.clone(),
+                protocol,
+                vip,
+                port: s.port,
+                scheduler,
+                forwarding,
+                maglev_table_size: m,
+                backends,
+            });
+        }
+    }
+    (e.0.len() == before).then_some(services)
+}
+
+fn validate_backends(
+    e: &mut Errors,
+    specs: &[BackendSpec],
+    service_at: &str,
+    vip: Option<IpAddr>,
+    service_port: u16,
+    forwarding: Option<ForwardingMode>,
+) -> Option<Vec<Backend>> {
+    let before = e.0.len();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut endpoints: HashMap<(IpAddr, u16), usize> = HashMap::new();
+    let mut backends = Vec::new();
+    for (j, b) in specs.iter().enumerate() {
+        let at = format!("{service_at}.backends[{j}]");
+        check_id(e, format!("{at}.id"), &b.id);
+        if let Some(first) = ids.insert(&b.id, j) {
+            e.add(
+                format!("{at}.id"),
+                format!(
+                    "duplicate backend id {:?} (also {service_at}.backends[{first}])",
+                    b.id
+                ),
+            );
+        }
+        let address = e.parse(format!("{at}.address"), ip(&b.address));
+        if let (Some(a), Some(v)) = (address, vip) {
+            if a.is_ipv4() != v.is_ipv4() {
+                e.add(
+                    format!("{at}.address"),
+                    format!(
+                        "{a} is {}, the service's vip {v} is {}",
+                        family(a),
+                        family(v)
+                    ),
+                );
+            } else if a == v {
+                e.add(
+                    format!("{at}.address"),
+                    format!("{a} is the service's own vip"),
+                );
+            }
+        }
+        let port = b.port.unwrap_or(service_port);
+        // An inherited 0 is the service's error, reported there.
+        if b.port == Some(0) {
+            e.add(format!("{at}.port"), "0 is not a port (1 to 65535)");
+        } else if b.port.is_some()
+            && port != service_port
+            && let Some(mode @ (ForwardingMode::DirectRouting | ForwardingMode::Tunnel)) =
+                forwarding
+        {
+            e.add(
+                format!("{at}.port"),
+                format!("{port} differs from the service port {service_port}; {mode} forwarding cannot change ports (leave it out or use nat)"),
+            );
+        }
+        if b.weight > MAX_WEIGHT {
+            e.add(
+                format!("{at}.weight"),
+                format!("{} is not from 0 to {MAX_WEIGHT}", b.weight),
+            );
+        }
+        if let Some(a) = address
+            && port != 0
+            && let Some(first) = endpoints.insert((a, port), j)
+        {
+            e.add(
+                at.clone(),
+                format!("{a} port {port} is already {service_at}.backends[{first}]"),
+            );
+        }
+        if let Some(address) = address {
+            backends.push(Backend {
+                id: b.id.clone(),
+                address,
+                port,
+                weight: b.weight,
+                enabled: b.enabled,
+            });
+        }
+    }
+    (e.0.len() == before).then_some(backends)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+use super::*;
+use crate::config::file::parse;
+
+const BASE: &str = r#"
+[[interfaces]]
+port = 0
+addresses = ["198.18.0.1/24", "2001:db8:1::1/64"]
+[[routes]]
+prefix = "0.0.0.0/0"
+via = "198.18.0.254"
+[[neighbors]]
+address = "198.18.0.10"
+mac = "02:00:00:00:00:0a"
+[[services]]
+id = "web"
+vip = "198.18.0.100"
+port = 80
+scheduler = "maglev"
+[[services.backends]]
+id = "web-1"
+address = "198.18.0.10"
+port = 8080
+[[services.backends]]
+id = "web-2"
+address = "198.18.0.11"
+weight = 3
+enabled = false
+[[services]]
+id = "dns6"
+protocol = "udp"
+vip = "2001:db8:1::53"
+port = 53
+forwarding = "dr"
+"#;
+
+fn check(text: &str) -> Result<Model, Vec<String>> {
+    let f = parse(text, []).map_err(|e| vec![e.to_string()])?;
+    validate(&f).map_err(|v| v.iter().map(ToString::to_string).collect())
+}
+
+/// BASE with `from` replaced by `to`; the replacement must apply.
+fn errors_of(from: &str, to: &str) -> Vec<String> {
+    assert!(BASE.contains(from), "BASE lacks {from:?}");
+    check(&BASE.replacen(from, to, 1)).expect_err("must be refused")
+}
+
+#[test]
+fn a_good_file_becomes_a_typed_model() {
+    let m = check(BASE).unwrap();
+    assert_eq!(m.interfaces[0].addresses[1].to_string(), "2001:db8:1::1/64");
+    assert_eq!(m.routes[0].via, "198.18.0.254".parse::<IpAddr>().unwrap());
+    assert_eq!(m.neighbors[0].mac.0, [2, 0, 0, 0, 0, 0x0a]);
+    let web = &m.services[0];
+    assert_eq!(
+        (web.protocol, web.scheduler, web.forwarding),
+        (Protocol::Tcp, SchedulerKind::Maglev, ForwardingMode::Nat)
+    );
+    assert_eq!(web.backends[0].port, 8080);
+    assert_eq!(
+        web.backends[1].port, 80,
+        "a backend's port defaults to the service's"
+    );
+    assert_eq!(
+        (web.backends[1].weight, web.backends[1].enabled),
+        (3, false)
+    );
+    assert_eq!(m.services[1].protocol, Protocol::Udp);
+    assert_eq!(
+        m.services[1].scheduler,
+        SchedulerKind::WeightedLeastConnection,
+        "ipvsadm's default"
+    );
+    assert_eq!(m.api.token, None);
+    assert_eq!(m.api.listen.to_string(), "127.0.0.1:9180");
+}
+
+#[test]
+fn duplicate_service_ids_and_endpoints_are_refused() {
+    assert_eq!(
+        errors_of("id = \"dns6\"", "id = \"web\""),
+        ["services[1].id: duplicate service id \"web\" (also services[0])"]
+    );
+    let dup = BASE.to_string() + "[[services]]\nid = \"web2\"\nvip = \"198.18.0.100\"\nport = 80\n";
+    assert_eq!(
+        check(&dup).unwrap_err(),
+        ["services[2]: tcp 198.18.0.100 port 80 is already services[0] (\"web\")"]
+    );
+    // The same VIP and port over another protocol is a different service.
+    let udp = BASE.to_string()
+        + "[[services]]\nid = \"web-udp\"\nprotocol = \"udp\"\nvip = \"198.18.0.100\"\nport = 80\n";
+    assert!(check(&udp).is_ok());
+    assert_eq!(
+        errors_of("id = \"web-2\"", "id = \"web-1\""),
+        [
+            "services[0].backends[1].id: duplicate backend id \"web-1\" (also services[0].backends[0])"
+        ]
+    );
+}
+
+#[test]
+fn bad_addresses_ports_and_families_name_their_field() {
+    assert_eq!(
+        errors_of("198.18.0.100", "198.18.0.300"),
+        ["services[0].vip: \"198.18.0.300\" is not an IP address"]
+    );
+    assert_eq!(
+        errors_of("port = 80\n", "port = 0\n"),
+        ["services[0].port: 0 is not a port (1 to 65535)"]
+    );
+    assert_eq!(
+        errors_of("port = 8080", "port = 0"),
+        ["services[0].backends[0].port: 0 is not a port (1 to 65535)"]
+    );
+    assert_eq!(
+        errors_of("address = \"198.18.0.11\"", "address = \"2001:db8:1::11\""),
+        [
+            "services[0].backends[1].address: 2001:db8:1::11 is IPv6, the service's vip 198.18.0.100 is IPv4"
+        ]
+    );
+    assert_eq!(
+        errors_of("address = \"198.18.0.11\"", "address = \"198.18.0.100\""),
+        ["services[0].backends[1].address: 198.18.0.100 is the service's own vip"]
+    );
+    assert_eq!(
+        errors_of("\"198.18.0.1/24\"", "\"198.18.0.1/40\""),
+        ["interfaces[0].addresses[0]: prefix length \"40\" is not a number from 0 to 32"]
+    );
+    assert_eq!(
+        errors_of("mac = \"02:00:00:00:00:0a\"", "mac = \"02:00:00\""),
+        [
+            "neighbors[0].mac: \"02:00:00\" is not a MAC address (six hex pairs, like 02:00:00:00:01:0a)"
+        ]
+    );
+    assert_eq!(
+        errors_of("via = \"198.18.0.254\"", "via = \"2001:db8::1\""),
+        ["routes[0].via: 2001:db8::1 is IPv6, the prefix 0.0.0.0/0 is IPv4"]
+    );
+    assert_eq!(
+        errors_of("prefix = \"0.0.0.0/0\"", "prefix = \"198.18.5.1/16\""),
+        ["routes[0].prefix: 198.18.5.1/16 has host bits set (did you mean 198.18.0.0/16?)"]
+    );
+}
+
+#[test]
+fn unknown_scheduler_and_forwarding_mode_list_the_choices() {
+    assert_eq!(
+        errors_of("scheduler = \"maglev\"", "scheduler = \"fastest\""),
+        [
+            "services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev"
+        ]
+    );
+    assert_eq!(
+        errors_of("forwarding = \"dr\"", "forwarding = \"dsr\""),
+        ["services[1].forwarding: \"dsr\" is not one of nat, dr, tun"]
+    );
+    assert_eq!(
+        errors_of("protocol = \"udp\"", "protocol = \"sctp\""),
+        ["services[1].protocol: \"sctp\" is not one of tcp, udp"]
+    );
+}
+
+#[test]
+fn dr_and_tun_cannot_change_the_port() {
+    let text = BASE.replacen(
+        "scheduler = \"maglev\"",
+        "scheduler = \"maglev\"\nforwarding = \"tun\"",
+        1,
+    );
+    assert_eq!(
+        check(&text).unwrap_err(),
+        [
+            "services[0].backends[0].port: 8080 differs from the service port 80; tun forwarding cannot change ports (leave it out or use nat)"
+        ]
+    );
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let text = BASE
+        .replacen("port = 80\n", "port = 0\n", 1)
+        .replacen("\"maglev\"", "\"fastest\"", 1)
+        .replacen("[dpdk]", "", 1)
+        + "[dpdk]\nburst = 0\n[timeouts]\nudp = 0\n";
+    let errs = check(&text).unwrap_err();
+    assert_eq!(
+        errs,
+        [
+            "dpdk.burst: 0 is not from 1 to 256",
+            "timeouts.udp: must be at least 1 second",
+            "services[0].port: 0 is not a port (1 to 65535)",
+            "services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev",
+        ]
+    );
+}
+
+#[test]
+fn settings_out_of_range_are_refused() {
+    let bad = |extra: &str| check(&(BASE.to_string() + extra)).unwrap_err();
+    assert_eq!(
+        bad("[api]\nlisten = \"localhost\"\n"),
+        ["api.listen: \"localhost\" is not an address:port (like 127.0.0.1:9180)"]
+    );
+    assert_eq!(
+        bad("[dpdk]\nrx_desc = 8\n"),
+        ["dpdk.rx_desc: 8 is not from 32 to 32768"]
+    );
+    let m = BASE.replacen(
+        "scheduler = \"maglev\"",
+        "scheduler = \"maglev\"\nmaglev_table_size = 65536",
+        1,
+    );
+    assert_eq!(
+        check(&m).unwrap_err(),
+        [
+            "services[0].maglev_table_size: 65536 is not a prime from the number of backends to 16777213 (Maglev needs M prime; 65537 is the default)"
+        ]
+    );
+    let w = BASE.replacen("weight = 3", "weight = 70000", 1);
+    assert_eq!(
+        check(&w).unwrap_err(),
+        ["services[0].backends[1].weight: 70000 is not from 0 to 65535"]
+    );
+    let no_itf = BASE.replacen(
+        "[[interfaces]]\nport = 0\naddresses = [\"198.18.0.1/24\", \"2001:db8:1::1/64\"]\n",
+        "",
+        1,
+    );
+    assert_eq!(
+        check(&no_itf).unwrap_err(),
+        ["interfaces: at least one [[interfaces]] entry (a DPDK port) is needed"]
+    );
+    let two = BASE.to_string() + "[[interfaces]]\nport = 0\naddresses = [\"198.18.0.1/24\"]\n";
+    assert_eq!(
+        check(&two).unwrap_err(),
+        [
+            "interfaces[1].port: port 0 is already interfaces[0]",
+            "interfaces[1].addresses[0]: 198.18.0.1 is already interfaces[0].addresses[0]"
+        ]
+    );
+}
+
+#[test]
+fn primes_are_primes() {
+    assert!(is_prime(65537) && is_prime(251) && is_prime(16_777_213) && is_prime(2));
+    assert!(!is_prime(65536) && !is_prime(1) && !is_prime(0) && !is_prime(65535));
+}

@@ -1,0 +1,163 @@
+//! Link and network addresses as the configuration writes them.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+
+    pub fn is_multicast(self) -> bool {
+        self.0[0] & 1 == 1
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+    /// `02:00:00:00:01:0a` (also with `-`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a MAC address (six hex pairs, like 02:00:00:00:01:0a)");
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for b in &mut out {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// An address with a prefix length: an interface address (`198.18.0.1/24`, host bits kept)
+/// or a route prefix (`0.0.0.0/0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl IpPrefix {
+    pub fn max_len(addr: IpAddr) -> u8 {
+        if addr.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// The prefix with host bits cleared.
+    pub fn network(self) -> IpPrefix {
+        IpPrefix {
+            addr: mask(self.addr, self.len),
+            len: self.len,
+        }
+    }
+
+    pub fn contains(self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.len) == mask(self.addr, self.len)
+    }
+}
+
+fn mask(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+impl FromStr for IpPrefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').ok_or_else(|| {
+            format!("{s:?} is not an address with a prefix length (like 198.18.0.1/24)")
+        })?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let max = IpPrefix::max_len(addr);
+        let len = l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("prefix length {l:?} is not a number from 0 to {max}"))?;
+        Ok(IpPrefix { addr, len })
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_print_and_refuse_junk() {
+        let m: MacAddr = "02:00:00:00:01:0A".parse().unwrap();
+        assert_eq!(m.0, [2, 0, 0, 0, 1, 0x0a]);
+        assert_eq!(m.to_string(), "02:00:00:00:01:0a");
+        for bad in [
+            "02:00:00:00:01",
+            "02:00:00:00:01:0a:00",
+            "2:0:0:0:1:a",
+            "zz:00:00:00:01:0a",
+            "",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        assert!(MacAddr::BROADCAST.is_multicast());
+        assert!(!m.is_multicast());
+    }
+
+    #[test]
+    fn prefixes_parse_mask_and_contain() {
+        let p: IpPrefix = "198.18.1.1/24".parse().unwrap();
+        assert_eq!(p.network().to_string(), "198.18.1.0/24");
+        assert!(p.contains("198.18.1.200".parse().unwrap()));
+        assert!(!p.contains("198.18.2.1".parse().unwrap()));
+        assert!(!p.contains("2001:db8::1".parse().unwrap()));
+        let any: IpPrefix = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("203.0.113.9".parse().unwrap()));
+        let v6: IpPrefix = "2001:db8:1::1/64".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::ffff".parse().unwrap()));
+        assert_eq!(
+            "198.18.0.1/33".parse::<IpPrefix>().unwrap_err(),
+            "prefix length \"33\" is not a number from 0 to 32"
+        );
+        assert!("198.18.0.1".parse::<IpPrefix>().is_err());
+        assert!("198.18.0.300/24".parse::<IpPrefix>().is_err());
+    }
+}

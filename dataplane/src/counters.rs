@@ -1,0 +1,95 @@
+//! Per-worker counters: each worker is the only writer of its own cache-line-aligned block, so
+//! an update is a plain load and store (no locked instruction); the control side sums all
+//! workers' blocks with relaxed loads whenever it likes.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One port's counters as one worker saw them.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct PortCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    /// Packets the worker had to free because the tx queue was full.
+    pub tx_dropped: Counter,
+}
+
+/// A counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker may call this (single writer: no read-modify-write race).
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A plain copy of one port's counters, summed over workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_dropped: u64,
+}
+
+/// Everything one worker counts; index `ports` by the interface's position in the config.
+#[derive(Debug)]
+pub struct WorkerCounters {
+    pub ports: Box<[PortCounters]>,
+}
+
+impl WorkerCounters {
+    pub fn new(ports: usize) -> Self {
+        WorkerCounters {
+            ports: (0..ports).map(|_| PortCounters::default()).collect(),
+        }
+    }
+}
+
+/// Sums the counters of port `index` over all workers.
+pub fn port_totals(workers: &[WorkerCounters], index: usize) -> PortTotals {
+    workers
+        .iter()
+        .map(|w| &w.ports[index])
+        .fold(PortTotals::default(), |t, c| PortTotals {
+            rx_packets: t.rx_packets + c.rx_packets.get(),
+            rx_bytes: t.rx_bytes + c.rx_bytes.get(),
+            tx_packets: t.tx_packets + c.tx_packets.get(),
+            tx_bytes: t.tx_bytes + c.tx_bytes.get(),
+            tx_dropped: t.tx_dropped + c.tx_dropped.get(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_every_worker_for_one_port() {
+        let workers = [WorkerCounters::new(2), WorkerCounters::new(2)];
+        workers[0].ports[1].rx_packets.add(3);
+        workers[1].ports[1].rx_packets.add(4);
+        workers[1].ports[1].rx_bytes.add(400);
+        workers[0].ports[0].rx_packets.add(100);
+        let t = port_totals(&workers, 1);
+        assert_eq!((t.rx_packets, t.rx_bytes, t.tx_packets), (7, 400, 0));
+        assert_eq!(port_totals(&workers, 0).rx_packets, 100);
+    }
+
+    #[test]
+    fn port_counters_fill_their_own_cache_line() {
+        assert_eq!(std::mem::align_of::<PortCounters>(), 64);
+        assert_eq!(std::mem::size_of::<PortCounters>() % 64, 0);
+    }
+}

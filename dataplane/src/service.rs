@@ -1,0 +1,129 @@
+//! What a service is, in the terms both the config and the packet path use.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The transport protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// How packets reach a backend (the LVS forwarding methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForwardingMode {
+    /// Destination (and on replies, source) address and port rewritten; l4lb is the gateway.
+    Nat,
+    /// Direct routing: only the destination MAC changes; backends hold the VIP themselves.
+    DirectRouting,
+    /// IP-in-IP (IPv6-in-IPv6) encapsulation to the backend, which answers the client directly.
+    Tunnel,
+}
+
+/// The scheduler that picks a backend for a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchedulerKind {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnection,
+    WeightedLeastConnection,
+    ShortestExpectedDelay,
+    NeverQueue,
+    SourceHash,
+    DestinationHash,
+    Maglev,
+}
+
+/// A name that did not parse, with the names that would have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    pub given: String,
+    pub expected: &'static [&'static str],
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not one of {}",
+            self.given,
+            self.expected.join(", ")
+        )
+    }
+}
+
+macro_rules! named {
+    ($ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+            pub fn name(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+        }
+        impl FromStr for $ty {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(UnknownName { given: s.to_string(), expected: Self::NAMES }),
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named!(Protocol { Tcp = "tcp", Udp = "udp" });
+named!(ForwardingMode { Nat = "nat", DirectRouting = "dr", Tunnel = "tun" });
+named!(SchedulerKind {
+    RoundRobin = "rr",
+    WeightedRoundRobin = "wrr",
+    LeastConnection = "lc",
+    WeightedLeastConnection = "wlc",
+    ShortestExpectedDelay = "sed",
+    NeverQueue = "nq",
+    SourceHash = "sh",
+    DestinationHash = "dh",
+    Maglev = "maglev",
+});
+
+impl Protocol {
+    /// The IP protocol number (IANA).
+    pub fn ip_number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_choices() {
+        for n in SchedulerKind::NAMES {
+            assert_eq!(n.parse::<SchedulerKind>().unwrap().name(), *n);
+        }
+        assert_eq!(
+            "dr".parse::<ForwardingMode>(),
+            Ok(ForwardingMode::DirectRouting)
+        );
+        let e = "fastest".parse::<SchedulerKind>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev"
+        );
+        assert_eq!(
+            "TCP".parse::<Protocol>().unwrap_err().expected,
+            &["tcp", "udp"]
+        );
+        assert_eq!(Protocol::Udp.ip_number(), 17);
+    }
+}

@@ -1,0 +1,225 @@
+//! The command line through the real binary: --version, --check on good and bad files.
+
+mod common;
+
+use std::path::Path;
+
+use common::l4lb;
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = l4lb()
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let prefix = format!("l4lb: {}: ", path.display());
+    (
+        out.status.code().unwrap_or(-1),
+        stderr.replace(&prefix, "FILE: "),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+fn default_conf() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/l4lb.toml")).unwrap()
+}
+
+/// conf/l4lb.toml with `from` replaced by `to` (which must apply).
+fn variant(from: &str, to: &str) -> String {
+    let conf = default_conf();
+    assert!(conf.contains(from), "conf/l4lb.toml lacks {from:?}");
+    conf.replacen(from, to, 1)
+}
+
+fn refused(text: &str) -> String {
+    let (code, stderr, stdout) = check(text);
+    assert_eq!(code, 2, "stderr: {stderr}");
+    assert_eq!(stdout, "");
+    stderr
+}
+
+const SECOND_SERVICE: &str =
+    "\n[[services]]\nid = \"dns\"\nprotocol = \"udp\"\nvip = \"198.18.0.53\"\nport = 53\n";
+
+#[test]
+fn version_names_the_crate_the_commit_and_dpdk() {
+    let out = l4lb().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap();
+    assert!(
+        first.starts_with(&format!("l4lb {} (git ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        "DPDK 22.11.11 (built against), DPDK 22.11.11 (running)"
+            .replace("22.11.11", &dpdk_version())
+    );
+}
+
+fn dpdk_version() -> String {
+    let out = std::process::Command::new("pkg-config")
+        .args(["--modversion", "libdpdk"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_the_embedded_default() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/l4lb.toml");
+    let out = l4lb()
+        .arg("--check")
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "{}: configuration is valid: 1 interface(s), 1 service(s), 2 backend(s)\n",
+            conf.display()
+        )
+    );
+    let out = l4lb().arg("--check").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("<embedded conf/l4lb.toml>: configuration is valid")
+    );
+}
+
+#[test]
+fn check_refuses_an_unknown_key() {
+    assert_eq!(
+        refused(&variant("burst = 32", "burst = 32\nbrust = 1")),
+        "FILE: dpdk: unknown key `brust` (expected one of `eal_args`, `burst`, `idle_sleep_us`, `flow_capacity`, `rx_desc`, `tx_desc`)\n"
+    );
+}
+
+#[test]
+fn check_refuses_a_duplicate_service_id() {
+    let text = default_conf() + &SECOND_SERVICE.replace("\"dns\"", "\"web\"");
+    assert_eq!(
+        refused(&text),
+        "FILE: services[1].id: duplicate service id \"web\" (also services[0])\n"
+    );
+}
+
+#[test]
+fn check_refuses_a_duplicate_protocol_vip_port() {
+    let text = default_conf()
+        + &SECOND_SERVICE
+            .replace("\"udp\"", "\"tcp\"")
+            .replace("198.18.0.53", "198.18.0.100")
+            .replace("53\n", "80\n");
+    assert_eq!(
+        refused(&text),
+        "FILE: services[1]: tcp 198.18.0.100 port 80 is already services[0] (\"web\")\n"
+    );
+}
+
+#[test]
+fn check_refuses_a_bad_ip() {
+    assert_eq!(
+        refused(&variant("198.18.0.100", "198.18.0.256")),
+        "FILE: services[0].vip: \"198.18.0.256\" is not an IP address\n"
+    );
+}
+
+#[test]
+fn check_refuses_port_zero() {
+    assert_eq!(
+        refused(&variant("port = 80", "port = 0")),
+        "FILE: services[0].port: 0 is not a port (1 to 65535)\n"
+    );
+}
+
+#[test]
+fn check_refuses_a_backend_of_the_wrong_family() {
+    assert_eq!(
+        refused(&variant(
+            "address = \"198.18.0.11\"",
+            "address = \"2001:db8:1::11\""
+        )),
+        "FILE: services[0].backends[1].address: 2001:db8:1::11 is IPv6, the service's vip 198.18.0.100 is IPv4\n"
+    );
+}
+
+#[test]
+fn check_refuses_an_unknown_scheduler() {
+    assert_eq!(
+        refused(&variant(
+            "scheduler = \"maglev\"",
+            "scheduler = \"fastest\""
+        )),
+        "FILE: services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev\n"
+    );
+}
+
+#[test]
+fn check_refuses_an_unknown_forwarding_mode() {
+    assert_eq!(
+        refused(&variant("forwarding = \"nat\"", "forwarding = \"dsr\"")),
+        "FILE: services[0].forwarding: \"dsr\" is not one of nat, dr, tun\n"
+    );
+}
+
+#[test]
+fn check_reports_every_error_and_a_missing_file() {
+    let text = variant("port = 80", "port = 0").replacen("\"maglev\"", "\"fastest\"", 1);
+    assert_eq!(
+        refused(&text),
+        "FILE: services[0].port: 0 is not a port (1 to 65535)\nFILE: services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev\n"
+    );
+    let out = l4lb()
+        .args(["--check", "--config", "/nonexistent/l4lb.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "l4lb: /nonexistent/l4lb.toml: cannot read the file: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn environment_overrides_are_validated_too() {
+    let out = l4lb()
+        .arg("--check")
+        .env("L4LB_DPDK__BURST", "1000")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "l4lb: <embedded conf/l4lb.toml>: dpdk.burst: 1000 is not from 1 to 256\n"
+    );
+    let out = l4lb()
+        .arg("--check")
+        .env("L4LB_DPDK__BURST", "64")
+        .env("L4LB_TOKEN", "for-the-cli")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,195 @@
+//! What the integration tests share: running the real binary under a guard that never leaves a
+//! process or an EAL runtime folder behind, pcap files, packets, and DPDK telemetry.
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod packet;
+pub mod pcap;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn l4lb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_l4lb"))
+}
+
+/// A file prefix no other test (or test run) uses: EAL processes must not share one.
+pub fn file_prefix(test: &str) -> String {
+    format!("l4lb-t-{test}-{}", std::process::id())
+}
+
+/// EAL arguments for a test: no hugepages, no PCI, its own prefix, quiet EAL, then `vdevs`.
+pub fn eal_args(prefix: &str, lcores: &str, vdevs: &[String]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-l",
+        lcores,
+        "--no-huge",
+        "-m",
+        "256",
+        "--no-pci",
+        "--log-level=*:warning",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push(format!("--file-prefix={prefix}"));
+    a.extend(vdevs.iter().cloned());
+    a
+}
+
+/// A running l4lb. Dropping it kills the process if it still runs and removes its EAL folder.
+pub struct Appliance {
+    child: Option<Child>,
+    prefix: String,
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Appliance {
+    pub fn start(config: &Path, prefix: &str, eal: &[String]) -> Appliance {
+        let child = l4lb()
+            .arg("--config")
+            .arg(config)
+            .arg("--")
+            .args(eal)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start l4lb");
+        Appliance {
+            child: Some(child),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .expect("running")
+            .try_wait()
+            .expect("try_wait")
+            .is_none()
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits up to `timeout` for the exit.
+    pub fn signal_and_wait(self, signal: &str, timeout: Duration) -> Finished {
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -{signal} failed");
+        self.wait(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let mut child = self.child.take().expect("running");
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut err = String::new();
+                let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+                panic!("l4lb did not exit within {timeout:?}; stderr:\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        child
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stdout)
+            .expect("stdout");
+        child
+            .stderr
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stderr)
+            .expect("stderr");
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Asks the running process's DPDK telemetry socket; None until it is up.
+    pub fn telemetry(&self, command: &str) -> Option<serde_json::Value> {
+        telemetry(&self.prefix, command)
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(runtime_dir(&self.prefix));
+    }
+}
+
+pub fn runtime_dir(prefix: &str) -> PathBuf {
+    PathBuf::from("/var/run/dpdk").join(prefix)
+}
+
+/// One request to DPDK's telemetry socket (SOCK_SEQPACKET, JSON), as dpdk-telemetry.py does.
+pub fn telemetry(prefix: &str, command: &str) -> Option<serde_json::Value> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let path = runtime_dir(prefix).join("dpdk_telemetry.v2");
+    let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).ok()?;
+    sock.connect(&SockAddr::unix(path).ok()?).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = |sock: &Socket| -> Option<serde_json::Value> {
+        let n = std::io::Read::read(&mut &*sock, &mut buf).ok()?;
+        serde_json::from_slice(&buf[..n]).ok()
+    };
+    read(&sock)?; // the greeting: version, pid, max_output_len
+    std::io::Write::write_all(&mut &sock, command.as_bytes()).ok()?;
+    read(&sock)
+}
+
+/// Polls `f` every 10 ms until it is true or `timeout` passes; returns the last answer.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads `key=value` from the final counter line of port `port` that l4lb prints at exit.
+pub fn port_counter(stdout: &str, port: u16, key: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("port {port} (")))
+        .unwrap_or_else(|| panic!("no counter line for port {port} in:\n{stdout}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .parse()
+        .expect("a number")
+}
