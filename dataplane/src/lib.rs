@@ -3,6 +3,8 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub mod checksum;
 pub mod counters;
 pub mod lcore;
 pub mod service;
+pub mod wire;

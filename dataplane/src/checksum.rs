@@ -1,0 +1,183 @@
+//! The Internet checksum: full sums (RFC 1071) for what l4lb builds, incremental updates
+//! (RFC 1624) for what it rewrites, so a NAT rewrite touches a few words instead of the payload.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// One's-complement sum of `data` as big-endian 16-bit words (an odd last byte is padded with
+/// zero), folded to 16 bits but not complemented.
+#[inline]
+pub fn sum(data: &[u8]) -> u32 {
+    let mut acc: u64 = 0;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        // Four words at a time; the u64 accumulator cannot overflow for any IP packet.
+        let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
+        acc += (w >> 48) + ((w >> 32) & 0xffff) + ((w >> 16) & 0xffff) + (w & 0xffff);
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = rest.remainder() {
+        acc += u64::from(*b) << 8;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u32
+}
+
+/// Folds a sum of several partial sums to 16 bits.
+#[inline]
+pub fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// The IPv4 header checksum; the header's own checksum field must be zero.
+pub fn ipv4_header(header: &[u8]) -> u16 {
+    !fold(sum(header))
+}
+
+/// The IPv4 pseudo-header sum for TCP/UDP/ICMP-less protocols (RFC 793, RFC 768).
+pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: u16) -> u32 {
+    sum(&src.octets()) + sum(&dst.octets()) + u32::from(protocol) + u32::from(len)
+}
+
+/// The IPv6 pseudo-header sum (RFC 8200 §8.1), also used by ICMPv6.
+pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, len: u32) -> u32 {
+    sum(&src.octets()) + sum(&dst.octets()) + (len >> 16) + (len & 0xffff) + u32::from(next_header)
+}
+
+/// A transport checksum from a pseudo-header sum and the segment (checksum field zeroed).
+pub fn transport(pseudo: u32, segment: &[u8]) -> u16 {
+    !fold(pseudo + sum(segment))
+}
+
+/// True if `segment` (checksum included) verifies against `pseudo`.
+pub fn verifies(pseudo: u32, segment: &[u8]) -> bool {
+    fold(pseudo + sum(segment)) == 0xffff
+}
+
+/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), for every 16-bit word that changed from `old` to
+/// `new` (equal lengths, even).
+#[inline]
+pub fn update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
+    debug_assert_eq!(old.len(), new.len());
+    let mut s = u32::from(!checksum);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        s += u32::from(!u16::from_be_bytes([o[0], o[1]]))
+            + u32::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    !fold(s)
+}
+
+/// RFC 1624 eqn. 3 for one 16-bit field.
+#[inline]
+pub fn update_u16(checksum: u16, old: u16, new: u16) -> u16 {
+    !fold(u32::from(!checksum) + u32::from(!old) + u32::from(new))
+}
+
+/// A UDP checksum after an update: over IPv4 a 0 means "no checksum" and must stay 0 (there
+/// is nothing to update); a computed 0 is sent as 0xffff (RFC 768).
+#[inline]
+pub fn udp_update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
+    if checksum == 0 {
+        return 0;
+    }
+    match update(checksum, old, new) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rfc1071_example_sums_to_ddf2() {
+        // RFC 1071 §3: 0001 f203 f4f5 f6f7 -> ddf2 (the sum, before complementing).
+        assert_eq!(
+            sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0xddf2
+        );
+        assert_eq!(sum(&[0xab]), 0xab00, "an odd byte is padded on the right");
+    }
+
+    #[test]
+    fn a_known_ipv4_header_checksum() {
+        // A widely quoted example header: 4500 0073 0000 4000 4011 [b861] c0a8 0001 c0a8 00c7
+        let h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0, 0, 0xc0, 0xa8, 0x00,
+            0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(ipv4_header(&h), 0xb861);
+    }
+
+    #[test]
+    fn an_ipv4_udp_checksum_of_zero_stays_zero() {
+        assert_eq!(udp_update(0, &[198, 18, 0, 100], &[198, 18, 1, 10]), 0);
+    }
+
+    /// Full recomputation, the way a receiver checks.
+    fn full(pseudo: u32, seg: &mut [u8], at: usize) -> u16 {
+        seg[at..at + 2].copy_from_slice(&[0, 0]);
+        transport(pseudo, seg)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Rewriting addresses and ports (what NAT does) and updating incrementally gives a
+        /// checksum that verifies and equals the full recomputation (0 and 0xffff are the same
+        /// one's-complement number).
+        #[test]
+        fn incremental_equals_full_recomputation(
+            v6 in any::<bool>(),
+            tcp in any::<bool>(),
+            src in any::<[u8; 16]>(), dst in any::<[u8; 16]>(), new_dst in any::<[u8; 16]>(),
+            sport in any::<u16>(), dport in any::<u16>(), new_dport in any::<u16>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let alen = if v6 { 16 } else { 4 };
+            let (proto, at) = if tcp { (6u8, 16usize) } else { (17u8, 6usize) };
+            let mut seg = vec![0u8; if tcp { 20 } else { 8 }];
+            seg[0..2].copy_from_slice(&sport.to_be_bytes());
+            seg[2..4].copy_from_slice(&dport.to_be_bytes());
+            if tcp { seg[12] = 0x50; } else { seg[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes()); }
+            seg.extend_from_slice(&payload);
+            let seg_len = seg.len();
+            let pseudo = |d: &[u8]| if v6 {
+                pseudo_v6(<[u8; 16]>::try_from(&src[..]).unwrap().into(), <[u8; 16]>::try_from(d).unwrap().into(), proto, seg_len as u32)
+            } else {
+                pseudo_v4(<[u8; 4]>::try_from(&src[..4]).unwrap().into(), <[u8; 4]>::try_from(d).unwrap().into(), proto, seg_len as u16)
+            };
+            let before = full(pseudo(&dst[..alen]), &mut seg, at);
+            seg[at..at + 2].copy_from_slice(&before.to_be_bytes());
+
+            // rewrite: destination address and port
+            let mut c = update(before, &dst[..alen], &new_dst[..alen]);
+            c = update_u16(c, dport, new_dport);
+            seg[2..4].copy_from_slice(&new_dport.to_be_bytes());
+            seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            prop_assert!(verifies(pseudo(&new_dst[..alen]), &seg));
+            let recomputed = full(pseudo(&new_dst[..alen]), &mut seg.clone(), at);
+            prop_assert!(c == recomputed || (c | recomputed) == 0xffff && (c & recomputed) == 0, "{c:#x} vs {recomputed:#x}");
+        }
+
+        #[test]
+        fn ipv4_header_update_equals_recomputation(mut h in any::<[u8; 20]>(), new_dst in any::<[u8; 4]>()) {
+            h[10] = 0; h[11] = 0;
+            let c = ipv4_header(&h);
+            let old: [u8; 4] = h[16..20].try_into().unwrap();
+            h[16..20].copy_from_slice(&new_dst);
+            let inc = update(c, &old, &new_dst);
+            let full = ipv4_header(&h);
+            prop_assert!(inc == full || (inc | full) == 0xffff && (inc & full) == 0);
+        }
+    }
+}
