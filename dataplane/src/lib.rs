@@ -5,6 +5,9 @@
 pub mod addr;
 pub mod checksum;
 pub mod counters;
+pub mod flow;
+pub mod hash;
 pub mod lcore;
+pub mod sched;
 pub mod service;
 pub mod wire;

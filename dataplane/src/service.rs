@@ -3,6 +3,15 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// A service's stable number: the control plane assigns it once per service id and keeps it
+/// across configuration changes, so state outside the snapshot (flows, counters) can refer to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ServiceId(pub u32);
+
+/// A backend's stable number, unique across all services (see [`ServiceId`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct BackendId(pub u32);
+
 /// The transport protocol of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {

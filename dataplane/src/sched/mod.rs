@@ -1,0 +1,148 @@
+//! Schedulers pick a backend for a new flow. One trait; each kind is built on the control side
+//! from a service's backends (precomputing what it can, such as the Maglev table) and used by
+//! every worker with that worker's own [`Cursor`] (round-robin positions) and connection counts.
+//!
+//! Weights are effective weights: 0 for a drained (weight 0) or disabled backend, which then
+//! gets no new flow from any scheduler.
+
+mod hashing;
+mod least;
+mod maglev;
+mod rr;
+mod wrr;
+
+use std::fmt::Debug;
+
+pub use hashing::{DestinationHash, SourceHash};
+pub use least::{LeastConnection, NeverQueue, ShortestExpectedDelay, WeightedLeastConnection};
+pub use maglev::MaglevTable;
+pub use rr::RoundRobin;
+pub use wrr::WeightedRoundRobin;
+
+use crate::flow::FlowKey;
+use crate::service::{BackendId, SchedulerKind};
+
+/// What a scheduler knows of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedBackend {
+    pub id: BackendId,
+    /// 0: no new flows (drained or disabled).
+    pub weight: u32,
+}
+
+/// A backend's connections as IPVS counts them: active = TCP established, inactive = all
+/// other states (SYN, FIN, closing, and every UDP flow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Conns {
+    pub active: u32,
+    pub inactive: u32,
+}
+
+/// Where the least-connection schedulers read the counts (the worker's flow table).
+pub trait ConnSource {
+    fn conns(&self, backend: BackendId) -> Conns;
+}
+
+/// One worker's mutable scheduling state for one service. `generation` tells it when the
+/// service's backends changed, so it can restart the way IPVS does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    pub generation: u64,
+    /// rr: the last backend picked. wrr: the current position (IPVS's mark->cl).
+    pub position: Option<usize>,
+    /// wrr: the current weight (IPVS's mark->cw).
+    pub current_weight: i64,
+}
+
+pub struct PickInput<'a> {
+    pub backends: &'a [SchedBackend],
+    pub flow: &'a FlowKey,
+    pub conns: &'a dyn ConnSource,
+}
+
+pub trait Scheduler: Send + Sync + Debug {
+    /// The index (into `input.backends`) of the backend for a new flow, or None when no
+    /// backend may take one.
+    fn pick(&self, input: &PickInput<'_>, cursor: &mut Cursor) -> Option<usize>;
+}
+
+/// Builds the scheduler of `kind` for `backends` (id string and effective weight, in the
+/// service's order). `generation` must change whenever the backends or weights change.
+pub fn build(
+    kind: SchedulerKind,
+    backends: &[(&str, u32)],
+    maglev_size: u32,
+    generation: u64,
+) -> Box<dyn Scheduler> {
+    let weights: Vec<u32> = backends.iter().map(|b| b.1).collect();
+    match kind {
+        SchedulerKind::RoundRobin => Box::new(RoundRobin { generation }),
+        SchedulerKind::WeightedRoundRobin => {
+            Box::new(WeightedRoundRobin::new(&weights, generation))
+        }
+        SchedulerKind::LeastConnection => Box::new(LeastConnection),
+        SchedulerKind::WeightedLeastConnection => Box::new(WeightedLeastConnection),
+        SchedulerKind::ShortestExpectedDelay => Box::new(ShortestExpectedDelay),
+        SchedulerKind::NeverQueue => Box::new(NeverQueue),
+        SchedulerKind::SourceHash => Box::new(SourceHash(hashing::HashTable::new(&weights))),
+        SchedulerKind::DestinationHash => {
+            Box::new(DestinationHash(hashing::HashTable::new(&weights)))
+        }
+        SchedulerKind::Maglev => Box::new(MaglevTable::build(backends, maglev_size)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use std::collections::HashMap;
+
+    pub struct Counts(pub HashMap<BackendId, Conns>);
+
+    impl ConnSource for Counts {
+        fn conns(&self, b: BackendId) -> Conns {
+            self.0.get(&b).copied().unwrap_or_default()
+        }
+    }
+
+    pub fn backends(weights: &[u32]) -> Vec<SchedBackend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| SchedBackend {
+                id: BackendId(i as u32),
+                weight: *w,
+            })
+            .collect()
+    }
+
+    pub fn flow(i: u32) -> FlowKey {
+        FlowKey::new(
+            6,
+            std::net::IpAddr::V4((0xc612_0000 + i).into()),
+            1024 + (i % 50000) as u16,
+            "198.18.0.100".parse().unwrap(),
+            80,
+        )
+    }
+
+    /// Picks `n` times with the same cursor and no connections, for sequence tests.
+    pub fn sequence(s: &dyn Scheduler, weights: &[u32], n: usize) -> Vec<Option<usize>> {
+        let b = backends(weights);
+        let counts = Counts(HashMap::new());
+        let mut cursor = Cursor::default();
+        let f = flow(0);
+        (0..n)
+            .map(|_| {
+                s.pick(
+                    &PickInput {
+                        backends: &b,
+                        flow: &f,
+                        conns: &counts,
+                    },
+                    &mut cursor,
+                )
+            })
+            .collect()
+    }
+}
