@@ -1,5 +1,9 @@
 //! Flows: their key, and the per-worker table of established choices.
 
 mod key;
+mod table;
 
 pub use key::{FlowKey, addr_bytes, addr_from_bytes, address_hash};
+pub use table::{
+    Endpoint, Flow, FlowState, FlowTable, FlowTableStats, FlowTimeouts, InsertError, ReplyKey,
+};

@@ -1,0 +1,602 @@
+//! The per-worker flow table: which backend each flow was given, and its TCP state.
+//!
+//! Layout: a slab of [`Flow`] entries allocated once (`capacity`), a `hashbrown::HashTable` of
+//! slab indexes keyed by the flow (and a second one keyed by the reply direction, for NAT), and
+//! one doubly-linked list per state, oldest first. Nothing allocates after `new`: the indexes
+//! are created with twice the capacity, so hashbrown always cleans its tombstones in place and
+//! never grows (it grows only when more than half its buckets are live).
+//!
+//! Each state has its own timeout (the IPVS defaults), so within one list the oldest entry is
+//! always the first to expire: expiry is lazy on lookup plus a sweep that pops expired heads,
+//! bounded per call. When the table is full a new flow evicts the oldest entry of the first
+//! non-empty list in the order SYN, closed, FIN, then the older of UDP and established — so a
+//! flood of SYNs from new sources evicts other half-open flows, never established ones.
+//!
+//! Connection counts per backend (active = TCP established, inactive = the rest, as IPVS) are
+//! updated on every create, state change, expiry, eviction and flush, so they stay exact.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+use super::FlowKey;
+use crate::sched::{ConnSource, Conns};
+use crate::service::{BackendId, ServiceId};
+use crate::wire::tcp;
+
+const NIL: u32 = u32::MAX;
+
+/// Where a flow is in its life. TCP states follow the flags seen (both directions in NAT, the
+/// client's only in DR and TUN, like IPVS's input-only state table); UDP flows have one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FlowState {
+    /// SYN seen, not yet acknowledged by the client.
+    Syn = 0,
+    /// RST seen.
+    Closed = 1,
+    /// FIN seen.
+    Fin = 2,
+    Udp = 3,
+    Established = 4,
+}
+
+const STATES: usize = 5;
+/// The eviction order when the table is full (Udp and Established: the older of the two).
+const EVICTION_ORDER: [FlowState; 3] = [FlowState::Syn, FlowState::Closed, FlowState::Fin];
+
+impl FlowState {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowState::Syn => "syn",
+            FlowState::Closed => "closed",
+            FlowState::Fin => "fin",
+            FlowState::Udp => "udp",
+            FlowState::Established => "established",
+        }
+    }
+
+    /// The state of a flow that starts with a TCP segment with `flags`; None for a segment
+    /// that must not create a flow (a RST).
+    pub fn for_new_tcp(flags: u8) -> Option<FlowState> {
+        if flags & tcp::RST != 0 {
+            None
+        } else if flags & tcp::SYN != 0 {
+            Some(FlowState::Syn)
+        } else if flags & tcp::FIN != 0 {
+            Some(FlowState::Fin)
+        } else {
+            // A mid-stream segment without a flow (after a failover or a restart): keep it
+            // going, as Maglev and Katran do.
+            Some(FlowState::Established)
+        }
+    }
+
+    /// The state after a TCP segment with `flags` on a flow in `self`.
+    pub fn after_tcp(self, flags: u8) -> FlowState {
+        use FlowState::*;
+        if flags & tcp::RST != 0 {
+            return Closed;
+        }
+        if flags & tcp::SYN != 0 {
+            return match self {
+                // a new connection reusing the tuple
+                Closed | Fin if flags & tcp::ACK == 0 => Syn,
+                s => s,
+            };
+        }
+        if flags & tcp::FIN != 0 {
+            return match self {
+                Closed => Closed,
+                _ => Fin,
+            };
+        }
+        match self {
+            Syn if flags & tcp::ACK != 0 => Established,
+            s => s,
+        }
+    }
+
+    fn is_active(self) -> bool {
+        self == FlowState::Established
+    }
+}
+
+/// Seconds per state; the IPVS defaults are in `Default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub tcp_established: u32,
+    pub tcp_syn: u32,
+    pub tcp_fin: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts {
+            tcp_established: 900,
+            tcp_syn: 60,
+            tcp_fin: 120,
+            tcp_close: 10,
+            udp: 300,
+        }
+    }
+}
+
+impl FlowTimeouts {
+    fn of(&self, s: FlowState) -> u32 {
+        match s {
+            FlowState::Syn => self.tcp_syn,
+            FlowState::Closed => self.tcp_close,
+            FlowState::Fin => self.tcp_fin,
+            FlowState::Udp => self.udp,
+            FlowState::Established => self.tcp_established,
+        }
+    }
+}
+
+/// One flow. 60 bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    pub key: FlowKey,
+    pub state: FlowState,
+    /// In the reply index too (NAT).
+    nat: bool,
+    pub service: ServiceId,
+    pub backend: BackendId,
+    /// Seconds (the caller's clock) of the last packet.
+    pub last_seen: u32,
+    prev: u32,
+    next: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowTableStats {
+    pub created: u64,
+    pub expired: u64,
+    /// Removed to make room for a new flow.
+    pub evicted: u64,
+    /// Of those, established ones (only when nothing else was left to evict).
+    pub evicted_established: u64,
+    pub flushed: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct List {
+    head: u32, // oldest
+    tail: u32, // newest
+    len: u32,
+}
+
+/// A backend's address and port as flows see them (for NAT replies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+}
+
+pub struct FlowTable {
+    slots: Vec<Flow>,
+    /// Free slab entries, linked through `next`.
+    free: u32,
+    lists: [List; STATES],
+    index: HashTable<u32>,
+    reply_index: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    capacity: u32,
+    timeouts: FlowTimeouts,
+    conns: Vec<Conns>,
+    endpoints: Vec<Endpoint>,
+    stats: FlowTableStats,
+}
+
+impl std::fmt::Debug for FlowTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTable")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// What a NAT reply carries: protocol, backend endpoint, client endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    pub protocol: u8,
+    pub backend: Endpoint,
+    pub client: [u8; 16],
+    pub client_port: u16,
+}
+
+/// Why `insert` could not add a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// The backend id is beyond what the table was sized for.
+    BackendIdTooLarge,
+}
+
+impl FlowTable {
+    /// A table for `capacity` flows and backend ids below `max_backends`.
+    pub fn new(capacity: u32, max_backends: u32, timeouts: FlowTimeouts) -> Self {
+        let capacity = capacity.max(1);
+        FlowTable {
+            slots: Vec::with_capacity(capacity as usize),
+            free: NIL,
+            lists: [List {
+                head: NIL,
+                tail: NIL,
+                len: 0,
+            }; STATES],
+            index: HashTable::with_capacity(2 * capacity as usize),
+            reply_index: HashTable::with_capacity(2 * capacity as usize),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            capacity,
+            timeouts,
+            conns: vec![Conns::default(); max_backends as usize],
+            endpoints: vec![Endpoint::default(); max_backends as usize],
+            stats: FlowTableStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lists.iter().map(|l| l.len as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    pub fn stats(&self) -> FlowTableStats {
+        self.stats
+    }
+
+    pub fn timeouts(&self) -> FlowTimeouts {
+        self.timeouts
+    }
+
+    pub fn set_timeouts(&mut self, t: FlowTimeouts) {
+        self.timeouts = t;
+    }
+
+    pub fn get(&self, slot: u32) -> &Flow {
+        &self.slots[slot as usize]
+    }
+
+    /// The endpoint last recorded for a backend id.
+    pub fn endpoint(&self, backend: BackendId) -> Endpoint {
+        self.endpoints
+            .get(backend.0 as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// How many flows are in `state`.
+    pub fn count(&self, state: FlowState) -> u32 {
+        self.lists[state.index()].len
+    }
+
+    fn hash_key(&self, k: &FlowKey) -> u64 {
+        self.hasher.hash_one(k)
+    }
+
+    fn reply_key_of(&self, f: &Flow) -> ReplyKey {
+        ReplyKey {
+            protocol: f.key.protocol,
+            backend: self.endpoints[f.backend.0 as usize],
+            client: f.key.client,
+            client_port: f.key.client_port,
+        }
+    }
+
+    fn expired(&self, f: &Flow, now: u32) -> bool {
+        now > f.last_seen.saturating_add(self.timeouts.of(f.state))
+    }
+
+    /// The live flow for `key`; an expired one is removed and not returned.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, now: u32) -> Option<u32> {
+        let h = self.hash_key(key);
+        let slot = *self
+            .index
+            .find(h, |&s| self.slots[s as usize].key == *key)?;
+        if self.expired(&self.slots[slot as usize], now) {
+            self.remove(slot);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// The live NAT flow a reply from a backend belongs to.
+    #[inline]
+    pub fn lookup_reply(&mut self, key: &ReplyKey, now: u32) -> Option<u32> {
+        let h = self.hasher.hash_one(key);
+        let slot = *self.reply_index.find(h, |&s| {
+            let f = &self.slots[s as usize];
+            f.key.protocol == key.protocol
+                && f.key.client == key.client
+                && f.key.client_port == key.client_port
+                && self.endpoints[f.backend.0 as usize] == key.backend
+        })?;
+        if self.expired(&self.slots[slot as usize], now) {
+            self.remove(slot);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Records a packet on a flow: its TCP flags (None for UDP) move the state, and the flow
+    /// becomes the newest of its list.
+    #[inline]
+    pub fn touch(&mut self, slot: u32, tcp_flags: Option<u8>, now: u32) -> FlowState {
+        let old = self.slots[slot as usize].state;
+        let new = match tcp_flags {
+            Some(f) => old.after_tcp(f),
+            None => old,
+        };
+        self.unlink(slot);
+        if old != new {
+            self.count_out(self.slots[slot as usize].backend, old);
+            self.count_in(self.slots[slot as usize].backend, new);
+        }
+        let f = &mut self.slots[slot as usize];
+        f.state = new;
+        f.last_seen = now;
+        self.link_tail(slot);
+        new
+    }
+
+    /// Adds a flow (the key must not be in the table). When full, the entry the eviction order
+    /// names goes first. `nat` flows are also found by their replies.
+    pub fn insert(
+        &mut self,
+        key: FlowKey,
+        service: ServiceId,
+        backend: BackendId,
+        endpoint: Endpoint,
+        nat: bool,
+        state: FlowState,
+        now: u32,
+    ) -> Result<u32, InsertError> {
+        if backend.0 as usize >= self.conns.len() {
+            return Err(InsertError::BackendIdTooLarge);
+        }
+        if self.len() as u32 >= self.capacity {
+            self.evict_one();
+        }
+        self.endpoints[backend.0 as usize] = endpoint;
+        let flow = Flow {
+            key,
+            state,
+            nat,
+            service,
+            backend,
+            last_seen: now,
+            prev: NIL,
+            next: NIL,
+        };
+        let slot = if self.free != NIL {
+            let s = self.free;
+            self.free = self.slots[s as usize].next;
+            self.slots[s as usize] = flow;
+            s
+        } else {
+            // Never beyond the reserved capacity: len < capacity here and the slab only grows
+            // when the free list is empty.
+            self.slots.push(flow);
+            (self.slots.len() - 1) as u32
+        };
+        let h = self.hash_key(&key);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index
+            .insert_unique(h, slot, |&s| hasher.hash_one(slots[s as usize].key));
+        if nat {
+            let rk = self.reply_key_of(&self.slots[slot as usize]);
+            let h = self.hasher.hash_one(rk);
+            let (slots, hasher, endpoints) = (&self.slots, &self.hasher, &self.endpoints);
+            self.reply_index.insert_unique(h, slot, |&s| {
+                let f = &slots[s as usize];
+                hasher.hash_one(ReplyKey {
+                    protocol: f.key.protocol,
+                    backend: endpoints[f.backend.0 as usize],
+                    client: f.key.client,
+                    client_port: f.key.client_port,
+                })
+            });
+        }
+        self.count_in(backend, state);
+        self.link_tail(slot);
+        self.stats.created += 1;
+        Ok(slot)
+    }
+
+    /// Removes a flow.
+    pub fn remove(&mut self, slot: u32) {
+        let f = self.slots[slot as usize];
+        let h = self.hash_key(&f.key);
+        if let Ok(e) = self.index.find_entry(h, |&s| s == slot) {
+            e.remove();
+        }
+        if f.nat {
+            let h = self.hasher.hash_one(self.reply_key_of(&f));
+            if let Ok(e) = self.reply_index.find_entry(h, |&s| s == slot) {
+                e.remove();
+            }
+        }
+        self.count_out(f.backend, f.state);
+        self.unlink(slot);
+        let e = &mut self.slots[slot as usize];
+        e.next = self.free;
+        e.prev = NIL;
+        self.free = slot;
+    }
+
+    /// Removes expired flows from the old end of each list, at most `budget` of them.
+    pub fn sweep(&mut self, now: u32, budget: usize) -> usize {
+        let mut removed = 0;
+        for l in 0..STATES {
+            while removed < budget {
+                let head = self.lists[l].head;
+                if head == NIL || !self.expired(&self.slots[head as usize], now) {
+                    break;
+                }
+                self.remove(head);
+                self.stats.expired += 1;
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn evict_one(&mut self) {
+        let mut victim = EVICTION_ORDER
+            .iter()
+            .map(|s| self.lists[s.index()].head)
+            .find(|h| *h != NIL);
+        if victim.is_none() {
+            let (u, e) = (
+                self.lists[FlowState::Udp.index()].head,
+                self.lists[FlowState::Established.index()].head,
+            );
+            victim = match (u, e) {
+                (NIL, NIL) => None,
+                (NIL, e) => Some(e),
+                (u, NIL) => Some(u),
+                (u, e) => Some(
+                    if self.slots[u as usize].last_seen <= self.slots[e as usize].last_seen {
+                        u
+                    } else {
+                        e
+                    },
+                ),
+            };
+        }
+        if let Some(v) = victim {
+            if self.slots[v as usize].state == FlowState::Established {
+                self.stats.evicted_established += 1;
+            }
+            self.remove(v);
+            self.stats.evicted += 1;
+        }
+    }
+
+    /// Removes every flow that `doomed` selects; returns how many. Control-side work (between
+    /// bursts), linear in the table size.
+    pub fn flush(&mut self, doomed: impl Fn(&Flow) -> bool) -> usize {
+        let mut n = 0;
+        for l in 0..STATES {
+            let mut s = self.lists[l].head;
+            while s != NIL {
+                let next = self.slots[s as usize].next;
+                if doomed(&self.slots[s as usize]) {
+                    self.remove(s);
+                    n += 1;
+                }
+                s = next;
+            }
+        }
+        self.stats.flushed += n as u64;
+        n
+    }
+
+    pub fn flush_service(&mut self, service: ServiceId) -> usize {
+        self.flush(|f| f.service == service)
+    }
+
+    pub fn flush_backend(&mut self, backend: BackendId) -> usize {
+        self.flush(|f| f.backend == backend)
+    }
+
+    /// Every live flow, oldest first within each state (for dumps; not for the packet path).
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+        (0..STATES).flat_map(move |l| {
+            let mut s = self.lists[l].head;
+            std::iter::from_fn(move || {
+                (s != NIL).then(|| {
+                    let f = &self.slots[s as usize];
+                    s = f.next;
+                    f
+                })
+            })
+        })
+    }
+
+    fn count_in(&mut self, b: BackendId, s: FlowState) {
+        let c = &mut self.conns[b.0 as usize];
+        if s.is_active() {
+            c.active += 1;
+        } else {
+            c.inactive += 1;
+        }
+    }
+
+    fn count_out(&mut self, b: BackendId, s: FlowState) {
+        let c = &mut self.conns[b.0 as usize];
+        if s.is_active() {
+            c.active -= 1;
+        } else {
+            c.inactive -= 1;
+        }
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (prev, next, l) = {
+            let f = &self.slots[slot as usize];
+            (f.prev, f.next, f.state.index())
+        };
+        if prev != NIL {
+            self.slots[prev as usize].next = next;
+        } else {
+            self.lists[l].head = next;
+        }
+        if next != NIL {
+            self.slots[next as usize].prev = prev;
+        } else {
+            self.lists[l].tail = prev;
+        }
+        self.lists[l].len -= 1;
+        let f = &mut self.slots[slot as usize];
+        f.prev = NIL;
+        f.next = NIL;
+    }
+
+    fn link_tail(&mut self, slot: u32) {
+        let l = self.slots[slot as usize].state.index();
+        let tail = self.lists[l].tail;
+        {
+            let f = &mut self.slots[slot as usize];
+            f.prev = tail;
+            f.next = NIL;
+        }
+        if tail != NIL {
+            self.slots[tail as usize].next = slot;
+        } else {
+            self.lists[l].head = slot;
+        }
+        self.lists[l].tail = slot;
+        self.lists[l].len += 1;
+    }
+}
+
+impl ConnSource for FlowTable {
+    fn conns(&self, backend: BackendId) -> Conns {
+        self.conns
+            .get(backend.0 as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+use super::*;
+use proptest::prelude::*;
+
+fn key(i: u32) -> FlowKey {
+    FlowKey::new(
+        6,
+        std::net::IpAddr::V4((0xc612_0000 + i).into()),
+        1000 + (i % 60000) as u16,
+        "198.18.0.100".parse().unwrap(),
+        80,
+    )
+}
+
+fn ep(b: u32) -> Endpoint {
+    Endpoint {
+        addr: addr_of(b),
+        port: 8080,
+    }
+}
+
+fn addr_of(b: u32) -> [u8; 16] {
+    crate::flow::addr_bytes(std::net::IpAddr::V4((0xc612_0100 + b).into()))
+}
+
+fn table(cap: u32) -> FlowTable {
+    FlowTable::new(cap, 16, FlowTimeouts::default())
+}
+
+fn add(t: &mut FlowTable, i: u32, backend: u32, state: FlowState, now: u32) -> u32 {
+    t.insert(
+        key(i),
+        ServiceId(1),
+        BackendId(backend),
+        ep(backend),
+        false,
+        state,
+        now,
+    )
+    .unwrap()
+}
+
+#[test]
+fn each_state_expires_after_its_own_timeout() {
+    let cases = [
+        (FlowState::Syn, 60),
+        (FlowState::Established, 900),
+        (FlowState::Fin, 120),
+        (FlowState::Closed, 10),
+        (FlowState::Udp, 300),
+    ];
+    for (i, (state, timeout)) in cases.into_iter().enumerate() {
+        let mut t = table(8);
+        add(&mut t, i as u32, 0, state, 1000);
+        assert!(
+            t.lookup(&key(i as u32), 1000 + timeout).is_some(),
+            "{state:?} alive at its timeout"
+        );
+        assert!(
+            t.lookup(&key(i as u32), 1001 + timeout).is_none(),
+            "{state:?} gone one second after"
+        );
+        assert_eq!(t.stats().expired, 1);
+        assert!(t.is_empty());
+    }
+}
+
+#[test]
+fn tcp_flags_move_the_state_like_ipvs_input_only_table() {
+    use crate::wire::tcp::{ACK, FIN, PSH, RST, SYN};
+    let mut t = table(8);
+    let s = add(&mut t, 1, 0, FlowState::for_new_tcp(SYN).unwrap(), 0);
+    assert_eq!(t.get(s).state, FlowState::Syn);
+    assert_eq!(
+        t.touch(s, Some(SYN), 1),
+        FlowState::Syn,
+        "a retransmitted SYN"
+    );
+    assert_eq!(
+        t.touch(s, Some(ACK), 2),
+        FlowState::Established,
+        "the client's ACK of the SYN-ACK"
+    );
+    assert_eq!(t.touch(s, Some(ACK | PSH), 3), FlowState::Established);
+    assert_eq!(t.touch(s, Some(FIN | ACK), 4), FlowState::Fin);
+    assert_eq!(
+        t.touch(s, Some(ACK), 5),
+        FlowState::Fin,
+        "the last ACK keeps it closing"
+    );
+    assert_eq!(
+        t.touch(s, Some(SYN), 6),
+        FlowState::Syn,
+        "the tuple reused by a new connection"
+    );
+    assert_eq!(t.touch(s, Some(RST | ACK), 7), FlowState::Closed);
+    assert_eq!(t.touch(s, Some(FIN), 8), FlowState::Closed);
+    assert_eq!(
+        FlowState::for_new_tcp(RST),
+        None,
+        "a RST never creates a flow"
+    );
+    assert_eq!(
+        FlowState::for_new_tcp(ACK),
+        Some(FlowState::Established),
+        "mid-stream pickup"
+    );
+    assert_eq!(FlowState::for_new_tcp(FIN | ACK), Some(FlowState::Fin));
+}
+
+#[test]
+fn a_full_table_evicts_the_least_recently_used() {
+    let mut t = table(3);
+    for i in 0..3 {
+        add(&mut t, i, 0, FlowState::Established, i);
+    }
+    let a = t.lookup(&key(0), 10).unwrap();
+    t.touch(a, Some(crate::wire::tcp::ACK), 10); // 0 is now the newest; 1 the oldest
+    add(&mut t, 3, 0, FlowState::Established, 11);
+    assert!(
+        t.lookup(&key(1), 11).is_none(),
+        "the least recently used went"
+    );
+    for i in [0, 2, 3] {
+        assert!(t.lookup(&key(i), 11).is_some(), "flow {i} stays");
+    }
+    assert_eq!((t.stats().evicted, t.stats().evicted_established), (1, 1));
+    assert_eq!(t.len(), 3);
+}
+
+#[test]
+fn a_syn_flood_evicts_half_open_flows_never_established_ones() {
+    let mut t = table(100);
+    for i in 0..90 {
+        add(&mut t, i, i % 4, FlowState::Established, 0);
+    }
+    // 10_000 SYNs from new sources into a table with 10 free entries
+    for i in 1000..11_000 {
+        add(&mut t, i, 0, FlowState::Syn, 5);
+    }
+    assert_eq!(t.count(FlowState::Established), 90);
+    assert_eq!(t.count(FlowState::Syn), 10);
+    for i in 0..90 {
+        assert!(
+            t.lookup(&key(i), 5).is_some(),
+            "established flow {i} survived"
+        );
+    }
+    assert_eq!(t.stats().evicted, 10_000 - 10);
+    assert_eq!(t.stats().evicted_established, 0);
+    // the same holds with closing flows: they go before established ones
+    add(&mut t, 50_000, 0, FlowState::Fin, 6);
+    assert_eq!(t.count(FlowState::Established), 90);
+}
+
+#[test]
+fn the_sweep_removes_expired_flows_within_its_budget() {
+    let mut t = table(64);
+    for i in 0..10 {
+        add(&mut t, i, 0, FlowState::Closed, 0);
+    }
+    for i in 10..20 {
+        add(&mut t, i, 0, FlowState::Established, 0);
+    }
+    assert_eq!(t.sweep(11, 4), 4);
+    assert_eq!(t.sweep(11, 100), 6);
+    assert_eq!(t.sweep(11, 100), 0, "established flows are not due");
+    assert_eq!(t.len(), 10);
+    assert_eq!(t.sweep(901, 100), 10);
+}
+
+#[test]
+fn replies_find_their_nat_flow_by_backend_and_client() {
+    let mut t = table(8);
+    let k = key(7);
+    let s = t
+        .insert(
+            k,
+            ServiceId(2),
+            BackendId(3),
+            ep(3),
+            true,
+            FlowState::Syn,
+            0,
+        )
+        .unwrap();
+    let rk = ReplyKey {
+        protocol: 6,
+        backend: ep(3),
+        client: k.client,
+        client_port: k.client_port,
+    };
+    assert_eq!(t.lookup_reply(&rk, 1), Some(s));
+    let other = ReplyKey {
+        backend: ep(4),
+        ..rk
+    };
+    assert_eq!(t.lookup_reply(&other, 1), None, "another backend's reply");
+    // a DR flow is not in the reply index
+    let d = key(8);
+    t.insert(
+        d,
+        ServiceId(2),
+        BackendId(3),
+        ep(3),
+        false,
+        FlowState::Syn,
+        0,
+    )
+    .unwrap();
+    let rd = ReplyKey {
+        client: d.client,
+        client_port: d.client_port,
+        ..rk
+    };
+    assert_eq!(t.lookup_reply(&rd, 1), None);
+    t.remove(s);
+    assert_eq!(t.lookup_reply(&rk, 1), None);
+}
+
+#[test]
+fn flush_by_service_and_by_backend_removes_exactly_those_flows() {
+    let mut t = table(64);
+    for i in 0..30 {
+        t.insert(
+            key(i),
+            ServiceId(i % 3),
+            BackendId(i % 5),
+            ep(i % 5),
+            true,
+            FlowState::Established,
+            0,
+        )
+        .unwrap();
+    }
+    assert_eq!(t.flush_service(ServiceId(0)), 10);
+    assert!(t.iter().all(|f| f.service != ServiceId(0)));
+    let left_on_2 = t.iter().filter(|f| f.backend == BackendId(2)).count();
+    assert_eq!(t.flush_backend(BackendId(2)), left_on_2);
+    assert_eq!(t.conns(BackendId(2)), Conns::default());
+    assert_eq!(t.len(), 30 - 10 - left_on_2);
+    assert_eq!(t.stats().flushed, (10 + left_on_2) as u64);
+}
+
+#[test]
+fn backend_ids_beyond_the_table_are_refused() {
+    let mut t = table(4);
+    let e = t.insert(
+        key(1),
+        ServiceId(0),
+        BackendId(16),
+        ep(0),
+        false,
+        FlowState::Udp,
+        0,
+    );
+    assert_eq!(e, Err(InsertError::BackendIdTooLarge));
+    assert!(t.is_empty());
+}
+
+#[test]
+fn churn_never_grows_the_table() {
+    let mut t = table(1000);
+    let (slab, index, reply) = (
+        t.slots.capacity(),
+        t.index.allocation_size(),
+        t.reply_index.allocation_size(),
+    );
+    for round in 0..50u32 {
+        for i in 0..1000 {
+            let k = round * 1000 + i;
+            t.insert(
+                key(k),
+                ServiceId(0),
+                BackendId(k % 8),
+                ep(k % 8),
+                true,
+                FlowState::Syn,
+                round,
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(t.len(), 1000);
+    assert_eq!(
+        (
+            t.slots.capacity(),
+            t.index.allocation_size(),
+            t.reply_index.allocation_size()
+        ),
+        (slab, index, reply)
+    );
+}
+
+/// The model: counts recomputed from the flows themselves.
+fn recount(t: &FlowTable) -> Vec<Conns> {
+    let mut c = vec![Conns::default(); 16];
+    for f in t.iter() {
+        if f.state == FlowState::Established {
+            c[f.backend.0 as usize].active += 1;
+        } else {
+            c[f.backend.0 as usize].inactive += 1;
+        }
+    }
+    c
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(u32, u32, u8),
+    Touch(u32, u8),
+    Advance(u32),
+    Sweep(usize),
+    FlushBackend(u32),
+    FlushService(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..64u32, 0..16u32, any::<u8>()).prop_map(|(k, b, f)| Op::Insert(k, b, f)),
+        4 => (0..64u32, any::<u8>()).prop_map(|(k, f)| Op::Touch(k, f)),
+        1 => (0..200u32).prop_map(Op::Advance),
+        1 => (0..10usize).prop_map(Op::Sweep),
+        1 => (0..16u32).prop_map(Op::FlushBackend),
+        1 => (0..3u32).prop_map(Op::FlushService),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Whatever happens (creates, state changes, expiry, eviction, flushes), the per-backend
+    /// counts equal a recount of the flows, and the lists hold exactly the indexed flows.
+    #[test]
+    fn counts_stay_exact(ops in proptest::collection::vec(op(), 1..300)) {
+        let mut t = FlowTable::new(32, 16, FlowTimeouts { tcp_established: 100, tcp_syn: 20, tcp_fin: 30, tcp_close: 5, udp: 50 });
+        let mut now = 0u32;
+        for o in ops {
+            match o {
+                Op::Insert(k, b, flags) => {
+                    if t.lookup(&key(k), now).is_none() {
+                        let state = if flags & 0x80 != 0 { Some(FlowState::Udp) } else { FlowState::for_new_tcp(flags) };
+                        if let Some(s) = state {
+                            t.insert(key(k), ServiceId(k % 3), BackendId(b), ep(b), k % 2 == 0, s, now).unwrap();
+                        }
+                    }
+                }
+                Op::Touch(k, flags) => {
+                    if let Some(s) = t.lookup(&key(k), now) {
+                        let tcp = (t.get(s).state != FlowState::Udp).then_some(flags);
+                        t.touch(s, tcp, now);
+                    }
+                }
+                Op::Advance(d) => now += d,
+                Op::Sweep(n) => { t.sweep(now, n); }
+                Op::FlushBackend(b) => { t.flush_backend(BackendId(b)); }
+                Op::FlushService(s) => { t.flush_service(ServiceId(s)); }
+            }
+            let model = recount(&t);
+            for b in 0..16 {
+                prop_assert_eq!(t.conns(BackendId(b)), model[b as usize]);
+            }
+            prop_assert_eq!(t.iter().count(), t.len());
+            prop_assert_eq!(t.index.len(), t.len());
+            prop_assert!(t.len() <= 32);
+        }
+    }
+}
