@@ -36,9 +36,15 @@ pub fn fold(mut s: u32) -> u16 {
     s as u16
 }
 
+/// The Internet checksum of `data` (whose checksum field must be zero): what the IPv4 header
+/// and ICMPv4 use.
+pub fn internet(data: &[u8]) -> u16 {
+    !fold(sum(data))
+}
+
 /// The IPv4 header checksum; the header's own checksum field must be zero.
 pub fn ipv4_header(header: &[u8]) -> u16 {
-    !fold(sum(header))
+    internet(header)
 }
 
 /// The IPv4 pseudo-header sum for TCP/UDP/ICMP-less protocols (RFC 793, RFC 768).

@@ -5,9 +5,15 @@
 pub mod addr;
 pub mod checksum;
 pub mod counters;
+pub mod drop_reason;
 pub mod flow;
+pub mod forward;
 pub mod hash;
 pub mod lcore;
+pub mod packet;
+pub mod pipeline;
+pub mod respond;
 pub mod sched;
 pub mod service;
+pub mod snapshot;
 pub mod wire;

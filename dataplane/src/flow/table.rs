@@ -214,6 +214,18 @@ pub struct ReplyKey {
     pub client_port: u16,
 }
 
+/// A flow to add: what it is, where it goes, how it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFlow {
+    pub key: FlowKey,
+    pub service: ServiceId,
+    pub backend: BackendId,
+    pub endpoint: Endpoint,
+    /// Also findable by its replies (NAT).
+    pub nat: bool,
+    pub state: FlowState,
+}
+
 /// Why `insert` could not add a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertError {
@@ -359,16 +371,15 @@ impl FlowTable {
 
     /// Adds a flow (the key must not be in the table). When full, the entry the eviction order
     /// names goes first. `nat` flows are also found by their replies.
-    pub fn insert(
-        &mut self,
-        key: FlowKey,
-        service: ServiceId,
-        backend: BackendId,
-        endpoint: Endpoint,
-        nat: bool,
-        state: FlowState,
-        now: u32,
-    ) -> Result<u32, InsertError> {
+    pub fn insert(&mut self, new: NewFlow, now: u32) -> Result<u32, InsertError> {
+        let NewFlow {
+            key,
+            service,
+            backend,
+            endpoint,
+            nat,
+            state,
+        } = new;
         if backend.0 as usize >= self.conns.len() {
             return Err(InsertError::BackendIdTooLarge);
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::flow::NewFlow;
 use proptest::prelude::*;
 
 fn key(i: u32) -> FlowKey {
@@ -28,12 +29,14 @@ fn table(cap: u32) -> FlowTable {
 
 fn add(t: &mut FlowTable, i: u32, backend: u32, state: FlowState, now: u32) -> u32 {
     t.insert(
-        key(i),
-        ServiceId(1),
-        BackendId(backend),
-        ep(backend),
-        false,
-        state,
+        NewFlow {
+            key: key(i),
+            service: ServiceId(1),
+            backend: BackendId(backend),
+            endpoint: ep(backend),
+            nat: false,
+            state: state,
+        },
         now,
     )
     .unwrap()
@@ -174,12 +177,14 @@ fn replies_find_their_nat_flow_by_backend_and_client() {
     let k = key(7);
     let s = t
         .insert(
-            k,
-            ServiceId(2),
-            BackendId(3),
-            ep(3),
-            true,
-            FlowState::Syn,
+            NewFlow {
+                key: k,
+                service: ServiceId(2),
+                backend: BackendId(3),
+                endpoint: ep(3),
+                nat: true,
+                state: FlowState::Syn,
+            },
             0,
         )
         .unwrap();
@@ -198,12 +203,14 @@ fn replies_find_their_nat_flow_by_backend_and_client() {
     // a DR flow is not in the reply index
     let d = key(8);
     t.insert(
-        d,
-        ServiceId(2),
-        BackendId(3),
-        ep(3),
-        false,
-        FlowState::Syn,
+        NewFlow {
+            key: d,
+            service: ServiceId(2),
+            backend: BackendId(3),
+            endpoint: ep(3),
+            nat: false,
+            state: FlowState::Syn,
+        },
         0,
     )
     .unwrap();
@@ -222,12 +229,14 @@ fn flush_by_service_and_by_backend_removes_exactly_those_flows() {
     let mut t = table(64);
     for i in 0..30 {
         t.insert(
-            key(i),
-            ServiceId(i % 3),
-            BackendId(i % 5),
-            ep(i % 5),
-            true,
-            FlowState::Established,
+            NewFlow {
+                key: key(i),
+                service: ServiceId(i % 3),
+                backend: BackendId(i % 5),
+                endpoint: ep(i % 5),
+                nat: true,
+                state: FlowState::Established,
+            },
             0,
         )
         .unwrap();
@@ -245,12 +254,14 @@ fn flush_by_service_and_by_backend_removes_exactly_those_flows() {
 fn backend_ids_beyond_the_table_are_refused() {
     let mut t = table(4);
     let e = t.insert(
-        key(1),
-        ServiceId(0),
-        BackendId(16),
-        ep(0),
-        false,
-        FlowState::Udp,
+        NewFlow {
+            key: key(1),
+            service: ServiceId(0),
+            backend: BackendId(16),
+            endpoint: ep(0),
+            nat: false,
+            state: FlowState::Udp,
+        },
         0,
     );
     assert_eq!(e, Err(InsertError::BackendIdTooLarge));
@@ -269,12 +280,14 @@ fn churn_never_grows_the_table() {
         for i in 0..1000 {
             let k = round * 1000 + i;
             t.insert(
-                key(k),
-                ServiceId(0),
-                BackendId(k % 8),
-                ep(k % 8),
-                true,
-                FlowState::Syn,
+                NewFlow {
+                    key: key(k),
+                    service: ServiceId(0),
+                    backend: BackendId(k % 8),
+                    endpoint: ep(k % 8),
+                    nat: true,
+                    state: FlowState::Syn,
+                },
                 round,
             )
             .unwrap();
@@ -340,7 +353,7 @@ proptest! {
                     if t.lookup(&key(k), now).is_none() {
                         let state = if flags & 0x80 != 0 { Some(FlowState::Udp) } else { FlowState::for_new_tcp(flags) };
                         if let Some(s) = state {
-                            t.insert(key(k), ServiceId(k % 3), BackendId(b), ep(b), k % 2 == 0, s, now).unwrap();
+                            t.insert(NewFlow { key: key(k), service: ServiceId(k % 3), backend: BackendId(b), endpoint: ep(b), nat: k % 2 == 0, state: s }, now).unwrap();
                         }
                     }
                 }

@@ -1,0 +1,737 @@
+//! The packet path: one entry point, [`process`], that turns a received frame into an
+//! [`Action`]. Each step is one decision (parse, is it for us, which service, which flow,
+//! which backend, rewrite) and every drop names its [`DropReason`].
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use crate::addr::MacAddr;
+use crate::drop_reason::DropReason;
+use crate::flow::{
+    Endpoint, FlowKey, FlowState, FlowTable, FlowTimeouts, NewFlow, ReplyKey, addr_from_bytes,
+};
+use crate::forward::{self, IpView, Side};
+use crate::hash::fmix64;
+use crate::packet::PacketBuf;
+use crate::respond;
+use crate::sched::{Cursor, PickInput};
+use crate::service::ForwardingMode;
+use crate::snapshot::{Service, ServiceKey, Snapshot};
+use crate::wire::arp::{self, ArpPacket};
+use crate::wire::ethernet::{self, EthernetFrame};
+use crate::wire::icmp::{self, IcmpMessage};
+use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::ipv6::{self, Ipv6Packet};
+use crate::wire::tcp::TcpSegment;
+use crate::wire::udp::UdpDatagram;
+
+/// What to do with a packet after [`process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Rewritten (Ethernet addresses included): send it on interface `interface` (an index into
+    /// the snapshot's interfaces) towards `next_hop`.
+    Forward {
+        interface: u16,
+        next_hop: IpAddr,
+    },
+    /// Turned into an answer (ARP, echo, neighbour advertisement, too big): send it back out
+    /// of the interface it came in on.
+    Reply,
+    Drop(DropReason),
+    /// It belongs to another worker's flow table (NAT ownership): hand it over unchanged.
+    Redirect(u16),
+}
+
+/// Flow-table sweeping done along with each new flow, so expiry keeps up with creation.
+const SWEEP_PER_NEW_FLOW: usize = 4;
+
+/// One worker's mutable state: its flow table and its scheduling cursors.
+#[derive(Debug)]
+pub struct WorkerState {
+    /// This worker's index among `Snapshot::workers`.
+    pub index: u16,
+    pub flows: FlowTable,
+    /// Per service id.
+    cursors: Vec<Cursor>,
+}
+
+impl WorkerState {
+    /// `max_services` and `max_backends` bound the ids the control side hands out.
+    pub fn new(
+        index: u16,
+        flow_capacity: u32,
+        max_services: u32,
+        max_backends: u32,
+        timeouts: FlowTimeouts,
+    ) -> Self {
+        WorkerState {
+            index,
+            flows: FlowTable::new(flow_capacity, max_backends, timeouts),
+            cursors: vec![Cursor::default(); max_services as usize],
+        }
+    }
+}
+
+/// Which worker owns the flows of a client endpoint (NAT: both directions carry it).
+#[inline]
+pub fn owner(client: &[u8; 16], port: u16, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    let a = u64::from_be_bytes(client[..8].try_into().expect("8"));
+    let b = u64::from_be_bytes(client[8..].try_into().expect("8"));
+    (fmix64(a ^ b.rotate_left(17) ^ u64::from(port)) % u64::from(workers)) as u16
+}
+
+/// The transport part of a parsed packet.
+#[derive(Debug, Clone, Copy)]
+struct L4 {
+    sport: u16,
+    dport: u16,
+    /// TCP flags; None for UDP.
+    tcp_flags: Option<u8>,
+}
+
+/// Processes one frame received on interface `ingress` (an index into the snapshot's
+/// interfaces) at `now` (seconds, the flow table's clock).
+pub fn process<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Action {
+    match classify(pkt, ingress, snap, w, now) {
+        Ok(a) => a,
+        Err(r) => Action::Drop(r),
+    }
+}
+
+fn classify<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, DropReason> {
+    let Some(itf) = snap.interfaces.get(ingress as usize) else {
+        return Err(DropReason::NotForUs);
+    };
+    let our_mac = itf.mac;
+    let (l2, ethertype) = {
+        let eth = EthernetFrame::new_checked(pkt.data())?;
+        let dst = eth.dst();
+        if dst != our_mac && !dst.is_multicast() {
+            return Err(DropReason::NotOurMac);
+        }
+        (eth.header_len(), eth.ethertype())
+    };
+    match ethertype {
+        ethernet::ETHERTYPE_ARP => arp_request(pkt.data_mut(), l2, ingress, snap, our_mac),
+        ethernet::ETHERTYPE_IPV4 => {
+            let ip = parse_ipv4(&pkt.data()[l2..], l2)?;
+            ip_packet(pkt, l2, ip, ingress, snap, w, now)
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let ip = parse_ipv6(&pkt.data()[l2..], l2)?;
+            ip_packet(pkt, l2, ip, ingress, snap, w, now)
+        }
+        _ => Err(DropReason::UnknownEtherType),
+    }
+}
+
+fn arp_request(
+    frame: &mut [u8],
+    l2: usize,
+    ingress: u16,
+    snap: &Snapshot,
+    mac: MacAddr,
+) -> Result<Action, DropReason> {
+    let arp = ArpPacket::new_checked(&frame[l2..])?;
+    if arp.operation() != arp::OP_REQUEST {
+        return Err(DropReason::ArpIgnored);
+    }
+    let target = crate::flow::addr_bytes(IpAddr::V4(arp.target_ip()));
+    let ours = snap.local_interface(&target) == Some(ingress) || snap.is_vip(&target);
+    if !ours {
+        return Err(DropReason::ArpIgnored);
+    }
+    respond::arp_reply(frame, l2, mac);
+    Ok(Action::Reply)
+}
+
+fn parse_ipv4(b: &[u8], l3: usize) -> Result<IpView, DropReason> {
+    let p = Ipv4Packet::new_checked(b)?;
+    if !p.verify_checksum() {
+        return Err(DropReason::BadChecksum);
+    }
+    if p.has_options() {
+        return Err(DropReason::IpOptions);
+    }
+    if p.is_fragment() {
+        return Err(DropReason::Fragment);
+    }
+    Ok(IpView {
+        v6: false,
+        l3,
+        total: p.total_len(),
+        l4: l3 + p.header_len(),
+        proto: p.protocol(),
+        src: p.src().to_ipv6_mapped().octets(),
+        dst: p.dst().to_ipv6_mapped().octets(),
+    })
+}
+
+fn parse_ipv6(b: &[u8], l3: usize) -> Result<IpView, DropReason> {
+    let p = Ipv6Packet::new_checked(b)?;
+    let upper = p.upper_layer()?;
+    if upper.fragment {
+        return Err(DropReason::Fragment);
+    }
+    Ok(IpView {
+        v6: true,
+        l3,
+        total: p.total_len(),
+        l4: l3 + upper.offset,
+        proto: upper.protocol,
+        src: p.src().octets(),
+        dst: p.dst().octets(),
+    })
+}
+
+/// Ports and flags of a TCP or UDP header at `ip.l4`.
+fn parse_l4(frame: &[u8], ip: &IpView) -> Result<L4, DropReason> {
+    let b = &frame[ip.l4..ip.end()];
+    match ip.proto {
+        ipv4::PROTO_TCP => {
+            let t = TcpSegment::new_checked(b)?;
+            Ok(L4 {
+                sport: t.src_port(),
+                dport: t.dst_port(),
+                tcp_flags: Some(t.flags()),
+            })
+        }
+        ipv4::PROTO_UDP => {
+            let u = UdpDatagram::new_checked(b)?;
+            Ok(L4 {
+                sport: u.src_port(),
+                dport: u.dst_port(),
+                tcp_flags: None,
+            })
+        }
+        _ => Err(DropReason::UnsupportedProtocol),
+    }
+}
+
+fn is_icmp(ip: &IpView) -> bool {
+    ip.proto
+        == if ip.v6 {
+            ipv6::NEXT_ICMPV6
+        } else {
+            ipv4::PROTO_ICMP
+        }
+}
+
+fn ip_packet<P: PacketBuf>(
+    pkt: &mut P,
+    l2: usize,
+    ip: IpView,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, DropReason> {
+    let our_mac = snap.interfaces[ingress as usize].mac;
+    let to_vip = snap.is_vip(&ip.dst);
+    let to_us = snap.local_interface(&ip.dst).is_some();
+    if is_icmp(&ip) {
+        return icmp_packet(
+            pkt,
+            l2,
+            &ip,
+            ingress,
+            to_us || to_vip,
+            snap,
+            w,
+            now,
+            our_mac,
+        );
+    }
+    if to_us && !to_vip {
+        return Err(DropReason::LocalUnsupported);
+    }
+    let l4 = parse_l4(pkt.data(), &ip)?;
+    if to_vip {
+        let key = ServiceKey {
+            protocol: ip.proto,
+            vip: ip.dst,
+            port: l4.dport,
+        };
+        let svc = snap.service(&key).ok_or(DropReason::NoService)?;
+        return to_backend(pkt, l2, &ip, &l4, ingress, svc, snap, w, now);
+    }
+    // Not for us: the reply of a NAT flow, from a backend to a client?
+    nat_reply(pkt, &ip, &l4, snap, w, now)
+}
+
+/// Client to VIP: find or create the flow, then forward in the service's mode.
+#[allow(clippy::too_many_arguments)]
+fn to_backend<P: PacketBuf>(
+    pkt: &mut P,
+    l2: usize,
+    ip: &IpView,
+    l4: &L4,
+    ingress: u16,
+    svc: &Service,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, DropReason> {
+    let mode = svc.config.forwarding;
+    if mode == ForwardingMode::Nat {
+        let o = owner(&ip.src, l4.sport, snap.workers);
+        if o != w.index {
+            return Ok(Action::Redirect(o));
+        }
+    }
+    let key = FlowKey {
+        client: ip.src,
+        vip: ip.dst,
+        client_port: l4.sport,
+        vip_port: l4.dport,
+        protocol: ip.proto,
+    };
+    let backend = match w.flows.lookup(&key, now) {
+        Some(slot) => {
+            w.flows.touch(slot, l4.tcp_flags, now);
+            w.flows.get(slot).backend
+        }
+        None => {
+            let state = match l4.tcp_flags {
+                Some(f) => FlowState::for_new_tcp(f).ok_or(DropReason::TcpRstNoFlow)?,
+                None => FlowState::Udp,
+            };
+            let cursor = w
+                .cursors
+                .get_mut(svc.config.id.0 as usize)
+                .ok_or(DropReason::FlowInsertFailed)?;
+            let pick = svc.scheduler.pick(
+                &PickInput {
+                    backends: &svc.sched_backends,
+                    flow: &key,
+                    conns: &w.flows,
+                },
+                cursor,
+            );
+            let b = &svc.config.backends[pick.ok_or(DropReason::NoBackend)?];
+            let endpoint = Endpoint {
+                addr: crate::flow::addr_bytes(b.address),
+                port: b.port,
+            };
+            w.flows.sweep(now, SWEEP_PER_NEW_FLOW);
+            let new = NewFlow {
+                key,
+                service: svc.config.id,
+                backend: b.id,
+                endpoint,
+                nat: mode == ForwardingMode::Nat,
+                state,
+            };
+            w.flows
+                .insert(new, now)
+                .map_err(|_| DropReason::FlowInsertFailed)?;
+            b.id
+        }
+    };
+    let endpoint = w.flows.endpoint(backend);
+    let backend_addr = addr_from_bytes(endpoint.addr);
+    match mode {
+        ForwardingMode::Nat => {
+            forward::rewrite_endpoint(
+                pkt.data_mut(),
+                ip,
+                Side::Dst,
+                &endpoint.addr,
+                endpoint.port,
+                ip.end() - ip.l4,
+            );
+            send(pkt.data_mut(), snap, backend_addr)
+        }
+        ForwardingMode::DirectRouting => {
+            let interface = snap
+                .on_link(backend_addr)
+                .ok_or(DropReason::DrBackendOffLink)?;
+            let mac = snap
+                .neighbor(backend_addr)
+                .ok_or(DropReason::NeighborUnresolved)?;
+            forward::set_l2(pkt.data_mut(), mac, snap.interfaces[interface as usize].mac);
+            Ok(Action::Forward {
+                interface,
+                next_hop: backend_addr,
+            })
+        }
+        ForwardingMode::Tunnel => tunnel(pkt, l2, ip, ingress, backend_addr, snap),
+    }
+}
+
+/// Encapsulates towards the backend, or answers "too big" when the result would not fit.
+fn tunnel<P: PacketBuf>(
+    pkt: &mut P,
+    l2: usize,
+    ip: &IpView,
+    ingress: u16,
+    backend: IpAddr,
+    snap: &Snapshot,
+) -> Result<Action, DropReason> {
+    let (interface, next_hop) = snap.next_hop(backend).ok_or(DropReason::NoRoute)?;
+    let itf = &snap.interfaces[interface as usize];
+    let overhead = forward::tunnel_overhead(ip.v6);
+    if ip.total + overhead > usize::from(itf.mtu) {
+        let df = ip.v6 || pkt.data()[ip.l3 + ipv4::field::FLAGS_FRAG] & 0x40 != 0;
+        if !df {
+            return Err(DropReason::TooBigNoDf);
+        }
+        let mtu = itf.mtu - overhead as u16;
+        let vip = addr_from_bytes(ip.dst);
+        let mac = snap.interfaces[ingress as usize].mac;
+        return if respond::too_big(pkt, l2, ip, vip, mtu, mac) {
+            Ok(Action::Reply)
+        } else {
+            Err(DropReason::NoHeadroom)
+        };
+    }
+    let src = snap
+        .interface_address(interface, backend)
+        .ok_or(DropReason::NoTunnelSource)?;
+    let mac = snap
+        .neighbor(next_hop)
+        .ok_or(DropReason::NeighborUnresolved)?;
+    if !forward::encapsulate(pkt, l2, ip, src, backend) {
+        return Err(DropReason::NoHeadroom);
+    }
+    forward::set_l2(pkt.data_mut(), mac, itf.mac);
+    Ok(Action::Forward {
+        interface,
+        next_hop,
+    })
+}
+
+/// Sets the Ethernet header for `dst` via its next hop and says where to send.
+fn send(frame: &mut [u8], snap: &Snapshot, dst: IpAddr) -> Result<Action, DropReason> {
+    let (interface, next_hop) = snap.next_hop(dst).ok_or(DropReason::NoRoute)?;
+    let mac = snap
+        .neighbor(next_hop)
+        .ok_or(DropReason::NeighborUnresolved)?;
+    forward::set_l2(frame, mac, snap.interfaces[interface as usize].mac);
+    Ok(Action::Forward {
+        interface,
+        next_hop,
+    })
+}
+
+/// Backend to client (NAT): the source becomes the VIP and the service port again.
+fn nat_reply<P: PacketBuf>(
+    pkt: &mut P,
+    ip: &IpView,
+    l4: &L4,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, DropReason> {
+    let o = owner(&ip.dst, l4.dport, snap.workers);
+    if o != w.index {
+        // Only a NAT reply is ever owned elsewhere; if it is not one, the owner drops it.
+        return Ok(Action::Redirect(o));
+    }
+    let rk = ReplyKey {
+        protocol: ip.proto,
+        backend: Endpoint {
+            addr: ip.src,
+            port: l4.sport,
+        },
+        client: ip.dst,
+        client_port: l4.dport,
+    };
+    let slot = w.flows.lookup_reply(&rk, now).ok_or(DropReason::NotForUs)?;
+    w.flows.touch(slot, l4.tcp_flags, now);
+    let key = w.flows.get(slot).key;
+    forward::rewrite_endpoint(
+        pkt.data_mut(),
+        ip,
+        Side::Src,
+        &key.vip,
+        key.vip_port,
+        ip.end() - ip.l4,
+    );
+    send(pkt.data_mut(), snap, addr_from_bytes(ip.dst))
+}
+
+/// ICMP and ICMPv6: echo and neighbour solicitation for us and our VIPs; errors about flows.
+#[allow(clippy::too_many_arguments)]
+fn icmp_packet<P: PacketBuf>(
+    pkt: &mut P,
+    l2: usize,
+    ip: &IpView,
+    ingress: u16,
+    for_us: bool,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+    our_mac: MacAddr,
+) -> Result<Action, DropReason> {
+    let (ty, code) = {
+        let m = IcmpMessage::new_checked(&pkt.data()[ip.l4..ip.end()])?;
+        (m.msg_type(), m.code())
+    };
+    let echo = if ip.v6 {
+        icmp::v6::ECHO_REQUEST
+    } else {
+        icmp::v4::ECHO_REQUEST
+    };
+    if ty == echo && code == 0 {
+        if !for_us {
+            return Err(DropReason::NotForUs);
+        }
+        respond::echo_reply(pkt.data_mut(), ip, our_mac);
+        return Ok(Action::Reply);
+    }
+    if ip.v6 && ty == icmp::v6::NEIGHBOR_SOLICIT {
+        return neighbor_solicitation(pkt, ip, ingress, snap, our_mac);
+    }
+    let error = if ip.v6 {
+        icmp::v6::is_error(ty)
+    } else {
+        icmp::v4::is_error(ty)
+    };
+    if !error {
+        return Err(DropReason::IcmpUnsupported);
+    }
+    icmp_error(pkt, l2, ip, snap, w, now)
+}
+
+fn neighbor_solicitation<P: PacketBuf>(
+    pkt: &mut P,
+    ip: &IpView,
+    ingress: u16,
+    snap: &Snapshot,
+    mac: MacAddr,
+) -> Result<Action, DropReason> {
+    let f = pkt.data();
+    let body = &f[ip.l4..ip.end()];
+    // RFC 4861 §7.1.1: hop limit 255, code 0, at least 24 bytes.
+    if f[ip.l3 + ipv6::field::HOP_LIMIT] != 255 || body.len() < 24 || body[1] != 0 {
+        return Err(DropReason::NdpInvalid);
+    }
+    let target: [u8; 16] = body[8..24].try_into().expect("16");
+    let ours = snap.local_interface(&target) == Some(ingress) || snap.is_vip(&target);
+    if !ours {
+        return Err(DropReason::ArpIgnored);
+    }
+    if respond::neighbor_advert(pkt, ip, Ipv6Addr::from(target), mac) {
+        Ok(Action::Reply)
+    } else {
+        Err(DropReason::NoHeadroom)
+    }
+}
+
+/// An ICMP error quoting a packet of one of our flows: rewritten consistently with the flow
+/// and sent where the flow's packets go.
+///
+/// - To a VIP, quoting a packet from the VIP (a backend's reply, dropped on the way to the
+///   client): it goes to the flow's backend; in NAT the quoted source and the outer
+///   destination become the backend.
+/// - In NAT, not to us, quoting a packet from a client to a backend (dropped on the way to the
+///   backend): it goes to the client, with the quoted destination (and the outer source, if it
+///   was the backend) turned back into the VIP.
+fn icmp_error<P: PacketBuf>(
+    pkt: &mut P,
+    l2: usize,
+    ip: &IpView,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, DropReason> {
+    let inner_at = ip.l4 + icmp::HEADER_LEN;
+    let (inner, l4_avail) =
+        parse_quoted(&pkt.data()[..ip.end()], inner_at, ip.v6).ok_or(DropReason::IcmpNoFlow)?;
+    let (sport, dport) = {
+        let f = pkt.data();
+        (
+            u16::from_be_bytes([f[inner.l4], f[inner.l4 + 1]]),
+            u16::from_be_bytes([f[inner.l4 + 2], f[inner.l4 + 3]]),
+        )
+    };
+    if snap.is_vip(&ip.dst) && inner.src == ip.dst {
+        // About the VIP's packet to a client: the flow is (client = quoted dst, vip = quoted src).
+        let key = FlowKey {
+            client: inner.dst,
+            vip: inner.src,
+            client_port: dport,
+            vip_port: sport,
+            protocol: inner.proto,
+        };
+        let svc = snap
+            .service(&ServiceKey {
+                protocol: inner.proto,
+                vip: inner.src,
+                port: sport,
+            })
+            .ok_or(DropReason::IcmpNoFlow)?;
+        if svc.config.forwarding == ForwardingMode::Nat {
+            let o = owner(&key.client, key.client_port, snap.workers);
+            if o != w.index {
+                return Ok(Action::Redirect(o));
+            }
+        }
+        let slot = w.flows.lookup(&key, now).ok_or(DropReason::IcmpNoFlow)?;
+        let endpoint = w.flows.endpoint(w.flows.get(slot).backend);
+        let backend = addr_from_bytes(endpoint.addr);
+        return match svc.config.forwarding {
+            ForwardingMode::Nat => {
+                let f = pkt.data_mut();
+                forward::rewrite_endpoint(
+                    f,
+                    &inner,
+                    Side::Src,
+                    &endpoint.addr,
+                    endpoint.port,
+                    l4_avail,
+                );
+                forward::rewrite_addr(f, ip, Side::Dst, &endpoint.addr);
+                let dst = endpoint.addr;
+                fix_icmp_checksum(f, ip, &ip.src, &dst);
+                send(f, snap, backend)
+            }
+            ForwardingMode::DirectRouting => {
+                let interface = snap.on_link(backend).ok_or(DropReason::DrBackendOffLink)?;
+                let mac = snap
+                    .neighbor(backend)
+                    .ok_or(DropReason::NeighborUnresolved)?;
+                forward::set_l2(pkt.data_mut(), mac, snap.interfaces[interface as usize].mac);
+                Ok(Action::Forward {
+                    interface,
+                    next_hop: backend,
+                })
+            }
+            ForwardingMode::Tunnel => {
+                let (interface, next_hop) = snap.next_hop(backend).ok_or(DropReason::NoRoute)?;
+                let src = snap
+                    .interface_address(interface, backend)
+                    .ok_or(DropReason::NoTunnelSource)?;
+                let mac = snap
+                    .neighbor(next_hop)
+                    .ok_or(DropReason::NeighborUnresolved)?;
+                if !forward::encapsulate(pkt, l2, ip, src, backend) {
+                    return Err(DropReason::NoHeadroom);
+                }
+                forward::set_l2(pkt.data_mut(), mac, snap.interfaces[interface as usize].mac);
+                Ok(Action::Forward {
+                    interface,
+                    next_hop,
+                })
+            }
+        };
+    }
+    // About a client's packet to a backend (NAT): the client is the quoted source.
+    let o = owner(&inner.src, sport, snap.workers);
+    if o != w.index {
+        return Ok(Action::Redirect(o));
+    }
+    let rk = ReplyKey {
+        protocol: inner.proto,
+        backend: Endpoint {
+            addr: inner.dst,
+            port: dport,
+        },
+        client: inner.src,
+        client_port: sport,
+    };
+    let slot = w
+        .flows
+        .lookup_reply(&rk, now)
+        .ok_or(DropReason::IcmpNoFlow)?;
+    let key = w.flows.get(slot).key;
+    let f = pkt.data_mut();
+    forward::rewrite_endpoint(f, &inner, Side::Dst, &key.vip, key.vip_port, l4_avail);
+    let mut outer_src = ip.src;
+    if ip.src == inner.dst {
+        forward::rewrite_addr(f, ip, Side::Src, &key.vip);
+        outer_src = key.vip;
+    }
+    fix_icmp_checksum(f, ip, &outer_src, &ip.dst);
+    send(f, snap, addr_from_bytes(ip.dst))
+}
+
+/// The packet quoted in an ICMP error at `at`: its header must be whole and at least the
+/// eight bytes of ports that follow it. Returns the view and how many transport bytes are
+/// quoted.
+fn parse_quoted(frame: &[u8], at: usize, v6: bool) -> Option<(IpView, usize)> {
+    let q = frame.get(at..)?;
+    let (view, hl) = if v6 {
+        if q.len() < ipv6::HEADER_LEN || q[0] >> 4 != 6 {
+            return None;
+        }
+        let proto = q[ipv6::field::NEXT];
+        (
+            IpView {
+                v6: true,
+                l3: at,
+                total: q.len(),
+                l4: at + ipv6::HEADER_LEN,
+                proto,
+                src: q[8..24].try_into().ok()?,
+                dst: q[24..40].try_into().ok()?,
+            },
+            ipv6::HEADER_LEN,
+        )
+    } else {
+        if q.len() < ipv4::MIN_HEADER_LEN || q[0] >> 4 != 4 {
+            return None;
+        }
+        let hl = usize::from(q[0] & 0x0f) * 4;
+        if hl < ipv4::MIN_HEADER_LEN {
+            return None;
+        }
+        let v4 = |b: &[u8]| {
+            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).expect("4"))
+                .to_ipv6_mapped()
+                .octets()
+        };
+        (
+            IpView {
+                v6: false,
+                l3: at,
+                total: q.len(),
+                l4: at + hl,
+                proto: q[ipv4::field::PROTO],
+                src: v4(&q[12..16]),
+                dst: v4(&q[16..20]),
+            },
+            hl,
+        )
+    };
+    if !matches!(view.proto, ipv4::PROTO_TCP | ipv4::PROTO_UDP) || q.len() < hl + 8 {
+        return None;
+    }
+    Some((view, q.len() - hl))
+}
+
+/// Recomputes an ICMP(v6) checksum over the whole message after its quote was rewritten.
+fn fix_icmp_checksum(frame: &mut [u8], ip: &IpView, src: &[u8; 16], dst: &[u8; 16]) {
+    let m = &mut frame[ip.l4..ip.end()];
+    m[icmp::CHECKSUM_OFFSET..icmp::CHECKSUM_OFFSET + 2].copy_from_slice(&[0, 0]);
+    let c = if ip.v6 {
+        let pseudo = crate::checksum::pseudo_v6(
+            Ipv6Addr::from(*src),
+            Ipv6Addr::from(*dst),
+            ipv6::NEXT_ICMPV6,
+            m.len() as u32,
+        );
+        crate::checksum::transport(pseudo, m)
+    } else {
+        crate::checksum::internet(m)
+    };
+    m[icmp::CHECKSUM_OFFSET..icmp::CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests;
