@@ -5,26 +5,40 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// One's-complement sum of `data` as big-endian 16-bit words (an odd last byte is padded with
 /// zero), folded to 16 bits but not complemented.
+///
+/// RFC 1071 §2(B): the sum may be taken over wider words and folded at the end, so this adds
+/// 32-bit halves of 64-bit loads into a 64-bit accumulator (no carry is lost for any IP packet).
 #[inline]
 pub fn sum(data: &[u8]) -> u32 {
     let mut acc: u64 = 0;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        // Four words at a time; the u64 accumulator cannot overflow for any IP packet.
         let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
-        acc += (w >> 48) + ((w >> 32) & 0xffff) + ((w >> 16) & 0xffff) + (w & 0xffff);
+        acc += (w >> 32) + (w & 0xffff_ffff);
     }
-    let mut rest = chunks.remainder().chunks_exact(2);
-    for c in &mut rest {
-        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    let mut rest = chunks.remainder();
+    if rest.len() >= 4 {
+        acc += u64::from(u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")));
+        rest = &rest[4..];
     }
-    if let [b] = rest.remainder() {
+    if rest.len() >= 2 {
+        acc += u64::from(u16::from_be_bytes([rest[0], rest[1]]));
+        rest = &rest[2..];
+    }
+    if let [b] = rest {
         acc += u64::from(*b) << 8;
     }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u32
+    fold64(acc)
+}
+
+/// Folds a 64-bit one's-complement accumulator to 16 bits.
+#[inline]
+fn fold64(mut acc: u64) -> u32 {
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let mut s = (acc & 0xffff) + (acc >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u32
 }
 
 /// Folds a sum of several partial sums to 16 bits.
@@ -67,17 +81,32 @@ pub fn verifies(pseudo: u32, segment: &[u8]) -> bool {
     fold(pseudo + sum(segment)) == 0xffff
 }
 
-/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), for every 16-bit word that changed from `old` to
-/// `new` (equal lengths, even).
+/// The change that rewriting `old` into `new` (equal, even lengths) makes to a one's-complement
+/// sum: ~m + m' summed over the words (RFC 1624). Computed once, it can be applied to several
+/// checksums (a NAT rewrite changes the IPv4 header's and the transport's).
+#[inline]
+pub fn delta(old: &[u8], new: &[u8]) -> u32 {
+    debug_assert_eq!(old.len(), new.len());
+    u32::from(!fold(sum(old))) + sum(new)
+}
+
+/// [`delta`] for a 4-byte field (an IPv4 address), without the general loop.
+#[inline]
+pub fn delta4(old: [u8; 4], new: [u8; 4]) -> u32 {
+    let (o, n) = (u32::from_be_bytes(old), u32::from_be_bytes(new));
+    (!o >> 16) + (!o & 0xffff) + (n >> 16) + (n & 0xffff)
+}
+
+/// RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with the `delta` of the rewrite.
+#[inline]
+pub fn apply(checksum: u16, delta: u32) -> u16 {
+    !fold(u32::from(!checksum) + delta)
+}
+
+/// RFC 1624 eqn. 3 for every 16-bit word that changed from `old` to `new`.
 #[inline]
 pub fn update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
-    debug_assert_eq!(old.len(), new.len());
-    let mut s = u32::from(!checksum);
-    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
-        s += u32::from(!u16::from_be_bytes([o[0], o[1]]))
-            + u32::from(u16::from_be_bytes([n[0], n[1]]));
-    }
-    !fold(s)
+    apply(checksum, delta(old, new))
 }
 
 /// RFC 1624 eqn. 3 for one 16-bit field.
@@ -90,10 +119,16 @@ pub fn update_u16(checksum: u16, old: u16, new: u16) -> u16 {
 /// is nothing to update); a computed 0 is sent as 0xffff (RFC 768).
 #[inline]
 pub fn udp_update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
+    udp_apply(checksum, delta(old, new))
+}
+
+/// [`udp_update`] with a precomputed delta.
+#[inline]
+pub fn udp_apply(checksum: u16, delta: u32) -> u16 {
     if checksum == 0 {
         return 0;
     }
-    match update(checksum, old, new) {
+    match apply(checksum, delta) {
         0 => 0xffff,
         c => c,
     }
@@ -173,6 +208,11 @@ mod tests {
             prop_assert!(verifies(pseudo(&new_dst[..alen]), &seg));
             let recomputed = full(pseudo(&new_dst[..alen]), &mut seg.clone(), at);
             prop_assert!(c == recomputed || (c | recomputed) == 0xffff && (c & recomputed) == 0, "{c:#x} vs {recomputed:#x}");
+        }
+
+        #[test]
+        fn delta4_equals_the_general_delta(old in any::<[u8; 4]>(), new in any::<[u8; 4]>(), c in any::<u16>()) {
+            prop_assert_eq!(apply(c, delta4(old, new)), apply(c, delta(&old, &new)));
         }
 
         #[test]

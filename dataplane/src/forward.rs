@@ -78,35 +78,35 @@ pub fn rewrite_endpoint(
     l4_avail: usize,
 ) {
     let range = ip.addr_range(side);
-    let mut old_addr = [0u8; 16];
-    let alen = ip.addr_len();
-    old_addr[..alen].copy_from_slice(&frame[range.clone()]);
     let new_addr = ip.wire(addr);
+    // One delta for the address serves both checksums; the port adds its own to the transport's.
+    let addr_delta = if ip.v6 {
+        checksum::delta(&frame[range.clone()], new_addr)
+    } else {
+        checksum::delta4(
+            frame[range.clone()].try_into().expect("4 bytes"),
+            addr[12..].try_into().expect("4 bytes"),
+        )
+    };
     frame[range].copy_from_slice(new_addr);
     if !ip.v6 {
         let at = ip.l3 + ipv4::field::CHECKSUM;
-        let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
-        let c = checksum::update(c, &old_addr[..alen], new_addr);
+        let c = checksum::apply(u16::from_be_bytes([frame[at], frame[at + 1]]), addr_delta);
         frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
     let port_at = ip.l4 + if side == Side::Src { 0 } else { 2 };
-    let old_port = [frame[port_at], frame[port_at + 1]];
+    let old_port = u16::from_be_bytes([frame[port_at], frame[port_at + 1]]);
     frame[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
     if let Some(off) = l4_checksum_offset(ip.proto)
         && off + 2 <= l4_avail
     {
         let at = ip.l4 + off;
         let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
-        let mut old = [0u8; 18];
-        let mut new = [0u8; 18];
-        old[..alen].copy_from_slice(&old_addr[..alen]);
-        new[..alen].copy_from_slice(new_addr);
-        old[alen..alen + 2].copy_from_slice(&old_port);
-        new[alen..alen + 2].copy_from_slice(&port.to_be_bytes());
+        let d = addr_delta + u32::from(!old_port) + u32::from(port);
         let c = if ip.proto == ipv4::PROTO_UDP {
-            checksum::udp_update(c, &old[..alen + 2], &new[..alen + 2])
+            checksum::udp_apply(c, d)
         } else {
-            checksum::update(c, &old[..alen + 2], &new[..alen + 2])
+            checksum::apply(c, d)
         };
         frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }

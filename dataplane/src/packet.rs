@@ -38,6 +38,16 @@ impl OwnedPacket {
     }
 }
 
+impl OwnedPacket {
+    /// Puts `frame` back in place (with the original headroom), reusing the buffer: for
+    /// benchmarks that process the same packet again and again.
+    pub fn reset_from(&mut self, frame: &[u8]) {
+        self.start = HEADROOM;
+        self.len = frame.len();
+        self.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+    }
+}
+
 impl PacketBuf for OwnedPacket {
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]

@@ -14,8 +14,8 @@ use crate::hash::fmix64;
 use crate::packet::PacketBuf;
 use crate::respond;
 use crate::sched::{Cursor, PickInput};
-use crate::service::ForwardingMode;
-use crate::snapshot::{Service, ServiceKey, Snapshot};
+use crate::service::{BackendId, ForwardingMode};
+use crate::snapshot::{Route, Service, ServiceKey, Snapshot};
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmp::{self, IcmpMessage};
@@ -240,46 +240,62 @@ fn ip_packet<P: PacketBuf>(
     w: &mut WorkerState,
     now: u32,
 ) -> Result<Action, DropReason> {
-    let our_mac = snap.interfaces[ingress as usize].mac;
-    let to_vip = snap.is_vip(&ip.dst);
-    let to_us = snap.local_interface(&ip.dst).is_some();
     if is_icmp(&ip) {
-        return icmp_packet(
-            pkt,
-            l2,
-            &ip,
-            ingress,
-            to_us || to_vip,
-            snap,
-            w,
-            now,
-            our_mac,
-        );
-    }
-    if to_us && !to_vip {
-        return Err(DropReason::LocalUnsupported);
+        let for_us = snap.is_vip(&ip.dst) || snap.local_interface(&ip.dst).is_some();
+        let our_mac = snap.interfaces[ingress as usize].mac;
+        return icmp_packet(pkt, l2, &ip, ingress, for_us, snap, w, now, our_mac);
     }
     let l4 = parse_l4(pkt.data(), &ip)?;
-    if to_vip {
-        let key = ServiceKey {
+    if snap.maybe_vip(&ip.dst) {
+        let key = FlowKey {
+            client: ip.src,
+            vip: ip.dst,
+            client_port: l4.sport,
+            vip_port: l4.dport,
+            protocol: ip.proto,
+        };
+        // The common case first: an established flow names its service, so one lookup does.
+        if let Some(slot) = w.flows.lookup(&key, now) {
+            let (service, backend) = {
+                let f = w.flows.get(slot);
+                (f.service, f.backend)
+            };
+            match snap.service_by_id(service).filter(|s| s.matches(&key)) {
+                Some(svc) => {
+                    w.flows.touch(slot, l4.tcp_flags, now);
+                    return forward_to_backend(pkt, l2, &ip, ingress, svc, backend, snap, w);
+                }
+                // Its service is gone (or the id now names another): schedule it afresh.
+                None => w.flows.remove(slot),
+            }
+        }
+        let skey = ServiceKey {
             protocol: ip.proto,
             vip: ip.dst,
             port: l4.dport,
         };
-        let svc = snap.service(&key).ok_or(DropReason::NoService)?;
-        return to_backend(pkt, l2, &ip, &l4, ingress, svc, snap, w, now);
+        if let Some(svc) = snap.service(&skey) {
+            return new_flow(pkt, l2, &ip, &l4, key, ingress, svc, snap, w, now);
+        }
+        if snap.is_vip(&ip.dst) {
+            return Err(DropReason::NoService);
+        }
+    }
+    if snap.local_interface(&ip.dst).is_some() {
+        return Err(DropReason::LocalUnsupported);
     }
     // Not for us: the reply of a NAT flow, from a backend to a client?
     nat_reply(pkt, &ip, &l4, snap, w, now)
 }
 
-/// Client to VIP: find or create the flow, then forward in the service's mode.
+/// Client to VIP, first packet of a flow: the scheduler picks a backend and the flow is kept.
 #[allow(clippy::too_many_arguments)]
-fn to_backend<P: PacketBuf>(
+fn new_flow<P: PacketBuf>(
     pkt: &mut P,
     l2: usize,
     ip: &IpView,
     l4: &L4,
+    key: FlowKey,
     ingress: u16,
     svc: &Service,
     snap: &Snapshot,
@@ -288,63 +304,73 @@ fn to_backend<P: PacketBuf>(
 ) -> Result<Action, DropReason> {
     let mode = svc.config.forwarding;
     if mode == ForwardingMode::Nat {
+        // NAT flows live with the worker that owns the client (replies find them there).
         let o = owner(&ip.src, l4.sport, snap.workers);
         if o != w.index {
             return Ok(Action::Redirect(o));
         }
     }
-    let key = FlowKey {
-        client: ip.src,
-        vip: ip.dst,
-        client_port: l4.sport,
-        vip_port: l4.dport,
-        protocol: ip.proto,
+    let state = match l4.tcp_flags {
+        Some(f) => FlowState::for_new_tcp(f).ok_or(DropReason::TcpRstNoFlow)?,
+        None => FlowState::Udp,
     };
-    let backend = match w.flows.lookup(&key, now) {
-        Some(slot) => {
-            w.flows.touch(slot, l4.tcp_flags, now);
-            w.flows.get(slot).backend
-        }
-        None => {
-            let state = match l4.tcp_flags {
-                Some(f) => FlowState::for_new_tcp(f).ok_or(DropReason::TcpRstNoFlow)?,
-                None => FlowState::Udp,
-            };
-            let cursor = w
-                .cursors
-                .get_mut(svc.config.id.0 as usize)
-                .ok_or(DropReason::FlowInsertFailed)?;
-            let pick = svc.scheduler.pick(
-                &PickInput {
-                    backends: &svc.sched_backends,
-                    flow: &key,
-                    conns: &w.flows,
-                },
-                cursor,
-            );
-            let b = &svc.config.backends[pick.ok_or(DropReason::NoBackend)?];
-            let endpoint = Endpoint {
-                addr: crate::flow::addr_bytes(b.address),
-                port: b.port,
-            };
-            w.flows.sweep(now, SWEEP_PER_NEW_FLOW);
-            let new = NewFlow {
-                key,
-                service: svc.config.id,
-                backend: b.id,
-                endpoint,
-                nat: mode == ForwardingMode::Nat,
-                state,
-            };
-            w.flows
-                .insert(new, now)
-                .map_err(|_| DropReason::FlowInsertFailed)?;
-            b.id
-        }
+    let cursor = w
+        .cursors
+        .get_mut(svc.config.id.0 as usize)
+        .ok_or(DropReason::FlowInsertFailed)?;
+    let pick = svc.scheduler.pick(
+        &PickInput {
+            backends: &svc.sched_backends,
+            flow: &key,
+            conns: &w.flows,
+        },
+        cursor,
+    );
+    let b = &svc.config.backends[pick.ok_or(DropReason::NoBackend)?];
+    let endpoint = Endpoint {
+        addr: crate::flow::addr_bytes(b.address),
+        port: b.port,
     };
+    w.flows.sweep(now, SWEEP_PER_NEW_FLOW);
+    let new = NewFlow {
+        key,
+        service: svc.config.id,
+        backend: b.id,
+        endpoint,
+        nat: mode == ForwardingMode::Nat,
+        state,
+    };
+    w.flows
+        .insert(new, now)
+        .map_err(|_| DropReason::FlowInsertFailed)?;
+    forward_to_backend(pkt, l2, ip, ingress, svc, b.id, snap, w)
+}
+
+/// Client to VIP, to the flow's backend, in the service's forwarding mode.
+#[allow(clippy::too_many_arguments)]
+fn forward_to_backend<P: PacketBuf>(
+    pkt: &mut P,
+    l2: usize,
+    ip: &IpView,
+    ingress: u16,
+    svc: &Service,
+    backend: BackendId,
+    snap: &Snapshot,
+    w: &WorkerState,
+) -> Result<Action, DropReason> {
     let endpoint = w.flows.endpoint(backend);
-    let backend_addr = addr_from_bytes(endpoint.addr);
-    match mode {
+    // By reference: copying the route out made the CPU stall on store forwarding.
+    let resolved;
+    let route = match snap.backend_route(backend) {
+        Some(r) => r,
+        None => {
+            resolved = snap
+                .route(addr_from_bytes(endpoint.addr))
+                .ok_or(DropReason::NoRoute)?;
+            &resolved
+        }
+    };
+    match svc.config.forwarding {
         ForwardingMode::Nat => {
             forward::rewrite_endpoint(
                 pkt.data_mut(),
@@ -354,22 +380,23 @@ fn to_backend<P: PacketBuf>(
                 endpoint.port,
                 ip.end() - ip.l4,
             );
-            send(pkt.data_mut(), snap, backend_addr)
+            send_via(pkt.data_mut(), route)
         }
         ForwardingMode::DirectRouting => {
-            let interface = snap
-                .on_link(backend_addr)
-                .ok_or(DropReason::DrBackendOffLink)?;
-            let mac = snap
-                .neighbor(backend_addr)
-                .ok_or(DropReason::NeighborUnresolved)?;
-            forward::set_l2(pkt.data_mut(), mac, snap.interfaces[interface as usize].mac);
-            Ok(Action::Forward {
-                interface,
-                next_hop: backend_addr,
-            })
+            if !route.on_link {
+                return Err(DropReason::DrBackendOffLink);
+            }
+            send_via(pkt.data_mut(), route)
         }
-        ForwardingMode::Tunnel => tunnel(pkt, l2, ip, ingress, backend_addr, snap),
+        ForwardingMode::Tunnel => tunnel(
+            pkt,
+            l2,
+            ip,
+            ingress,
+            addr_from_bytes(endpoint.addr),
+            route,
+            snap,
+        ),
     }
 }
 
@@ -380,52 +407,50 @@ fn tunnel<P: PacketBuf>(
     ip: &IpView,
     ingress: u16,
     backend: IpAddr,
+    route: &Route,
     snap: &Snapshot,
 ) -> Result<Action, DropReason> {
-    let (interface, next_hop) = snap.next_hop(backend).ok_or(DropReason::NoRoute)?;
-    let itf = &snap.interfaces[interface as usize];
+    let mtu = snap.interfaces[route.interface as usize].mtu;
     let overhead = forward::tunnel_overhead(ip.v6);
-    if ip.total + overhead > usize::from(itf.mtu) {
+    if ip.total + overhead > usize::from(mtu) {
         let df = ip.v6 || pkt.data()[ip.l3 + ipv4::field::FLAGS_FRAG] & 0x40 != 0;
         if !df {
             return Err(DropReason::TooBigNoDf);
         }
-        let mtu = itf.mtu - overhead as u16;
         let vip = addr_from_bytes(ip.dst);
         let mac = snap.interfaces[ingress as usize].mac;
-        return if respond::too_big(pkt, l2, ip, vip, mtu, mac) {
+        return if respond::too_big(pkt, l2, ip, vip, mtu - overhead as u16, mac) {
             Ok(Action::Reply)
         } else {
             Err(DropReason::NoHeadroom)
         };
     }
-    let src = snap
-        .interface_address(interface, backend)
-        .ok_or(DropReason::NoTunnelSource)?;
-    let mac = snap
-        .neighbor(next_hop)
-        .ok_or(DropReason::NeighborUnresolved)?;
+    let src = route.tunnel_src.ok_or(DropReason::NoTunnelSource)?;
+    let dst_mac = route.dst_mac.ok_or(DropReason::NeighborUnresolved)?;
     if !forward::encapsulate(pkt, l2, ip, src, backend) {
         return Err(DropReason::NoHeadroom);
     }
-    forward::set_l2(pkt.data_mut(), mac, itf.mac);
+    forward::set_l2(pkt.data_mut(), dst_mac, route.src_mac);
     Ok(Action::Forward {
-        interface,
-        next_hop,
+        interface: route.interface,
+        next_hop: route.next_hop,
+    })
+}
+
+/// Sets the Ethernet header for a resolved route and says where to send.
+#[inline]
+fn send_via(frame: &mut [u8], route: &Route) -> Result<Action, DropReason> {
+    let dst_mac = route.dst_mac.ok_or(DropReason::NeighborUnresolved)?;
+    forward::set_l2(frame, dst_mac, route.src_mac);
+    Ok(Action::Forward {
+        interface: route.interface,
+        next_hop: route.next_hop,
     })
 }
 
 /// Sets the Ethernet header for `dst` via its next hop and says where to send.
 fn send(frame: &mut [u8], snap: &Snapshot, dst: IpAddr) -> Result<Action, DropReason> {
-    let (interface, next_hop) = snap.next_hop(dst).ok_or(DropReason::NoRoute)?;
-    let mac = snap
-        .neighbor(next_hop)
-        .ok_or(DropReason::NeighborUnresolved)?;
-    forward::set_l2(frame, mac, snap.interfaces[interface as usize].mac);
-    Ok(Action::Forward {
-        interface,
-        next_hop,
-    })
+    send_via(frame, &snap.route(dst).ok_or(DropReason::NoRoute)?)
 }
 
 /// Backend to client (NAT): the source becomes the VIP and the service port again.
@@ -602,31 +627,23 @@ fn icmp_error<P: PacketBuf>(
                 send(f, snap, backend)
             }
             ForwardingMode::DirectRouting => {
-                let interface = snap.on_link(backend).ok_or(DropReason::DrBackendOffLink)?;
-                let mac = snap
-                    .neighbor(backend)
-                    .ok_or(DropReason::NeighborUnresolved)?;
-                forward::set_l2(pkt.data_mut(), mac, snap.interfaces[interface as usize].mac);
-                Ok(Action::Forward {
-                    interface,
-                    next_hop: backend,
-                })
+                let route = snap.route(backend).ok_or(DropReason::NoRoute)?;
+                if !route.on_link {
+                    return Err(DropReason::DrBackendOffLink);
+                }
+                send_via(pkt.data_mut(), &route)
             }
             ForwardingMode::Tunnel => {
-                let (interface, next_hop) = snap.next_hop(backend).ok_or(DropReason::NoRoute)?;
-                let src = snap
-                    .interface_address(interface, backend)
-                    .ok_or(DropReason::NoTunnelSource)?;
-                let mac = snap
-                    .neighbor(next_hop)
-                    .ok_or(DropReason::NeighborUnresolved)?;
+                let route = snap.route(backend).ok_or(DropReason::NoRoute)?;
+                let src = route.tunnel_src.ok_or(DropReason::NoTunnelSource)?;
+                let dst_mac = route.dst_mac.ok_or(DropReason::NeighborUnresolved)?;
                 if !forward::encapsulate(pkt, l2, ip, src, backend) {
                     return Err(DropReason::NoHeadroom);
                 }
-                forward::set_l2(pkt.data_mut(), mac, snap.interfaces[interface as usize].mac);
+                forward::set_l2(pkt.data_mut(), dst_mac, route.src_mac);
                 Ok(Action::Forward {
-                    interface,
-                    next_hop,
+                    interface: route.interface,
+                    next_hop: route.next_hop,
                 })
             }
         };
@@ -733,5 +750,7 @@ fn fix_icmp_checksum(frame: &mut [u8], ip: &IpView, src: &[u8; 16], dst: &[u8; 1
     m[icmp::CHECKSUM_OFFSET..icmp::CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

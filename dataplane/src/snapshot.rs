@@ -59,6 +59,15 @@ pub struct SnapshotConfig {
     pub workers: u16,
 }
 
+/// The filter bit of an address: its last four bytes (where VIPs of one network differ),
+/// multiplied by a Fibonacci constant, top 8 bits.
+#[inline]
+fn vip_bit(a: &[u8; 16]) -> usize {
+    let low = u32::from_be_bytes([a[12], a[13], a[14], a[15]])
+        ^ u32::from_be_bytes([a[8], a[9], a[10], a[11]]);
+    (low.wrapping_mul(0x9e37_79b9) >> 24) as usize
+}
+
 /// A service as the packet path reads it.
 #[derive(Debug)]
 pub struct Service {
@@ -66,13 +75,50 @@ pub struct Service {
     /// Parallel to `config.backends`, with effective weights (0 when disabled).
     pub sched_backends: Vec<SchedBackend>,
     pub scheduler: Box<dyn Scheduler>,
+    key: ServiceKey,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+impl Service {
+    /// True if a flow with `key` is one of this service's.
+    #[inline]
+    pub fn matches(&self, key: &crate::flow::FlowKey) -> bool {
+        self.key.vip == key.vip
+            && self.key.port == key.vip_port
+            && self.key.protocol == key.protocol
+    }
+}
+
+/// Where packets for one address go, resolved when the snapshot is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub interface: u16,
+    pub next_hop: IpAddr,
+    /// The next hop's MAC; None while it is not known.
+    pub dst_mac: Option<MacAddr>,
+    /// The egress interface's MAC.
+    pub src_mac: MacAddr,
+    /// The address itself is on a connected prefix (direct routing needs that).
+    pub on_link: bool,
+    /// The egress interface's first address of the same family (a tunnel's outer source).
+    pub tunnel_src: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceKey {
     pub protocol: u8,
     pub vip: [u8; 16],
     pub port: u16,
+}
+
+impl std::hash::Hash for ServiceKey {
+    /// Three words instead of bytes and lengths: this runs for every packet to a VIP.
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let w = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+        h.write_u64(w(&self.vip[..8]));
+        h.write_u64(w(&self.vip[8..]));
+        h.write_u64(u64::from(self.port) | u64::from(self.protocol) << 16);
+    }
 }
 
 #[derive(Debug)]
@@ -83,7 +129,12 @@ pub struct Snapshot {
     pub timeouts: FlowTimeouts,
     pub workers: u16,
     by_key: HashMap<ServiceKey, u32>,
+    /// Index into `services` per service id (u32::MAX: none).
+    by_id: Vec<u32>,
     vips: HashSet<[u8; 16]>,
+    /// A one-hash Bloom filter of the VIPs: most packets that are not to a VIP (NAT replies)
+    /// skip the flow and service lookups on three instructions.
+    vip_filter: [u64; 4],
     /// Our own addresses, with the interface that holds each.
     local: HashMap<[u8; 16], u16>,
     /// Connected prefixes (interface index), longest first.
@@ -91,6 +142,8 @@ pub struct Snapshot {
     /// Routes, longest prefix first.
     routes: Vec<(IpPrefix, IpAddr)>,
     neighbors: HashMap<[u8; 16], MacAddr>,
+    /// Per backend id: its route, resolved once here instead of for every packet.
+    backend_routes: Vec<Option<Route>>,
 }
 
 impl Snapshot {
@@ -114,19 +167,18 @@ impl Snapshot {
                 })
                 .collect();
             let vip = addr_bytes(s.vip);
-            by_key.insert(
-                ServiceKey {
-                    protocol: s.protocol.ip_number(),
-                    vip,
-                    port: s.port,
-                },
-                i as u32,
-            );
+            let key = ServiceKey {
+                protocol: s.protocol.ip_number(),
+                vip,
+                port: s.port,
+            };
+            by_key.insert(key, i as u32);
             vips.insert(vip);
             services.push(Service {
                 config: s,
                 sched_backends,
                 scheduler,
+                key,
             });
         }
         let mut local = HashMap::new();
@@ -145,7 +197,7 @@ impl Snapshot {
             .iter()
             .map(|(a, m)| (addr_bytes(*a), *m))
             .collect();
-        Snapshot {
+        let mut snap = Snapshot {
             epoch,
             interfaces: config.interfaces,
             services,
@@ -157,7 +209,68 @@ impl Snapshot {
             connected,
             routes,
             neighbors,
+            backend_routes: Vec::new(),
+            by_id: Vec::new(),
+            vip_filter: [0; 4],
+        };
+        for (i, svc) in snap.services.iter().enumerate() {
+            let id = svc.config.id.0 as usize;
+            if snap.by_id.len() <= id {
+                snap.by_id.resize(id + 1, u32::MAX);
+            }
+            snap.by_id[id] = i as u32;
         }
+        for v in &snap.vips {
+            let bit = vip_bit(v);
+            snap.vip_filter[bit / 64] |= 1 << (bit % 64);
+        }
+        let max_id = snap
+            .services
+            .iter()
+            .flat_map(|s| &s.config.backends)
+            .map(|b| b.id.0 as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut backend_routes = vec![None; max_id];
+        for b in snap.services.iter().flat_map(|s| &s.config.backends) {
+            backend_routes[b.id.0 as usize] = snap.route(b.address);
+        }
+        snap.backend_routes = backend_routes;
+        snap
+    }
+
+    /// Resolves where packets for `dst` go (None: no connected prefix or route reaches it).
+    pub fn route(&self, dst: IpAddr) -> Option<Route> {
+        let (interface, next_hop) = self.next_hop(dst)?;
+        let itf = &self.interfaces[interface as usize];
+        Some(Route {
+            interface,
+            next_hop,
+            dst_mac: self.neighbor(next_hop),
+            src_mac: itf.mac,
+            on_link: next_hop == dst,
+            tunnel_src: self.interface_address(interface, dst),
+        })
+    }
+
+    /// The route to a backend of this snapshot, resolved when it was built (None for a backend
+    /// it does not configure, e.g. one removed while its flows live on).
+    #[inline]
+    pub fn backend_route(&self, id: BackendId) -> Option<&Route> {
+        self.backend_routes.get(id.0 as usize)?.as_ref()
+    }
+
+    /// False: `a` is certainly not a VIP. True: it may be.
+    #[inline]
+    pub fn maybe_vip(&self, a: &[u8; 16]) -> bool {
+        let bit = vip_bit(a);
+        self.vip_filter[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    #[inline]
+    pub fn service_by_id(&self, id: ServiceId) -> Option<&Service> {
+        let i = *self.by_id.get(id.0 as usize)?;
+        self.services.get(i as usize)
     }
 
     #[inline]

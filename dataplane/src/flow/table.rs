@@ -357,6 +357,11 @@ impl FlowTable {
             Some(f) => old.after_tcp(f),
             None => old,
         };
+        if old == new && self.slots[slot as usize].last_seen == now {
+            // Already the newest of its list as far as a one-second clock can tell: the lists
+            // stay ordered by last_seen without the six writes of a relink on every packet.
+            return new;
+        }
         self.unlink(slot);
         if old != new {
             self.count_out(self.slots[slot as usize].backend, old);

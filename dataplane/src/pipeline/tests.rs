@@ -327,7 +327,7 @@ fn backend(id: u32, name: &str, addr: &str, port: u16) -> BackendConfig {
     }
 }
 
-fn config(workers: u16) -> SnapshotConfig {
+pub(super) fn config(workers: u16) -> SnapshotConfig {
     let mut services = Vec::new();
     let mut id = 0;
     for v6 in [false, true] {
@@ -1400,4 +1400,96 @@ fn unresolved_neighbours_and_missing_routes_are_counted_drops() {
         run(&snap, &mut w, &input).0,
         Action::Drop(DropReason::NoRoute)
     );
+}
+
+/// Valid frames of every kind this file tests, as seeds for fuzzing.
+pub(super) fn seed_frames() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    for v6 in [false, true] {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            for mode in [
+                ForwardingMode::Nat,
+                ForwardingMode::DirectRouting,
+                ForwardingMode::Tunnel,
+            ] {
+                for flags in [
+                    crate::wire::tcp::SYN,
+                    crate::wire::tcp::ACK,
+                    crate::wire::tcp::RST,
+                ] {
+                    seeds.push(client_packet(v6, proto, mode, flags).0);
+                }
+            }
+        }
+    }
+    let reply = ipv4_packet(
+        v4hdr(B1, CLIENT),
+        L4Spec::Tcp {
+            sport: 8080,
+            dport: 40000,
+            flags: 0x12,
+            payload: b"x",
+        },
+    );
+    seeds.push(frame(OUR_MAC, B1_MAC, &reply));
+    let mut err = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(
+        &ipv4_packet(
+            v4hdr(CLIENT, B1),
+            L4Spec::Udp {
+                sport: 40000,
+                dport: 8080,
+                payload: b"q",
+                zero_checksum: false,
+            },
+        )[..28],
+    );
+    seeds.push(frame(
+        OUR_MAC,
+        B1_MAC,
+        &ipv4_raw(v4hdr(B1, CLIENT), 1, &icmp4_body(err)),
+    ));
+    let echo = icmp6_body(v6(CLIENT6), v6(VIP6), vec![128, 0, 0, 0, 0, 1, 0, 1]);
+    seeds.push(frame(
+        OUR_MAC,
+        GW6_MAC,
+        &ipv6_raw(v6hdr(CLIENT6, VIP6), 58, &echo),
+    ));
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&v6(VIP6).octets());
+    let ns = icmp6_body(v6("2001:db8:1::fe"), v6("ff02::1:ff00:100"), ns);
+    seeds.push(frame(
+        OUR_MAC,
+        GW6_MAC,
+        &ipv6_raw(
+            V6Hdr {
+                src: v6("2001:db8:1::fe"),
+                dst: v6("ff02::1:ff00:100"),
+                hop: 255,
+                tc: 0,
+            },
+            58,
+            &ns,
+        ),
+    ));
+    let mut arp = eth([0xff; 6], GW_MAC, 0x0806);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&GW_MAC);
+    arp.extend_from_slice(&[198, 18, 0, 254, 0, 0, 0, 0, 0, 0, 198, 18, 0, 100]);
+    seeds.push(arp);
+    let big = vec![0u8; 1470];
+    seeds.push(frame(
+        OUR_MAC,
+        GW_MAC,
+        &ipv4_packet(
+            v4hdr(CLIENT, VIP),
+            L4Spec::Tcp {
+                sport: 1,
+                dport: 82,
+                flags: 0x10,
+                payload: &big,
+            },
+        ),
+    ));
+    seeds
 }

@@ -35,7 +35,7 @@ fn add(t: &mut FlowTable, i: u32, backend: u32, state: FlowState, now: u32) -> u
             backend: BackendId(backend),
             endpoint: ep(backend),
             nat: false,
-            state: state,
+            state,
         },
         now,
     )

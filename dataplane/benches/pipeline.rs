@@ -1,0 +1,190 @@
+//! Per-packet cost of the pipeline without EAL: parse + flow lookup + NAT rewrite of an
+//! established flow at 1k and 1M flows, the new-flow path, and Maglev table builds.
+//!
+//! `cargo bench -p dataplane --bench pipeline`
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use dataplane::addr::{IpPrefix, MacAddr};
+use dataplane::checksum;
+use dataplane::flow::FlowTimeouts;
+use dataplane::packet::{OwnedPacket, PacketBuf};
+use dataplane::pipeline::{Action, WorkerState, process};
+use dataplane::sched::MaglevTable;
+use dataplane::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
+use dataplane::snapshot::{
+    BackendConfig, InterfaceConfig, ServiceConfig, Snapshot, SnapshotConfig,
+};
+
+const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+fn snapshot(scheduler: SchedulerKind) -> Snapshot {
+    let backends = (0..16)
+        .map(|i| BackendConfig {
+            id: BackendId(i),
+            name: format!("b{i}"),
+            address: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 10 + i as u8)),
+            port: 8080,
+            weight: 1,
+            enabled: true,
+        })
+        .collect::<Vec<_>>();
+    let neighbors = backends
+        .iter()
+        .map(|b| (b.address, MacAddr([2, 0, 0, 0, 1, b.id.0 as u8])))
+        .collect();
+    Snapshot::build(
+        SnapshotConfig {
+            interfaces: vec![InterfaceConfig {
+                port: 0,
+                mac: MacAddr(OUR_MAC),
+                addresses: vec![
+                    "198.18.0.1/24".parse::<IpPrefix>().unwrap(),
+                    "198.18.1.1/24".parse().unwrap(),
+                ],
+                mtu: 1500,
+            }],
+            routes: vec![(
+                "0.0.0.0/0".parse().unwrap(),
+                "198.18.0.254".parse().unwrap(),
+            )],
+            neighbors,
+            services: vec![ServiceConfig {
+                id: ServiceId(0),
+                name: "web".into(),
+                protocol: Protocol::Udp,
+                vip: "198.18.0.100".parse().unwrap(),
+                port: 80,
+                scheduler,
+                forwarding: ForwardingMode::Nat,
+                maglev_table_size: 65537,
+                backends,
+                generation: 1,
+            }],
+            timeouts: FlowTimeouts::default(),
+            workers: 1,
+        },
+        1,
+    )
+}
+
+/// A 64-byte UDP frame from client number `i` to the VIP.
+fn frame(i: u32) -> Vec<u8> {
+    let src = Ipv4Addr::from(0xc613_0000 | (i >> 8)); // 198.19.x.y
+    let sport = 1024 + (i & 0xff) as u16;
+    let mut f = OUR_MAC.to_vec();
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 0xfe, 0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&[198, 18, 0, 100]);
+    let c = checksum::ipv4_header(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut udp = sport.to_be_bytes().to_vec();
+    udp.extend_from_slice(&80u16.to_be_bytes());
+    udp.extend_from_slice(&26u16.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&[0x61; 18]);
+    let c = checksum::transport(
+        checksum::pseudo_v4(src, Ipv4Addr::new(198, 18, 0, 100), 17, 26),
+        &udp,
+    );
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// A worker whose table holds `flows` established flows, and frames of flows spread over it.
+fn established_setup(flows: u32) -> (WorkerState, Vec<Vec<u8>>) {
+    let snap = snapshot(SchedulerKind::Maglev);
+    let mut w = WorkerState::new(0, flows + flows / 4, 16, 64, FlowTimeouts::default());
+    let mut p = OwnedPacket::new(&frame(0));
+    for i in 0..flows {
+        p.reset_from(&frame(i));
+        assert!(matches!(
+            process(&mut p, 0, &snap, &mut w, 1),
+            Action::Forward { .. }
+        ));
+    }
+    assert_eq!(w.flows.len(), flows as usize);
+    let probes = flows.min(4096);
+    let stride = (flows / probes).max(1);
+    (w, (0..probes).map(|k| frame(k * stride)).collect())
+}
+
+fn established(c: &mut Criterion) {
+    let mut g = c.benchmark_group("established_nat");
+    g.throughput(Throughput::Elements(1));
+    let snap = snapshot(SchedulerKind::Maglev);
+    let mut p = OwnedPacket::new(&frame(0));
+    let mut k = 0;
+    // What the harness itself costs: restoring the frame between iterations.
+    let harness: Vec<Vec<u8>> = (0..1000).map(frame).collect();
+    g.bench_function("harness_only", |b| {
+        b.iter(|| {
+            p.reset_from(&harness[k]);
+            k = (k + 1) % harness.len();
+            black_box(p.data()[0])
+        })
+    });
+    for flows in [1_000u32, 1_000_000] {
+        // Built on first use, so that a filtered run does not build the large table.
+        let mut state: Option<(WorkerState, Vec<Vec<u8>>)> = None;
+        g.bench_function(BenchmarkId::from_parameter(flows), |b| {
+            let (w, probe) = state.get_or_insert_with(|| established_setup(flows));
+            b.iter(|| {
+                p.reset_from(&probe[k % probe.len()]);
+                k += 1;
+                black_box(process(&mut p, 0, &snap, w, 2))
+            })
+        });
+    }
+    g.finish();
+}
+
+const FRAME_LEN: usize = 60;
+const NEW_FLOW_FRAMES: usize = 1 << 20;
+
+fn new_flows(c: &mut Criterion) {
+    let ring: Vec<u8> = (0..NEW_FLOW_FRAMES as u32).flat_map(frame).collect();
+    let mut g = c.benchmark_group("new_flow_nat");
+    g.throughput(Throughput::Elements(1));
+    for (name, sched) in [
+        ("maglev", SchedulerKind::Maglev),
+        ("wrr", SchedulerKind::WeightedRoundRobin),
+        ("wlc", SchedulerKind::WeightedLeastConnection),
+    ] {
+        let snap = snapshot(sched);
+        // A small table, always full: every packet is a new flow that evicts the oldest.
+        let mut w = WorkerState::new(0, 65536, 16, 64, FlowTimeouts::default());
+        let mut p = OwnedPacket::new(&frame(0));
+        let mut i = 0usize;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                // 1M distinct flows through a 64k table: every packet misses
+                i = (i + 1) % NEW_FLOW_FRAMES;
+                p.reset_from(&ring[i * FRAME_LEN..(i + 1) * FRAME_LEN]);
+                black_box(process(&mut p, 0, &snap, &mut w, 1))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn maglev_build(c: &mut Criterion) {
+    let mut g = c.benchmark_group("maglev_build_m65537");
+    g.sample_size(20);
+    for n in [100usize, 1000] {
+        let ids: Vec<String> = (0..n).map(|i| format!("backend-{i}")).collect();
+        let backends: Vec<(&str, u32)> = ids.iter().map(|s| (s.as_str(), 1)).collect();
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| black_box(MaglevTable::build(&backends, 65537)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, established, new_flows, maglev_build);
+criterion_main!(benches);
