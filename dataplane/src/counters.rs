@@ -4,6 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::drop_reason::DropReason;
+use crate::pipeline::Action;
+
 /// One port's counters as one worker saw them.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -43,18 +46,59 @@ pub struct PortTotals {
     pub tx_dropped: u64,
 }
 
+/// What happened to packets after `process`, and why each drop.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct ActionCounters {
+    pub forwarded: Counter,
+    pub replied: Counter,
+    pub redirected: Counter,
+    /// Indexed by `DropReason as usize`.
+    pub drops: [Counter; DropReason::COUNT],
+}
+
+impl Default for ActionCounters {
+    fn default() -> Self {
+        ActionCounters {
+            forwarded: Counter::default(),
+            replied: Counter::default(),
+            redirected: Counter::default(),
+            drops: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+}
+
+impl ActionCounters {
+    #[inline]
+    pub fn record(&self, action: &Action) {
+        match action {
+            Action::Forward { .. } => self.forwarded.add(1),
+            Action::Reply => self.replied.add(1),
+            Action::Redirect(_) => self.redirected.add(1),
+            Action::Drop(r) => self.drops[*r as usize].add(1),
+        }
+    }
+}
+
 /// Everything one worker counts; index `ports` by the interface's position in the config.
 #[derive(Debug)]
 pub struct WorkerCounters {
     pub ports: Box<[PortCounters]>,
+    pub actions: ActionCounters,
 }
 
 impl WorkerCounters {
     pub fn new(ports: usize) -> Self {
         WorkerCounters {
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
+            actions: ActionCounters::default(),
         }
     }
+}
+
+/// Drops per reason summed over workers, in `DropReason::ALL` order.
+pub fn drop_totals(workers: &[WorkerCounters]) -> [u64; DropReason::COUNT] {
+    std::array::from_fn(|i| workers.iter().map(|w| w.actions.drops[i].get()).sum())
 }
 
 /// Sums the counters of port `index` over all workers.
@@ -85,6 +129,33 @@ mod tests {
         let t = port_totals(&workers, 1);
         assert_eq!((t.rx_packets, t.rx_bytes, t.tx_packets), (7, 400, 0));
         assert_eq!(port_totals(&workers, 0).rx_packets, 100);
+    }
+
+    #[test]
+    fn actions_are_counted_by_kind_and_drops_by_reason() {
+        let workers = [WorkerCounters::new(1), WorkerCounters::new(1)];
+        workers[0]
+            .actions
+            .record(&Action::Drop(DropReason::NoService));
+        workers[1]
+            .actions
+            .record(&Action::Drop(DropReason::NoService));
+        workers[1]
+            .actions
+            .record(&Action::Drop(DropReason::Fragment));
+        workers[0].actions.record(&Action::Reply);
+        workers[0].actions.record(&Action::Redirect(1));
+        let d = drop_totals(&workers);
+        assert_eq!(d[DropReason::NoService as usize], 2);
+        assert_eq!(d[DropReason::Fragment as usize], 1);
+        assert_eq!(d.iter().sum::<u64>(), 3);
+        assert_eq!(
+            (
+                workers[0].actions.replied.get(),
+                workers[0].actions.redirected.get()
+            ),
+            (1, 1)
+        );
     }
 
     #[test]
