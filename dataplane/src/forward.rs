@@ -69,6 +69,7 @@ fn l4_checksum_offset(proto: u8) -> Option<usize> {
 /// checksum and the transport checksum incrementally (RFC 1624). The transport checksum is
 /// updated only if it lies within `l4_avail` bytes (a quoted packet in an ICMP error may be
 /// cut short).
+#[inline(always)]
 pub fn rewrite_endpoint(
     frame: &mut [u8],
     ip: &IpView,

@@ -106,6 +106,7 @@ pub fn process<P: PacketBuf>(
     }
 }
 
+#[inline(always)]
 fn classify<P: PacketBuf>(
     pkt: &mut P,
     ingress: u16,
@@ -159,13 +160,15 @@ fn arp_request(
     Ok(Action::Reply)
 }
 
+#[inline(always)]
 fn parse_ipv4(b: &[u8], l3: usize) -> Result<IpView, DropReason> {
     let p = Ipv4Packet::new_checked(b)?;
-    if !p.verify_checksum() {
-        return Err(DropReason::BadChecksum);
-    }
     if p.has_options() {
         return Err(DropReason::IpOptions);
+    }
+    let header: &[u8; 20] = b[..20].try_into().expect("new_checked saw 20 bytes");
+    if !crate::checksum::ipv4_header20_ok(header) {
+        return Err(DropReason::BadChecksum);
     }
     if p.is_fragment() {
         return Err(DropReason::Fragment);
@@ -199,6 +202,7 @@ fn parse_ipv6(b: &[u8], l3: usize) -> Result<IpView, DropReason> {
 }
 
 /// Ports and flags of a TCP or UDP header at `ip.l4`.
+#[inline(always)]
 fn parse_l4(frame: &[u8], ip: &IpView) -> Result<L4, DropReason> {
     let b = &frame[ip.l4..ip.end()];
     match ip.proto {
@@ -231,6 +235,7 @@ fn is_icmp(ip: &IpView) -> bool {
         }
 }
 
+#[inline]
 fn ip_packet<P: PacketBuf>(
     pkt: &mut P,
     l2: usize,
@@ -348,6 +353,7 @@ fn new_flow<P: PacketBuf>(
 
 /// Client to VIP, to the flow's backend, in the service's forwarding mode.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn forward_to_backend<P: PacketBuf>(
     pkt: &mut P,
     l2: usize,
@@ -438,7 +444,7 @@ fn tunnel<P: PacketBuf>(
 }
 
 /// Sets the Ethernet header for a resolved route and says where to send.
-#[inline]
+#[inline(always)]
 fn send_via(frame: &mut [u8], route: &Route) -> Result<Action, DropReason> {
     let dst_mac = route.dst_mac.ok_or(DropReason::NeighborUnresolved)?;
     forward::set_l2(frame, dst_mac, route.src_mac);

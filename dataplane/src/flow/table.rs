@@ -315,7 +315,7 @@ impl FlowTable {
     }
 
     /// The live flow for `key`; an expired one is removed and not returned.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&mut self, key: &FlowKey, now: u32) -> Option<u32> {
         let h = self.hash_key(key);
         let slot = *self
@@ -350,7 +350,7 @@ impl FlowTable {
 
     /// Records a packet on a flow: its TCP flags (None for UDP) move the state, and the flow
     /// becomes the newest of its list.
-    #[inline]
+    #[inline(always)]
     pub fn touch(&mut self, slot: u32, tcp_flags: Option<u8>, now: u32) -> FlowState {
         let old = self.slots[slot as usize].state;
         let new = match tcp_flags {
