@@ -15,5 +15,6 @@ pub mod pipeline;
 pub mod respond;
 pub mod sched;
 pub mod service;
+pub mod shared;
 pub mod snapshot;
 pub mod wire;

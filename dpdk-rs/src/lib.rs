@@ -32,7 +32,7 @@ mod ring;
 
 pub use eal::{Eal, LcoreId, rdtsc, tsc_hz};
 pub use error::{DpdkError, Result};
-pub use mbuf::{MAX_BURST, Mbuf, MbufBurst};
+pub use mbuf::{Drain, MAX_BURST, Mbuf, MbufBurst, MbufMut};
 pub use mempool::Mempool;
 pub use port::{
     LinkStatus, Port, PortConfig, PortId, PortStats, RxQueue, TxQueue, port_count,

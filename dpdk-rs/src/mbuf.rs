@@ -56,6 +56,12 @@ impl Mbuf {
         unsafe { sys::l4lb_pktmbuf_tailroom(self.raw.as_ptr()) }
     }
 
+    /// The port the packet was received on.
+    pub fn port(&self) -> u16 {
+        // SAFETY: the mbuf is valid.
+        unsafe { sys::l4lb_pktmbuf_port(self.raw.as_ptr()) }
+    }
+
     /// Grows the packet at the end by `len` bytes and returns them (uninitialised content is
     /// whatever the buffer held; callers write it), or `None` without change if there is no room.
     pub fn append(&mut self, len: u16) -> Option<&mut [u8]> {
@@ -204,6 +210,34 @@ impl MbufBurst {
         unsafe { sys::l4lb_pktmbuf_pkt_len(self.ptrs[..self.len][i]) }
     }
 
+    /// A mutable view of the `i`-th mbuf: bytes, headroom and length, as the pipeline needs.
+    #[inline]
+    pub fn get_mut(&mut self, i: usize) -> MbufMut<'_> {
+        MbufMut {
+            raw: self.ptrs[..self.len][i],
+            _burst: std::marker::PhantomData,
+        }
+    }
+
+    /// Prefetches the first cache line of the `i`-th mbuf's data (for the next packets while
+    /// the current one is processed).
+    #[inline]
+    pub fn prefetch(&self, i: usize) {
+        if i < self.len {
+            // SAFETY: a valid owned mbuf; prefetching has no effect on memory.
+            unsafe { sys::l4lb_prefetch0(sys::l4lb_pktmbuf_mtod(self.ptrs[i])) }
+        }
+    }
+
+    /// Takes every mbuf out, in order; the burst is empty afterwards (also if the iterator is
+    /// dropped early: what it did not yield is freed).
+    pub fn drain(&mut self) -> Drain<'_> {
+        Drain {
+            burst: self,
+            next: 0,
+        }
+    }
+
     /// Total packet bytes in the burst.
     pub fn bytes(&self) -> u64 {
         (0..self.len).map(|i| u64::from(self.pkt_len(i))).sum()
@@ -247,6 +281,92 @@ impl MbufBurst {
         debug_assert!(n <= self.len);
         self.ptrs.copy_within(n..self.len, 0);
         self.len -= n;
+    }
+}
+
+/// A mutable view of one mbuf inside a burst.
+#[derive(Debug)]
+pub struct MbufMut<'b> {
+    raw: *mut sys::rte_mbuf,
+    _burst: std::marker::PhantomData<&'b mut MbufBurst>,
+}
+
+impl MbufMut<'_> {
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: the burst owns this valid mbuf and is mutably borrowed for our lifetime.
+        unsafe { segment(self.raw) }
+    }
+
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in data(); &mut self makes the borrow unique.
+        unsafe { segment_mut(self.raw) }
+    }
+
+    /// Adds `n` bytes at the front from the headroom; false (no change) if there is not room.
+    #[inline]
+    pub fn prepend(&mut self, n: u16) -> bool {
+        // SAFETY: a valid mbuf; DPDK returns NULL and changes nothing without room.
+        !unsafe { sys::l4lb_pktmbuf_prepend(self.raw, n) }.is_null()
+    }
+
+    /// Sets the data length: trims, or appends from the tailroom; false (no change) if the
+    /// tailroom is too small.
+    #[inline]
+    pub fn set_len(&mut self, len: u16) -> bool {
+        // SAFETY: a valid single-segment mbuf.
+        let cur = unsafe { sys::l4lb_pktmbuf_data_len(self.raw) };
+        if len <= cur {
+            // SAFETY: as above; trimming less than the length cannot fail.
+            unsafe { sys::l4lb_pktmbuf_trim(self.raw, cur - len) == 0 }
+        } else {
+            // SAFETY: as above; DPDK returns NULL and changes nothing without tailroom.
+            !unsafe { sys::l4lb_pktmbuf_append(self.raw, len - cur) }.is_null()
+        }
+    }
+
+    #[inline]
+    pub fn port(&self) -> u16 {
+        // SAFETY: a valid mbuf.
+        unsafe { sys::l4lb_pktmbuf_port(self.raw) }
+    }
+}
+
+/// The in-order draining iterator of [`MbufBurst::drain`].
+pub struct Drain<'b> {
+    burst: &'b mut MbufBurst,
+    next: usize,
+}
+
+impl Iterator for Drain<'_> {
+    type Item = Mbuf;
+
+    #[inline]
+    fn next(&mut self) -> Option<Mbuf> {
+        if self.next >= self.burst.len {
+            return None;
+        }
+        let p = self.burst.ptrs[self.next];
+        self.next += 1;
+        // SAFETY: p is a valid owned mbuf; the burst forgets it (Drop below clears the range).
+        Some(unsafe { Mbuf::from_raw(NonNull::new_unchecked(p)) })
+    }
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        let (start, end) = (self.next, self.burst.len);
+        if start < end {
+            // SAFETY: the mbufs not yet yielded are valid and owned; they are freed once here.
+            unsafe {
+                sys::rte_pktmbuf_free_bulk(
+                    self.burst.ptrs.as_mut_ptr().add(start),
+                    (end - start) as u32,
+                )
+            };
+        }
+        self.burst.len = 0;
     }
 }
 
