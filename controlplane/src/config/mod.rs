@@ -2,7 +2,7 @@
 //! typed [`Model`]. Errors name the file and the field: `services[1].vip: "10.0.0.300" is not
 //! an IP address`.
 
-mod file;
+pub(crate) mod file;
 mod model;
 mod validate;
 
