@@ -11,9 +11,17 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use controlplane::config::{self, ConfigError, Model};
-use dataplane::counters::{WorkerCounters, port_totals};
-use dataplane::lcore::{LoopSettings, PoolNeeds, RxPort, run_counting_loop};
-use dpdk_rs::{Eal, LcoreId, Mempool, Port, PortConfig, PortStats};
+use controlplane::publish::{MAX_BACKENDS, MAX_SERVICES, Publisher};
+use dataplane::addr::MacAddr;
+use dataplane::counters::{WorkerCounters, drop_totals, port_totals};
+use dataplane::drop_reason::DropReason;
+use dataplane::flow::FlowTableStats;
+use dataplane::lcore::{LoopSettings, PoolNeeds, Worker};
+use dataplane::pipeline::WorkerState;
+use dpdk_rs::{
+    Eal, LcoreId, Mempool, Port, PortConfig, PortStats, Ring, RingConsumer, RingProducer, RxQueue,
+    TxQueue,
+};
 use tracing::{info, warn};
 
 /// Exit status for a configuration or usage error (clap uses 2 as well).
@@ -149,8 +157,9 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
     }
 
     // The main lcore runs the loop itself when EAL was given no worker lcore.
-    let workers: Vec<LcoreId> = eal.worker_lcores().to_vec();
-    let n_workers = workers.len().max(1);
+    let lcores: Vec<LcoreId> = eal.worker_lcores().to_vec();
+    let n_workers = lcores.len().max(1);
+    const RING_SLOTS: u32 = 1024;
     let needs = PoolNeeds {
         ports: model.interfaces.len() as u32,
         rx_queues_per_port: n_workers as u32,
@@ -159,9 +168,9 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
         tx_desc: u32::from(model.dpdk.tx_desc),
         workers: n_workers as u32,
         burst: model.dpdk.burst as u32,
-        ring_slots: 0,
+        ring_slots: RING_SLOTS * (n_workers * (n_workers - 1)) as u32,
         cache: PoolNeeds::CACHE,
-        lcores: workers.len() as u32 + 1,
+        lcores: lcores.len() as u32 + 1,
     };
     let pool_size = needs.pool_size();
     let pool = Mempool::pktmbuf(
@@ -186,13 +195,12 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
         let mut port = Port::configure(&eal, itf.port, &port_config, &pool)
             .map_err(|e| format!("interfaces[{i}]: {e}"))?;
         port.start().map_err(|e| format!("interfaces[{i}]: {e}"))?;
-        let mac = dataplane::addr::MacAddr(port.mac_address());
         let link = port.link().map_err(|e| e.to_string())?;
         info!(
             port = itf.port,
             name = port.name(),
             driver = port.driver(),
-            %mac,
+            mac = %MacAddr(port.mac_address()),
             link_up = link.up,
             speed_mbps = link.speed_mbps,
             rx_queues = port.config().rx_queues,
@@ -207,6 +215,14 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
         }
         ports.push(port);
     }
+    let macs: Vec<MacAddr> = ports.iter().map(|p| MacAddr(p.mac_address())).collect();
+    let publisher = Publisher::new(model, macs, n_workers as u16).map_err(|e| e.to_string())?;
+    let shared = Arc::clone(publisher.shared());
+    info!(
+        services = model.services.len(),
+        epoch = shared.current().epoch,
+        "configuration published"
+    );
 
     let counters: Vec<WorkerCounters> = (0..n_workers)
         .map(|_| WorkerCounters::new(ports.len()))
@@ -215,47 +231,120 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
         burst: model.dpdk.burst,
         idle_sleep: (model.dpdk.idle_sleep_us > 0)
             .then(|| Duration::from_micros(model.dpdk.idle_sleep_us)),
+        tsc_hz: dpdk_rs::tsc_hz(),
     };
-    let started = Instant::now();
-    {
-        // Worker w polls queue w of every port. Each worker takes its queues once, at start.
-        let mut per_worker: Vec<Vec<RxPort<'_>>> = (0..n_workers).map(|_| Vec::new()).collect();
-        for (interface, port) in ports.iter_mut().enumerate() {
-            let (rx, _tx) = port.take_queues().expect("queues are taken once");
-            for (w, queue) in rx.into_iter().enumerate() {
-                per_worker[w].push(RxPort { interface, queue });
+    let mut rings: Vec<Ring> = Vec::new();
+    for a in 0..n_workers {
+        for b in 0..n_workers {
+            if a != b {
+                rings.push(
+                    Ring::new(&eal, &format!("l4lb_redirect_{a}_{b}"), RING_SLOTS, None)
+                        .map_err(|e| e.to_string())?,
+                );
             }
         }
-        let slots: Vec<Mutex<Option<Vec<RxPort<'_>>>>> = per_worker
-            .into_iter()
-            .map(|q| Mutex::new(Some(q)))
+    }
+    let mut interface_of_port = vec![u16::MAX; usize::from(available)];
+    for (i, itf) in model.interfaces.iter().enumerate() {
+        interface_of_port[usize::from(itf.port)] = i as u16;
+    }
+    let started = Instant::now();
+    let mut flow_stats = Vec::new();
+    {
+        // Worker w polls rx queue w and sends on tx queue w of every port.
+        let mut rx: Vec<Vec<(u16, RxQueue<'_>)>> = (0..n_workers).map(|_| Vec::new()).collect();
+        let mut tx: Vec<Vec<TxQueue<'_>>> = (0..n_workers).map(|_| Vec::new()).collect();
+        for (interface, port) in ports.iter_mut().enumerate() {
+            let (rxq, txq) = port.take_queues().expect("queues are taken once");
+            for (w, q) in rxq.into_iter().enumerate() {
+                rx[w].push((interface as u16, q));
+            }
+            for (w, q) in txq.into_iter().enumerate() {
+                tx[w].push(q);
+            }
+        }
+        let mut to: Vec<Vec<Option<RingProducer<'_>>>> = (0..n_workers)
+            .map(|_| (0..n_workers).map(|_| None).collect())
             .collect();
+        let mut from: Vec<Vec<RingConsumer<'_>>> = (0..n_workers).map(|_| Vec::new()).collect();
+        let mut pairs = (0..n_workers)
+            .flat_map(|a| (0..n_workers).filter(move |b| *b != a).map(move |b| (a, b)));
+        for ring in rings.iter_mut() {
+            let (a, b) = pairs.next().expect("one ring per ordered pair");
+            let (p, c) = ring.split();
+            to[a][b] = Some(p);
+            from[b].push(c);
+        }
+        let mut command_senders = Vec::with_capacity(n_workers);
+        let mut workers = Vec::with_capacity(n_workers);
+        for (w, ((rx, tx), (to, from))) in rx
+            .into_iter()
+            .zip(tx)
+            .zip(to.into_iter().zip(from))
+            .enumerate()
+        {
+            let (send, recv) = crossbeam_channel::bounded(1024);
+            command_senders.push(send);
+            let t = model.timeouts;
+            let timeouts = dataplane::flow::FlowTimeouts {
+                tcp_established: t.tcp_established,
+                tcp_syn: t.tcp_syn,
+                tcp_fin: t.tcp_fin,
+                tcp_close: t.tcp_close,
+                udp: t.udp,
+            };
+            workers.push(Mutex::new(Some(Worker {
+                index: w,
+                rx,
+                tx,
+                to_workers: to,
+                from_workers: from,
+                interface_of_port: interface_of_port.clone(),
+                state: WorkerState::new(
+                    w as u16,
+                    model.dpdk.flow_capacity,
+                    MAX_SERVICES,
+                    MAX_BACKENDS,
+                    timeouts,
+                ),
+                commands: recv,
+            })));
+        }
+        let results: Vec<Mutex<Option<FlowTableStats>>> =
+            (0..n_workers).map(|_| Mutex::new(None)).collect();
         let work = |index: usize| {
-            let mut rx = slots[index]
+            let worker = workers[index]
                 .lock()
                 .expect("not poisoned")
                 .take()
                 .expect("each worker starts once");
-            run_counting_loop(&mut rx, &counters[index], &stop, settings);
+            let stats = worker.run(&shared, &counters[index], &stop, settings);
+            *results[index].lock().expect("not poisoned") = Some(stats);
         };
-        info!(workers = n_workers, lcores = ?workers.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops");
-        if workers.is_empty() {
+        info!(workers = n_workers, lcores = ?lcores.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops");
+        if lcores.is_empty() {
             work(0);
         } else {
             let on_lcore = |lcore: LcoreId| {
-                let index = workers
+                let index = lcores
                     .iter()
                     .position(|l| *l == lcore)
                     .expect("launched on a worker");
                 work(index);
             };
-            eal.run_on_workers(&workers, &on_lcore, || {
+            eal.run_on_workers(&lcores, &on_lcore, || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             })
             .map_err(|e| e.to_string())?;
         }
+        drop(command_senders);
+        flow_stats.extend(
+            results
+                .into_iter()
+                .map(|r| r.into_inner().expect("not poisoned").unwrap_or_default()),
+        );
     }
     let elapsed = started.elapsed();
     info!("stopping");
@@ -274,7 +363,52 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
     for line in report {
         println!("{line}");
     }
+    println!("{}", action_report(&counters));
+    println!("{}", drop_report(&counters));
+    let f = flow_stats
+        .iter()
+        .fold(FlowTableStats::default(), |t, s| FlowTableStats {
+            created: t.created + s.created,
+            expired: t.expired + s.expired,
+            evicted: t.evicted + s.evicted,
+            evicted_established: t.evicted_established + s.evicted_established,
+            flushed: t.flushed + s.flushed,
+        });
+    println!(
+        "flows: created={} expired={} evicted={} evicted-established={} flushed={}",
+        f.created, f.expired, f.evicted, f.evicted_established, f.flushed
+    );
     Ok(())
+}
+
+/// What happened to packets after the pipeline, summed over workers.
+fn action_report(counters: &[WorkerCounters]) -> String {
+    let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(f).sum::<u64>();
+    let dropped: u64 = drop_totals(counters).iter().sum();
+    format!(
+        "actions: forwarded={} replied={} redirected={} redirect-dropped={} dropped={}",
+        sum(|c| c.actions.forwarded.get()),
+        sum(|c| c.actions.replied.get()),
+        sum(|c| c.actions.redirected.get()),
+        sum(|c| c.actions.redirect_dropped.get()),
+        dropped
+    )
+}
+
+/// Drops by reason, the non-zero ones, `reason=count`.
+fn drop_report(counters: &[WorkerCounters]) -> String {
+    let totals = drop_totals(counters);
+    let parts: Vec<String> = DropReason::ALL
+        .iter()
+        .zip(totals)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{}={n}", r.name()))
+        .collect();
+    format!(
+        "drops:{}{}",
+        if parts.is_empty() { "" } else { " " },
+        parts.join(" ")
+    )
 }
 
 /// One line per port, `key=value` so that scripts can read it: what the workers counted,

@@ -25,7 +25,7 @@ pub struct Ids {
     services: HashMap<String, ServiceId>,
     backends: HashMap<(String, String), (BackendId, std::net::IpAddr, u16)>,
     /// Per service id, what its backends and weights were (their change bumps the generation).
-    generations: HashMap<ServiceId, (u64, Vec<(String, u32, bool)>)>,
+    generations: HashMap<ServiceId, (u64, Vec<BackendShape>)>,
     free_services: Vec<ServiceId>,
     free_backends: Vec<BackendId>,
     /// Released by the last assignment: reusable only from the next one on, once the workers
@@ -34,6 +34,9 @@ pub struct Ids {
     next_service: u32,
     next_backend: u32,
 }
+
+/// What of a backend the schedulers depend on: id, weight, enabled.
+type BackendShape = (String, u32, bool);
 
 /// Bounds the workers size their per-id state for.
 pub const MAX_SERVICES: u32 = 4096;
@@ -129,7 +132,7 @@ impl Ids {
     }
 
     fn generation(&mut self, id: ServiceId, s: &Service) -> u64 {
-        let shape: Vec<(String, u32, bool)> = s
+        let shape: Vec<BackendShape> = s
             .backends
             .iter()
             .map(|b| (b.id.clone(), b.weight, b.enabled))

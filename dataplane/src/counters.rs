@@ -53,6 +53,8 @@ pub struct ActionCounters {
     pub forwarded: Counter,
     pub replied: Counter,
     pub redirected: Counter,
+    /// Redirected packets the owner's ring had no room for.
+    pub redirect_dropped: Counter,
     /// Indexed by `DropReason as usize`.
     pub drops: [Counter; DropReason::COUNT],
 }
@@ -63,6 +65,7 @@ impl Default for ActionCounters {
             forwarded: Counter::default(),
             replied: Counter::default(),
             redirected: Counter::default(),
+            redirect_dropped: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
         }
     }

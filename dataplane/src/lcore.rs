@@ -1,56 +1,261 @@
-//! The loop each worker lcore runs, and the sizing of what it needs.
-//!
-//! At this stage a worker receives bursts, counts packets and bytes per port and frees them in
-//! bulk; the runtime issue replaces the middle with the real pipeline.
+//! The loop each worker lcore runs (DPDK's l2fwd/l3fwd shape): rx bursts, `process` on every
+//! packet, per-interface tx buffers flushed when full or after a drain interval counted in TSC
+//! cycles, drops freed in bulk, NAT packets of other workers handed over on SP/SC rings.
+//! Nothing here allocates, locks, logs or makes a system call per packet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use dpdk_rs::MAX_BURST;
-use dpdk_rs::{MbufBurst, RxQueue};
+use dpdk_rs::{MbufBurst, MbufMut, RingConsumer, RingProducer, RxQueue, TxQueue};
 
 use crate::counters::WorkerCounters;
+use crate::flow::FlowTableStats;
+use crate::packet::PacketBuf;
+use crate::pipeline::{Action, WorkerState, process};
+use crate::service::BackendId;
+use crate::shared::{Reader, SharedSnapshot};
 
-/// One rx queue a worker polls, and which interface (position in the config) it belongs to.
-#[derive(Debug)]
-pub struct RxPort<'p> {
-    pub interface: usize,
-    pub queue: RxQueue<'p>,
+impl PacketBuf for MbufMut<'_> {
+    #[inline(always)]
+    fn data(&self) -> &[u8] {
+        MbufMut::data(self)
+    }
+
+    #[inline(always)]
+    fn data_mut(&mut self) -> &mut [u8] {
+        MbufMut::data_mut(self)
+    }
+
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        u16::try_from(n).is_ok_and(|n| MbufMut::prepend(self, n))
+    }
+
+    #[inline]
+    fn set_len(&mut self, len: usize) -> bool {
+        u16::try_from(len).is_ok_and(|l| MbufMut::set_len(self, l))
+    }
+}
+
+/// Control messages a worker polls between bursts (never per packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Remove every flow of this backend (it was deleted or moved).
+    FlushBackend(BackendId),
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoopSettings {
     pub burst: usize,
-    /// Sleep this long after a round in which no queue had a packet (None: busy-poll).
+    /// Sleep this long after a round in which nothing arrived (None: busy-poll).
     pub idle_sleep: Option<Duration>,
+    /// TSC cycles per second (`dpdk_rs::tsc_hz()`).
+    pub tsc_hz: u64,
 }
 
-/// Polls `rx` round-robin until `stop` is set; a burst in progress is always finished.
-pub fn run_counting_loop(
-    rx: &mut [RxPort<'_>],
-    counters: &WorkerCounters,
-    stop: &AtomicBool,
-    settings: LoopSettings,
-) {
-    let mut burst = MbufBurst::new();
-    let max = settings.burst.min(MAX_BURST);
-    while !stop.load(Ordering::Relaxed) {
-        let mut polled = 0;
-        for port in rx.iter_mut() {
-            let n = port.queue.rx_burst(&mut burst, max);
-            if n == 0 {
+/// Flush partly filled tx buffers after this long (DPDK's examples use ~100 µs).
+const DRAIN_US: u64 = 100;
+/// Expired flows removed between bursts, at most, per loop iteration.
+const SWEEP_PER_ITERATION: usize = 64;
+
+/// Everything one worker owns.
+pub struct Worker<'p> {
+    pub index: usize,
+    /// (interface index, queue) pairs this worker polls.
+    pub rx: Vec<(u16, RxQueue<'p>)>,
+    /// One tx queue per interface, indexed by interface.
+    pub tx: Vec<TxQueue<'p>>,
+    /// Rings to each other worker (None for itself), and from each other worker.
+    pub to_workers: Vec<Option<RingProducer<'p>>>,
+    pub from_workers: Vec<RingConsumer<'p>>,
+    /// DPDK port id -> interface index.
+    pub interface_of_port: Vec<u16>,
+    pub state: WorkerState,
+    pub commands: crossbeam_channel::Receiver<Command>,
+}
+
+/// Buffers of the loop, kept together so that they are allocated once, before it starts.
+struct Buffers {
+    rx: MbufBurst,
+    tx: Vec<MbufBurst>,
+    redirect: Vec<MbufBurst>,
+    dropped: MbufBurst,
+    actions: [Action; MAX_BURST],
+}
+
+impl Worker<'_> {
+    /// Runs until `stop` is set; a burst in progress is always finished, and what is buffered
+    /// is sent before returning.
+    /// Returns the flow table's statistics at the end.
+    pub fn run(
+        mut self,
+        shared: &SharedSnapshot,
+        counters: &WorkerCounters,
+        stop: &AtomicBool,
+        settings: LoopSettings,
+    ) -> FlowTableStats {
+        let mut reader = shared.reader(self.index);
+        let mut b = Buffers {
+            rx: MbufBurst::new(),
+            tx: (0..self.tx.len()).map(|_| MbufBurst::new()).collect(),
+            redirect: (0..self.to_workers.len())
+                .map(|_| MbufBurst::new())
+                .collect(),
+            dropped: MbufBurst::new(),
+            actions: [Action::Reply; MAX_BURST],
+        };
+        let burst = settings.burst.clamp(1, MAX_BURST);
+        let hz = settings.tsc_hz.max(1);
+        let drain_cycles = hz / 1_000_000 * DRAIN_US;
+        let start = dpdk_rs::rdtsc();
+        let mut last_drain = start;
+        while !stop.load(Ordering::Relaxed) {
+            // The clock and the snapshot, once per iteration.
+            let tsc = dpdk_rs::rdtsc();
+            let now = ((tsc - start) / hz) as u32;
+            reader.refresh(shared);
+            let mut polled = 0;
+            for i in 0..self.rx.len() {
+                let (interface, ref mut q) = self.rx[i];
+                let n = q.rx_burst(&mut b.rx, burst);
+                if n == 0 {
+                    continue;
+                }
+                polled += n;
+                let c = &counters.ports[interface as usize];
+                c.rx_packets.add(n as u64);
+                c.rx_bytes.add(b.rx.bytes());
+                self.process_burst(&mut b, &reader, counters, now, burst);
+            }
+            for i in 0..self.from_workers.len() {
+                let n = self.from_workers[i].dequeue_burst(&mut b.rx);
+                if n > 0 {
+                    polled += n;
+                    self.process_burst(&mut b, &reader, counters, now, burst);
+                }
+            }
+            if tsc - last_drain >= drain_cycles {
+                for itf in 0..b.tx.len() {
+                    self.flush(itf, &mut b.tx[itf], counters);
+                }
+                last_drain = tsc;
+            }
+            while let Ok(cmd) = self.commands.try_recv() {
+                match cmd {
+                    Command::FlushBackend(id) => {
+                        self.state.flows.flush_backend(id);
+                    }
+                }
+            }
+            self.state.flows.sweep(now, SWEEP_PER_ITERATION);
+            if polled == 0
+                && let Some(d) = settings.idle_sleep
+            {
+                std::thread::sleep(d);
+            }
+        }
+        for itf in 0..b.tx.len() {
+            self.flush(itf, &mut b.tx[itf], counters);
+        }
+        reader.retire(shared);
+        self.state.flows.stats()
+    }
+
+    fn process_burst(
+        &mut self,
+        b: &mut Buffers,
+        reader: &Reader,
+        counters: &WorkerCounters,
+        now: u32,
+        burst: usize,
+    ) {
+        let snap = reader.snapshot();
+        let n = b.rx.len();
+        for i in 0..n {
+            // The next packets' headers are on their way to the cache while this one runs.
+            b.rx.prefetch(i + 2);
+            let mut m = b.rx.get_mut(i);
+            let ingress = self
+                .interface_of_port
+                .get(usize::from(m.port()))
+                .copied()
+                .unwrap_or(u16::MAX);
+            let a = process(&mut m, ingress, snap, &mut self.state, now);
+            counters.actions.record(&a);
+            b.actions[i] = a;
+        }
+        for (i, m) in b.rx.drain().enumerate() {
+            let out = match b.actions[i] {
+                Action::Forward { interface, .. } => Some(usize::from(interface)),
+                Action::Reply => self
+                    .interface_of_port
+                    .get(usize::from(m.port()))
+                    .map(|i| usize::from(*i)),
+                Action::Redirect(w) => {
+                    let w = usize::from(w);
+                    if w < b.redirect.len() && self.to_workers[w].is_some() {
+                        let _ = b.redirect[w].push(m);
+                    } else {
+                        let _ = b.dropped.push(m);
+                    }
+                    continue;
+                }
+                Action::Drop(_) => None,
+            };
+            match out {
+                Some(itf) if itf < b.tx.len() => {
+                    if let Err(m) = b.tx[itf].push(m) {
+                        self.flush(itf, &mut b.tx[itf], counters);
+                        let _ = b.tx[itf].push(m);
+                    }
+                    if b.tx[itf].len() >= burst {
+                        self.flush(itf, &mut b.tx[itf], counters);
+                    }
+                }
+                _ => {
+                    let _ = b.dropped.push(m);
+                }
+            }
+        }
+        b.dropped.clear();
+        for (w, buf) in b.redirect.iter_mut().enumerate() {
+            if buf.is_empty() {
                 continue;
             }
-            polled += n;
-            let c = &counters.ports[port.interface];
-            c.rx_packets.add(n as u64);
-            c.rx_bytes.add(burst.bytes());
-            burst.clear();
+            if let Some(p) = self.to_workers[w].as_mut() {
+                p.enqueue_burst(buf);
+            }
+            // A full ring: the owner is overloaded; drop rather than wait.
+            counters.actions.redirect_dropped.add(buf.len() as u64);
+            buf.clear();
         }
-        if polled == 0
-            && let Some(d) = settings.idle_sleep
-        {
-            std::thread::sleep(d);
+    }
+
+    /// Sends a tx buffer; what the queue does not take after a second try is freed and counted.
+    fn flush(&mut self, itf: usize, buf: &mut MbufBurst, counters: &WorkerCounters) {
+        if buf.is_empty() {
+            return;
+        }
+        let bytes = buf.bytes();
+        let before = buf.len();
+        let q = &mut self.tx[itf];
+        q.tx_burst(buf);
+        if !buf.is_empty() {
+            q.tx_burst(buf);
+        }
+        let left = buf.len();
+        let c = &counters.ports[itf];
+        c.tx_packets.add((before - left) as u64);
+        // Bytes of what was sent: all of it unless something was left (then approximately).
+        c.tx_bytes.add(if left == 0 {
+            bytes
+        } else {
+            bytes * (before - left) as u64 / before as u64
+        });
+        if left > 0 {
+            c.tx_dropped.add(left as u64);
+            buf.clear();
         }
     }
 }
@@ -75,14 +280,15 @@ pub struct PoolNeeds {
 
 impl PoolNeeds {
     /// Per-lcore mempool cache: DPDK caps it at RTE_MEMPOOL_CACHE_MAX_SIZE (512); 256 is its
-    /// examples' choice and divides the pool sizes below evenly.
+    /// examples' choice.
     pub const CACHE: u32 = 256;
 
     /// The pool size, with the arithmetic written out:
     /// ```text
     ///   every rx descriptor holds an mbuf                 ports x rx_queues x rx_desc
     /// + every tx descriptor may hold one until sent       ports x tx_queues x tx_desc
-    /// + each worker's rx burst and one tx buffer a port   workers x burst x (1 + ports)
+    /// + each worker's rx burst, one tx buffer per port     workers x MAX_BURST x (1 + ports)
+    ///   and one redirect buffer per worker                 + workers x workers x MAX_BURST
     /// + packets waiting in inter-worker rings             ring_slots
     /// + what per-lcore caches may hold                    lcores x cache x 1.5
     /// ```
@@ -91,7 +297,8 @@ impl PoolNeeds {
     pub fn pool_size(&self) -> u32 {
         let rx = self.ports * self.rx_queues_per_port * self.rx_desc;
         let tx = self.ports * self.tx_queues_per_port * self.tx_desc;
-        let bursts = self.workers * self.burst * (1 + self.ports);
+        let max = MAX_BURST as u32;
+        let bursts = self.workers * max * (1 + self.ports) + self.workers * self.workers * max;
         let caches = self.lcores * self.cache * 3 / 2;
         let need = rx + tx + bursts + self.ring_slots + caches;
         (need + 1).next_power_of_two() - 1
@@ -116,7 +323,7 @@ mod tests {
             cache: PoolNeeds::CACHE,
             lcores: 2,
         };
-        // 1024 + 1024 + 1x32x2 + 0 + 2x256x1.5 = 2880 -> 4095
+        // 1024 + 1024 + 1x256x2 + 1x1x256 + 0 + 2x256x1.5 = 3584 -> 4095
         assert_eq!(needs.pool_size(), 4095);
         let two = PoolNeeds {
             ports: 2,
@@ -124,9 +331,10 @@ mod tests {
             tx_queues_per_port: 2,
             workers: 2,
             lcores: 3,
+            ring_slots: 2048,
             ..needs
         };
-        // 2x2x1024 x2 + 2x32x3 + 3x384 = 8192 + 192 + 1152 = 9536 -> 16383
+        // 2x2x1024 x2 + 2x256x3 + 2x2x256 + 2048 + 3x384 = 8192 + 1536 + 1024 + 2048 + 1152 = 13952 -> 16383
         assert_eq!(two.pool_size(), 16383);
     }
 }

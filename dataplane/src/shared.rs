@@ -167,11 +167,13 @@ mod tests {
     fn readers_on_other_threads_see_whole_snapshots_while_the_writer_publishes() {
         let shared = SharedSnapshot::new(snap(1), 2);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let handles: Vec<_> = (0..2)
-            .map(|w| {
+        // Readers exist (and count) before the writer starts, as worker lcores do.
+        let readers: Vec<Reader> = (0..2).map(|w| shared.reader(w)).collect();
+        let handles: Vec<_> = readers
+            .into_iter()
+            .map(|mut r| {
                 let (shared, stop) = (shared.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    let mut r = shared.reader(w);
                     let mut last = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let e = r.refresh(&shared).epoch;
