@@ -16,13 +16,13 @@ use dataplane::addr::MacAddr;
 use dataplane::counters::{WorkerCounters, drop_totals, port_totals};
 use dataplane::drop_reason::DropReason;
 use dataplane::flow::FlowTableStats;
-use dataplane::lcore::{LoopSettings, PoolNeeds, Worker};
+use dataplane::lcore::{Command, LoopSettings, PoolNeeds, Worker};
 use dataplane::pipeline::WorkerState;
 use dpdk_rs::{
     Eal, LcoreId, Mempool, Port, PortConfig, PortStats, Ring, RingConsumer, RingProducer, RxQueue,
     TxQueue,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Exit status for a configuration or usage error (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     } else {
         cli.eal_args.clone()
     };
-    match run(&model, &eal_args) {
+    match run(&model, &eal_args, cli.config.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("l4lb: {e}");
@@ -136,12 +136,19 @@ fn config_failed(e: &ConfigError) -> ExitCode {
 }
 
 /// Starts DPDK, runs until SIGINT/SIGTERM, stops, prints the final counters.
-fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
+fn run(
+    model: &Model,
+    eal_args: &[String],
+    config_path: Option<&std::path::Path>,
+) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
 
     info!(args = ?eal_args, "starting EAL");
     let eal =
@@ -250,6 +257,7 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
     }
     let started = Instant::now();
     let mut flow_stats = Vec::new();
+    let mut reloads = 0u64;
     {
         // Worker w polls rx queue w and sends on tx queue w of every port.
         let mut rx: Vec<Vec<(u16, RxQueue<'_>)>> = (0..n_workers).map(|_| Vec::new()).collect();
@@ -321,24 +329,46 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
             let stats = worker.run(&shared, &counters[index], &stop, settings);
             *results[index].lock().expect("not poisoned") = Some(stats);
         };
-        info!(workers = n_workers, lcores = ?lcores.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops");
-        if lcores.is_empty() {
-            work(0);
-        } else {
-            let on_lcore = |lcore: LcoreId| {
-                let index = lcores
-                    .iter()
-                    .position(|l| *l == lcore)
-                    .expect("launched on a worker");
-                work(index);
-            };
-            eal.run_on_workers(&lcores, &on_lcore, || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
+        info!(workers = n_workers, lcores = ?lcores.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops, SIGHUP reloads the configuration");
+        let workers_done = AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<(), String> {
+            // The control side runs on an ordinary thread, never on an lcore.
+            let control = scope.spawn(|| {
+                let mut running = model.clone();
+                let mut reloads = 0u64;
+                while !workers_done.load(Ordering::Relaxed) {
+                    if reload.swap(false, Ordering::Relaxed) {
+                        reload_config(config_path, &mut running, &publisher, &command_senders);
+                        reloads += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-            })
-            .map_err(|e| e.to_string())?;
-        }
+                reloads
+            });
+            let result = if lcores.is_empty() {
+                work(0);
+                Ok(())
+            } else {
+                let on_lcore = |lcore: LcoreId| {
+                    let index = lcores
+                        .iter()
+                        .position(|l| *l == lcore)
+                        .expect("launched on a worker");
+                    work(index);
+                };
+                eal.run_on_workers(&lcores, &on_lcore, || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+                .map_err(|e| e.to_string())
+            };
+            workers_done.store(true, Ordering::Relaxed);
+            reloads = control
+                .join()
+                .map_err(|_| "the control thread panicked".to_string())?;
+            result
+        })?;
         drop(command_senders);
         flow_stats.extend(
             results
@@ -378,7 +408,55 @@ fn run(model: &Model, eal_args: &[String]) -> Result<(), String> {
         "flows: created={} expired={} evicted={} evicted-established={} flushed={}",
         f.created, f.expired, f.evicted, f.evicted_established, f.flushed
     );
+    println!(
+        "configuration: reloads={reloads} epoch={}",
+        shared.current().epoch
+    );
     Ok(())
+}
+
+/// SIGHUP: reads the configuration again and publishes it like any change: all or nothing.
+/// What a running appliance cannot change (DPDK settings, interfaces) must stay as it is.
+fn reload_config(
+    path: Option<&std::path::Path>,
+    running: &mut Model,
+    publisher: &Publisher,
+    workers: &[crossbeam_channel::Sender<Command>],
+) {
+    let next = match config::load(path, std::env::vars()) {
+        Ok(m) => m,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                error!("reload refused, the running configuration stays: {line}");
+            }
+            return;
+        }
+    };
+    if next.dpdk != running.dpdk || next.interfaces != running.interfaces {
+        error!(
+            "reload refused, the running configuration stays: [dpdk] and [[interfaces]] change only with a restart"
+        );
+        return;
+    }
+    match publisher.publish(&next, Duration::from_secs(1)) {
+        Ok(p) => {
+            for id in &p.released_backends {
+                for w in workers {
+                    // Bounded channel: a worker that far behind gets the flush when it catches up.
+                    let _ = w.send_timeout(Command::FlushBackend(*id), Duration::from_millis(100));
+                }
+            }
+            info!(
+                epoch = p.epoch,
+                live = p.live,
+                build_us = p.build_time.as_micros() as u64,
+                released = p.released_backends.len(),
+                "configuration reloaded"
+            );
+            *running = next;
+        }
+        Err(e) => error!("reload refused, the running configuration stays: {e}"),
+    }
 }
 
 /// What happened to packets after the pipeline, summed over workers.

@@ -39,9 +39,20 @@ pub fn eal_args(prefix: &str, lcores: &str, vdevs: &[String]) -> Vec<String> {
 }
 
 /// A running l4lb. Dropping it kills the process if it still runs and removes its EAL folder.
+/// Its output is drained while it runs (a full pipe would block its logging).
 pub struct Appliance {
     child: Option<Child>,
     prefix: String,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
 }
 
 pub struct Finished {
@@ -62,9 +73,14 @@ impl Appliance {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start l4lb");
+        let mut child = child;
+        let stdout = Some(drain(child.stdout.take().expect("piped")));
+        let stderr = Some(drain(child.stderr.take().expect("piped")));
         Appliance {
             child: Some(child),
             prefix: prefix.to_string(),
+            stdout,
+            stderr,
         }
     }
 
@@ -103,26 +119,25 @@ impl Appliance {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                let mut err = String::new();
-                let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+                let err = self
+                    .stderr
+                    .take()
+                    .map(|h| h.join().unwrap_or_default())
+                    .unwrap_or_default();
                 panic!("l4lb did not exit within {timeout:?}; stderr:\n{err}");
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        child
+        let stdout = self
             .stdout
             .take()
-            .expect("piped")
-            .read_to_string(&mut stdout)
-            .expect("stdout");
-        child
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let stderr = self
             .stderr
             .take()
-            .expect("piped")
-            .read_to_string(&mut stderr)
-            .expect("stderr");
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         Finished {
             status,
             stdout,
