@@ -124,7 +124,9 @@ fn thousands_of_reloads_under_traffic_lose_no_packet_and_move_no_flow() {
 
     let rx = port_counter(&done.stdout, 0, "rx-packets");
     let tx = port_counter(&done.stdout, 1, "tx-packets");
-    eprintln!("{reloads} reloads published for {RELOADS} SIGHUPs in {took:?}; {rx} packets through");
+    eprintln!(
+        "{reloads} reloads published for {RELOADS} SIGHUPs in {took:?}; {rx} packets through"
+    );
     assert!(rx > 100_000, "{rx} packets only");
     assert_eq!(tx, rx, "every packet received was sent:\n{}", done.stdout);
     assert_eq!(port_counter(&done.stdout, 1, "tx-dropped"), 0);
