@@ -13,7 +13,9 @@ use clap::Parser;
 use controlplane::config::{self, ConfigError, Model};
 use controlplane::publish::{MAX_BACKENDS, MAX_SERVICES, Publisher};
 use dataplane::addr::MacAddr;
-use dataplane::counters::{WorkerCounters, drop_totals, port_totals};
+use dataplane::counters::{
+    ServiceCounters, TrafficTotals, WorkerCounters, drop_totals, port_totals, traffic_totals,
+};
 use dataplane::drop_reason::DropReason;
 use dataplane::flow::FlowTableStats;
 use dataplane::lcore::{Command, LoopSettings, PoolNeeds, Worker};
@@ -258,6 +260,7 @@ fn run(
     let started = Instant::now();
     let mut flow_stats = Vec::new();
     let mut reloads = 0u64;
+    let mut traffic: Vec<Arc<ServiceCounters>> = Vec::new();
     {
         // Worker w polls rx queue w and sends on tx queue w of every port.
         let mut rx: Vec<Vec<(u16, RxQueue<'_>)>> = (0..n_workers).map(|_| Vec::new()).collect();
@@ -318,6 +321,16 @@ fn run(
                 commands: recv,
             })));
         }
+        traffic.extend(workers.iter().map(|w| {
+            Arc::clone(
+                &w.lock()
+                    .expect("not poisoned")
+                    .as_ref()
+                    .expect("not started")
+                    .state
+                    .traffic,
+            )
+        }));
         let results: Vec<Mutex<Option<FlowTableStats>>> =
             (0..n_workers).map(|_| Mutex::new(None)).collect();
         let work = |index: usize| {
@@ -408,6 +421,9 @@ fn run(
         "flows: created={} expired={} evicted={} evicted-established={} flushed={}",
         f.created, f.expired, f.evicted, f.evicted_established, f.flushed
     );
+    for line in traffic_report(&shared.current(), &traffic) {
+        println!("{line}");
+    }
     println!(
         "configuration: reloads={reloads} epoch={}",
         shared.current().epoch
@@ -457,6 +473,44 @@ fn reload_config(
         }
         Err(e) => error!("reload refused, the running configuration stays: {e}"),
     }
+}
+
+/// One line per service and per backend of the running configuration, summed over workers.
+fn traffic_report(
+    snap: &dataplane::snapshot::Snapshot,
+    workers: &[Arc<ServiceCounters>],
+) -> Vec<String> {
+    let line = |what: String, t: TrafficTotals| {
+        format!(
+            "{what}: packets-in={} bytes-in={} packets-out={} bytes-out={} new-flows={} active={} inactive={}",
+            t.packets_in, t.bytes_in, t.packets_out, t.bytes_out, t.new_flows, t.active, t.inactive
+        )
+    };
+    let mut lines = Vec::new();
+    for s in &snap.services {
+        let id = s.config.id.0 as usize;
+        let backends: Vec<(String, TrafficTotals)> = s
+            .config
+            .backends
+            .iter()
+            .map(|b| {
+                let bid = b.id.0 as usize;
+                (
+                    b.name.clone(),
+                    traffic_totals(workers.iter().map(|w| &**w), |w| w.backends.get(bid)),
+                )
+            })
+            .collect();
+        // A service's connections are its backends'.
+        let mut total = traffic_totals(workers.iter().map(|w| &**w), |w| w.services.get(id));
+        total.active = backends.iter().map(|(_, t)| t.active).sum();
+        total.inactive = backends.iter().map(|(_, t)| t.inactive).sum();
+        lines.push(line(format!("service {}", s.config.name), total));
+        for (name, t) in backends {
+            lines.push(line(format!("backend {}/{name}", s.config.name), t));
+        }
+    }
+    lines
 }
 
 /// What happened to packets after the pipeline, summed over workers.

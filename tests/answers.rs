@@ -184,6 +184,15 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
         assert_eq!(h.payload.slice(), format!("query {i}").as_bytes());
     }
 
+    // per service and backend: the five queries are one UDP flow (an inactive connection)
+    let bytes: usize = good.iter().map(Vec::len).sum();
+    for what in ["service dns", "backend dns/b1"] {
+        let want = format!(
+            "{what}: packets-in=5 bytes-in={bytes} packets-out=0 bytes-out=0 new-flows=1 active=0 inactive=1"
+        );
+        assert!(done.stdout.contains(&want), "{want}\n{}", done.stdout);
+    }
+
     // rx = forwarded + replied + dropped, each drop under its reason
     assert_eq!(port_counter(&done.stdout, 0, "rx-packets"), k);
     assert_eq!(port_counter(&done.stdout, 0, "tx-packets"), 9);

@@ -34,6 +34,92 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+
+    /// Sets the value (a gauge mirrored from the owning worker's state).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed)
+    }
+}
+
+/// Traffic of one service or one backend, as one worker saw it. "In" is client to VIP, "out"
+/// is a NAT reply back to the client.
+#[derive(Debug, Default)]
+pub struct TrafficCounters {
+    pub packets_in: Counter,
+    pub bytes_in: Counter,
+    pub packets_out: Counter,
+    pub bytes_out: Counter,
+    pub new_flows: Counter,
+    /// Gauges, for backends: TCP established flows, and all other flows (IPVS's ActConn and
+    /// InActConn), mirrored from the worker's flow table between bursts.
+    pub active: Counter,
+    pub inactive: Counter,
+}
+
+impl TrafficCounters {
+    #[inline]
+    pub fn count_in(&self, bytes: usize) {
+        self.packets_in.add(1);
+        self.bytes_in.add(bytes as u64);
+    }
+
+    #[inline]
+    pub fn count_out(&self, bytes: usize) {
+        self.packets_out.add(1);
+        self.bytes_out.add(bytes as u64);
+    }
+}
+
+/// Per service id and per backend id (the control plane's stable ids), one worker's.
+#[derive(Debug)]
+pub struct ServiceCounters {
+    pub services: Box<[TrafficCounters]>,
+    pub backends: Box<[TrafficCounters]>,
+}
+
+impl ServiceCounters {
+    pub fn new(max_services: u32, max_backends: u32) -> Self {
+        ServiceCounters {
+            services: (0..max_services)
+                .map(|_| TrafficCounters::default())
+                .collect(),
+            backends: (0..max_backends)
+                .map(|_| TrafficCounters::default())
+                .collect(),
+        }
+    }
+}
+
+/// A plain copy of traffic counters, summed over workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficTotals {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+    pub active: u64,
+    pub inactive: u64,
+}
+
+/// Sums the counters that `pick` selects (a service's or a backend's) over workers.
+pub fn traffic_totals<'a>(
+    workers: impl IntoIterator<Item = &'a ServiceCounters>,
+    pick: impl Fn(&'a ServiceCounters) -> Option<&'a TrafficCounters>,
+) -> TrafficTotals {
+    workers
+        .into_iter()
+        .filter_map(pick)
+        .fold(TrafficTotals::default(), |t, c| TrafficTotals {
+            packets_in: t.packets_in + c.packets_in.get(),
+            bytes_in: t.bytes_in + c.bytes_in.get(),
+            packets_out: t.packets_out + c.packets_out.get(),
+            bytes_out: t.bytes_out + c.bytes_out.get(),
+            new_flows: t.new_flows + c.new_flows.get(),
+            active: t.active + c.active.get(),
+            inactive: t.inactive + c.inactive.get(),
+        })
 }
 
 /// A plain copy of one port's counters, summed over workers.

@@ -56,6 +56,8 @@ pub struct LoopSettings {
 
 /// Flush partly filled tx buffers after this long (DPDK's examples use ~100 µs).
 const DRAIN_US: u64 = 100;
+/// How often the connection counts are copied out for the control side.
+const MIRRORS_PER_SECOND: u64 = 10;
 /// Expired flows removed between bursts, at most, per loop iteration.
 const SWEEP_PER_ITERATION: usize = 64;
 
@@ -110,6 +112,7 @@ impl Worker<'_> {
         let drain_cycles = hz / 1_000_000 * DRAIN_US;
         let start = dpdk_rs::rdtsc();
         let mut last_drain = start;
+        let mut last_mirror = start;
         while !stop.load(Ordering::Relaxed) {
             // The clock and the snapshot, once per iteration.
             let tsc = dpdk_rs::rdtsc();
@@ -149,6 +152,15 @@ impl Worker<'_> {
                 }
             }
             self.state.flows.sweep(now, SWEEP_PER_ITERATION);
+            if tsc - last_mirror >= hz / MIRRORS_PER_SECOND {
+                let backends = reader
+                    .snapshot()
+                    .services
+                    .iter()
+                    .flat_map(|s| s.config.backends.iter().map(|b| b.id));
+                self.state.mirror_connections(backends);
+                last_mirror = tsc;
+            }
             if polled == 0
                 && let Some(d) = settings.idle_sleep
             {
@@ -158,6 +170,12 @@ impl Worker<'_> {
         for itf in 0..b.tx.len() {
             self.flush(itf, &mut b.tx[itf], counters);
         }
+        let backends = reader
+            .snapshot()
+            .services
+            .iter()
+            .flat_map(|s| s.config.backends.iter().map(|b| b.id));
+        self.state.mirror_connections(backends);
         reader.retire(shared);
         self.state.flows.stats()
     }

@@ -3,6 +3,9 @@
 //! which backend, rewrite) and every drop names its [`DropReason`].
 
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+
+use crate::counters::ServiceCounters;
 
 use crate::addr::MacAddr;
 use crate::drop_reason::DropReason;
@@ -44,7 +47,8 @@ pub enum Action {
 /// Flow-table sweeping done along with each new flow, so expiry keeps up with creation.
 const SWEEP_PER_NEW_FLOW: usize = 4;
 
-/// One worker's mutable state: its flow table and its scheduling cursors.
+/// One worker's mutable state: its flow table, its scheduling cursors, and its per-service and
+/// per-backend counters (shared for reading with the control side).
 #[derive(Debug)]
 pub struct WorkerState {
     /// This worker's index among `Snapshot::workers`.
@@ -52,6 +56,7 @@ pub struct WorkerState {
     pub flows: FlowTable,
     /// Per service id.
     cursors: Vec<Cursor>,
+    pub traffic: Arc<ServiceCounters>,
 }
 
 impl WorkerState {
@@ -67,6 +72,20 @@ impl WorkerState {
             index,
             flows: FlowTable::new(flow_capacity, max_backends, timeouts),
             cursors: vec![Cursor::default(); max_services as usize],
+            traffic: Arc::new(ServiceCounters::new(max_services, max_backends)),
+        }
+    }
+
+    /// Copies the flow table's connection counts of `backends` into the shared gauges (between
+    /// bursts, a few times a second).
+    pub fn mirror_connections(&self, backends: impl IntoIterator<Item = BackendId>) {
+        use crate::sched::ConnSource;
+        for b in backends {
+            if let Some(t) = self.traffic.backends.get(b.0 as usize) {
+                let c = self.flows.conns(b);
+                t.active.set(u64::from(c.active));
+                t.inactive.set(u64::from(c.inactive));
+            }
         }
     }
 }
@@ -348,6 +367,7 @@ fn new_flow<P: PacketBuf>(
     w.flows
         .insert(new, now)
         .map_err(|_| DropReason::FlowInsertFailed)?;
+    count_new_flow(w, svc.config.id, b.id);
     forward_to_backend(pkt, l2, ip, ingress, svc, b.id, snap, w)
 }
 
@@ -355,6 +375,33 @@ fn new_flow<P: PacketBuf>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn forward_to_backend<P: PacketBuf>(
+    pkt: &mut P,
+    l2: usize,
+    ip: &IpView,
+    ingress: u16,
+    svc: &Service,
+    backend: BackendId,
+    snap: &Snapshot,
+    w: &WorkerState,
+) -> Result<Action, DropReason> {
+    let len = pkt.data().len();
+    let action = rewrite_for_backend(pkt, l2, ip, ingress, svc, backend, snap, w)?;
+    // Counted once it is on its way (not when a neighbour was missing, say).
+    let t = &w.traffic;
+    if let (Some(s), Some(b)) = (
+        t.services.get(svc.config.id.0 as usize),
+        t.backends.get(backend.0 as usize),
+    ) {
+        s.count_in(len);
+        b.count_in(len);
+    }
+    Ok(action)
+}
+
+/// The rewrite of [`forward_to_backend`] in the service's mode.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rewrite_for_backend<P: PacketBuf>(
     pkt: &mut P,
     l2: usize,
     ip: &IpView,
@@ -443,6 +490,15 @@ fn tunnel<P: PacketBuf>(
     })
 }
 
+fn count_new_flow(w: &WorkerState, service: crate::service::ServiceId, backend: BackendId) {
+    if let Some(s) = w.traffic.services.get(service.0 as usize) {
+        s.new_flows.add(1);
+    }
+    if let Some(b) = w.traffic.backends.get(backend.0 as usize) {
+        b.new_flows.add(1);
+    }
+}
+
 /// Sets the Ethernet header for a resolved route and says where to send.
 #[inline(always)]
 fn send_via(frame: &mut [u8], route: &Route) -> Result<Action, DropReason> {
@@ -484,16 +540,29 @@ fn nat_reply<P: PacketBuf>(
     };
     let slot = w.flows.lookup_reply(&rk, now).ok_or(DropReason::NotForUs)?;
     w.flows.touch(slot, l4.tcp_flags, now);
-    let key = w.flows.get(slot).key;
+    let (service, backend, vip, vip_port) = {
+        let f = w.flows.get(slot);
+        (f.service, f.backend, f.key.vip, f.key.vip_port)
+    };
+    let len = pkt.data().len();
     forward::rewrite_endpoint(
         pkt.data_mut(),
         ip,
         Side::Src,
-        &key.vip,
-        key.vip_port,
+        &vip,
+        vip_port,
         ip.end() - ip.l4,
     );
-    send(pkt.data_mut(), snap, addr_from_bytes(ip.dst))
+    let action = send(pkt.data_mut(), snap, addr_from_bytes(ip.dst))?;
+    let t = &w.traffic;
+    if let (Some(s), Some(b)) = (
+        t.services.get(service.0 as usize),
+        t.backends.get(backend.0 as usize),
+    ) {
+        s.count_out(len);
+        b.count_out(len);
+    }
+    Ok(action)
 }
 
 /// ICMP and ICMPv6: echo and neighbour solicitation for us and our VIPs; errors about flows.

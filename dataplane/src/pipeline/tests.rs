@@ -1493,3 +1493,47 @@ pub(super) fn seed_frames() -> Vec<Vec<u8>> {
     ));
     seeds
 }
+
+#[test]
+fn service_and_backend_counters_follow_packets_flows_and_connections() {
+    let snap = Snapshot::build(config(1), 1);
+    let mut w = worker();
+    let (syn, l4) = client_packet(
+        false,
+        Protocol::Tcp,
+        ForwardingMode::Nat,
+        crate::wire::tcp::SYN,
+    );
+    let (ack, _) = client_packet(
+        false,
+        Protocol::Tcp,
+        ForwardingMode::Nat,
+        crate::wire::tcp::ACK,
+    );
+    run(&snap, &mut w, &syn);
+    run(&snap, &mut w, &ack);
+    let reply = ipv4_packet(v4hdr(B1, CLIENT), with_ports(l4, 8080, 40000));
+    run(&snap, &mut w, &frame(OUR_MAC, B1_MAC, &reply));
+    // a drop is not counted for the service
+    run(&snap, &mut w, &syn[..20]);
+    let s = &w.traffic.services[0];
+    let b = &w.traffic.backends[0];
+    for t in [s, b] {
+        assert_eq!(
+            (t.packets_in.get(), t.bytes_in.get()),
+            (2, (syn.len() + ack.len()) as u64)
+        );
+        assert_eq!(
+            (t.packets_out.get(), t.bytes_out.get()),
+            (1, 14 + reply.len() as u64)
+        );
+        assert_eq!(t.new_flows.get(), 1);
+    }
+    w.mirror_connections([BackendId(0)]);
+    assert_eq!(
+        (b.active.get(), b.inactive.get()),
+        (1, 0),
+        "the client's ACK established it"
+    );
+    assert_eq!(w.traffic.services[1].packets_in.get(), 0);
+}
