@@ -296,14 +296,6 @@ fn run(
         {
             let (send, recv) = crossbeam_channel::bounded(1024);
             command_senders.push(send);
-            let t = model.timeouts;
-            let timeouts = dataplane::flow::FlowTimeouts {
-                tcp_established: t.tcp_established,
-                tcp_syn: t.tcp_syn,
-                tcp_fin: t.tcp_fin,
-                tcp_close: t.tcp_close,
-                udp: t.udp,
-            };
             workers.push(Mutex::new(Some(Worker {
                 index: w,
                 rx,
@@ -316,7 +308,7 @@ fn run(
                     model.dpdk.flow_capacity,
                     MAX_SERVICES,
                     MAX_BACKENDS,
-                    timeouts,
+                    model.timeouts,
                 ),
                 commands: recv,
             })));

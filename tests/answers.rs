@@ -4,13 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Appliance, eal_args, file_prefix, pcap, port_counter, wait_until};
+use common::{GW_MAC, PCAP_MAC, port_counter, run_pcap};
 use etherparse::{Icmpv4Type, PacketBuilder, PacketHeaders, TransportHeader};
 
-const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const VIP: [u8; 4] = [198, 18, 0, 100];
 const CLIENT: [u8; 4] = [198, 19, 3, 4];
 
@@ -91,10 +87,6 @@ fn arp_request(target: [u8; 4]) -> Vec<u8> {
 
 #[test]
 fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("l4lb.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-
     let good: Vec<Vec<u8>> = (0..5)
         .map(|i| udp(53, format!("query {i}").as_bytes()))
         .collect();
@@ -118,24 +110,7 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
     frames.extend(good.iter().cloned());
     frames.extend([fragment, options, udp(5353, b"no such port"), truncated]);
     let k = frames.len() as u64;
-
-    let (input, output) = (dir.path().join("in.pcap"), dir.path().join("out.pcap"));
-    pcap::write(&input, &frames);
-    let prefix = file_prefix("answers");
-    let vdev = format!(
-        "--vdev=net_pcap0,rx_pcap={},tx_pcap={}",
-        input.display(),
-        output.display()
-    );
-    let app = Appliance::start(&config, &prefix, &eal_args(&prefix, "0", &[vdev]));
-    assert!(wait_until(Duration::from_secs(30), || app
-        .telemetry("/ethdev/stats,0")
-        .and_then(|v| v["/ethdev/stats"]["ipackets"].as_u64())
-        == Some(k)));
-    let done = app.signal_and_wait("TERM", Duration::from_secs(20));
-    assert_eq!(done.status.code(), Some(0), "stderr:\n{}", done.stderr);
-
-    let out = pcap::read(&output);
+    let (done, out) = run_pcap("answers", CONFIG, &frames, "0");
     // 2 ARP replies, 2 echo replies, 5 forwarded, in input order
     assert_eq!(out.len(), 9, "{}", done.stdout);
     for (i, target) in [(0, [198, 18, 0, 100]), (1, [198, 18, 0, 1])] {

@@ -5,13 +5,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use common::{Appliance, eal_args, file_prefix, pcap, wait_until};
+use common::{GW_MAC, PCAP_MAC, run_pcap};
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 
-const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const VIP: [u8; 4] = [198, 18, 0, 100];
 const FLOWS: u16 = 1200;
 
@@ -62,30 +59,12 @@ fn flow_packet(service_port: u16, flow: u16) -> Vec<u8> {
 /// Runs the appliance over the flows of all three services; returns, per (service port, flow),
 /// the backend (0..3) that the flow was given.
 fn run(test: &str) -> HashMap<(u16, u16), usize> {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("l4lb.toml");
-    std::fs::write(&cfg, config()).unwrap();
     let frames: Vec<Vec<u8>> = (0..FLOWS)
         .flat_map(|f| [1000, 1001, 1002].map(|p| flow_packet(p, f)))
         .collect();
-    let (input, output) = (dir.path().join("in.pcap"), dir.path().join("out.pcap"));
-    pcap::write(&input, &frames);
-    let prefix = file_prefix(test);
-    let vdev = format!(
-        "--vdev=net_pcap0,rx_pcap={},tx_pcap={}",
-        input.display(),
-        output.display()
-    );
-    let app = Appliance::start(&cfg, &prefix, &eal_args(&prefix, "0", &[vdev]));
-    let k = frames.len() as u64;
-    assert!(wait_until(Duration::from_secs(60), || app
-        .telemetry("/ethdev/stats,0")
-        .and_then(|v| v["/ethdev/stats"]["ipackets"].as_u64())
-        == Some(k)));
-    let done = app.signal_and_wait("TERM", Duration::from_secs(20));
-    assert_eq!(done.status.code(), Some(0), "stderr:\n{}", done.stderr);
+    let (done, out) = run_pcap(test, &config(), &frames, "0");
     let mut chosen = HashMap::new();
-    for f in pcap::read(&output) {
+    for f in out {
         let h = PacketHeaders::from_ethernet_slice(&f).unwrap();
         let (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Udp(u))) = (&h.net, &h.transport)
         else {

@@ -3,13 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Appliance, eal_args, file_prefix, pcap, wait_until};
+use common::{GW_MAC, PCAP_MAC, run_pcap};
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders};
 
-const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const VIP: [u8; 4] = [198, 18, 0, 100];
 const CAPACITY: u16 = 100;
 const ESTABLISHED: u16 = 90;
@@ -65,9 +61,6 @@ fn tcp(client: [u8; 4], sport: u16, syn: bool) -> Vec<u8> {
 
 #[test]
 fn a_syn_flood_into_a_full_table_leaves_established_flows_on_their_backends() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("l4lb.toml");
-    std::fs::write(&config, CONFIG).unwrap();
     let mut frames = Vec::new();
     for f in 0..ESTABLISHED {
         frames.push(tcp([198, 19, 0, f as u8 + 1], 1000, true));
@@ -85,24 +78,7 @@ fn a_syn_flood_into_a_full_table_leaves_established_flows_on_their_backends() {
     for f in 0..ESTABLISHED {
         frames.push(tcp([198, 19, 0, f as u8 + 1], 1000, false));
     }
-    let (input, output) = (dir.path().join("in.pcap"), dir.path().join("out.pcap"));
-    pcap::write(&input, &frames);
-    let prefix = file_prefix("flood");
-    let vdev = format!(
-        "--vdev=net_pcap0,rx_pcap={},tx_pcap={}",
-        input.display(),
-        output.display()
-    );
-    let app = Appliance::start(&config, &prefix, &eal_args(&prefix, "0", &[vdev]));
-    let k = frames.len() as u64;
-    assert!(wait_until(Duration::from_secs(60), || app
-        .telemetry("/ethdev/stats,0")
-        .and_then(|v| v["/ethdev/stats"]["ipackets"].as_u64())
-        == Some(k)));
-    let done = app.signal_and_wait("TERM", Duration::from_secs(20));
-    assert_eq!(done.status.code(), Some(0), "stderr:\n{}", done.stderr);
-
-    let out = pcap::read(&output);
+    let (done, out) = run_pcap("flood", CONFIG, &frames, "0");
     assert_eq!(out.len(), frames.len(), "every packet forwarded (DR)");
     let backend_of = |f: &[u8]| f[5]; // the backend MAC's last byte
     let client_of = |f: &[u8]| match PacketHeaders::from_ethernet_slice(f).unwrap().net {

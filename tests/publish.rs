@@ -6,10 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Appliance, eal_args, file_prefix, pcap, port_counter, wait_until};
+use common::{Appliance, GW_MAC, PCAP_MAC, eal_args, file_prefix, pcap, port_counter, wait_until};
 use etherparse::PacketBuilder;
 
-const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
 const FLOWS: u16 = 64;
 const RELOADS: usize = 2000;
 
@@ -59,7 +58,7 @@ fn thousands_of_reloads_under_traffic_lose_no_packet_and_move_no_flow() {
     let frames: Vec<Vec<u8>> = (0..FLOWS)
         .map(|f| {
             let mut out = Vec::new();
-            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], PCAP_MAC)
+            PacketBuilder::ethernet2(GW_MAC, PCAP_MAC)
                 .ipv4([198, 18, 0, 50 + f as u8], [198, 18, 0, 100], 64)
                 .udp(5000 + f, 53)
                 .write(&mut out, b"query")

@@ -7,13 +7,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
-use common::{Appliance, eal_args, file_prefix, pcap, port_counter, wait_until};
+use common::{GW_MAC, PCAP_MAC, port_counter, run_pcap};
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 
-const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00]; // net_pcap0
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const GW6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x06, 0xfe];
 const VIP4: [u8; 4] = [198, 18, 0, 100];
 const VIP6: &str = "2001:db8:1::100";
@@ -288,13 +285,10 @@ fn eth_of(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
 #[test]
 fn nat_dr_and_tun_over_tcp_and_udp_v4_and_v6_come_out_rewritten_field_by_field() {
     let cases = Case::all();
-    let dir = tempfile::tempdir().unwrap();
     let mut config = BASE.to_string();
     for c in &cases {
         config.push_str(&c.toml());
     }
-    let config_path = dir.path().join("l4lb.toml");
-    std::fs::write(&config_path, &config).unwrap();
 
     // All first packets, then the rest: rr gives flow i backend i % 2 in every service.
     let mut frames = Vec::new();
@@ -311,29 +305,8 @@ fn nat_dr_and_tun_over_tcp_and_udp_v4_and_v6_come_out_rewritten_field_by_field()
             frames.push(backend_reply(c, f, usize::from(f % 2)));
         }
     }
-    let input = dir.path().join("in.pcap");
-    let output = dir.path().join("out.pcap");
-    pcap::write(&input, &frames);
-
-    let prefix = file_prefix("modes");
-    let vdev = format!(
-        "--vdev=net_pcap0,rx_pcap={},tx_pcap={}",
-        input.display(),
-        output.display()
-    );
-    let app = Appliance::start(&config_path, &prefix, &eal_args(&prefix, "0", &[vdev]));
     let k = frames.len() as u64;
-    assert!(
-        wait_until(Duration::from_secs(30), || app
-            .telemetry("/ethdev/stats,0")
-            .and_then(|v| v["/ethdev/stats"]["ipackets"].as_u64())
-            == Some(k)),
-        "the PMD never received all {k} packets"
-    );
-    let done = app.signal_and_wait("TERM", Duration::from_secs(20));
-    assert_eq!(done.status.code(), Some(0), "stderr:\n{}", done.stderr);
-
-    let out = pcap::read(&output);
+    let (done, out) = run_pcap("modes", &config, &frames, "0");
     assert_eq!(
         out.len(),
         frames.len(),

@@ -7,11 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Appliance, eal_args, file_prefix, pcap, wait_until};
+use common::{Appliance, GW_MAC, PCAP_MAC, eal_args, file_prefix, pcap};
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 
-const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const B_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0a];
 const VIP: [u8; 4] = [198, 18, 0, 100];
 const BACKEND: [u8; 4] = [198, 18, 1, 10];
@@ -109,10 +107,7 @@ fn nat_replies_landing_on_the_other_worker_are_steered_and_translated() {
     let app = Appliance::start(&config, &prefix, &eal);
     let total = (syns.len() + q1.len()) as u64;
     assert!(
-        wait_until(Duration::from_secs(60), || app
-            .telemetry("/ethdev/stats,0")
-            .and_then(|v| v["/ethdev/stats"]["ipackets"].as_u64())
-            == Some(total)),
+        app.wait_rx(0, total, Duration::from_secs(60)),
         "the PMD never received all {total} packets"
     );
     let done = app.signal_and_wait("TERM", Duration::from_secs(20));

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane::addr::MacAddr;
-use dataplane::flow::FlowTimeouts;
 use dataplane::service::{BackendId, ServiceId};
 use dataplane::shared::SharedSnapshot;
 use dataplane::snapshot::{
@@ -185,7 +184,6 @@ pub fn snapshot_config(
             }
         })
         .collect();
-    let t = model.timeouts;
     Ok((
         SnapshotConfig {
             interfaces: model
@@ -202,13 +200,7 @@ pub fn snapshot_config(
             routes: model.routes.iter().map(|r| (r.prefix, r.via)).collect(),
             neighbors: model.neighbors.iter().map(|n| (n.address, n.mac)).collect(),
             services,
-            timeouts: FlowTimeouts {
-                tcp_established: t.tcp_established,
-                tcp_syn: t.tcp_syn,
-                tcp_fin: t.tcp_fin,
-                tcp_close: t.tcp_close,
-                udp: t.udp,
-            },
+            timeouts: model.timeouts,
             workers,
         },
         released,

@@ -208,3 +208,51 @@ pub fn port_counter(stdout: &str, port: u16, key: &str) -> u64 {
         .parse()
         .expect("a number")
 }
+
+/// net_pcap0's MAC address (DPDK-NOTES.md): frames for the appliance go to it.
+pub const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
+/// The gateway the tests' clients are behind.
+pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+impl Appliance {
+    /// Waits until DPDK port `port` has received `count` packets (its telemetry says so).
+    pub fn wait_rx(&self, port: u16, count: u64, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.telemetry(&format!("/ethdev/stats,{port}"))
+                .and_then(|v| v["/ethdev/stats"]["ipackets"].as_u64())
+                == Some(count)
+        })
+    }
+}
+
+/// Runs l4lb with `config` on lcores `lcores`, port 0 a net_pcap reading `frames` once; waits
+/// until all are received, stops it with SIGTERM, requires exit 0, and returns what it printed
+/// and the frames it sent.
+pub fn run_pcap(
+    test: &str,
+    config: &str,
+    frames: &[Vec<u8>],
+    lcores: &str,
+) -> (Finished, Vec<Vec<u8>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("l4lb.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let (input, output) = (dir.path().join("in.pcap"), dir.path().join("out.pcap"));
+    pcap::write(&input, frames);
+    let prefix = file_prefix(test);
+    let vdev = format!(
+        "--vdev=net_pcap0,rx_pcap={},tx_pcap={}",
+        input.display(),
+        output.display()
+    );
+    let app = Appliance::start(&cfg, &prefix, &eal_args(&prefix, lcores, &[vdev]));
+    let k = frames.len() as u64;
+    assert!(
+        app.wait_rx(0, k, Duration::from_secs(60)),
+        "the PMD never received all {k} packets"
+    );
+    let done = app.signal_and_wait("TERM", Duration::from_secs(20));
+    assert_eq!(done.status.code(), Some(0), "stderr:\n{}", done.stderr);
+    let sent = pcap::read(&output);
+    (done, sent)
+}

@@ -4,12 +4,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 pub use dataplane::addr::{IpPrefix, MacAddr};
+pub use dataplane::flow::FlowTimeouts;
 pub use dataplane::service::{ForwardingMode, Protocol, SchedulerKind};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     pub dpdk: DpdkSettings,
-    pub timeouts: Timeouts,
+    /// Seconds per flow state (the IPVS defaults unless configured).
+    pub timeouts: FlowTimeouts,
     pub interfaces: Vec<Interface>,
     pub routes: Vec<Route>,
     pub neighbors: Vec<Neighbor>,
@@ -25,16 +27,6 @@ pub struct DpdkSettings {
     pub flow_capacity: u32,
     pub rx_desc: u16,
     pub tx_desc: u16,
-}
-
-/// Seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub tcp_established: u32,
-    pub tcp_syn: u32,
-    pub tcp_fin: u32,
-    pub tcp_close: u32,
-    pub udp: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

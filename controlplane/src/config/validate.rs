@@ -211,7 +211,7 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             rx_desc: d.rx_desc,
             tx_desc: d.tx_desc,
         },
-        timeouts: Timeouts {
+        timeouts: FlowTimeouts {
             tcp_established: t.tcp_established,
             tcp_syn: t.tcp_syn,
             tcp_fin: t.tcp_fin,
