@@ -138,6 +138,7 @@ pub struct PortTotals {
 pub struct ActionCounters {
     pub forwarded: Counter,
     pub replied: Counter,
+    pub consumed: Counter,
     pub redirected: Counter,
     /// Redirected packets the owner's ring had no room for.
     pub redirect_dropped: Counter,
@@ -150,6 +151,7 @@ impl Default for ActionCounters {
         ActionCounters {
             forwarded: Counter::default(),
             replied: Counter::default(),
+            consumed: Counter::default(),
             redirected: Counter::default(),
             redirect_dropped: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
@@ -163,6 +165,7 @@ impl ActionCounters {
         match action {
             Action::Forward { .. } => self.forwarded.add(1),
             Action::Reply => self.replied.add(1),
+            Action::Consumed => self.consumed.add(1),
             Action::Redirect(_) => self.redirected.add(1),
             Action::Drop(r) => self.drops[*r as usize].add(1),
         }

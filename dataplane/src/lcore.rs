@@ -219,7 +219,7 @@ impl Worker<'_> {
                     }
                     continue;
                 }
-                Action::Drop(_) => None,
+                Action::Drop(_) | Action::Consumed => None,
             };
             match out {
                 Some(itf) if itf < b.tx.len() => {

@@ -10,6 +10,7 @@ pub mod flow;
 pub mod forward;
 pub mod hash;
 pub mod lcore;
+pub mod neighbor;
 pub mod packet;
 pub mod pipeline;
 pub mod respond;

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::counters::ServiceCounters;
+use crate::neighbor::{NeighborEvent, NeighborEvents};
 
 use crate::addr::MacAddr;
 use crate::drop_reason::DropReason;
@@ -39,6 +40,8 @@ pub enum Action {
     /// Turned into an answer (ARP, echo, neighbour advertisement, too big): send it back out
     /// of the interface it came in on.
     Reply,
+    /// Taken in by l4lb itself (an ARP reply or neighbour advertisement it learned from).
+    Consumed,
     Drop(DropReason),
     /// It belongs to another worker's flow table (NAT ownership): hand it over unchanged.
     Redirect(u16),
@@ -57,6 +60,8 @@ pub struct WorkerState {
     /// Per service id.
     cursors: Vec<Cursor>,
     pub traffic: Arc<ServiceCounters>,
+    /// What this burst learned about neighbours, for the control side.
+    pub neighbor_events: NeighborEvents,
 }
 
 impl WorkerState {
@@ -73,6 +78,7 @@ impl WorkerState {
             flows: FlowTable::new(flow_capacity, max_backends, timeouts),
             cursors: vec![Cursor::default(); max_services as usize],
             traffic: Arc::new(ServiceCounters::new(max_services, max_backends)),
+            neighbor_events: NeighborEvents::default(),
         }
     }
 
@@ -146,7 +152,14 @@ fn classify<P: PacketBuf>(
         (eth.header_len(), eth.ethertype())
     };
     match ethertype {
-        ethernet::ETHERTYPE_ARP => arp_request(pkt.data_mut(), l2, ingress, snap, our_mac),
+        ethernet::ETHERTYPE_ARP => arp_packet(
+            pkt.data_mut(),
+            l2,
+            ingress,
+            snap,
+            our_mac,
+            &w.neighbor_events,
+        ),
         ethernet::ETHERTYPE_IPV4 => {
             let ip = parse_ipv4(&pkt.data()[l2..], l2)?;
             ip_packet(pkt, l2, ip, ingress, snap, w, now)
@@ -159,24 +172,67 @@ fn classify<P: PacketBuf>(
     }
 }
 
-fn arp_request(
+/// ARP for one of our addresses or VIPs: a request is answered; a request or a reply teaches
+/// us the sender (RFC 826's merge, limited to packets addressed to us and senders on the link).
+fn arp_packet(
     frame: &mut [u8],
     l2: usize,
     ingress: u16,
     snap: &Snapshot,
     mac: MacAddr,
+    events: &NeighborEvents,
 ) -> Result<Action, DropReason> {
     let arp = ArpPacket::new_checked(&frame[l2..])?;
-    if arp.operation() != arp::OP_REQUEST {
-        return Err(DropReason::ArpIgnored);
-    }
     let target = crate::flow::addr_bytes(IpAddr::V4(arp.target_ip()));
     let ours = snap.local_interface(&target) == Some(ingress) || snap.is_vip(&target);
     if !ours {
         return Err(DropReason::ArpIgnored);
     }
-    respond::arp_reply(frame, l2, mac);
-    Ok(Action::Reply)
+    learn(
+        snap,
+        events,
+        IpAddr::V4(arp.sender_ip()),
+        arp.sender_mac(),
+        ingress,
+    );
+    match arp.operation() {
+        arp::OP_REQUEST => {
+            respond::arp_reply(frame, l2, mac);
+            Ok(Action::Reply)
+        }
+        arp::OP_REPLY => Ok(Action::Consumed),
+        _ => Err(DropReason::ArpIgnored),
+    }
+}
+
+/// Records that `addr` is at `mac`, if it is a plausible neighbour on `ingress`.
+fn learn(snap: &Snapshot, events: &NeighborEvents, addr: IpAddr, mac: MacAddr, ingress: u16) {
+    if !addr.is_unspecified()
+        && !mac.is_multicast()
+        && mac != MacAddr([0; 6])
+        && snap.on_link(addr) == Some(ingress)
+    {
+        events.push(NeighborEvent::Learned {
+            addr,
+            mac,
+            interface: ingress,
+        });
+    }
+}
+
+/// The link-layer address option of type `want` (1: source, 2: target) in NDP options.
+fn ndp_link_option(mut options: &[u8], want: u8) -> Option<MacAddr> {
+    while options.len() >= 8 {
+        let len = usize::from(options[1]) * 8;
+        if len == 0 || len > options.len() {
+            return None;
+        }
+        if options[0] == want && len >= 8 {
+            return Some(MacAddr(options[2..8].try_into().expect("6")));
+        }
+        options = &options[len..];
+    }
+    None
 }
 
 #[inline(always)]
@@ -433,13 +489,13 @@ fn rewrite_for_backend<P: PacketBuf>(
                 endpoint.port,
                 ip.end() - ip.l4,
             );
-            send_via(pkt.data_mut(), route)
+            send_via(pkt.data_mut(), route, &w.neighbor_events)
         }
         ForwardingMode::DirectRouting => {
             if !route.on_link {
                 return Err(DropReason::DrBackendOffLink);
             }
-            send_via(pkt.data_mut(), route)
+            send_via(pkt.data_mut(), route, &w.neighbor_events)
         }
         ForwardingMode::Tunnel => tunnel(
             pkt,
@@ -449,11 +505,13 @@ fn rewrite_for_backend<P: PacketBuf>(
             addr_from_bytes(endpoint.addr),
             route,
             snap,
+            &w.neighbor_events,
         ),
     }
 }
 
 /// Encapsulates towards the backend, or answers "too big" when the result would not fit.
+#[allow(clippy::too_many_arguments)]
 fn tunnel<P: PacketBuf>(
     pkt: &mut P,
     l2: usize,
@@ -462,6 +520,7 @@ fn tunnel<P: PacketBuf>(
     backend: IpAddr,
     route: &Route,
     snap: &Snapshot,
+    events: &NeighborEvents,
 ) -> Result<Action, DropReason> {
     let mtu = snap.interfaces[route.interface as usize].mtu;
     let overhead = forward::tunnel_overhead(ip.v6);
@@ -479,7 +538,7 @@ fn tunnel<P: PacketBuf>(
         };
     }
     let src = route.tunnel_src.ok_or(DropReason::NoTunnelSource)?;
-    let dst_mac = route.dst_mac.ok_or(DropReason::NeighborUnresolved)?;
+    let dst_mac = next_hop_mac(route, events)?;
     if !forward::encapsulate(pkt, l2, ip, src, backend) {
         return Err(DropReason::NoHeadroom);
     }
@@ -499,10 +558,27 @@ fn count_new_flow(w: &WorkerState, service: crate::service::ServiceId, backend: 
     }
 }
 
+/// The next hop's MAC; when it is not known, the control side is told (it resolves it) and the
+/// packet is dropped (counted as `neighbor_unresolved`).
+#[inline(always)]
+fn next_hop_mac(route: &Route, events: &NeighborEvents) -> Result<MacAddr, DropReason> {
+    route.dst_mac.ok_or_else(|| {
+        events.push(NeighborEvent::Unresolved {
+            addr: route.next_hop,
+            interface: route.interface,
+        });
+        DropReason::NeighborUnresolved
+    })
+}
+
 /// Sets the Ethernet header for a resolved route and says where to send.
 #[inline(always)]
-fn send_via(frame: &mut [u8], route: &Route) -> Result<Action, DropReason> {
-    let dst_mac = route.dst_mac.ok_or(DropReason::NeighborUnresolved)?;
+fn send_via(
+    frame: &mut [u8],
+    route: &Route,
+    events: &NeighborEvents,
+) -> Result<Action, DropReason> {
+    let dst_mac = next_hop_mac(route, events)?;
     forward::set_l2(frame, dst_mac, route.src_mac);
     Ok(Action::Forward {
         interface: route.interface,
@@ -511,8 +587,13 @@ fn send_via(frame: &mut [u8], route: &Route) -> Result<Action, DropReason> {
 }
 
 /// Sets the Ethernet header for `dst` via its next hop and says where to send.
-fn send(frame: &mut [u8], snap: &Snapshot, dst: IpAddr) -> Result<Action, DropReason> {
-    send_via(frame, &snap.route(dst).ok_or(DropReason::NoRoute)?)
+fn send(
+    frame: &mut [u8],
+    snap: &Snapshot,
+    dst: IpAddr,
+    events: &NeighborEvents,
+) -> Result<Action, DropReason> {
+    send_via(frame, &snap.route(dst).ok_or(DropReason::NoRoute)?, events)
 }
 
 /// Backend to client (NAT): the source becomes the VIP and the service port again.
@@ -553,7 +634,12 @@ fn nat_reply<P: PacketBuf>(
         vip_port,
         ip.end() - ip.l4,
     );
-    let action = send(pkt.data_mut(), snap, addr_from_bytes(ip.dst))?;
+    let action = send(
+        pkt.data_mut(),
+        snap,
+        addr_from_bytes(ip.dst),
+        &w.neighbor_events,
+    )?;
     let t = &w.traffic;
     if let (Some(s), Some(b)) = (
         t.services.get(service.0 as usize),
@@ -595,7 +681,10 @@ fn icmp_packet<P: PacketBuf>(
         return Ok(Action::Reply);
     }
     if ip.v6 && ty == icmp::v6::NEIGHBOR_SOLICIT {
-        return neighbor_solicitation(pkt, ip, ingress, snap, our_mac);
+        return neighbor_solicitation(pkt, ip, ingress, snap, our_mac, &w.neighbor_events);
+    }
+    if ip.v6 && ty == icmp::v6::NEIGHBOR_ADVERT {
+        return neighbor_advertisement(pkt.data(), ip, ingress, snap, &w.neighbor_events);
     }
     let error = if ip.v6 {
         icmp::v6::is_error(ty)
@@ -614,6 +703,7 @@ fn neighbor_solicitation<P: PacketBuf>(
     ingress: u16,
     snap: &Snapshot,
     mac: MacAddr,
+    events: &NeighborEvents,
 ) -> Result<Action, DropReason> {
     let f = pkt.data();
     let body = &f[ip.l4..ip.end()];
@@ -626,10 +716,36 @@ fn neighbor_solicitation<P: PacketBuf>(
     if !ours {
         return Err(DropReason::ArpIgnored);
     }
+    if let Some(m) = ndp_link_option(&body[24..], 1) {
+        learn(snap, events, addr_from_bytes(ip.src), m, ingress);
+    }
     if respond::neighbor_advert(pkt, ip, Ipv6Addr::from(target), mac) {
         Ok(Action::Reply)
     } else {
         Err(DropReason::NoHeadroom)
+    }
+}
+
+/// A neighbour advertisement: its target is at the address in its target link-layer option.
+fn neighbor_advertisement(
+    frame: &[u8],
+    ip: &IpView,
+    ingress: u16,
+    snap: &Snapshot,
+    events: &NeighborEvents,
+) -> Result<Action, DropReason> {
+    let body = &frame[ip.l4..ip.end()];
+    // RFC 4861 §7.1.2: hop limit 255, code 0, at least 24 bytes.
+    if frame[ip.l3 + ipv6::field::HOP_LIMIT] != 255 || body.len() < 24 || body[1] != 0 {
+        return Err(DropReason::NdpInvalid);
+    }
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&body[8..24]).expect("16"));
+    match ndp_link_option(&body[24..], 2) {
+        Some(m) => {
+            learn(snap, events, IpAddr::V6(target), m, ingress);
+            Ok(Action::Consumed)
+        }
+        None => Err(DropReason::NdpInvalid),
     }
 }
 
@@ -699,19 +815,19 @@ fn icmp_error<P: PacketBuf>(
                 forward::rewrite_addr(f, ip, Side::Dst, &endpoint.addr);
                 let dst = endpoint.addr;
                 fix_icmp_checksum(f, ip, &ip.src, &dst);
-                send(f, snap, backend)
+                send(f, snap, backend, &w.neighbor_events)
             }
             ForwardingMode::DirectRouting => {
                 let route = snap.route(backend).ok_or(DropReason::NoRoute)?;
                 if !route.on_link {
                     return Err(DropReason::DrBackendOffLink);
                 }
-                send_via(pkt.data_mut(), &route)
+                send_via(pkt.data_mut(), &route, &w.neighbor_events)
             }
             ForwardingMode::Tunnel => {
                 let route = snap.route(backend).ok_or(DropReason::NoRoute)?;
                 let src = route.tunnel_src.ok_or(DropReason::NoTunnelSource)?;
-                let dst_mac = route.dst_mac.ok_or(DropReason::NeighborUnresolved)?;
+                let dst_mac = next_hop_mac(&route, &w.neighbor_events)?;
                 if !forward::encapsulate(pkt, l2, ip, src, backend) {
                     return Err(DropReason::NoHeadroom);
                 }
@@ -750,7 +866,7 @@ fn icmp_error<P: PacketBuf>(
         outer_src = key.vip;
     }
     fix_icmp_checksum(f, ip, &outer_src, &ip.dst);
-    send(f, snap, addr_from_bytes(ip.dst))
+    send(f, snap, addr_from_bytes(ip.dst), &w.neighbor_events)
 }
 
 /// The packet quoted in an ICMP error at `at`: its header must be whole and at least the

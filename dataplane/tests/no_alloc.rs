@@ -194,7 +194,7 @@ fn the_packet_path_does_not_allocate() {
                 actions[match a {
                     Action::Forward { .. } => 0,
                     Action::Reply => 1,
-                    Action::Drop(_) => 2,
+                    Action::Drop(_) | Action::Consumed => 2,
                     Action::Redirect(_) => 3,
                 }] += 1;
             }

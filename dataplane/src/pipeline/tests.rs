@@ -1537,3 +1537,89 @@ fn service_and_backend_counters_follow_packets_flows_and_connections() {
     );
     assert_eq!(w.traffic.services[1].packets_in.get(), 0);
 }
+
+fn events(w: &WorkerState) -> Vec<crate::neighbor::NeighborEvent> {
+    let mut v = Vec::new();
+    w.neighbor_events.drain(|e| v.push(e));
+    v
+}
+
+#[test]
+fn arp_and_ndp_teach_neighbours_and_unresolved_next_hops_are_reported() {
+    use crate::neighbor::NeighborEvent::{Learned, Unresolved};
+    let snap = Snapshot::build(config(1), 1);
+    let mut w = worker();
+    let b3: IpAddr = "198.18.1.12".parse().unwrap();
+    let b3_mac = MacAddr([2, 0, 0, 0, 1, 0x0c]);
+    // an ARP reply to our address: consumed, its sender learned
+    let mut reply = eth(OUR_MAC, b3_mac.0, 0x0806);
+    reply.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    reply.extend_from_slice(&b3_mac.0);
+    reply.extend_from_slice(&[198, 18, 1, 12]);
+    reply.extend_from_slice(&OUR_MAC);
+    reply.extend_from_slice(&[198, 18, 1, 1]);
+    assert_eq!(run(&snap, &mut w, &reply).0, Action::Consumed);
+    assert_eq!(
+        events(&w),
+        [Learned {
+            addr: b3,
+            mac: b3_mac,
+            interface: 0
+        }]
+    );
+    // a sender off the link is not learned
+    let mut off = reply.clone();
+    off[28..32].copy_from_slice(&[198, 19, 9, 9]);
+    assert_eq!(run(&snap, &mut w, &off).0, Action::Consumed);
+    assert!(events(&w).is_empty());
+    // a neighbour advertisement with a target link-layer option
+    let target = v6("2001:db8:2::12");
+    let mut na = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    na.extend_from_slice(&target.octets());
+    na.extend_from_slice(&[2, 1]);
+    na.extend_from_slice(&b3_mac.0);
+    let na = icmp6_body(target, v6("2001:db8:2::1"), na);
+    let ip = ipv6_raw(
+        V6Hdr {
+            src: target,
+            dst: v6("2001:db8:2::1"),
+            hop: 255,
+            tc: 0,
+        },
+        58,
+        &na,
+    );
+    assert_eq!(
+        run(&snap, &mut w, &frame(OUR_MAC, b3_mac.0, &ip)).0,
+        Action::Consumed
+    );
+    assert_eq!(
+        events(&w),
+        [Learned {
+            addr: IpAddr::V6(target),
+            mac: b3_mac,
+            interface: 0
+        }]
+    );
+    // a backend without a MAC: dropped, and its address reported for resolution
+    let mut c = config(1);
+    c.neighbors.retain(|(a, _)| a.to_string() != B1);
+    let snap = Snapshot::build(c, 2);
+    let (input, _) = client_packet(
+        false,
+        Protocol::Tcp,
+        ForwardingMode::Nat,
+        crate::wire::tcp::SYN,
+    );
+    assert_eq!(
+        run(&snap, &mut w, &input).0,
+        Action::Drop(DropReason::NeighborUnresolved)
+    );
+    assert_eq!(
+        events(&w),
+        [Unresolved {
+            addr: B1.parse().unwrap(),
+            interface: 0
+        }]
+    );
+}
