@@ -3,4 +3,5 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod neighbors;
 pub mod publish;
