@@ -2,6 +2,8 @@
 //! on each worker lcore, and on SIGINT/SIGTERM stops cleanly and prints the final counters.
 #![deny(unsafe_code)]
 
+mod control;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use control::{Control, Interface};
 use controlplane::config::{self, ConfigError, Model};
 use controlplane::publish::{MAX_BACKENDS, MAX_SERVICES, Publisher};
 use dataplane::addr::MacAddr;
@@ -18,13 +21,14 @@ use dataplane::counters::{
 };
 use dataplane::drop_reason::DropReason;
 use dataplane::flow::FlowTableStats;
-use dataplane::lcore::{Command, LoopSettings, PoolNeeds, Worker};
+use dataplane::lcore::{LoopSettings, PoolNeeds, Worker};
+use dataplane::neighbor::NeighborEvent;
 use dataplane::pipeline::WorkerState;
 use dpdk_rs::{
     Eal, LcoreId, Mempool, Port, PortConfig, PortStats, Ring, RingConsumer, RingProducer, RxQueue,
     TxQueue,
 };
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Exit status for a configuration or usage error (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
@@ -225,7 +229,18 @@ fn run(
         ports.push(port);
     }
     let macs: Vec<MacAddr> = ports.iter().map(|p| MacAddr(p.mac_address())).collect();
-    let publisher = Publisher::new(model, macs, n_workers as u16).map_err(|e| e.to_string())?;
+    let interfaces: Vec<Interface> = model
+        .interfaces
+        .iter()
+        .zip(&macs)
+        .map(|(i, mac)| Interface {
+            port: i.port,
+            mac: *mac,
+            addresses: i.addresses.clone(),
+        })
+        .collect();
+    let publisher =
+        Publisher::new(model, macs.clone(), n_workers as u16).map_err(|e| e.to_string())?;
     let shared = Arc::clone(publisher.shared());
     info!(
         services = model.services.len(),
@@ -253,6 +268,9 @@ fn run(
             }
         }
     }
+    // Frames of the control side (ARP, NDP), sent by worker 0 with its packets.
+    let mut control_ring = Ring::new(&eal, "l4lb_control", 256, None).map_err(|e| e.to_string())?;
+    let (events_tx, events_rx) = crossbeam_channel::bounded::<NeighborEvent>(4096);
     let mut interface_of_port = vec![u16::MAX; usize::from(available)];
     for (i, itf) in model.interfaces.iter().enumerate() {
         interface_of_port[usize::from(itf.port)] = i as u16;
@@ -286,6 +304,8 @@ fn run(
             to[a][b] = Some(p);
             from[b].push(c);
         }
+        let (control_producer, control_consumer) = control_ring.split();
+        let mut control_consumer = Some(control_consumer);
         let mut command_senders = Vec::with_capacity(n_workers);
         let mut workers = Vec::with_capacity(n_workers);
         for (w, ((rx, tx), (to, from))) in rx
@@ -311,6 +331,12 @@ fn run(
                     model.timeouts,
                 ),
                 commands: recv,
+                control_frames: if w == 0 {
+                    control_consumer.take()
+                } else {
+                    None
+                },
+                neighbor_events: events_tx.clone(),
             })));
         }
         traffic.extend(workers.iter().map(|w| {
@@ -338,17 +364,19 @@ fn run(
         let workers_done = AtomicBool::new(false);
         std::thread::scope(|scope| -> Result<(), String> {
             // The control side runs on an ordinary thread, never on an lcore.
-            let control = scope.spawn(|| {
-                let mut running = model.clone();
-                let mut reloads = 0u64;
-                while !workers_done.load(Ordering::Relaxed) {
-                    if reload.swap(false, Ordering::Relaxed) {
-                        reload_config(config_path, &mut running, &publisher, &command_senders);
-                        reloads += 1;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                reloads
+            let mut control = Control::new(
+                &publisher,
+                model.clone(),
+                interfaces,
+                control_producer,
+                &pool,
+                &command_senders,
+                config_path,
+            );
+            let (done, reload, events) = (&workers_done, &reload, &events_rx);
+            let control = scope.spawn(move || {
+                control.run(events, reload, done);
+                control.reloads
             });
             let result = if lcores.is_empty() {
                 work(0);
@@ -423,50 +451,6 @@ fn run(
     Ok(())
 }
 
-/// SIGHUP: reads the configuration again and publishes it like any change: all or nothing.
-/// What a running appliance cannot change (DPDK settings, interfaces) must stay as it is.
-fn reload_config(
-    path: Option<&std::path::Path>,
-    running: &mut Model,
-    publisher: &Publisher,
-    workers: &[crossbeam_channel::Sender<Command>],
-) {
-    let next = match config::load(path, std::env::vars()) {
-        Ok(m) => m,
-        Err(e) => {
-            for line in e.to_string().lines() {
-                error!("reload refused, the running configuration stays: {line}");
-            }
-            return;
-        }
-    };
-    if next.dpdk != running.dpdk || next.interfaces != running.interfaces {
-        error!(
-            "reload refused, the running configuration stays: [dpdk] and [[interfaces]] change only with a restart"
-        );
-        return;
-    }
-    match publisher.publish(&next, Duration::from_secs(1)) {
-        Ok(p) => {
-            for id in &p.released_backends {
-                for w in workers {
-                    // Bounded channel: a worker that far behind gets the flush when it catches up.
-                    let _ = w.send_timeout(Command::FlushBackend(*id), Duration::from_millis(100));
-                }
-            }
-            info!(
-                epoch = p.epoch,
-                live = p.live,
-                build_us = p.build_time.as_micros() as u64,
-                released = p.released_backends.len(),
-                "configuration reloaded"
-            );
-            *running = next;
-        }
-        Err(e) => error!("reload refused, the running configuration stays: {e}"),
-    }
-}
-
 /// One line per service and per backend of the running configuration, summed over workers.
 fn traffic_report(
     snap: &dataplane::snapshot::Snapshot,
@@ -510,9 +494,10 @@ fn action_report(counters: &[WorkerCounters]) -> String {
     let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(f).sum::<u64>();
     let dropped: u64 = drop_totals(counters).iter().sum();
     format!(
-        "actions: forwarded={} replied={} redirected={} redirect-dropped={} dropped={}",
+        "actions: forwarded={} replied={} consumed={} redirected={} redirect-dropped={} dropped={}",
         sum(|c| c.actions.forwarded.get()),
         sum(|c| c.actions.replied.get()),
+        sum(|c| c.actions.consumed.get()),
         sum(|c| c.actions.redirected.get()),
         sum(|c| c.actions.redirect_dropped.get()),
         dropped

@@ -110,7 +110,25 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
     frames.extend(good.iter().cloned());
     frames.extend([fragment, options, udp(5353, b"no such port"), truncated]);
     let k = frames.len() as u64;
-    let (done, out) = run_pcap("answers", CONFIG, &frames, "0");
+    let (done, sent) = run_pcap("answers", CONFIG, &frames, "0");
+    // At start: gratuitous ARP for the VIP, then for each interface address.
+    assert_eq!(sent.announcements.len(), 3);
+    for (g, addr) in sent
+        .announcements
+        .iter()
+        .zip([VIP, [198, 18, 0, 1], [198, 18, 1, 1]])
+    {
+        let mut want = vec![0xff; 6];
+        want.extend_from_slice(&PCAP_MAC);
+        want.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        want.extend_from_slice(&PCAP_MAC);
+        want.extend_from_slice(&addr);
+        want.extend_from_slice(&[0; 6]);
+        want.extend_from_slice(&addr);
+        want.resize(60, 0);
+        assert_eq!(g, &want, "gratuitous ARP for {addr:?}");
+    }
+    let out = sent.frames;
     // 2 ARP replies, 2 echo replies, 5 forwarded, in input order
     assert_eq!(out.len(), 9, "{}", done.stdout);
     for (i, target) in [(0, [198, 18, 0, 100]), (1, [198, 18, 0, 1])] {
@@ -170,10 +188,11 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
 
     // rx = forwarded + replied + dropped, each drop under its reason
     assert_eq!(port_counter(&done.stdout, 0, "rx-packets"), k);
-    assert_eq!(port_counter(&done.stdout, 0, "tx-packets"), 9);
+    assert_eq!(port_counter(&done.stdout, 0, "tx-packets"), 9 + 3);
     assert!(
-        done.stdout
-            .contains("actions: forwarded=5 replied=4 redirected=0 redirect-dropped=0 dropped=5"),
+        done.stdout.contains(
+            "actions: forwarded=5 replied=4 consumed=0 redirected=0 redirect-dropped=0 dropped=5"
+        ),
         "{}",
         done.stdout
     );

@@ -62,7 +62,8 @@ fn run(test: &str) -> HashMap<(u16, u16), usize> {
     let frames: Vec<Vec<u8>> = (0..FLOWS)
         .flat_map(|f| [1000, 1001, 1002].map(|p| flow_packet(p, f)))
         .collect();
-    let (done, out) = run_pcap(test, &config(), &frames, "0");
+    let (done, sent) = run_pcap(test, &config(), &frames, "0");
+    let out = sent.frames;
     let mut chosen = HashMap::new();
     for f in out {
         let h = PacketHeaders::from_ethernet_slice(&f).unwrap();

@@ -78,7 +78,8 @@ fn a_syn_flood_into_a_full_table_leaves_established_flows_on_their_backends() {
     for f in 0..ESTABLISHED {
         frames.push(tcp([198, 19, 0, f as u8 + 1], 1000, false));
     }
-    let (done, out) = run_pcap("flood", CONFIG, &frames, "0");
+    let (done, sent) = run_pcap("flood", CONFIG, &frames, "0");
+    let out = sent.frames;
     assert_eq!(out.len(), frames.len(), "every packet forwarded (DR)");
     let backend_of = |f: &[u8]| f[5]; // the backend MAC's last byte
     let client_of = |f: &[u8]| match PacketHeaders::from_ethernet_slice(f).unwrap().net {

@@ -306,7 +306,10 @@ fn nat_dr_and_tun_over_tcp_and_udp_v4_and_v6_come_out_rewritten_field_by_field()
         }
     }
     let k = frames.len() as u64;
-    let (done, out) = run_pcap("modes", &config, &frames, "0");
+    let (done, sent) = run_pcap("modes", &config, &frames, "0");
+    // two VIPs and four interface addresses announced
+    assert_eq!(sent.announcements.len(), 6);
+    let out = sent.frames;
     assert_eq!(
         out.len(),
         frames.len(),
@@ -314,10 +317,10 @@ fn nat_dr_and_tun_over_tcp_and_udp_v4_and_v6_come_out_rewritten_field_by_field()
         done.stdout
     );
     assert_eq!(port_counter(&done.stdout, 0, "rx-packets"), k);
-    assert_eq!(port_counter(&done.stdout, 0, "tx-packets"), k);
+    assert_eq!(port_counter(&done.stdout, 0, "tx-packets"), k + 6);
     assert!(
         done.stdout.contains(&format!(
-            "actions: forwarded={k} replied=0 redirected=0 redirect-dropped=0 dropped=0"
+            "actions: forwarded={k} replied=0 consumed=0 redirected=0 redirect-dropped=0 dropped=0"
         )),
         "{}",
         done.stdout

@@ -116,7 +116,11 @@ fn nat_replies_landing_on_the_other_worker_are_steered_and_translated() {
     // Which worker's tx queue each packet left by.
     let mut seen: HashMap<u16, (Option<usize>, Option<usize>)> = HashMap::new();
     for (queue, file) in [(0usize, &x), (1, &y)] {
-        for (i, frame) in pcap::read(file).iter().enumerate() {
+        for (i, frame) in common::split_announcements(pcap::read(file))
+            .frames
+            .iter()
+            .enumerate()
+        {
             let what = format!("queue {queue} packet {i}");
             let h = PacketHeaders::from_ethernet_slice(frame).unwrap();
             let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
@@ -177,7 +181,7 @@ fn nat_replies_landing_on_the_other_worker_are_steered_and_translated() {
     // worker 1: those owned by worker 0 crossed. So exactly FLOWS packets were redirected.
     let flows = u64::from(FLOWS);
     assert!(
-        done.stdout.contains(&format!("actions: forwarded={} replied=0 redirected={flows} redirect-dropped=0 dropped={FILLER}", 2 * flows)),
+        done.stdout.contains(&format!("actions: forwarded={} replied=0 consumed=0 redirected={flows} redirect-dropped=0 dropped={FILLER}", 2 * flows)),
         "{}",
         done.stdout
     );

@@ -36,7 +36,11 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers { reachable: Duration::from_secs(30), expiry: Duration::from_secs(120), retry: Duration::from_secs(1) }
+        Timers {
+            reachable: Duration::from_secs(30),
+            expiry: Duration::from_secs(120),
+            retry: Duration::from_secs(1),
+        }
     }
 }
 
@@ -50,7 +54,10 @@ pub struct NeighborTable {
 
 impl NeighborTable {
     pub fn new(timers: Timers) -> Self {
-        NeighborTable { timers, ..Default::default() }
+        NeighborTable {
+            timers,
+            ..Default::default()
+        }
     }
 
     /// `addr` is at `mac`: true if that changes the table (a new entry, or a new MAC or
@@ -64,7 +71,15 @@ impl NeighborTable {
                 false
             }
             _ => {
-                self.entries.insert(addr, Entry { mac, interface, confirmed: now, last_request: None });
+                self.entries.insert(
+                    addr,
+                    Entry {
+                        mac,
+                        interface,
+                        confirmed: now,
+                        last_request: None,
+                    },
+                );
                 true
             }
         }
@@ -80,7 +95,10 @@ impl NeighborTable {
             Some(t) if now.duration_since(*t) < self.timers.retry => None,
             _ => {
                 self.pending.insert(addr, now);
-                Some(Request { interface, target: addr })
+                Some(Request {
+                    interface,
+                    target: addr,
+                })
             }
         }
     }
@@ -90,15 +108,22 @@ impl NeighborTable {
     pub fn tick(&mut self, now: Instant) -> (Vec<Request>, bool) {
         let t = self.timers;
         let before = self.entries.len();
-        self.entries.retain(|_, e| now.duration_since(e.confirmed) < t.expiry);
-        self.pending.retain(|_, asked| now.duration_since(*asked) < t.expiry);
+        self.entries
+            .retain(|_, e| now.duration_since(e.confirmed) < t.expiry);
+        self.pending
+            .retain(|_, asked| now.duration_since(*asked) < t.expiry);
         let mut requests = Vec::new();
         for (addr, e) in self.entries.iter_mut() {
             let old = now.duration_since(e.confirmed) >= t.reachable;
-            let asked_recently = e.last_request.is_some_and(|r| now.duration_since(r) < t.retry);
+            let asked_recently = e
+                .last_request
+                .is_some_and(|r| now.duration_since(r) < t.retry);
             if old && !asked_recently {
                 e.last_request = Some(now);
-                requests.push(Request { interface: e.interface, target: *addr });
+                requests.push(Request {
+                    interface: e.interface,
+                    target: *addr,
+                });
             }
         }
         (requests, self.entries.len() != before)
@@ -128,14 +153,40 @@ mod tests {
         let t0 = Instant::now();
         let mut n = NeighborTable::new(Timers::default());
         let b = a("198.18.1.10");
-        assert_eq!(n.unresolved(b, 0, t0), Some(Request { interface: 0, target: b }));
-        assert_eq!(n.unresolved(b, 0, t0 + Duration::from_millis(500)), None, "once a second");
-        assert!(n.unresolved(b, 0, t0 + Duration::from_millis(1000)).is_some());
-        assert!(n.learned(b, MAC, 0, t0 + Duration::from_millis(1100)), "a new entry changes the table");
+        assert_eq!(
+            n.unresolved(b, 0, t0),
+            Some(Request {
+                interface: 0,
+                target: b
+            })
+        );
+        assert_eq!(
+            n.unresolved(b, 0, t0 + Duration::from_millis(500)),
+            None,
+            "once a second"
+        );
+        assert!(
+            n.unresolved(b, 0, t0 + Duration::from_millis(1000))
+                .is_some()
+        );
+        assert!(
+            n.learned(b, MAC, 0, t0 + Duration::from_millis(1100)),
+            "a new entry changes the table"
+        );
         assert_eq!(n.entries(), [(b, MAC)]);
-        assert_eq!(n.unresolved(b, 0, t0 + Duration::from_secs(5)), None, "known: no request");
-        assert!(!n.learned(b, MAC, 0, t0 + Duration::from_secs(6)), "the same again changes nothing");
-        assert!(n.learned(b, OTHER, 0, t0 + Duration::from_secs(7)), "a new MAC does");
+        assert_eq!(
+            n.unresolved(b, 0, t0 + Duration::from_secs(5)),
+            None,
+            "known: no request"
+        );
+        assert!(
+            !n.learned(b, MAC, 0, t0 + Duration::from_secs(6)),
+            "the same again changes nothing"
+        );
+        assert!(
+            n.learned(b, OTHER, 0, t0 + Duration::from_secs(7)),
+            "a new MAC does"
+        );
     }
 
     #[test]
@@ -147,9 +198,19 @@ mod tests {
         n.learned(b, MAC, 1, t0);
         assert_eq!(n.tick(t0 + Duration::from_secs(29)), (vec![], false));
         let (req, expired) = n.tick(t0 + Duration::from_secs(30));
-        assert_eq!(req, [Request { interface: 1, target: b }]);
+        assert_eq!(
+            req,
+            [Request {
+                interface: 1,
+                target: b
+            }]
+        );
         assert!(!expired);
-        assert_eq!(n.tick(t0 + Duration::from_millis(30_500)).0, [], "asked a moment ago");
+        assert_eq!(
+            n.tick(t0 + Duration::from_millis(30_500)).0,
+            [],
+            "asked a moment ago"
+        );
         // confirmed again: young again
         n.learned(b, MAC, 1, t0 + Duration::from_secs(31));
         assert_eq!(n.tick(t0 + Duration::from_secs(40)).0, []);

@@ -11,6 +11,7 @@ use dpdk_rs::{MbufBurst, MbufMut, RingConsumer, RingProducer, RxQueue, TxQueue};
 
 use crate::counters::WorkerCounters;
 use crate::flow::FlowTableStats;
+use crate::neighbor::NeighborEvent;
 use crate::packet::PacketBuf;
 use crate::pipeline::{Action, WorkerState, process};
 use crate::service::BackendId;
@@ -75,6 +76,11 @@ pub struct Worker<'p> {
     pub interface_of_port: Vec<u16>,
     pub state: WorkerState,
     pub commands: crossbeam_channel::Receiver<Command>,
+    /// Frames the control side wants sent (ARP and NDP), the egress port in each mbuf's port
+    /// field; one worker has it.
+    pub control_frames: Option<RingConsumer<'p>>,
+    /// Where neighbour events go (the control side's table).
+    pub neighbor_events: crossbeam_channel::Sender<NeighborEvent>,
 }
 
 /// Buffers of the loop, kept together so that they are allocated once, before it starts.
@@ -130,6 +136,22 @@ impl Worker<'_> {
                 c.rx_packets.add(n as u64);
                 c.rx_bytes.add(b.rx.bytes());
                 self.process_burst(&mut b, &reader, counters, now, burst);
+            }
+            if let Some(c) = self.control_frames.as_mut()
+                && c.dequeue_burst(&mut b.rx) > 0
+            {
+                for m in b.rx.drain() {
+                    let itf = self
+                        .interface_of_port
+                        .get(usize::from(m.port()))
+                        .map(|i| usize::from(*i));
+                    match itf {
+                        Some(itf) if itf < b.tx.len() => {
+                            let _ = b.tx[itf].push(m);
+                        }
+                        _ => drop(m),
+                    }
+                }
             }
             for i in 0..self.from_workers.len() {
                 let n = self.from_workers[i].dequeue_burst(&mut b.rx);
@@ -237,6 +259,10 @@ impl Worker<'_> {
             }
         }
         b.dropped.clear();
+        // A full channel loses an event; the next packet to the same next hop raises it again.
+        self.state.neighbor_events.drain(|e| {
+            let _ = self.neighbor_events.try_send(e);
+        });
         for (w, buf) in b.redirect.iter_mut().enumerate() {
             if buf.is_empty() {
                 continue;

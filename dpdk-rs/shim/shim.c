@@ -18,6 +18,7 @@ uint16_t l4lb_pktmbuf_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_ta
 uint32_t l4lb_pktmbuf_rss_hash(const struct rte_mbuf *m) { return m->hash.rss; }
 uint16_t l4lb_pktmbuf_nb_segs(const struct rte_mbuf *m) { return m->nb_segs; }
 uint16_t l4lb_pktmbuf_port(const struct rte_mbuf *m) { return m->port; }
+void l4lb_pktmbuf_set_port(struct rte_mbuf *m, uint16_t port) { m->port = port; }
 unsigned int l4lb_mempool_avail_count(const struct rte_mempool *mp) { return rte_mempool_avail_count(mp); }
 unsigned int l4lb_mempool_in_use_count(const struct rte_mempool *mp) { return rte_mempool_in_use_count(mp); }
 

@@ -35,6 +35,7 @@ uint16_t l4lb_pktmbuf_tailroom(const struct rte_mbuf *m);
 uint32_t l4lb_pktmbuf_rss_hash(const struct rte_mbuf *m);
 uint16_t l4lb_pktmbuf_nb_segs(const struct rte_mbuf *m);
 uint16_t l4lb_pktmbuf_port(const struct rte_mbuf *m);
+void l4lb_pktmbuf_set_port(struct rte_mbuf *m, uint16_t port);
 unsigned int l4lb_mempool_avail_count(const struct rte_mempool *mp);
 unsigned int l4lb_mempool_in_use_count(const struct rte_mempool *mp);
 

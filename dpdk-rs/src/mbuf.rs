@@ -62,6 +62,12 @@ impl Mbuf {
         unsafe { sys::l4lb_pktmbuf_port(self.raw.as_ptr()) }
     }
 
+    /// Sets the port the packet belongs to (l4lb's control side marks the egress port so).
+    pub fn set_port(&mut self, port: u16) {
+        // SAFETY: the mbuf is valid and uniquely owned.
+        unsafe { sys::l4lb_pktmbuf_set_port(self.raw.as_ptr(), port) }
+    }
+
     /// Grows the packet at the end by `len` bytes and returns them (uninitialised content is
     /// whatever the buffer held; callers write it), or `None` without change if there is no room.
     pub fn append(&mut self, len: u16) -> Option<&mut [u8]> {

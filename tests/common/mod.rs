@@ -225,15 +225,38 @@ impl Appliance {
     }
 }
 
+/// A frame l4lb sends on its own to announce an address: a gratuitous ARP (sender and target
+/// the same address) or an unsolicited neighbour advertisement (to all nodes).
+pub fn is_announcement(f: &[u8]) -> bool {
+    let arp =
+        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 1] && f[28..32] == f[38..42];
+    let all_nodes = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let na = f.len() >= 62
+        && f[12..14] == [0x86, 0xdd]
+        && f[20] == 58
+        && f[54] == 136
+        && f[38..54] == all_nodes;
+    arp || na
+}
+
+/// What the appliance sent, its announcements apart.
+pub struct Sent {
+    pub frames: Vec<Vec<u8>>,
+    pub announcements: Vec<Vec<u8>>,
+}
+
+pub fn split_announcements(frames: Vec<Vec<u8>>) -> Sent {
+    let (announcements, frames) = frames.into_iter().partition(|f| is_announcement(f));
+    Sent {
+        frames,
+        announcements,
+    }
+}
+
 /// Runs l4lb with `config` on lcores `lcores`, port 0 a net_pcap reading `frames` once; waits
 /// until all are received, stops it with SIGTERM, requires exit 0, and returns what it printed
 /// and the frames it sent.
-pub fn run_pcap(
-    test: &str,
-    config: &str,
-    frames: &[Vec<u8>],
-    lcores: &str,
-) -> (Finished, Vec<Vec<u8>>) {
+pub fn run_pcap(test: &str, config: &str, frames: &[Vec<u8>], lcores: &str) -> (Finished, Sent) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("l4lb.toml");
     std::fs::write(&cfg, config).unwrap();
@@ -253,6 +276,5 @@ pub fn run_pcap(
     );
     let done = app.signal_and_wait("TERM", Duration::from_secs(20));
     assert_eq!(done.status.code(), Some(0), "stderr:\n{}", done.stderr);
-    let sent = pcap::read(&output);
-    (done, sent)
+    (done, split_announcements(pcap::read(&output)))
 }
