@@ -173,6 +173,7 @@ fn run(
     let lcores: Vec<LcoreId> = eal.worker_lcores().to_vec();
     let n_workers = lcores.len().max(1);
     const RING_SLOTS: u32 = 1024;
+    const CONTROL_RING_SLOTS: u32 = 256;
     let needs = PoolNeeds {
         ports: model.interfaces.len() as u32,
         rx_queues_per_port: n_workers as u32,
@@ -180,8 +181,7 @@ fn run(
         rx_desc: u32::from(model.dpdk.rx_desc),
         tx_desc: u32::from(model.dpdk.tx_desc),
         workers: n_workers as u32,
-        burst: model.dpdk.burst as u32,
-        ring_slots: RING_SLOTS * (n_workers * (n_workers - 1)) as u32,
+        ring_slots: RING_SLOTS * (n_workers * (n_workers - 1)) as u32 + CONTROL_RING_SLOTS,
         cache: PoolNeeds::CACHE,
         lcores: lcores.len() as u32 + 1,
     };
@@ -269,7 +269,8 @@ fn run(
         }
     }
     // Frames of the control side (ARP, NDP), sent by worker 0 with its packets.
-    let mut control_ring = Ring::new(&eal, "l4lb_control", 256, None).map_err(|e| e.to_string())?;
+    let mut control_ring =
+        Ring::new(&eal, "l4lb_control", CONTROL_RING_SLOTS, None).map_err(|e| e.to_string())?;
     let (events_tx, events_rx) = crossbeam_channel::bounded::<NeighborEvent>(4096);
     let mut interface_of_port = vec![u16::MAX; usize::from(available)];
     for (i, itf) in model.interfaces.iter().enumerate() {
@@ -428,15 +429,7 @@ fn run(
     }
     println!("{}", action_report(&counters));
     println!("{}", drop_report(&counters));
-    let f = flow_stats
-        .iter()
-        .fold(FlowTableStats::default(), |t, s| FlowTableStats {
-            created: t.created + s.created,
-            expired: t.expired + s.expired,
-            evicted: t.evicted + s.evicted,
-            evicted_established: t.evicted_established + s.evicted_established,
-            flushed: t.flushed + s.flushed,
-        });
+    let f: FlowTableStats = flow_stats.into_iter().sum();
     println!(
         "flows: created={} expired={} evicted={} evicted-established={} flushed={}",
         f.created, f.expired, f.evicted, f.evicted_established, f.flushed

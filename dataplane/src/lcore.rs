@@ -313,8 +313,7 @@ pub struct PoolNeeds {
     pub rx_desc: u32,
     pub tx_desc: u32,
     pub workers: u32,
-    pub burst: u32,
-    /// Mbufs that may sit in inter-worker rings.
+    /// Mbufs that may sit in inter-worker rings and the control ring.
     pub ring_slots: u32,
     /// Per-lcore mempool cache size.
     pub cache: u32,
@@ -362,7 +361,6 @@ mod tests {
             rx_desc: 1024,
             tx_desc: 1024,
             workers: 1,
-            burst: 32,
             ring_slots: 0,
             cache: PoolNeeds::CACHE,
             lcores: 2,

@@ -166,6 +166,18 @@ pub struct FlowTableStats {
     pub flushed: u64,
 }
 
+impl std::iter::Sum for FlowTableStats {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(FlowTableStats::default(), |t, s| FlowTableStats {
+            created: t.created + s.created,
+            expired: t.expired + s.expired,
+            evicted: t.evicted + s.evicted,
+            evicted_established: t.evicted_established + s.evicted_established,
+            flushed: t.flushed + s.flushed,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct List {
     head: u32, // oldest
