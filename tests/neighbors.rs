@@ -66,7 +66,8 @@ fn an_unknown_backend_mac_is_resolved_by_arp_and_learned() {
     frames.push(reply);
     frames.extend(gap());
     frames.push(query(2));
-    let (done, sent) = run_pcap("neighbors", CONFIG, &frames, "0");
+    // The worker on its own CPU, so that the control side is never waiting for it.
+    let (done, sent) = run_pcap("neighbors", CONFIG, &frames, "--lcores=0@0,1@1");
 
     // The ARP request for the backend, from our address on its prefix, broadcast.
     let mut request = vec![0xff; 6];

@@ -74,10 +74,11 @@ fn thousands_of_reloads_under_traffic_lose_no_packet_and_move_no_flow() {
         "--vdev=net_null0,no-rx=1".to_string(),
     ];
     // The worker on its own lcore (CPU 1); the control thread and main lcore share CPU 0.
-    let mut eal = eal_args(&prefix, "0", &vdevs);
-    let at = eal.iter().position(|s| s == "-l").unwrap();
-    eal.splice(at..at + 2, ["--lcores=0@0,1@1".to_string()]);
-    let app = Appliance::start(&cfg, &prefix, &eal);
+    let app = Appliance::start(
+        &cfg,
+        &prefix,
+        &eal_args(&prefix, "--lcores=0@0,1@1", &vdevs),
+    );
     assert!(
         wait_until(Duration::from_secs(30), || app
             .telemetry("/ethdev/stats,1")

@@ -101,10 +101,11 @@ fn nat_replies_landing_on_the_other_worker_are_steered_and_translated() {
         y.display()
     );
     // Two worker lcores on this 2-CPU box: lcore 1 on CPU 1, lcore 2 on CPU 0 with the main lcore.
-    let mut eal = eal_args(&prefix, "0", &[vdev]);
-    let at = eal.iter().position(|s| s == "-l").unwrap();
-    eal.splice(at..at + 2, ["--lcores=0@0,1@1,2@0".to_string()]);
-    let app = Appliance::start(&config, &prefix, &eal);
+    let app = Appliance::start(
+        &config,
+        &prefix,
+        &eal_args(&prefix, "--lcores=0@0,1@1,2@0", &[vdev]),
+    );
     let total = (syns.len() + q1.len()) as u64;
     assert!(
         app.wait_rx(0, total, Duration::from_secs(60)),

@@ -20,19 +20,24 @@ pub fn file_prefix(test: &str) -> String {
 }
 
 /// EAL arguments for a test: no hugepages, no PCI, its own prefix, quiet EAL, then `vdevs`.
+/// `lcores` is a `-l` list ("0", "0-1") or a whole `--lcores=...` mapping.
 pub fn eal_args(prefix: &str, lcores: &str, vdevs: &[String]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-l",
-        lcores,
-        "--no-huge",
-        "-m",
-        "256",
-        "--no-pci",
-        "--log-level=*:warning",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a: Vec<String> = if lcores.starts_with("--lcores=") {
+        vec![lcores.to_string()]
+    } else {
+        vec!["-l".to_string(), lcores.to_string()]
+    };
+    a.extend(
+        [
+            "--no-huge",
+            "-m",
+            "256",
+            "--no-pci",
+            "--log-level=*:warning",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     a.push(format!("--file-prefix={prefix}"));
     a.extend(vdevs.iter().cloned());
     a
