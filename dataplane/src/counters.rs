@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::drop_reason::DropReason;
 use crate::pipeline::Action;
+use crate::service::{BackendId, ServiceId};
 
 /// One port's counters as one worker saw them.
 #[derive(Debug, Default)]
@@ -79,6 +80,19 @@ pub struct ServiceCounters {
 }
 
 impl ServiceCounters {
+    /// The counters of a service and of one of its backends (None for ids beyond the arrays).
+    #[inline]
+    pub fn of(
+        &self,
+        service: ServiceId,
+        backend: BackendId,
+    ) -> Option<(&TrafficCounters, &TrafficCounters)> {
+        Some((
+            self.services.get(service.0 as usize)?,
+            self.backends.get(backend.0 as usize)?,
+        ))
+    }
+
     pub fn new(max_services: u32, max_backends: u32) -> Self {
         ServiceCounters {
             services: (0..max_services)

@@ -443,11 +443,7 @@ fn forward_to_backend<P: PacketBuf>(
     let len = pkt.data().len();
     let action = rewrite_for_backend(pkt, l2, ip, ingress, svc, backend, snap, w)?;
     // Counted once it is on its way (not when a neighbour was missing, say).
-    let t = &w.traffic;
-    if let (Some(s), Some(b)) = (
-        t.services.get(svc.config.id.0 as usize),
-        t.backends.get(backend.0 as usize),
-    ) {
+    if let Some((s, b)) = w.traffic.of(svc.config.id, backend) {
         s.count_in(len);
         b.count_in(len);
     }
@@ -550,10 +546,8 @@ fn tunnel<P: PacketBuf>(
 }
 
 fn count_new_flow(w: &WorkerState, service: crate::service::ServiceId, backend: BackendId) {
-    if let Some(s) = w.traffic.services.get(service.0 as usize) {
+    if let Some((s, b)) = w.traffic.of(service, backend) {
         s.new_flows.add(1);
-    }
-    if let Some(b) = w.traffic.backends.get(backend.0 as usize) {
         b.new_flows.add(1);
     }
 }
@@ -640,11 +634,7 @@ fn nat_reply<P: PacketBuf>(
         addr_from_bytes(ip.dst),
         &w.neighbor_events,
     )?;
-    let t = &w.traffic;
-    if let (Some(s), Some(b)) = (
-        t.services.get(service.0 as usize),
-        t.backends.get(backend.0 as usize),
-    ) {
+    if let Some((s, b)) = w.traffic.of(service, backend) {
         s.count_out(len);
         b.count_out(len);
     }
