@@ -2,6 +2,8 @@
 //! validation, and (in later issues) the REST API and the table publisher.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod neighbors;
 pub mod publish;
+pub mod state;

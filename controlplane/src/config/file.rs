@@ -119,7 +119,8 @@ impl Default for ApiSection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A service, as the file, the API and the state file write it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub id: String,
@@ -152,7 +153,8 @@ fn default_maglev_table_size() -> u32 {
     65537
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A backend of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
     pub id: String,
@@ -171,6 +173,34 @@ fn default_weight() -> u32 {
 }
 fn default_enabled() -> bool {
     true
+}
+
+impl From<&super::Service> for ServiceSpec {
+    /// The service as the API shows it and the state file keeps it: every field written out.
+    fn from(s: &super::Service) -> Self {
+        ServiceSpec {
+            id: s.id.clone(),
+            protocol: s.protocol.to_string(),
+            vip: s.vip.to_string(),
+            port: s.port,
+            scheduler: s.scheduler.to_string(),
+            forwarding: s.forwarding.to_string(),
+            maglev_table_size: s.maglev_table_size,
+            backends: s.backends.iter().map(BackendSpec::from).collect(),
+        }
+    }
+}
+
+impl From<&super::Backend> for BackendSpec {
+    fn from(b: &super::Backend) -> Self {
+        BackendSpec {
+            id: b.id.clone(),
+            address: b.address.to_string(),
+            port: Some(b.port),
+            weight: b.weight,
+            enabled: b.enabled,
+        }
+    }
 }
 
 /// Parses TOML text, then applies `L4LB_<SECTION>__<KEY>` overrides from `env` (lists such as

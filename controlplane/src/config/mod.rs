@@ -8,7 +8,7 @@ mod validate;
 
 pub use file::{BackendSpec, ConfigFile, ServiceSpec};
 pub use model::*;
-pub use validate::validate;
+pub use validate::{validate, validate_service, validate_service_list};
 
 use std::fmt;
 use std::path::Path;
@@ -77,12 +77,21 @@ pub fn load(
         }
         None => (EMBEDDED_NAME.to_string(), EMBEDDED_DEFAULT.to_string()),
     };
-    let file = file::parse(&text, env).map_err(|errors| ConfigError {
-        source: name.clone(),
+    load_str(&name, &text, env)
+}
+
+/// Parses and validates configuration `text`; `name` is how messages call it.
+pub fn load_str(
+    name: &str,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Model, ConfigError> {
+    let file = file::parse(text, env).map_err(|errors| ConfigError {
+        source: name.to_string(),
         errors: vec![errors],
     })?;
     validate(&file).map_err(|errors| ConfigError {
-        source: name,
+        source: name.to_string(),
         errors,
     })
 }

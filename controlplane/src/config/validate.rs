@@ -231,7 +231,37 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
     })
 }
 
+/// `at.name`, or just `name` at the top of a document (an API body).
+fn join(at: &str, name: &str) -> String {
+    if at.is_empty() {
+        name.to_string()
+    } else {
+        format!("{at}.{name}")
+    }
+}
+
 /// Validates a list of services (the file's, or the API's whole new set) under `path`.
+pub fn validate_service_list(
+    specs: &[ServiceSpec],
+    path: &str,
+) -> Result<Vec<Service>, Vec<FieldError>> {
+    let mut e = Errors(Vec::new());
+    match validate_services(&mut e, specs, path) {
+        Some(s) if e.0.is_empty() => Ok(s),
+        _ => Err(e.0),
+    }
+}
+
+/// Validates one service on its own (no comparison with others) with field names under `at`
+/// (empty: the fields of an API body, `vip`, `backends[0].port`).
+pub fn validate_service(spec: &ServiceSpec, at: &str) -> Result<Service, Vec<FieldError>> {
+    let mut e = Errors(Vec::new());
+    match validate_one(&mut e, spec, at) {
+        Some(s) if e.0.is_empty() => Ok(s),
+        _ => Err(e.0),
+    }
+}
+
 fn validate_services(e: &mut Errors, specs: &[ServiceSpec], path: &str) -> Option<Vec<Service>> {
     let before = e.0.len();
     let mut ids: HashMap<&str, usize> = HashMap::new();
@@ -239,69 +269,74 @@ fn validate_services(e: &mut Errors, specs: &[ServiceSpec], path: &str) -> Optio
     let mut services = Vec::new();
     for (i, s) in specs.iter().enumerate() {
         let at = format!("{path}[{i}]");
-        check_id(e, format!("{at}.id"), &s.id);
         if let Some(first) = ids.insert(&s.id, i) {
             e.add(
                 format!("{at}.id"),
                 format!("duplicate service id {:?} (also {path}[{first}])", s.id),
             );
         }
-        let protocol = e.parse(
-            format!("{at}.protocol"),
-            s.protocol.parse::<Protocol>().map_err(|x| x.to_string()),
-        );
-        let vip = e.parse(format!("{at}.vip"), ip(&s.vip));
-        if s.port == 0 {
-            e.add(format!("{at}.port"), "0 is not a port (1 to 65535)");
-        }
-        let scheduler = e.parse(
-            format!("{at}.scheduler"),
-            s.scheduler
-                .parse::<SchedulerKind>()
-                .map_err(|x| x.to_string()),
-        );
-        let forwarding = e.parse(
-            format!("{at}.forwarding"),
-            s.forwarding
-                .parse::<ForwardingMode>()
-                .map_err(|x| x.to_string()),
-        );
-        let m = s.maglev_table_size;
-        if !is_prime(m) || m > MAX_MAGLEV_TABLE_SIZE || (m as usize) < s.backends.len() {
-            e.add(
-                format!("{at}.maglev_table_size"),
-                format!("{m} is not a prime from the number of backends to {MAX_MAGLEV_TABLE_SIZE} (Maglev needs M prime; 65537 is the default)"),
-            );
-        }
-        if let (Some(protocol), Some(vip)) = (protocol, vip)
-            && s.port != 0
-            && let Some(first) = endpoints.insert((protocol, vip, s.port), i)
+        let service = validate_one(e, s, &at);
+        if let Some(svc) = &service
+            && let Some(first) = endpoints.insert((svc.protocol, svc.vip, svc.port), i)
         {
             e.add(
                 at.clone(),
                 format!(
-                    "{protocol} {vip} port {} is already {path}[{first}] ({:?})",
-                    s.port, specs[first].id
+                    "{} {} port {} is already {path}[{first}] ({:?})",
+                    svc.protocol, svc.vip, s.port, specs[first].id
                 ),
             );
         }
-        let backends = validate_backends(e, &s.backends, &at, vip, s.port, forwarding);
-        if let (Some(protocol), Some(vip), Some(scheduler), Some(forwarding), Some(backends)) =
-            (protocol, vip, scheduler, forwarding, backends)
-        {
-            services.push(Service {
-                id: s.id.clone(),
-                protocol,
-                vip,
-                port: s.port,
-                scheduler,
-                forwarding,
-                maglev_table_size: m,
-                backends,
-            });
-        }
+        services.extend(service);
     }
     (e.0.len() == before).then_some(services)
+}
+
+/// One service's own fields and its backends; None if any is wrong.
+fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
+    let before = e.0.len();
+    check_id(e, join(at, "id"), &s.id);
+    let protocol = e.parse(
+        join(at, "protocol"),
+        s.protocol.parse::<Protocol>().map_err(|x| x.to_string()),
+    );
+    let vip = e.parse(join(at, "vip"), ip(&s.vip));
+    if s.port == 0 {
+        e.add(join(at, "port"), "0 is not a port (1 to 65535)");
+    }
+    let scheduler = e.parse(
+        join(at, "scheduler"),
+        s.scheduler
+            .parse::<SchedulerKind>()
+            .map_err(|x| x.to_string()),
+    );
+    let forwarding = e.parse(
+        join(at, "forwarding"),
+        s.forwarding
+            .parse::<ForwardingMode>()
+            .map_err(|x| x.to_string()),
+    );
+    let m = s.maglev_table_size;
+    if !is_prime(m) || m > MAX_MAGLEV_TABLE_SIZE || (m as usize) < s.backends.len() {
+        e.add(
+            join(at, "maglev_table_size"),
+            format!("{m} is not a prime from the number of backends to {MAX_MAGLEV_TABLE_SIZE} (Maglev needs M prime; 65537 is the default)"),
+        );
+    }
+    let backends = validate_backends(e, &s.backends, at, vip, s.port, forwarding);
+    if e.0.len() != before {
+        return None;
+    }
+    Some(Service {
+        id: s.id.clone(),
+        protocol: protocol?,
+        vip: vip?,
+        port: s.port,
+        scheduler: scheduler?,
+        forwarding: forwarding?,
+        maglev_table_size: m,
+        backends: backends?,
+    })
 }
 
 fn validate_backends(
@@ -317,14 +352,15 @@ fn validate_backends(
     let mut endpoints: HashMap<(IpAddr, u16), usize> = HashMap::new();
     let mut backends = Vec::new();
     for (j, b) in specs.iter().enumerate() {
-        let at = format!("{service_at}.backends[{j}]");
+        let at = join(service_at, &format!("backends[{j}]"));
         check_id(e, format!("{at}.id"), &b.id);
         if let Some(first) = ids.insert(&b.id, j) {
             e.add(
                 format!("{at}.id"),
                 format!(
-                    "duplicate backend id {:?} (also {service_at}.backends[{first}])",
-                    b.id
+                    "duplicate backend id {:?} (also {})",
+                    b.id,
+                    join(service_at, &format!("backends[{first}]"))
                 ),
             );
         }
@@ -372,7 +408,10 @@ fn validate_backends(
         {
             e.add(
                 at.clone(),
-                format!("{a} port {port} is already {service_at}.backends[{first}]"),
+                format!(
+                    "{a} port {port} is already {}",
+                    join(service_at, &format!("backends[{first}]"))
+                ),
             );
         }
         if let Some(address) = address {

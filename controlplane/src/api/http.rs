@@ -1,0 +1,370 @@
+//! The HTTP side of the API: routes, the bearer token, body limits, JSON errors. It runs on its
+//! own ordinary thread (a small tokio runtime), never on a worker lcore, and hands every request
+//! to the control thread as a [`Call`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+use super::openapi::ErrorBody;
+#[allow(unused_imports)]
+use super::stats::Stats;
+use super::{Body, Reply, Request};
+use crate::config::{BackendSpec, ServiceSpec};
+
+/// Bodies larger than this are refused with 413 (a service with thousands of backends fits).
+pub const BODY_LIMIT: usize = 1 << 20;
+/// How many requests may wait for the control thread before the API answers 503.
+pub const QUEUE: usize = 64;
+
+/// One request for the control thread and where its answer goes.
+pub struct Call {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+#[derive(Clone)]
+struct App {
+    calls: crossbeam_channel::Sender<Call>,
+    token: Option<Arc<[u8]>>,
+    version: Arc<Value>,
+}
+
+/// The API's routes. `version` is what `GET /api/v1/version` answers.
+pub fn router(
+    calls: crossbeam_channel::Sender<Call>,
+    token: Option<&str>,
+    version_info: Value,
+) -> Router {
+    let app = App {
+        calls,
+        token: token.map(|t| Arc::from(t.as_bytes())),
+        version: Arc::new(version_info),
+    };
+    Router::new()
+        .route("/api/v1/services", get(list_services).post(create_service))
+        .route(
+            "/api/v1/services/{service}",
+            get(get_service).patch(patch_service).delete(delete_service),
+        )
+        .route(
+            "/api/v1/services/{service}/backends",
+            get(list_backends).post(create_backend),
+        )
+        .route(
+            "/api/v1/services/{service}/backends/{backend}",
+            get(get_backend).patch(patch_backend).delete(delete_backend),
+        )
+        .route("/api/v1/services/{service}/flows", get(flows))
+        .route("/api/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(health))
+        .route("/api/v1/version", get(version))
+        .route("/api/v1/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, on a runtime of its own (call it
+/// from a thread made for the API).
+pub fn serve(
+    listener: std::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    })
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = match self.body {
+            Body::Json(v) => (status, axum::Json(v)).into_response(),
+            Body::Metrics(text) => (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response(),
+            Body::Empty => status.into_response(),
+        };
+        if let Some(l) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            r.headers_mut().insert(header::LOCATION, l);
+        }
+        r
+    }
+}
+
+/// The bearer token, compared in constant time (only its length can show in the timing).
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.as_bytes().ct_eq(token).into()
+}
+
+/// Hands `request` to the control thread and waits for its answer.
+async fn call(app: &App, headers: &HeaderMap, request: Request) -> Response {
+    if request.mutates() && !authorized(app, headers) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "authorization: a valid \"Authorization: Bearer <token>\" header is needed to change the configuration",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let (tx, rx) = oneshot::channel();
+    if app.calls.try_send(Call { request, reply: tx }).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the control thread is busy or stopping; try again",
+        );
+    }
+    match rx.await {
+        Ok(reply) => reply.into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the appliance is stopping"),
+    }
+}
+
+/// The body as JSON; what is not JSON is a 400, what is too large a 413.
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Reply> {
+    let bytes = body.map_err(|rej| {
+        let status = rej.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Reply::error(
+                status.as_u16(),
+                format!("body: larger than {BODY_LIMIT} bytes"),
+            )
+        } else {
+            Reply::error(status.as_u16(), format!("body: {}", rej.body_text()))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Reply::error(400, "body: empty; a JSON object is expected"));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Reply::error(400, format!("body: malformed JSON: {e}")))
+}
+
+#[utoipa::path(get, path = "/api/v1/services", tag = "services", responses((status = 200, description = "Every service", body = [ServiceSpec])))]
+async fn list_services(State(app): State<App>, headers: HeaderMap) -> Response {
+    call(&app, &headers, Request::ListServices).await
+}
+
+#[utoipa::path(post, path = "/api/v1/services", tag = "services", request_body = ServiceSpec, security(("token" = [])), responses((status = 201, description = "Created and live", body = ServiceSpec), (status = 409, description = "The id or (protocol, vip, port) is taken", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 422, description = "A field is wrong (the error names it)", body = ErrorBody)))]
+async fn create_service(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match json_body(body) {
+        Ok(body) => call(&app, &headers, Request::CreateService { body }).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{service}", tag = "services", params(("service" = String, Path, description = "Service id")), responses((status = 200, description = "The service", body = ServiceSpec), (status = 404, description = "No such service", body = ErrorBody)))]
+async fn get_service(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Response {
+    call(&app, &headers, Request::GetService { service }).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/services/{service}", tag = "services", params(("service" = String, Path, description = "Service id")), request_body(content = Value, description = "A JSON merge patch (RFC 7396) of the service", content_type = "application/json"), security(("token" = [])), responses((status = 200, description = "Changed and live", body = ServiceSpec), (status = 404, description = "No such service", body = ErrorBody), (status = 409, description = "(protocol, vip, port) is taken", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 422, description = "A field is wrong (the error names it)", body = ErrorBody)))]
+async fn patch_service(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match json_body(body) {
+        Ok(body) => call(&app, &headers, Request::PatchService { service, body }).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+#[utoipa::path(delete, path = "/api/v1/services/{service}", tag = "services", params(("service" = String, Path, description = "Service id")), security(("token" = [])), responses((status = 204, description = "Deleted; its flows are gone"), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 404, description = "No such service", body = ErrorBody)))]
+async fn delete_service(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Response {
+    call(&app, &headers, Request::DeleteService { service }).await
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{service}/backends", tag = "backends", params(("service" = String, Path, description = "Service id")), responses((status = 200, description = "The service's backends", body = [BackendSpec]), (status = 404, description = "No such service", body = ErrorBody)))]
+async fn list_backends(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Response {
+    call(&app, &headers, Request::ListBackends { service }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/services/{service}/backends", tag = "backends", params(("service" = String, Path, description = "Service id")), request_body = BackendSpec, security(("token" = [])), responses((status = 201, description = "Added and live", body = BackendSpec), (status = 404, description = "No such service", body = ErrorBody), (status = 409, description = "The id or address and port is taken", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 422, description = "A field is wrong (the error names it)", body = ErrorBody)))]
+async fn create_backend(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match json_body(body) {
+        Ok(body) => call(&app, &headers, Request::CreateBackend { service, body }).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{service}/backends/{backend}", tag = "backends", params(("service" = String, Path, description = "Service id"), ("backend" = String, Path, description = "Backend id")), responses((status = 200, description = "The backend", body = BackendSpec), (status = 404, description = "No such service or backend", body = ErrorBody)))]
+async fn get_backend(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((service, backend)): Path<(String, String)>,
+) -> Response {
+    call(&app, &headers, Request::GetBackend { service, backend }).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/services/{service}/backends/{backend}", tag = "backends", params(("service" = String, Path, description = "Service id"), ("backend" = String, Path, description = "Backend id")), request_body(content = Value, description = "A JSON merge patch (RFC 7396) of the backend; weight 0 or enabled false drains it", content_type = "application/json"), security(("token" = [])), responses((status = 200, description = "Changed and live", body = BackendSpec), (status = 404, description = "No such service or backend", body = ErrorBody), (status = 409, description = "The address and port is taken", body = ErrorBody), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 422, description = "A field is wrong (the error names it)", body = ErrorBody)))]
+async fn patch_backend(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((service, backend)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match json_body(body) {
+        Ok(body) => {
+            call(
+                &app,
+                &headers,
+                Request::PatchBackend {
+                    service,
+                    backend,
+                    body,
+                },
+            )
+            .await
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+#[utoipa::path(delete, path = "/api/v1/services/{service}/backends/{backend}", tag = "backends", params(("service" = String, Path, description = "Service id"), ("backend" = String, Path, description = "Backend id")), security(("token" = [])), responses((status = 204, description = "Deleted; its flows are gone (their next packet is scheduled anew)"), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 404, description = "No such service or backend", body = ErrorBody)))]
+async fn delete_backend(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((service, backend)): Path<(String, String)>,
+) -> Response {
+    call(&app, &headers, Request::DeleteBackend { service, backend }).await
+}
+
+/// The default number of flows `GET .../flows` lists.
+pub const DEFAULT_FLOW_SAMPLE: usize = 100;
+
+#[utoipa::path(get, path = "/api/v1/services/{service}/flows", tag = "services", params(("service" = String, Path, description = "Service id"), ("limit" = Option<usize>, Query, description = "At most this many flows (default 100, at most 10000)")), responses((status = 200, description = "A sample of the live flows", body = Value), (status = 404, description = "No such service", body = ErrorBody), (status = 422, description = "limit out of range", body = ErrorBody)))]
+async fn flows(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut limit = DEFAULT_FLOW_SAMPLE;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("limit", v)) => match v.parse() {
+                Ok(n) => limit = n,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit: {v:?} is not a number"),
+                    );
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{pair:?}: unknown query parameter (limit=N is the only one)"),
+                );
+            }
+        }
+    }
+    call(&app, &headers, Request::Flows { service, limit }).await
+}
+
+#[utoipa::path(get, path = "/api/v1/stats", tag = "observe", responses((status = 200, description = "Counters per port, action, drop reason, service and backend", body = Stats)))]
+async fn stats(State(app): State<App>, headers: HeaderMap) -> Response {
+    call(&app, &headers, Request::Stats).await
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "observe", responses((status = 200, description = "The same counters in the Prometheus text format", body = String, content_type = "text/plain")))]
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    call(&app, &headers, Request::Metrics).await
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "observe", responses((status = 200, description = "The control thread answers", body = Value)))]
+async fn health(State(app): State<App>, headers: HeaderMap) -> Response {
+    call(&app, &headers, Request::Health).await
+}
+
+#[utoipa::path(get, path = "/api/v1/version", tag = "observe", responses((status = 200, description = "Version, git commit and DPDK version", body = Value)))]
+async fn version(State(app): State<App>) -> Response {
+    axum::Json((*app.version).clone()).into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "observe", responses((status = 200, description = "This document", body = Value)))]
+async fn openapi() -> Response {
+    axum::Json(super::openapi::document()).into_response()
+}

@@ -1,0 +1,415 @@
+//! What `GET /api/v1/stats` answers and `GET /metrics` renders: counters summed over the
+//! workers, per port, per drop reason, per service and per backend.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct Stats {
+    pub version: String,
+    pub uptime_seconds: f64,
+    /// The epoch of the snapshot the workers use.
+    pub epoch: u64,
+    /// SIGHUP reloads asked for (applied or refused).
+    pub reloads: u64,
+    pub workers: usize,
+    pub ports: Vec<PortStats>,
+    pub actions: ActionStats,
+    /// Every drop reason, with zero for those that never happened.
+    pub drops: BTreeMap<String, u64>,
+    pub flows: FlowStats,
+    pub services: Vec<ServiceStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct PortStats {
+    pub port: u16,
+    pub name: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Packets the device did not take (tx queue full); freed and counted.
+    pub tx_dropped: u64,
+}
+
+/// What the workers did with the packets they received.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct ActionStats {
+    pub forwarded: u64,
+    pub replied: u64,
+    pub consumed: u64,
+    pub redirected: u64,
+    pub redirect_dropped: u64,
+    pub dropped: u64,
+}
+
+/// The flow tables of all workers (copied out by the workers ten times a second).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct FlowStats {
+    pub entries: u64,
+    pub capacity: u64,
+    pub created: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub evicted_established: u64,
+    pub flushed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct Traffic {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+    /// Established TCP connections (IPVS's ActiveConn).
+    pub active: u64,
+    /// Other flows: TCP in handshake or closing, UDP (IPVS's InActConn).
+    pub inactive: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct ServiceStats {
+    pub id: String,
+    pub protocol: String,
+    pub vip: String,
+    pub port: u16,
+    pub scheduler: String,
+    pub forwarding: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+    pub backends: Vec<BackendStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct BackendStats {
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// One live flow, as `GET /api/v1/services/{id}/flows` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FlowSample {
+    /// Client address and port.
+    pub client: String,
+    /// The backend's id.
+    pub backend: String,
+    /// The backend's address and port.
+    pub backend_address: String,
+    /// syn, established, fin, close (TCP) or udp.
+    pub state: String,
+    pub idle_seconds: u32,
+    pub age_seconds: u32,
+    /// The worker whose table holds it.
+    pub worker: u16,
+}
+
+/// Prometheus' text exposition format: a label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes families in the text format, each with its HELP and TYPE once.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP l4lb_{name} {help}");
+        let _ = writeln!(self.out, "# TYPE l4lb_{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str("l4lb_");
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", label(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A family with one sample per item.
+    fn each<T>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        items: &[T],
+        labels: impl Fn(&T) -> Vec<(&'static str, String)>,
+        value: impl Fn(&T) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for it in items {
+            let l = labels(it);
+            let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            self.sample(name, &l, value(it));
+        }
+    }
+}
+
+/// The counters as Prometheus text (format 0.0.4), every name prefixed `l4lb_`.
+pub fn render_metrics(s: &Stats) -> String {
+    let mut x = Exposition { out: String::new() };
+    x.family("build_info", "gauge", "Version of the running appliance.");
+    x.sample("build_info", &[("version", &s.version)], 1);
+    x.family(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the workers started.",
+    );
+    x.sample("uptime_seconds", &[], format!("{:.3}", s.uptime_seconds));
+    x.family(
+        "config_epoch",
+        "gauge",
+        "Epoch of the configuration snapshot in use.",
+    );
+    x.sample("config_epoch", &[], s.epoch);
+    x.family(
+        "config_reloads_total",
+        "counter",
+        "SIGHUP reloads asked for.",
+    );
+    x.sample("config_reloads_total", &[], s.reloads);
+    x.family("workers", "gauge", "Worker lcores polling the ports.");
+    x.sample("workers", &[], s.workers);
+
+    let port = |p: &PortStats| vec![("port", p.port.to_string()), ("name", p.name.clone())];
+    for (name, help, f) in [
+        (
+            "port_rx_packets_total",
+            "Packets received on the port.",
+            (|p: &PortStats| p.rx_packets) as fn(&PortStats) -> u64,
+        ),
+        ("port_rx_bytes_total", "Bytes received on the port.", |p| {
+            p.rx_bytes
+        }),
+        ("port_tx_packets_total", "Packets sent on the port.", |p| {
+            p.tx_packets
+        }),
+        ("port_tx_bytes_total", "Bytes sent on the port.", |p| {
+            p.tx_bytes
+        }),
+        (
+            "port_tx_dropped_total",
+            "Packets the port's tx queue did not take.",
+            |p| p.tx_dropped,
+        ),
+    ] {
+        x.each(name, "counter", help, &s.ports, port, f);
+    }
+
+    x.family(
+        "packets_total",
+        "counter",
+        "Packets by what the workers did with them.",
+    );
+    let a = &s.actions;
+    for (action, v) in [
+        ("forwarded", a.forwarded),
+        ("replied", a.replied),
+        ("consumed", a.consumed),
+        ("redirected", a.redirected),
+        ("redirect_dropped", a.redirect_dropped),
+        ("dropped", a.dropped),
+    ] {
+        x.sample("packets_total", &[("action", action)], v);
+    }
+    x.family("drops_total", "counter", "Packets dropped, by reason.");
+    for (reason, v) in &s.drops {
+        x.sample("drops_total", &[("reason", reason)], v);
+    }
+
+    let f = &s.flows;
+    x.family("flows", "gauge", "Flow table entries, all workers.");
+    x.sample("flows", &[], f.entries);
+    x.family(
+        "flow_capacity",
+        "gauge",
+        "Flow table capacity, all workers.",
+    );
+    x.sample("flow_capacity", &[], f.capacity);
+    x.family(
+        "flow_events_total",
+        "counter",
+        "Flow table events: created, expired, evicted (of those evicted_established), flushed.",
+    );
+    for (event, v) in [
+        ("created", f.created),
+        ("expired", f.expired),
+        ("evicted", f.evicted),
+        ("evicted_established", f.evicted_established),
+        ("flushed", f.flushed),
+    ] {
+        x.sample("flow_events_total", &[("event", event)], v);
+    }
+
+    // Services, then backends (labels service and backend), the same families for both.
+    struct Row<'a> {
+        service: &'a str,
+        backend: Option<&'a str>,
+        t: &'a Traffic,
+    }
+    let mut services = Vec::new();
+    let mut backends = Vec::new();
+    for svc in &s.services {
+        services.push(Row {
+            service: &svc.id,
+            backend: None,
+            t: &svc.traffic,
+        });
+        for b in &svc.backends {
+            backends.push(Row {
+                service: &svc.id,
+                backend: Some(&b.id),
+                t: &b.traffic,
+            });
+        }
+    }
+    let labels = |r: &Row| {
+        let mut l = vec![("service", r.service.to_string())];
+        if let Some(b) = r.backend {
+            l.push(("backend", b.to_string()));
+        }
+        l
+    };
+    for (what, rows) in [("service", &services), ("backend", &backends)] {
+        for (name, kind, help, f) in [
+            (
+                "packets_in_total",
+                "counter",
+                "Packets from clients.",
+                (|t: &Traffic| t.packets_in) as fn(&Traffic) -> u64,
+            ),
+            ("bytes_in_total", "counter", "Bytes from clients.", |t| {
+                t.bytes_in
+            }),
+            (
+                "packets_out_total",
+                "counter",
+                "Reply packets to clients (NAT).",
+                |t| t.packets_out,
+            ),
+            (
+                "bytes_out_total",
+                "counter",
+                "Reply bytes to clients (NAT).",
+                |t| t.bytes_out,
+            ),
+            ("new_flows_total", "counter", "Flows scheduled.", |t| {
+                t.new_flows
+            }),
+            (
+                "active_connections",
+                "gauge",
+                "Established TCP connections (ActiveConn).",
+                |t| t.active,
+            ),
+            (
+                "inactive_connections",
+                "gauge",
+                "Other flows (InActConn).",
+                |t| t.inactive,
+            ),
+        ] {
+            x.each(&format!("{what}_{name}"), kind, help, rows, labels, |r| {
+                f(r.t)
+            });
+        }
+    }
+    let weights: Vec<(&str, &BackendStats)> = s
+        .services
+        .iter()
+        .flat_map(|svc| svc.backends.iter().map(move |b| (svc.id.as_str(), b)))
+        .collect();
+    let bl = |(s, b): &(&str, &BackendStats)| {
+        vec![("service", s.to_string()), ("backend", b.id.clone())]
+    };
+    x.each(
+        "backend_weight",
+        "gauge",
+        "Configured weight (0: drained).",
+        &weights,
+        bl,
+        |(_, b)| u64::from(b.weight),
+    );
+    x.each(
+        "backend_enabled",
+        "gauge",
+        "1 if the backend takes new flows by configuration.",
+        &weights,
+        bl,
+        |(_, b)| u64::from(b.enabled),
+    );
+    x.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_have_help_type_and_escaped_labels() {
+        let s = Stats {
+            version: "0.1.0".into(),
+            drops: [("no_service".to_string(), 7)].into_iter().collect(),
+            services: vec![ServiceStats {
+                id: "we\"b".into(),
+                traffic: Traffic {
+                    packets_in: 12,
+                    ..Traffic::default()
+                },
+                backends: vec![BackendStats {
+                    id: "b1".into(),
+                    weight: 3,
+                    enabled: true,
+                    ..BackendStats::default()
+                }],
+                ..ServiceStats::default()
+            }],
+            ..Stats::default()
+        };
+        let m = render_metrics(&s);
+        assert!(
+            m.contains(
+                "# TYPE l4lb_drops_total counter\nl4lb_drops_total{reason=\"no_service\"} 7\n"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("l4lb_service_packets_in_total{service=\"we\\\"b\"} 12\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("l4lb_backend_weight{service=\"we\\\"b\",backend=\"b1\"} 3\n"),
+            "{m}"
+        );
+        assert_eq!(m.matches("# TYPE l4lb_backend_weight ").count(), 1);
+        for line in m.lines() {
+            assert!(
+                line.starts_with("# HELP l4lb_")
+                    || line.starts_with("# TYPE l4lb_")
+                    || line.starts_with("l4lb_"),
+                "{line}"
+            );
+        }
+    }
+}
