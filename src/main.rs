@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use control::{Control, Interface};
+use control::{Control, Interface, Observed};
+use controlplane::api::Controller;
 use controlplane::config::{self, ConfigError, Model};
 use controlplane::publish::{MAX_BACKENDS, MAX_SERVICES, Publisher};
 use dataplane::addr::MacAddr;
@@ -73,6 +74,15 @@ fn version_text() -> String {
     )
 }
 
+fn version_json() -> serde_json::Value {
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "git_commit": env!("L4LB_GIT_COMMIT"),
+        "dpdk_built_against": dpdk_rs::DPDK_BUILD_VERSION,
+        "dpdk_running": dpdk_rs::runtime_version(),
+    })
+}
+
 fn init_logging(level: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
@@ -98,10 +108,27 @@ fn main() -> ExitCode {
         eprintln!("l4lb: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let model = match config::load(cli.config.as_deref(), std::env::vars()) {
+    let mut model = match config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(m) => m,
         Err(e) => return config_failed(&e),
     };
+    // The services as last changed through the API (or a reload) replace the file's.
+    if let Some(path) = model.api.state_file.clone() {
+        match controlplane::state::load(&path) {
+            Ok(Some(services)) => {
+                info!(
+                    state_file = %path.display(),
+                    services = services.len(),
+                    "services from the state file (the configuration file's are not used)"
+                );
+                model.services = services;
+            }
+            Ok(None) => {
+                info!(state_file = %path.display(), "no state file yet: services from the configuration")
+            }
+            Err(e) => return config_failed(&e),
+        }
+    }
     if cli.check {
         let backends: usize = model.services.iter().map(|s| s.backends.len()).sum();
         println!(
@@ -155,6 +182,13 @@ fn run(
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+
+    // The API's socket first: a taken address stops the start before DPDK does anything.
+    let api_listener = std::net::TcpListener::bind(model.api.listen)
+        .map_err(|e| format!("api.listen: cannot listen on {}: {e}", model.api.listen))?;
+    let api_address = api_listener
+        .local_addr()
+        .map_err(|e| format!("api.listen: {e}"))?;
 
     info!(args = ?eal_args, "starting EAL");
     let eal =
@@ -233,8 +267,10 @@ fn run(
         .interfaces
         .iter()
         .zip(&macs)
-        .map(|(i, mac)| Interface {
+        .zip(&ports)
+        .map(|((i, mac), p)| Interface {
             port: i.port,
+            name: p.name().to_string(),
             mac: *mac,
             addresses: i.addresses.clone(),
         })
@@ -363,8 +399,17 @@ fn run(
         };
         info!(workers = n_workers, lcores = ?lcores.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops, SIGHUP reloads the configuration");
         let workers_done = AtomicBool::new(false);
+        let (calls_tx, calls_rx) = crossbeam_channel::bounded(controlplane::api::http::QUEUE);
+        let router =
+            controlplane::api::http::router(calls_tx, model.api.token.as_deref(), version_json());
+        let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::scope(|scope| -> Result<(), String> {
-            // The control side runs on an ordinary thread, never on an lcore.
+            // The control side and the API run on ordinary threads, never on an lcore.
+            let observed = Observed {
+                counters: &counters,
+                traffic: traffic.clone(),
+                started,
+            };
             let mut control = Control::new(
                 &publisher,
                 model.clone(),
@@ -373,12 +418,23 @@ fn run(
                 &pool,
                 &command_senders,
                 config_path,
+                observed,
             );
-            let (done, reload, events) = (&workers_done, &reload, &events_rx);
+            let mut controller = Controller::new(model.clone());
+            let (done, reload, events, calls) = (&workers_done, &reload, &events_rx, &calls_rx);
             let control = scope.spawn(move || {
-                control.run(events, reload, done);
+                control.run(&mut controller, events, calls, reload, done);
                 control.reloads
             });
+            let api = std::thread::Builder::new()
+                .name("l4lb-api".into())
+                .spawn_scoped(scope, move || {
+                    controlplane::api::http::serve(api_listener, router, async {
+                        let _ = api_stopped.await;
+                    })
+                })
+                .map_err(|e| format!("cannot start the API thread: {e}"))?;
+            info!("REST API listening on http://{api_address}");
             let result = if lcores.is_empty() {
                 work(0);
                 Ok(())
@@ -398,6 +454,12 @@ fn run(
                 .map_err(|e| e.to_string())
             };
             workers_done.store(true, Ordering::Relaxed);
+            let _ = api_stop.send(());
+            match api.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("the REST API stopped with an error: {e}"),
+                Err(_) => warn!("the REST API thread panicked"),
+            }
             reloads = control
                 .join()
                 .map_err(|_| "the control thread panicked".to_string())?;

@@ -77,6 +77,20 @@ impl TrafficCounters {
 pub struct ServiceCounters {
     pub services: Box<[TrafficCounters]>,
     pub backends: Box<[TrafficCounters]>,
+    /// The worker's flow table, mirrored with the connection counts.
+    pub flows: FlowCounters,
+}
+
+/// A copy of one worker's flow-table size and statistics, for the control side.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    pub entries: Counter,
+    pub capacity: Counter,
+    pub created: Counter,
+    pub expired: Counter,
+    pub evicted: Counter,
+    pub evicted_established: Counter,
+    pub flushed: Counter,
 }
 
 impl ServiceCounters {
@@ -101,6 +115,7 @@ impl ServiceCounters {
             backends: (0..max_backends)
                 .map(|_| TrafficCounters::default())
                 .collect(),
+            flows: FlowCounters::default(),
         }
     }
 }

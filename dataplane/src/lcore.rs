@@ -10,11 +10,11 @@ pub use dpdk_rs::MAX_BURST;
 use dpdk_rs::{MbufBurst, MbufMut, RingConsumer, RingProducer, RxQueue, TxQueue};
 
 use crate::counters::WorkerCounters;
-use crate::flow::FlowTableStats;
+use crate::flow::{Flow, FlowTableStats};
 use crate::neighbor::NeighborEvent;
 use crate::packet::PacketBuf;
 use crate::pipeline::{Action, WorkerState, process};
-use crate::service::BackendId;
+use crate::service::{BackendId, ServiceId};
 use crate::shared::{Reader, SharedSnapshot};
 
 impl PacketBuf for MbufMut<'_> {
@@ -40,10 +40,26 @@ impl PacketBuf for MbufMut<'_> {
 }
 
 /// Control messages a worker polls between bursts (never per packet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     /// Remove every flow of this backend (it was deleted or moved).
     FlushBackend(BackendId),
+    /// Copy up to `into.capacity()` flows of `service` into `into` (allocated by the control
+    /// side, so the worker does not allocate) and send it back on `reply`.
+    DumpFlows {
+        service: ServiceId,
+        into: Vec<Flow>,
+        reply: crossbeam_channel::Sender<FlowDump>,
+    },
+}
+
+/// A worker's answer to [`Command::DumpFlows`].
+#[derive(Debug)]
+pub struct FlowDump {
+    pub worker: u16,
+    /// The worker's clock when it copied them (the same clock as the flows' times).
+    pub now: u32,
+    pub flows: Vec<Flow>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +186,27 @@ impl Worker<'_> {
                 match cmd {
                     Command::FlushBackend(id) => {
                         self.state.flows.flush_backend(id);
+                    }
+                    Command::DumpFlows {
+                        service,
+                        mut into,
+                        reply,
+                    } => {
+                        let room = into.capacity();
+                        into.extend(
+                            self.state
+                                .flows
+                                .iter()
+                                .filter(|f| f.service == service)
+                                .take(room)
+                                .copied(),
+                        );
+                        // The control side may have given up waiting; then nobody needs it.
+                        let _ = reply.try_send(FlowDump {
+                            worker: self.index as u16,
+                            now,
+                            flows: into,
+                        });
                     }
                 }
             }

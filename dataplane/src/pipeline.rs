@@ -93,6 +93,14 @@ impl WorkerState {
                 t.inactive.set(u64::from(c.inactive));
             }
         }
+        let (f, s) = (&self.traffic.flows, self.flows.stats());
+        f.entries.set(self.flows.len() as u64);
+        f.capacity.set(u64::from(self.flows.capacity()));
+        f.created.set(s.created);
+        f.expired.set(s.expired);
+        f.evicted.set(s.evicted);
+        f.evicted_established.set(s.evicted_established);
+        f.flushed.set(s.flushed);
     }
 }
 

@@ -8,6 +8,7 @@ pub mod pcap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn l4lb() -> Command {
@@ -50,13 +51,28 @@ pub struct Appliance {
     prefix: String,
     stdout: Option<std::thread::JoinHandle<String>>,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// What it has logged so far (stderr), readable while it runs.
+    log: Arc<Mutex<String>>,
 }
 
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+/// Reads `r` to its end on a thread, appending to `seen` as it goes; returns all of it.
+fn drain(
+    mut r: impl Read + Send + 'static,
+    seen: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buf[..n]);
+                    *seen.lock().unwrap() = String::from_utf8_lossy(&all).into_owned();
+                }
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
     })
 }
 
@@ -67,26 +83,60 @@ pub struct Finished {
 }
 
 impl Appliance {
-    pub fn start(config: &Path, prefix: &str, eal: &[String]) -> Appliance {
+    /// Starts it with extra environment variables.
+    pub fn start_with_env(
+        config: &Path,
+        prefix: &str,
+        eal: &[String],
+        env: &[(&str, &str)],
+    ) -> Appliance {
         let child = l4lb()
             .arg("--config")
             .arg(config)
             .arg("--")
             .args(eal)
             .env_remove("RUST_LOG")
+            // Tests run in parallel: each API on a port of its own (see api_base).
+            .env("L4LB_API__LISTEN", "127.0.0.1:0")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start l4lb");
         let mut child = child;
-        let stdout = Some(drain(child.stdout.take().expect("piped")));
-        let stderr = Some(drain(child.stderr.take().expect("piped")));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = Some(drain(child.stdout.take().expect("piped"), Arc::default()));
+        let stderr = Some(drain(child.stderr.take().expect("piped"), Arc::clone(&log)));
         Appliance {
             child: Some(child),
             prefix: prefix.to_string(),
             stdout,
             stderr,
+            log,
         }
+    }
+
+    pub fn start(config: &Path, prefix: &str, eal: &[String]) -> Appliance {
+        Appliance::start_with_env(config, prefix, eal, &[])
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The REST API's base URL (`http://127.0.0.1:PORT`), from its log line; waits for it.
+    pub fn api_base(&self, timeout: Duration) -> String {
+        let marker = "REST API listening on ";
+        let mut base = None;
+        wait_until(timeout, || {
+            base = self.log().lines().find_map(|l| {
+                l.split_once(marker)
+                    .map(|(_, rest)| rest.split_whitespace().next().unwrap_or("").to_string())
+            });
+            base.is_some()
+        });
+        base.unwrap_or_else(|| panic!("no API address logged within {timeout:?}:\n{}", self.log()))
     }
 
     pub fn pid(&self) -> u32 {

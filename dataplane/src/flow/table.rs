@@ -140,7 +140,7 @@ impl FlowTimeouts {
     }
 }
 
-/// One flow. 60 bytes.
+/// One flow. 64 bytes: one cache line.
 #[derive(Debug, Clone, Copy)]
 pub struct Flow {
     pub key: FlowKey,
@@ -151,6 +151,8 @@ pub struct Flow {
     pub backend: BackendId,
     /// Seconds (the caller's clock) of the last packet.
     pub last_seen: u32,
+    /// Seconds (the caller's clock) of the first packet.
+    pub created: u32,
     prev: u32,
     next: u32,
 }
@@ -411,6 +413,7 @@ impl FlowTable {
             service,
             backend,
             last_seen: now,
+            created: now,
             prev: NIL,
             next: NIL,
         };
