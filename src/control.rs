@@ -4,7 +4,7 @@
 //! addresses and VIPs (gratuitous ARP, unsolicited NA), and ARP/NDP requests. Frames go out
 //! through a ring to a worker, which sends them with its packets. Every change is a publish.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -60,6 +60,9 @@ pub struct Control<'a> {
     dirty: bool,
     pub reloads: u64,
     pub frames_sent: u64,
+    /// Counters are kept per numeric id, and ids are reused: what an id had counted when its
+    /// present owner got it, to be subtracted (keyed by (is a service, id)).
+    baselines: HashMap<(bool, u32), TrafficTotals>,
 }
 
 /// How long the control side waits for the workers' flow samples.
@@ -90,6 +93,7 @@ impl<'a> Control<'a> {
             config_path,
             observed,
             neighbors: NeighborTable::new(Timers::default()),
+            baselines: HashMap::new(),
             dirty: false,
             reloads: 0,
             frames_sent: 0,
@@ -190,8 +194,34 @@ impl<'a> Control<'a> {
             .into_iter()
             .map(|(address, mac)| Neighbor { address, mac });
         m.neighbors = learned.chain(model.neighbors.iter().copied()).collect();
+        let owners = |snap: &dataplane::snapshot::Snapshot| -> HashSet<(bool, u32, String)> {
+            snap.services
+                .iter()
+                .flat_map(|s| {
+                    let c = &s.config;
+                    std::iter::once((true, c.id.0, c.name.clone())).chain(
+                        c.backends
+                            .iter()
+                            .map(move |b| (false, b.id.0, format!("{}/{}", c.name, b.name))),
+                    )
+                })
+                .collect()
+        };
+        let before = owners(&self.publisher.shared().current());
         match self.publisher.publish(&m, Duration::from_secs(1)) {
             Ok(p) => {
+                // Ids with a new owner count from here on.
+                let workers = || self.observed.traffic.iter().map(|w| &**w);
+                for (service, id, name) in owners(&self.publisher.shared().current()) {
+                    if !before.contains(&(service, id, name)) {
+                        let t = if service {
+                            traffic_totals(workers(), |w| w.services.get(id as usize))
+                        } else {
+                            traffic_totals(workers(), |w| w.backends.get(id as usize))
+                        };
+                        self.baselines.insert((service, id), t);
+                    }
+                }
                 for id in &p.released_backends {
                     for w in self.workers {
                         // Bounded: a worker that far behind gets the flush when it catches up.
@@ -319,6 +349,19 @@ impl<'a> Control<'a> {
     }
 }
 
+/// Counters since `base` (the gauges, active and inactive, as they are).
+fn since(t: TrafficTotals, base: Option<&TrafficTotals>) -> TrafficTotals {
+    let Some(b) = base else { return t };
+    TrafficTotals {
+        packets_in: t.packets_in.saturating_sub(b.packets_in),
+        bytes_in: t.bytes_in.saturating_sub(b.bytes_in),
+        packets_out: t.packets_out.saturating_sub(b.packets_out),
+        bytes_out: t.bytes_out.saturating_sub(b.bytes_out),
+        new_flows: t.new_flows.saturating_sub(b.new_flows),
+        ..t
+    }
+}
+
 impl Dataplane for Control<'_> {
     fn apply(&mut self, model: &Model) -> Result<(), String> {
         let before = self.vips();
@@ -362,7 +405,10 @@ impl Dataplane for Control<'_> {
                                 .map(|x| x.id.0)
                         });
                         let t = id.map_or_else(TrafficTotals::default, |id| {
-                            traffic_totals(workers(), |w| w.backends.get(id as usize))
+                            since(
+                                traffic_totals(workers(), |w| w.backends.get(id as usize)),
+                                self.baselines.get(&(false, id)),
+                            )
                         });
                         BackendStats {
                             id: b.id.clone(),
@@ -375,7 +421,11 @@ impl Dataplane for Control<'_> {
                     })
                     .collect();
                 let mut t = live.map_or_else(TrafficTotals::default, |l| {
-                    traffic_totals(workers(), |w| w.services.get(l.config.id.0 as usize))
+                    let id = l.config.id.0;
+                    since(
+                        traffic_totals(workers(), |w| w.services.get(id as usize)),
+                        self.baselines.get(&(true, id)),
+                    )
                 });
                 // A service's connections are its backends'.
                 t.active = backends.iter().map(|b| b.traffic.active).sum();

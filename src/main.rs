@@ -17,9 +17,7 @@ use controlplane::api::Controller;
 use controlplane::config::{self, ConfigError, Model};
 use controlplane::publish::{MAX_BACKENDS, MAX_SERVICES, Publisher};
 use dataplane::addr::MacAddr;
-use dataplane::counters::{
-    ServiceCounters, TrafficTotals, WorkerCounters, drop_totals, port_totals, traffic_totals,
-};
+use dataplane::counters::{ServiceCounters, WorkerCounters, drop_totals, port_totals};
 use dataplane::drop_reason::DropReason;
 use dataplane::flow::FlowTableStats;
 use dataplane::lcore::{LoopSettings, PoolNeeds, Worker};
@@ -315,6 +313,7 @@ fn run(
     let started = Instant::now();
     let mut flow_stats = Vec::new();
     let mut reloads = 0u64;
+    let mut final_stats = controlplane::api::Stats::default();
     let mut traffic: Vec<Arc<ServiceCounters>> = Vec::new();
     {
         // Worker w polls rx queue w and sends on tx queue w of every port.
@@ -424,7 +423,11 @@ fn run(
             let (done, reload, events, calls) = (&workers_done, &reload, &events_rx, &calls_rx);
             let control = scope.spawn(move || {
                 control.run(&mut controller, events, calls, reload, done);
-                control.reloads
+                // The workers have stopped and copied out their last counts.
+                (
+                    control.reloads,
+                    controlplane::api::Dataplane::stats(&mut control, controller.running()),
+                )
             });
             let api = std::thread::Builder::new()
                 .name("l4lb-api".into())
@@ -460,7 +463,7 @@ fn run(
                 Ok(Err(e)) => warn!("the REST API stopped with an error: {e}"),
                 Err(_) => warn!("the REST API thread panicked"),
             }
-            reloads = control
+            (reloads, final_stats) = control
                 .join()
                 .map_err(|_| "the control thread panicked".to_string())?;
             result
@@ -496,7 +499,7 @@ fn run(
         "flows: created={} expired={} evicted={} evicted-established={} flushed={}",
         f.created, f.expired, f.evicted, f.evicted_established, f.flushed
     );
-    for line in traffic_report(&shared.current(), &traffic) {
+    for line in traffic_report(&final_stats) {
         println!("{line}");
     }
     println!(
@@ -507,38 +510,18 @@ fn run(
 }
 
 /// One line per service and per backend of the running configuration, summed over workers.
-fn traffic_report(
-    snap: &dataplane::snapshot::Snapshot,
-    workers: &[Arc<ServiceCounters>],
-) -> Vec<String> {
-    let line = |what: String, t: TrafficTotals| {
+fn traffic_report(stats: &controlplane::api::Stats) -> Vec<String> {
+    let line = |what: String, t: &controlplane::api::stats::Traffic| {
         format!(
             "{what}: packets-in={} bytes-in={} packets-out={} bytes-out={} new-flows={} active={} inactive={}",
             t.packets_in, t.bytes_in, t.packets_out, t.bytes_out, t.new_flows, t.active, t.inactive
         )
     };
     let mut lines = Vec::new();
-    for s in &snap.services {
-        let id = s.config.id.0 as usize;
-        let backends: Vec<(String, TrafficTotals)> = s
-            .config
-            .backends
-            .iter()
-            .map(|b| {
-                let bid = b.id.0 as usize;
-                (
-                    b.name.clone(),
-                    traffic_totals(workers.iter().map(|w| &**w), |w| w.backends.get(bid)),
-                )
-            })
-            .collect();
-        // A service's connections are its backends'.
-        let mut total = traffic_totals(workers.iter().map(|w| &**w), |w| w.services.get(id));
-        total.active = backends.iter().map(|(_, t)| t.active).sum();
-        total.inactive = backends.iter().map(|(_, t)| t.inactive).sum();
-        lines.push(line(format!("service {}", s.config.name), total));
-        for (name, t) in backends {
-            lines.push(line(format!("backend {}/{name}", s.config.name), t));
+    for s in &stats.services {
+        lines.push(line(format!("service {}", s.id), &s.traffic));
+        for b in &s.backends {
+            lines.push(line(format!("backend {}/{}", s.id, b.id), &b.traffic));
         }
     }
     lines

@@ -1,0 +1,532 @@
+//! l4lbctl: l4lb's REST API from the shell, shaped like ipvsadm. `l4lbctl list` prints the
+//! table `ipvsadm -Ln` prints (with active and inactive connections); the other commands add,
+//! change and delete services and backends. `--json` prints what the API answered.
+#![deny(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "l4lbctl",
+    version,
+    about = "Manage a running l4lb through its REST API (like ipvsadm manages IPVS)"
+)]
+struct Cli {
+    /// The API's base URL.
+    #[arg(
+        long,
+        env = "L4LB_API",
+        default_value = "http://127.0.0.1:9180",
+        global = true
+    )]
+    api: String,
+
+    /// Print the API's JSON answer instead of a table or a message.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Services and backends with their connections, like `ipvsadm -Ln`.
+    #[command(alias = "ls")]
+    List {
+        /// Only this service.
+        service: Option<String>,
+    },
+    /// Counters: ports, actions, drops by reason, flow table, services.
+    Stats,
+    /// A sample of a service's live flows.
+    Flows {
+        service: String,
+        /// At most this many.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Add a service (ipvsadm -A).
+    AddService(ServiceArgs),
+    /// Change a service (ipvsadm -E); what is not given stays.
+    EditService(ServiceArgs),
+    /// Delete a service and its flows (ipvsadm -D).
+    DeleteService { id: String },
+    /// Add a backend to a service (ipvsadm -a).
+    AddBackend(BackendArgs),
+    /// Change a backend (ipvsadm -e); weight 0 or --disable drains it.
+    EditBackend(BackendArgs),
+    /// Delete a backend; its flows go (ipvsadm -d).
+    DeleteBackend { service: String, id: String },
+}
+
+#[derive(Debug, Args)]
+struct ServiceArgs {
+    /// The service's id.
+    id: String,
+    /// A TCP service at VIP:PORT ([v6]:port for IPv6).
+    #[arg(
+        short = 't',
+        long = "tcp-service",
+        value_name = "VIP:PORT",
+        conflicts_with = "udp"
+    )]
+    tcp: Option<SocketAddr>,
+    /// A UDP service at VIP:PORT.
+    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT")]
+    udp: Option<SocketAddr>,
+    /// Scheduler: rr wrr lc wlc sed nq sh dh maglev.
+    #[arg(short = 's', long)]
+    scheduler: Option<String>,
+    /// Forwarding: nat, dr or tun.
+    #[arg(short = 'f', long)]
+    forwarding: Option<String>,
+    /// Maglev lookup-table size (a prime).
+    #[arg(long)]
+    maglev_table_size: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct BackendArgs {
+    /// The service's id.
+    service: String,
+    /// The backend's id.
+    id: String,
+    /// Address, or address:port ([v6]:port); without a port, the service's.
+    #[arg(short = 'r', long = "real-server", value_name = "ADDRESS[:PORT]")]
+    address: Option<String>,
+    /// Weight (0: no new flows).
+    #[arg(short = 'w', long)]
+    weight: Option<u32>,
+    /// Take no new flows (established ones stay).
+    #[arg(long, conflicts_with = "enable")]
+    disable: bool,
+    /// Take new flows again.
+    #[arg(long)]
+    enable: bool,
+}
+
+/// A failure: what to print and the exit status.
+struct Failure(String);
+
+type Result<T> = std::result::Result<T, Failure>;
+
+struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(base: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: std::env::var("L4LB_TOKEN").ok().filter(|t| !t.is_empty()),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .new_agent(),
+        }
+    }
+
+    /// Sends a request; an answer of 400 or more becomes a failure carrying the API's error.
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let answer = match method {
+            "GET" => self.agent.get(&url).call(),
+            "DELETE" => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = if method == "POST" {
+                    self.agent.post(&url)
+                } else {
+                    self.agent.patch(&url)
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send_json(body.unwrap_or(&Value::Null))
+            }
+        };
+        let mut answer =
+            answer.map_err(|e| Failure(format!("cannot reach the API at {}: {e}", self.base)))?;
+        let status = answer.status();
+        let text = answer
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Failure(format!("reading the answer: {e}")))?;
+        if status.as_u16() >= 400 {
+            let error = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(text);
+            return Err(Failure(format!("{status}: {error}")));
+        }
+        Ok((status.as_u16(), text))
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let (_, text) = self.request(method, path, body)?;
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| Failure(format!("the API answered no JSON: {e}")))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let client = Client::new(&cli.api);
+    match run(&cli, &client) {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure(e)) => {
+            eprintln!("l4lbctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).expect("JSON prints")
+}
+
+fn service_body(a: &ServiceArgs) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(a.id));
+    if let Some(s) = a.tcp {
+        m.insert("protocol".into(), json!("tcp"));
+        m.insert("vip".into(), json!(s.ip().to_string()));
+        m.insert("port".into(), json!(s.port()));
+    }
+    if let Some(s) = a.udp {
+        m.insert("protocol".into(), json!("udp"));
+        m.insert("vip".into(), json!(s.ip().to_string()));
+        m.insert("port".into(), json!(s.port()));
+    }
+    if let Some(s) = &a.scheduler {
+        m.insert("scheduler".into(), json!(s));
+    }
+    if let Some(f) = &a.forwarding {
+        m.insert("forwarding".into(), json!(f));
+    }
+    if let Some(n) = a.maglev_table_size {
+        m.insert("maglev_table_size".into(), json!(n));
+    }
+    Value::Object(m)
+}
+
+/// `198.18.0.10`, `198.18.0.10:8080`, `2001:db8::10` or `[2001:db8::10]:8080`.
+fn address_and_port(s: &str) -> Result<(String, Option<u16>)> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok((sa.ip().to_string(), Some(sa.port())));
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok((ip.to_string(), None));
+    }
+    Err(Failure(format!(
+        "--real-server: {s:?} is not ADDRESS or ADDRESS:PORT ([v6]:port for IPv6)"
+    )))
+}
+
+fn backend_body(a: &BackendArgs) -> Result<Value> {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(a.id));
+    if let Some(addr) = &a.address {
+        let (address, port) = address_and_port(addr)?;
+        m.insert("address".into(), json!(address));
+        if let Some(p) = port {
+            m.insert("port".into(), json!(p));
+        }
+    }
+    if let Some(w) = a.weight {
+        m.insert("weight".into(), json!(w));
+    }
+    if a.disable {
+        m.insert("enabled".into(), json!(false));
+    }
+    if a.enable {
+        m.insert("enabled".into(), json!(true));
+    }
+    Ok(Value::Object(m))
+}
+
+/// Path segments are ids (letters, digits, - _ .), so they need no escaping; anything else is
+/// refused here rather than sent.
+fn id(s: &str) -> Result<&str> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        Ok(s)
+    } else {
+        Err(Failure(format!("{s:?} is not an id (A-Z a-z 0-9 - _ .)")))
+    }
+}
+
+fn run(cli: &Cli, c: &Client) -> Result<String> {
+    let done = |what: String, v: Value| if cli.json { pretty(&v) } else { what };
+    match &cli.command {
+        Cmd::List { service } => {
+            let stats = c.json("GET", "/api/v1/stats", None)?;
+            let mut services: Vec<Value> =
+                stats["services"].as_array().cloned().unwrap_or_default();
+            if let Some(only) = service {
+                services.retain(|s| s["id"] == json!(only));
+                if services.is_empty() {
+                    return Err(Failure(format!("404 Not Found: no service {only:?}")));
+                }
+            }
+            Ok(if cli.json {
+                pretty(&Value::Array(services))
+            } else {
+                list_table(&stats, &services)
+            })
+        }
+        Cmd::Stats => {
+            let v = c.json("GET", "/api/v1/stats", None)?;
+            Ok(if cli.json { pretty(&v) } else { stats_text(&v) })
+        }
+        Cmd::Flows { service, limit } => {
+            let v = c.json(
+                "GET",
+                &format!("/api/v1/services/{}/flows?limit={limit}", id(service)?),
+                None,
+            )?;
+            Ok(if cli.json {
+                pretty(&v)
+            } else {
+                flows_table(&v)
+            })
+        }
+        Cmd::AddService(a) => {
+            if a.tcp.is_none() && a.udp.is_none() {
+                return Err(Failure(
+                    "add-service: give the service's address with -t VIP:PORT or -u VIP:PORT"
+                        .into(),
+                ));
+            }
+            let v = c.json("POST", "/api/v1/services", Some(&service_body(a)))?;
+            Ok(done(format!("service {} added", a.id), v))
+        }
+        Cmd::EditService(a) => {
+            let mut body = service_body(a);
+            body.as_object_mut().expect("an object").remove("id");
+            let v = c.json(
+                "PATCH",
+                &format!("/api/v1/services/{}", id(&a.id)?),
+                Some(&body),
+            )?;
+            Ok(done(format!("service {} changed", a.id), v))
+        }
+        Cmd::DeleteService { id: s } => {
+            c.request("DELETE", &format!("/api/v1/services/{}", id(s)?), None)?;
+            Ok(done(format!("service {s} deleted"), Value::Null))
+        }
+        Cmd::AddBackend(a) => {
+            if a.address.is_none() {
+                return Err(Failure(
+                    "add-backend: give the backend's address with -r ADDRESS[:PORT]".into(),
+                ));
+            }
+            let v = c.json(
+                "POST",
+                &format!("/api/v1/services/{}/backends", id(&a.service)?),
+                Some(&backend_body(a)?),
+            )?;
+            Ok(done(format!("backend {}/{} added", a.service, a.id), v))
+        }
+        Cmd::EditBackend(a) => {
+            let mut body = backend_body(a)?;
+            body.as_object_mut().expect("an object").remove("id");
+            let v = c.json(
+                "PATCH",
+                &format!(
+                    "/api/v1/services/{}/backends/{}",
+                    id(&a.service)?,
+                    id(&a.id)?
+                ),
+                Some(&body),
+            )?;
+            Ok(done(format!("backend {}/{} changed", a.service, a.id), v))
+        }
+        Cmd::DeleteBackend { service, id: b } => {
+            c.request(
+                "DELETE",
+                &format!("/api/v1/services/{}/backends/{}", id(service)?, id(b)?),
+                None,
+            )?;
+            Ok(done(format!("backend {service}/{b} deleted"), Value::Null))
+        }
+    }
+}
+
+/// ipvsadm's names for the forwarding methods.
+fn forward_name(mode: &str) -> &str {
+    match mode {
+        "nat" => "Masq",
+        "dr" => "Route",
+        "tun" => "Tunnel",
+        other => other,
+    }
+}
+
+fn endpoint(addr: &str, port: u64) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// The table of `ipvsadm -Ln`, with the ids l4lb knows services and backends by.
+fn list_table(stats: &Value, services: &[Value]) -> String {
+    let mut out = format!(
+        "l4lb {} (configuration epoch {})\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n",
+        s(&stats["version"]),
+        n(&stats["epoch"])
+    );
+    for svc in services {
+        out.push_str(&format!(
+            "{:<4} {} {} (id {})\n",
+            s(&svc["protocol"]).to_uppercase(),
+            endpoint(s(&svc["vip"]), n(&svc["port"])),
+            s(&svc["scheduler"]),
+            s(&svc["id"]),
+        ));
+        for b in svc["backends"].as_array().into_iter().flatten() {
+            let flag = if b["enabled"] == json!(false) {
+                " disabled"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<10} (id {}){flag}\n",
+                endpoint(s(&b["address"]), n(&b["port"])),
+                forward_name(s(&svc["forwarding"])),
+                n(&b["weight"]),
+                n(&b["active"]),
+                n(&b["inactive"]),
+                s(&b["id"]),
+            ));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn stats_text(v: &Value) -> String {
+    let mut out = format!(
+        "l4lb {}: up {:.0} s, {} worker(s), configuration epoch {}, reloads {}\n",
+        s(&v["version"]),
+        v["uptime_seconds"].as_f64().unwrap_or(0.0),
+        n(&v["workers"]),
+        n(&v["epoch"]),
+        n(&v["reloads"])
+    );
+    for p in v["ports"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "port {} ({}): rx-packets={} rx-bytes={} tx-packets={} tx-bytes={} tx-dropped={}\n",
+            n(&p["port"]),
+            s(&p["name"]),
+            n(&p["rx_packets"]),
+            n(&p["rx_bytes"]),
+            n(&p["tx_packets"]),
+            n(&p["tx_bytes"]),
+            n(&p["tx_dropped"])
+        ));
+    }
+    let a = &v["actions"];
+    out.push_str(&format!(
+        "actions: forwarded={} replied={} consumed={} redirected={} redirect-dropped={} dropped={}\n",
+        n(&a["forwarded"]),
+        n(&a["replied"]),
+        n(&a["consumed"]),
+        n(&a["redirected"]),
+        n(&a["redirect_dropped"]),
+        n(&a["dropped"])
+    ));
+    let drops: Vec<String> = v["drops"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, c)| n(c) > 0)
+        .map(|(r, c)| format!("{r}={}", n(c)))
+        .collect();
+    out.push_str(&format!("drops: {}\n", drops.join(" ")));
+    let f = &v["flows"];
+    out.push_str(&format!(
+        "flows: entries={} capacity={} created={} expired={} evicted={} evicted-established={} flushed={}\n",
+        n(&f["entries"]),
+        n(&f["capacity"]),
+        n(&f["created"]),
+        n(&f["expired"]),
+        n(&f["evicted"]),
+        n(&f["evicted_established"]),
+        n(&f["flushed"])
+    ));
+    let line = |what: String, t: &Value| {
+        format!(
+            "{what}: packets-in={} bytes-in={} packets-out={} bytes-out={} new-flows={} active={} inactive={}\n",
+            n(&t["packets_in"]),
+            n(&t["bytes_in"]),
+            n(&t["packets_out"]),
+            n(&t["bytes_out"]),
+            n(&t["new_flows"]),
+            n(&t["active"]),
+            n(&t["inactive"])
+        )
+    };
+    for svc in v["services"].as_array().into_iter().flatten() {
+        out.push_str(&line(format!("service {}", s(&svc["id"])), svc));
+        for b in svc["backends"].as_array().into_iter().flatten() {
+            out.push_str(&line(
+                format!("backend {}/{}", s(&svc["id"]), s(&b["id"])),
+                b,
+            ));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn flows_table(v: &Value) -> String {
+    let mut out = format!(
+        "{:<45} {:<45} {:<12} {:>8} {:>8} {:>6}\n",
+        "Client", "Backend", "State", "Age(s)", "Idle(s)", "Worker"
+    );
+    for f in v["flows"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<45} {:<45} {:<12} {:>8} {:>8} {:>6}\n",
+            s(&f["client"]),
+            format!("{} ({})", s(&f["backend_address"]), s(&f["backend"])),
+            s(&f["state"]),
+            n(&f["age_seconds"]),
+            n(&f["idle_seconds"]),
+            n(&f["worker"])
+        ));
+    }
+    out.trim_end().to_string()
+}
