@@ -189,7 +189,8 @@ fn backends_added_drained_and_deleted_through_the_api_steer_new_flows() {
     rig.send(1..=8); // B: 5-8 are new, round robin over b1 and b2
     let out = ctl_ok(&base, &["edit-backend", "dns", "b1", "-w", "0"], None);
     assert_eq!(out, "backend dns/b1 changed\n");
-    rig.send(1..=12); // C: b1 drained: 9-12 go to b2, the old flows stay
+    ctl_ok(&base, &["edit-service", "dns", "-s", "wlc"], None);
+    rig.send(1..=12); // C: b1 drained, a new scheduler: 9-12 go to b2, the old flows stay
     ctl_ok(&base, &["delete-backend", "dns", "b2"], None);
     ctl_ok(
         &base,
@@ -226,7 +227,7 @@ fn backends_added_drained_and_deleted_through_the_api_steer_new_flows() {
     let list = ctl_ok(&base, &["list"], None);
     let lines: Vec<&str> = list.lines().collect();
     assert_eq!(lines[1], "Prot LocalAddress:Port Scheduler Flags");
-    assert_eq!(lines[3], "UDP  198.18.0.100:53 rr (id dns)");
+    assert_eq!(lines[3], "UDP  198.18.0.100:53 wlc (id dns)");
     assert_eq!(
         lines[4],
         "  -> 198.18.1.11:5353             Masq    0      0          6          (id b1)"
