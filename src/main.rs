@@ -217,13 +217,13 @@ fn run(
         cache: PoolNeeds::CACHE,
         lcores: lcores.len() as u32 + 1,
     };
-    let pool_size = needs.pool_size();
+    let pool_size = needs.pool_size().saturating_add(model.dpdk.extra_mbufs);
     let pool = Mempool::pktmbuf(
         &eal,
         "l4lb_pkts",
         pool_size,
         PoolNeeds::CACHE,
-        2048 + 128,
+        model.dpdk.mbuf_data_room + 128,
         None,
     )
     .map_err(|e| e.to_string())?;

@@ -108,7 +108,7 @@ fn check_accepts_the_shipped_config_and_the_embedded_default() {
 fn check_refuses_an_unknown_key() {
     assert_eq!(
         refused(&variant("burst = 32", "burst = 32\nbrust = 1")),
-        "FILE: dpdk: unknown key `brust` (expected one of `eal_args`, `burst`, `idle_sleep_us`, `flow_capacity`, `rx_desc`, `tx_desc`)\n"
+        "FILE: dpdk: unknown key `brust` (expected one of `eal_args`, `burst`, `idle_sleep_us`, `flow_capacity`, `rx_desc`, `tx_desc`, `extra_mbufs`, `mbuf_data_room`)\n"
     );
 }
 

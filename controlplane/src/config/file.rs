@@ -30,6 +30,12 @@ pub struct DpdkSection {
     /// Descriptors per rx / tx queue.
     pub rx_desc: u16,
     pub tx_desc: u16,
+    /// Mbufs on top of what the queues, rings and caches need (net_pcap's `infinite_rx` keeps
+    /// its whole file in mbufs of the port's pool).
+    pub extra_mbufs: u32,
+    /// Bytes of packet data per mbuf (after the 128 bytes of headroom); frames up to the MTU
+    /// must fit.
+    pub mbuf_data_room: u16,
 }
 
 impl Default for DpdkSection {
@@ -46,6 +52,8 @@ impl Default for DpdkSection {
             flow_capacity: 1 << 20,
             rx_desc: 1024,
             tx_desc: 1024,
+            extra_mbufs: 0,
+            mbuf_data_room: 2048,
         }
     }
 }
@@ -293,7 +301,7 @@ mod tests {
     fn unknown_keys_are_refused_with_their_section() {
         assert_eq!(
             err("[dpdk]\nburts = 3\n"),
-            "dpdk: unknown key `burts` (expected one of `eal_args`, `burst`, `idle_sleep_us`, `flow_capacity`, `rx_desc`, `tx_desc`)"
+            "dpdk: unknown key `burts` (expected one of `eal_args`, `burst`, `idle_sleep_us`, `flow_capacity`, `rx_desc`, `tx_desc`, `extra_mbufs`, `mbuf_data_room`)"
         );
         assert!(
             err("colour = 1\n").starts_with("unknown key `colour`"),

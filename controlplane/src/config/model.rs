@@ -27,6 +27,8 @@ pub struct DpdkSettings {
     pub flow_capacity: u32,
     pub rx_desc: u16,
     pub tx_desc: u16,
+    pub extra_mbufs: u32,
+    pub mbuf_data_room: u16,
 }
 
 #[derive(Debug, Clone, PartialEq)]

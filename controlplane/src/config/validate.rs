@@ -75,6 +75,18 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             e.add(name, format!("{v} is not from 32 to 32768"));
         }
     }
+    if d.extra_mbufs > 64 << 20 {
+        e.add(
+            "dpdk.extra_mbufs",
+            format!("{} is more than {}", d.extra_mbufs, 64u32 << 20),
+        );
+    }
+    if !(256..=16384).contains(&d.mbuf_data_room) {
+        e.add(
+            "dpdk.mbuf_data_room",
+            format!("{} is not from 256 to 16384", d.mbuf_data_room),
+        );
+    }
     if d.idle_sleep_us > 1_000_000 {
         e.add(
             "dpdk.idle_sleep_us",
@@ -109,6 +121,15 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             e.add(
                 format!("interfaces[{i}].port"),
                 format!("port {} is already interfaces[{first}]", itf.port),
+            );
+        }
+        if u32::from(itf.mtu) + 18 > u32::from(d.mbuf_data_room) {
+            e.add(
+                format!("interfaces[{i}].mtu"),
+                format!(
+                    "{} (+ 18 bytes of Ethernet header) does not fit in dpdk.mbuf_data_room {}",
+                    itf.mtu, d.mbuf_data_room
+                ),
             );
         }
         if !(576..=9216).contains(&itf.mtu) {
@@ -210,6 +231,8 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             flow_capacity: d.flow_capacity,
             rx_desc: d.rx_desc,
             tx_desc: d.tx_desc,
+            extra_mbufs: d.extra_mbufs,
+            mbuf_data_room: d.mbuf_data_room,
         },
         timeouts: FlowTimeouts {
             tcp_established: t.tcp_established,

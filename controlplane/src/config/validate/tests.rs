@@ -204,6 +204,21 @@ fn settings_out_of_range_are_refused() {
         bad("[dpdk]\nrx_desc = 8\n"),
         ["dpdk.rx_desc: 8 is not from 32 to 32768"]
     );
+    assert_eq!(
+        bad("[dpdk]\nmbuf_data_room = 100\n"),
+        [
+            "dpdk.mbuf_data_room: 100 is not from 256 to 16384",
+            "interfaces[0].mtu: 1500 (+ 18 bytes of Ethernet header) does not fit in dpdk.mbuf_data_room 100"
+        ]
+    );
+    let jumbo = BASE.replacen("port = 0\n", "port = 0\nmtu = 9000\n", 1);
+    assert_eq!(
+        check(&jumbo).unwrap_err(),
+        [
+            "interfaces[0].mtu: 9000 (+ 18 bytes of Ethernet header) does not fit in dpdk.mbuf_data_room 2048"
+        ]
+    );
+    assert!(check(&(jumbo + "[dpdk]\nmbuf_data_room = 9216\nextra_mbufs = 4096\n")).is_ok());
     let m = BASE.replacen(
         "scheduler = \"maglev\"",
         "scheduler = \"maglev\"\nmaglev_table_size = 65536",
