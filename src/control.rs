@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use controlplane::api::http::Call;
 use controlplane::api::stats::{
-    ActionStats, BackendStats, FlowStats, PortStats, ServiceStats, Traffic,
+    ActionStats, BackendStats, FlowStats, PortStats, ServiceStats, Traffic, WorkerStats,
 };
 use controlplane::api::{Controller, Dataplane, FlowSample, Stats};
 use controlplane::config::{self, IpPrefix, Model, Neighbor};
@@ -448,6 +448,20 @@ impl Dataplane for Control<'_> {
             epoch: snap.epoch,
             reloads: self.reloads,
             workers: o.counters.len(),
+            per_worker: o
+                .counters
+                .iter()
+                .zip(&o.traffic)
+                .enumerate()
+                .map(|(i, (c, t))| WorkerStats {
+                    worker: i,
+                    rx_packets: c.ports.iter().map(|p| p.rx_packets.get()).sum(),
+                    tx_packets: c.ports.iter().map(|p| p.tx_packets.get()).sum(),
+                    forwarded: c.actions.forwarded.get(),
+                    dropped: c.actions.drops.iter().map(|d| d.get()).sum(),
+                    flows: t.flows.entries.get(),
+                })
+                .collect(),
             ports: self
                 .interfaces
                 .iter()

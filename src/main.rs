@@ -2,6 +2,7 @@
 //! on each worker lcore, and on SIGINT/SIGTERM stops cleanly and prints the final counters.
 #![deny(unsafe_code)]
 
+mod bench;
 mod control;
 
 use std::path::PathBuf;
@@ -38,9 +39,13 @@ const EXIT_RUNTIME: u8 = 1;
 #[command(
     name = "l4lb",
     about = "Layer-4 load balancer on DPDK: NAT, DR and TUN forwarding, LVS schedulers and Maglev",
-    disable_version_flag = true
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+
     /// Configuration file (TOML). Without it, the embedded default (conf/l4lb.toml) is used.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -60,6 +65,12 @@ struct Cli {
     /// EAL arguments; when given they replace `[dpdk] eal_args` of the configuration.
     #[arg(last = true, value_name = "EAL ARGS")]
     eal_args: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Measure throughput like testpmd does (and, with --compare, beside it).
+    Bench(bench::BenchArgs),
 }
 
 fn version_text() -> String {
@@ -98,6 +109,15 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Sub::Bench(args)) = &cli.command {
+        return match bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("l4lb bench: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
+    }
     if cli.version {
         println!("{}", version_text());
         return ExitCode::SUCCESS;

@@ -5,6 +5,7 @@ use utoipa::OpenApi;
 
 use super::stats::{
     ActionStats, BackendStats, FlowSample, FlowStats, PortStats, ServiceStats, Stats, Traffic,
+    WorkerStats,
 };
 use crate::config::{BackendSpec, ServiceSpec};
 
@@ -34,7 +35,7 @@ use crate::config::{BackendSpec, ServiceSpec};
     ),
     components(schemas(
         ServiceSpec, BackendSpec, Stats, PortStats, ActionStats, FlowStats, Traffic, ServiceStats,
-        BackendStats, FlowSample, ErrorBody
+        BackendStats, FlowSample, WorkerStats, ErrorBody
     )),
     modifiers(&BearerAuth)
 )]

@@ -16,6 +16,8 @@ pub struct Stats {
     /// SIGHUP reloads asked for (applied or refused).
     pub reloads: u64,
     pub workers: usize,
+    /// Per worker (lcore), its own counts.
+    pub per_worker: Vec<WorkerStats>,
     pub ports: Vec<PortStats>,
     pub actions: ActionStats,
     /// Every drop reason, with zero for those that never happened.
@@ -34,6 +36,17 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Packets the device did not take (tx queue full); freed and counted.
     pub tx_dropped: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct WorkerStats {
+    pub worker: usize,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub forwarded: u64,
+    pub dropped: u64,
+    /// Entries in its flow table.
+    pub flows: u64,
 }
 
 /// What the workers did with the packets they received.
@@ -191,6 +204,23 @@ pub fn render_metrics(s: &Stats) -> String {
     x.sample("config_reloads_total", &[], s.reloads);
     x.family("workers", "gauge", "Worker lcores polling the ports.");
     x.sample("workers", &[], s.workers);
+    let worker = |w: &WorkerStats| vec![("worker", w.worker.to_string())];
+    x.each(
+        "worker_rx_packets_total",
+        "counter",
+        "Packets a worker received from its rx queues.",
+        &s.per_worker,
+        worker,
+        |w| w.rx_packets,
+    );
+    x.each(
+        "worker_flows",
+        "gauge",
+        "Entries in a worker's flow table.",
+        &s.per_worker,
+        worker,
+        |w| w.flows,
+    );
 
     let port = |p: &PortStats| vec![("port", p.port.to_string()), ("name", p.name.clone())];
     for (name, help, f) in [

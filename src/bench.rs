@@ -1,0 +1,927 @@
+//! `l4lb bench`: throughput measured the way testpmd reports it, on the standard rig of
+//! DESIGN.md §7 — a pcap of generated traffic replayed from memory by `net_pcap`
+//! (`infinite_rx=1`) into port 0, forwarded out of port 1, a `net_null` that keeps nothing —
+//! and, with `--compare`, dpdk-testpmd forwarding the same packets on the same vdevs in the same
+//! invocation, so that the ratio between the two is the figure that travels between machines.
+//!
+//! Both run as child processes (EAL starts once per process). Rates come from DPDK's telemetry
+//! socket of each (`/ethdev/stats,N`), sampled after a warm-up and at the end of the run: the
+//! same counters, read the same way, for both. The appliance's REST API adds its own view: per
+//! worker, drops by reason, new flows.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use dataplane::checksum;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Nat,
+    Dr,
+    Tun,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dr => "dr",
+            Mode::Tun => "tun",
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Distinct flows in the traffic (one packet each per replay of the pcap).
+    #[arg(long, default_value_t = 4096)]
+    pub flows: u32,
+    #[arg(long, value_enum, default_value = "udp")]
+    pub proto: Proto,
+    /// IPv6 instead of IPv4.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Frame size in bytes with the 4-byte FCS, as testpmd counts (64 is the minimum).
+    #[arg(long, default_value_t = 64)]
+    pub size: u16,
+    /// Forwarding mode of the service under test.
+    #[arg(long, value_enum, default_value = "nat")]
+    pub mode: Mode,
+    /// Share of packets that start a new flow. 1: every packet (the flow table is kept far
+    /// smaller than the traffic, so nothing is ever found). Between 0 and 1 needs --proto tcp:
+    /// SYNs of clients never seen again beside established flows (SYN entries are evicted
+    /// first, so the established ones stay).
+    #[arg(long, default_value_t = 0.0)]
+    pub new_flow_share: f64,
+    /// Worker lcores (1 or 2); with 2 the traffic comes from two pcap files, one per queue.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u8,
+    /// Seconds measured (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Republish the configuration every N milliseconds while measuring (a backend's weight
+    /// changes through the REST API); reports how long each publish took to be live.
+    #[arg(long, value_name = "MS")]
+    pub republish_ms: Option<u64>,
+    /// Also run dpdk-testpmd on the same vdevs and pcap, and print the ratios.
+    #[arg(long)]
+    pub compare: bool,
+    /// testpmd forwarding modes to compare with.
+    #[arg(long, value_delimiter = ',', default_value = "io,macswap,5tswap")]
+    pub testpmd_modes: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Use hugepages (they must be reserved and mounted) instead of --no-huge.
+    #[arg(long)]
+    pub hugepages: bool,
+    /// Keep the generated pcap and configuration in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+/// net_pcap0's MAC address: frames for the appliance go to it.
+const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const BACKENDS: u8 = 8;
+/// Flows in the traffic when every packet must be new: far more than the table holds.
+const NEW_FLOW_POOL: u32 = 65536;
+/// The flow table of a new-flow run (per worker).
+const NEW_FLOW_TABLE: u32 = 1024;
+
+fn vip(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x100))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100))
+    }
+}
+
+/// Client `i`: its address and port (65536 addresses, then the port changes).
+fn client(i: u32, v6: bool) -> (IpAddr, u16) {
+    let port = 1024 + (i >> 16) as u16;
+    let a = if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, i as u16))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8))
+    };
+    (a, port)
+}
+
+/// One frame of `size - 4` bytes (no FCS) from `src` to the VIP.
+fn frame(args: &BenchArgs, src: (IpAddr, u16), syn: bool) -> Vec<u8> {
+    let len = usize::from(args.size.max(64) - 4);
+    let mut f = Vec::with_capacity(len.max(90));
+    f.extend_from_slice(&PCAP_MAC);
+    f.extend_from_slice(&GATEWAY_MAC);
+    let (l4_len_min, proto) = match args.proto {
+        Proto::Udp => (8, 17u8),
+        Proto::Tcp => (20, 6u8),
+    };
+    let ip_len = if args.ipv6 { 40 } else { 20 };
+    let total = len.max(14 + ip_len + l4_len_min);
+    let l4_len = total - 14 - ip_len;
+    let dport: u16 = match args.proto {
+        Proto::Udp => 53,
+        Proto::Tcp => 80,
+    };
+    let mut l4 = vec![0u8; l4_len];
+    l4[0..2].copy_from_slice(&src.1.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    match args.proto {
+        Proto::Udp => l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes()),
+        Proto::Tcp => {
+            l4[4..8].copy_from_slice(&1u32.to_be_bytes()); // seq
+            l4[12] = 5 << 4;
+            l4[13] = if syn { 0x02 } else { 0x10 }; // SYN, or ACK mid-stream
+            l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
+        }
+    }
+    let ck_at = if proto == 17 { 6 } else { 16 };
+    match (src.0, vip(args.ipv6)) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut ip = [0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+            ip[6] = 0x40; // DF
+            ip[8] = 64;
+            ip[9] = proto;
+            ip[12..16].copy_from_slice(&s.octets());
+            ip[16..20].copy_from_slice(&d.octets());
+            let c = checksum::ipv4_header(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+            let c = checksum::transport(checksum::pseudo_v4(s, d, proto, l4_len as u16), &l4);
+            l4[ck_at..ck_at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut ip = [0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            ip[6] = proto;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&s.octets());
+            ip[24..40].copy_from_slice(&d.octets());
+            f.extend_from_slice(&ip);
+            let c = checksum::transport(checksum::pseudo_v6(s, d, proto, l4_len as u32), &l4);
+            l4[ck_at..ck_at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        _ => unreachable!("client and VIP of one family"),
+    }
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// The traffic, split by the worker that owns each client (as a NIC's RSS on the client
+/// address would spread it; NAT replies then need no hand-over between workers).
+fn traffic(args: &BenchArgs) -> Result<Vec<Vec<Vec<u8>>>, String> {
+    let workers = u16::from(args.workers);
+    let mut per: Vec<Vec<Vec<u8>>> = (0..workers).map(|_| Vec::new()).collect();
+    let share = args.new_flow_share;
+    let mut push = |i: u32, syn: bool| {
+        let c = client(i, args.ipv6);
+        let key = dataplane::flow::addr_bytes(c.0);
+        let w = dataplane::pipeline::owner(&key, c.1, workers);
+        per[usize::from(w)].push(frame(args, c, syn));
+    };
+    if share >= 1.0 {
+        for i in 0..args.flows.max(NEW_FLOW_POOL) {
+            push(i, args.proto == Proto::Tcp);
+        }
+    } else if share > 0.0 {
+        // For every established packet, share/(1-share) SYNs of clients from a range that
+        // starts after the established ones.
+        let news = ((f64::from(args.flows) * share / (1.0 - share)).round() as u32).max(1);
+        let (mut e, mut n) = (0u32, 0u32);
+        while e < args.flows || n < news {
+            if e < args.flows
+                && (n >= news
+                    || u64::from(e) * u64::from(news) <= u64::from(n) * u64::from(args.flows))
+            {
+                push(e, false);
+                e += 1;
+            } else {
+                push(args.flows + n, true);
+                n += 1;
+            }
+        }
+    } else {
+        for i in 0..args.flows {
+            push(i, false);
+        }
+    }
+    if per.iter().any(Vec::is_empty) {
+        return Err("too few flows for every worker to get some".into());
+    }
+    Ok(per)
+}
+
+fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> Result<(), String> {
+    let mut out = Vec::with_capacity(24 + frames.len() * (16 + 64));
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    for f in frames {
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        out.extend_from_slice(f);
+    }
+    std::fs::write(path, out).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// What both programs get: the same memory and the same vdevs.
+struct Rig {
+    dir: PathBuf,
+    pcaps: Vec<PathBuf>,
+    packets: u64,
+    /// mbufs the pcap replay keeps, plus what queues need.
+    mbufs: u32,
+    data_room: u16,
+    memory_mb: u64,
+}
+
+impl Rig {
+    fn eal(&self, args: &BenchArgs, prefix: &str) -> Vec<String> {
+        let mut a = vec![if args.workers > 1 {
+            // Two busy lcores on two CPUs; the main lcore (it only sleeps) shares CPU 0.
+            "--lcores=0@0,1@0,2@1".to_string()
+        } else {
+            "-l".to_string()
+        }];
+        if args.workers <= 1 {
+            a.push("0-1".into());
+        }
+        if args.hugepages {
+            a.extend(["--huge-unlink".to_string()]);
+        } else {
+            a.push("--no-huge".into());
+        }
+        a.extend([
+            "-m".to_string(),
+            self.memory_mb.to_string(),
+            "--no-pci".into(),
+            "--log-level=*:warning".into(),
+            format!("--file-prefix={prefix}"),
+        ]);
+        let rx: Vec<String> = self
+            .pcaps
+            .iter()
+            .map(|p| format!("rx_pcap={}", p.display()))
+            .collect();
+        a.push(format!("--vdev=net_pcap0,{},infinite_rx=1", rx.join(",")));
+        a.push("--vdev=net_null0,no-rx=1".into());
+        a
+    }
+}
+
+fn config(args: &BenchArgs, rig: &Rig) -> String {
+    let capacity = if args.new_flow_share >= 1.0 {
+        NEW_FLOW_TABLE
+    } else {
+        // Room for every established flow plus a margin the new flows churn through.
+        (args.flows / u32::from(args.workers)).max(1024) * 5 / 4 + 1024
+    };
+    let (proto, port) = match args.proto {
+        Proto::Udp => ("udp", 53),
+        Proto::Tcp => ("tcp", 80),
+    };
+    let backend_port = if args.mode == Mode::Nat { 8080 } else { port };
+    let mut backends = String::new();
+    let mut neighbors = String::new();
+    for b in 0..BACKENDS {
+        let addr = if args.ipv6 {
+            format!("2001:db8:2::{:x}", 0x10 + b)
+        } else {
+            format!("198.18.1.{}", 10 + b)
+        };
+        backends.push_str(&format!(
+            "[[services.backends]]\nid = \"b{b}\"\naddress = \"{addr}\"\nport = {backend_port}\n"
+        ));
+        neighbors.push_str(&format!(
+            "[[neighbors]]\naddress = \"{addr}\"\nmac = \"02:00:00:00:01:{:02x}\"\n",
+            0x10 + b
+        ));
+    }
+    let mtu = (rig.data_room - 18).min(1500);
+    format!(
+        r#"# generated by l4lb bench
+[dpdk]
+burst = 32
+idle_sleep_us = 0
+flow_capacity = {capacity}
+rx_desc = 1024
+tx_desc = 1024
+extra_mbufs = {extra}
+mbuf_data_room = {room}
+[[interfaces]]
+port = 0
+addresses = ["198.18.0.1/24", "2001:db8:1::1/64"]
+mtu = {mtu}
+[[interfaces]]
+port = 1
+addresses = ["198.18.1.1/24", "2001:db8:2::1/64"]
+mtu = {mtu}
+[[routes]]
+prefix = "0.0.0.0/0"
+via = "198.18.0.254"
+[[routes]]
+prefix = "::/0"
+via = "2001:db8:1::fe"
+[[neighbors]]
+address = "198.18.0.254"
+mac = "02:00:00:00:00:fe"
+[[neighbors]]
+address = "2001:db8:1::fe"
+mac = "02:00:00:00:00:fe"
+{neighbors}[api]
+listen = "127.0.0.1:0"
+[[services]]
+id = "bench"
+protocol = "{proto}"
+vip = "{vip}"
+port = {port}
+scheduler = "maglev"
+forwarding = "{mode}"
+{backends}"#,
+        extra = rig.mbufs,
+        room = rig.data_room,
+        vip = vip(args.ipv6),
+        mode = args.mode.name(),
+    )
+}
+
+/// A child process killed (and its EAL folder removed) when dropped.
+struct Proc {
+    child: Option<Child>,
+    prefix: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, prefix: &str) -> Result<Proc, String> {
+        let program = format!("{:?}", cmd.get_program());
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        for r in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    let mut l = log.lock().expect("not poisoned");
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Ok(Proc {
+            child: Some(child),
+            prefix: prefix.to_string(),
+            log,
+        })
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("not poisoned").clone()
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits until `f` of the log is Some, or the process ends, or `timeout`.
+    fn wait_log<T>(
+        &mut self,
+        timeout: Duration,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = f(&self.log()) {
+                return Ok(t);
+            }
+            if !self.running() || Instant::now() > deadline {
+                return Err(format!("it did not start; its output:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
+    }
+}
+
+/// One request to the DPDK telemetry socket of the process with file prefix `prefix`.
+fn telemetry(prefix: &str, command: &str) -> Option<Value> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let path = Path::new("/var/run/dpdk")
+        .join(prefix)
+        .join("dpdk_telemetry.v2");
+    let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).ok()?;
+    sock.connect(&SockAddr::unix(path).ok()?).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = |sock: &Socket| -> Option<Value> {
+        let n = std::io::Read::read(&mut &*sock, &mut buf).ok()?;
+        serde_json::from_slice(&buf[..n]).ok()
+    };
+    read(&sock)?;
+    std::io::Write::write_all(&mut &sock, command.as_bytes()).ok()?;
+    read(&sock)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PortSample {
+    ipackets: u64,
+    opackets: u64,
+}
+
+fn ports(prefix: &str) -> Option<[PortSample; 2]> {
+    let one = |p: u16| -> Option<PortSample> {
+        let v = telemetry(prefix, &format!("/ethdev/stats,{p}"))?;
+        let s = &v["/ethdev/stats"];
+        Some(PortSample {
+            ipackets: s["ipackets"].as_u64()?,
+            opackets: s["opackets"].as_u64()?,
+        })
+    };
+    Some([one(0)?, one(1)?])
+}
+
+/// Rates between two samples, packets per second.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rates {
+    rx: [f64; 2],
+    tx: [f64; 2],
+}
+
+fn rates(a: [PortSample; 2], b: [PortSample; 2], secs: f64) -> Rates {
+    let r = |x: u64, y: u64| (y.saturating_sub(x)) as f64 / secs;
+    Rates {
+        rx: [
+            r(a[0].ipackets, b[0].ipackets),
+            r(a[1].ipackets, b[1].ipackets),
+        ],
+        tx: [
+            r(a[0].opackets, b[0].opackets),
+            r(a[1].opackets, b[1].opackets),
+        ],
+    }
+}
+
+/// Samples at the end of the warm-up and of the run, with a progress line on stderr between.
+fn measure(
+    prefix: &str,
+    label: &str,
+    args: &BenchArgs,
+    proc_: &mut Proc,
+) -> Result<([PortSample; 2], [PortSample; 2], f64), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Telemetry answers once the ports exist; the pcap is loaded by then.
+    while ports(prefix).is_none() {
+        if !proc_.running() || Instant::now() > deadline {
+            return Err(format!(
+                "{label}: no telemetry; its output:\n{}",
+                proc_.log()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    let start = ports(prefix).ok_or_else(|| format!("{label}: telemetry went away"))?;
+    let t0 = Instant::now();
+    let mut last = (start, t0);
+    while t0.elapsed().as_secs_f64() < args.seconds {
+        std::thread::sleep(Duration::from_millis(1000).min(Duration::from_secs_f64(
+            (args.seconds - t0.elapsed().as_secs_f64()).max(0.0),
+        )));
+        if let Some(now) = ports(prefix) {
+            let r = rates(last.0, now, last.1.elapsed().as_secs_f64().max(1e-6));
+            eprint!(
+                "\r{label}: {:>5.1}/{:.1} s  rx {:>7.3} Mpps  tx {:>7.3} Mpps   ",
+                t0.elapsed().as_secs_f64(),
+                args.seconds,
+                r.rx[0] / 1e6,
+                r.tx[1] / 1e6
+            );
+            last = (now, Instant::now());
+        }
+    }
+    let end = ports(prefix).ok_or_else(|| format!("{label}: telemetry went away"))?;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!();
+    Ok((start, end, secs))
+}
+
+fn stats(base: &str) -> Option<Value> {
+    let text = ureq::get(format!("{base}/api/v1/stats"))
+        .call()
+        .ok()?
+        .into_body()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Changes a backend's weight every `every`, through the API, until `stop`; the time each change
+/// took to be live (the API answers once every worker uses it).
+fn republish(base: String, every: Duration, stop: Arc<AtomicBool>) -> Vec<Duration> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .new_agent();
+    let mut took = Vec::new();
+    let mut next = Instant::now();
+    let mut weight = 1;
+    while !stop.load(Ordering::Relaxed) {
+        weight = 3 - weight;
+        let t = Instant::now();
+        let ok = agent
+            .patch(format!("{base}/api/v1/services/bench/backends/b0"))
+            .send_json(json!({ "weight": weight }))
+            .is_ok();
+        if ok {
+            took.push(t.elapsed());
+        }
+        next += every;
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        } else {
+            next = Instant::now();
+        }
+    }
+    took
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the benchmark and prints its report.
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    if !(1..=2).contains(&args.workers) {
+        return Err("--workers: 1 or 2 (this rig gives a port two queues at most)".into());
+    }
+    if !(0.0..=1.0).contains(&args.new_flow_share) {
+        return Err("--new-flow-share: from 0 to 1".into());
+    }
+    if args.new_flow_share > 0.0 && args.new_flow_share < 1.0 && args.proto != Proto::Tcp {
+        return Err("--new-flow-share between 0 and 1 needs --proto tcp (SYN entries are evicted before established ones; UDP flows have no such order)".into());
+    }
+    if !(64..=1518).contains(&args.size) {
+        return Err("--size: from 64 to 1518 bytes".into());
+    }
+    let tmp;
+    let dir = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("--keep {}: {e}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let traffic = traffic(args)?;
+    let packets: u64 = traffic.iter().map(|t| t.len() as u64).sum();
+    let mut pcaps = Vec::new();
+    for (i, frames) in traffic.iter().enumerate() {
+        let p = dir.join(format!("flows{i}.pcap"));
+        write_pcap(&p, frames)?;
+        pcaps.push(p);
+    }
+    drop(traffic);
+    // Small mbufs when the pcap is big: the replay keeps every packet in one.
+    let data_room: u16 = if packets > 200_000 { 512 } else { 2048 };
+    let mbufs = (packets + 16384) as u32;
+    let per_mbuf = u64::from(data_room) + 128 + 192;
+    let memory_mb = (u64::from(mbufs) * per_mbuf * 2 / (1 << 20)).max(512) + 512;
+    let rig = Rig {
+        dir: dir.clone(),
+        pcaps,
+        packets,
+        mbufs,
+        data_room,
+        memory_mb,
+    };
+    let cfg_path = rig.dir.join("l4lb.toml");
+    std::fs::write(&cfg_path, config(args, &rig))
+        .map_err(|e| format!("writing the configuration: {e}"))?;
+    let case = format!(
+        "{} {} {}, {} flows{}, {} B, {} worker(s)",
+        args.mode.name(),
+        if args.proto == Proto::Udp {
+            "udp"
+        } else {
+            "tcp"
+        },
+        if args.ipv6 { "IPv6" } else { "IPv4" },
+        args.flows,
+        if args.new_flow_share > 0.0 {
+            format!(", new-flow share {}", args.new_flow_share)
+        } else {
+            String::new()
+        },
+        args.size,
+        args.workers
+    );
+
+    // The appliance.
+    let prefix = format!("l4lb-bench-{}", std::process::id());
+    let exe = std::env::current_exe().map_err(|e| format!("finding l4lb itself: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--config")
+        .arg(&cfg_path)
+        .arg("--log-level")
+        .arg("info")
+        .arg("--")
+        .args(rig.eal(args, &prefix))
+        .env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("L4LB_") && k.contains("__") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut app = Proc::spawn(cmd, &prefix)?;
+    let base = app.wait_log(Duration::from_secs(120), |log| {
+        log.lines().find_map(|l| {
+            l.split_once("REST API listening on ")
+                .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string())
+        })
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = stats(&base);
+    let republisher = args.republish_ms.map(|ms| {
+        let (base, stop) = (base.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || republish(base, Duration::from_millis(ms.max(1)), stop))
+    });
+    let measured = measure(&prefix, "l4lb", args, &mut app);
+    stop.store(true, Ordering::Relaxed);
+    let publishes = republisher.map(|h| h.join().unwrap_or_default());
+    let after = stats(&base);
+    app.stop(Duration::from_secs(10));
+    let (s0, s1, secs) = measured?;
+    let l4lb = rates(s0, s1, secs);
+    let (before, after) = (before.unwrap_or(Value::Null), after.unwrap_or(Value::Null));
+    let delta = |pointer: &str| -> f64 {
+        let get = |v: &Value| v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+        (get(&after).saturating_sub(get(&before))) as f64
+    };
+    // The API's counters span warm-up and run; rates over the time between its two samples
+    // would mix them, so they are given as shares of what the ports counted.
+    let api_rx = delta("/ports/0/rx_packets").max(1.0);
+    let mut workers = Vec::new();
+    for w in after["per_worker"].as_array().into_iter().flatten() {
+        let i = w["worker"].as_u64().unwrap_or(0) as usize;
+        let rx = w["rx_packets"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(before["per_worker"][i]["rx_packets"].as_u64().unwrap_or(0));
+        workers.push(json!({
+            "worker": i,
+            "rx_share": rx as f64 / api_rx,
+            "flows": w["flows"],
+        }));
+    }
+    let mut drops = serde_json::Map::new();
+    for (reason, _) in after["drops"].as_object().into_iter().flatten() {
+        let d = delta(&format!("/drops/{reason}"));
+        if d > 0.0 {
+            drops.insert(reason.clone(), json!(d / api_rx));
+        }
+    }
+    let new_flow_share = delta("/services/0/new_flows") / api_rx;
+    let mut publish = Value::Null;
+    if let Some(mut p) = publishes {
+        p.sort();
+        publish = json!({
+            "count": p.len(),
+            "p50_us": percentile(&p, 0.5).as_micros() as u64,
+            "p99_us": percentile(&p, 0.99).as_micros() as u64,
+            "max_us": p.last().copied().unwrap_or_default().as_micros() as u64,
+        });
+    }
+
+    // testpmd on the same vdevs and pcap.
+    let mut testpmd = serde_json::Map::new();
+    if args.compare {
+        for mode in &args.testpmd_modes {
+            let prefix = format!("l4lb-bench-tp-{}-{mode}", std::process::id());
+            let mut cmd = Command::new("dpdk-testpmd");
+            cmd.args(rig.eal(args, &prefix)).arg("--").args([
+                format!("--forward-mode={mode}"),
+                "--auto-start".into(),
+                format!("--nb-cores={}", args.workers),
+                format!("--rxq={}", args.workers),
+                format!("--txq={}", args.workers),
+                format!("--total-num-mbufs={}", rig.mbufs),
+                format!("--mbuf-size={}", u32::from(rig.data_room) + 128),
+                "--rxd=1024".into(),
+                "--txd=1024".into(),
+                "--burst=32".into(),
+            ]);
+            // It runs until a line arrives on its stdin.
+            cmd.stdin(Stdio::piped());
+            let mut tp = Proc::spawn(cmd, &prefix)?;
+            let stdin = tp.child.as_mut().and_then(|c| c.stdin.take());
+            let m = measure(&prefix, &format!("testpmd {mode}"), args, &mut tp);
+            if let Some(mut s) = stdin {
+                let _ = s.write_all(b"\n");
+            }
+            tp.stop(Duration::from_secs(10));
+            let (a, b, secs) = m?;
+            let r = rates(a, b, secs);
+            testpmd.insert(
+                mode.clone(),
+                json!({ "rx_pps": r.rx[0], "tx_pps": r.tx[1] }),
+            );
+        }
+    }
+
+    let ratio = |mode: &str| -> Option<f64> {
+        let t = testpmd.get(mode)?["tx_pps"].as_f64()?;
+        (t > 0.0).then(|| l4lb.tx[1] / t)
+    };
+    let ratios: serde_json::Map<String, Value> = args
+        .testpmd_modes
+        .iter()
+        .filter_map(|m| ratio(m).map(|r| (m.clone(), json!(r))))
+        .collect();
+    let report = json!({
+        "case": {
+            "mode": args.mode.name(),
+            "proto": if args.proto == Proto::Udp { "udp" } else { "tcp" },
+            "ipv6": args.ipv6,
+            "flows": args.flows,
+            "frame_bytes": args.size,
+            "new_flow_share_asked": args.new_flow_share,
+            "workers": args.workers,
+            "seconds": secs,
+            "hugepages": args.hugepages,
+            "testpmd_modes": args.testpmd_modes,
+            "source": format!("net_pcap infinite_rx of {} packet(s) in {} file(s) -> net_null", rig.packets, rig.pcaps.len()),
+        },
+        "l4lb": {
+            "ports": [
+                { "port": 0, "name": "net_pcap0", "rx_pps": l4lb.rx[0], "tx_pps": l4lb.tx[0] },
+                { "port": 1, "name": "net_null0", "rx_pps": l4lb.rx[1], "tx_pps": l4lb.tx[1] },
+            ],
+            "workers": workers,
+            "drop_share": drops,
+            "new_flow_share": new_flow_share,
+            "flow_entries": after["flows"]["entries"],
+            "publish": publish,
+        },
+        "testpmd": testpmd,
+        "ratio_to_testpmd": ratios,
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("JSON prints")
+        );
+    } else {
+        print!("{}", text(&case, &report));
+    }
+    Ok(())
+}
+
+fn text(case: &str, r: &Value) -> String {
+    let mut out = String::new();
+    let mpps = |v: &Value| v.as_f64().unwrap_or(0.0) / 1e6;
+    out.push_str(&format!(
+        "  ######################## l4lb bench: {case} ########################\n"
+    ));
+    out.push_str(&format!(
+        "  traffic: {}\n",
+        r["case"]["source"].as_str().unwrap_or("")
+    ));
+    for p in r["l4lb"]["ports"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  ---------------------- port {} ({}) ----------------------\n  Rx-pps: {:>14.0}          Tx-pps: {:>14.0}\n",
+            p["port"],
+            p["name"].as_str().unwrap_or(""),
+            p["rx_pps"].as_f64().unwrap_or(0.0),
+            p["tx_pps"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    let rx = r["l4lb"]["ports"][0]["rx_pps"].as_f64().unwrap_or(0.0);
+    for w in r["l4lb"]["workers"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  worker {}: Rx-pps {:>14.0}  flows {}\n",
+            w["worker"],
+            w["rx_share"].as_f64().unwrap_or(0.0) * rx,
+            w["flows"]
+        ));
+    }
+    let drops = r["l4lb"]["drop_share"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if drops.is_empty() {
+        out.push_str("  drops: none\n");
+    } else {
+        for (reason, share) in drops {
+            out.push_str(&format!(
+                "  drops {reason}: {:.0} pps\n",
+                share.as_f64().unwrap_or(0.0) * rx
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "  new flows: {:.0} /s ({:.1}% of packets)\n",
+        r["l4lb"]["new_flow_share"].as_f64().unwrap_or(0.0) * rx,
+        r["l4lb"]["new_flow_share"].as_f64().unwrap_or(0.0) * 100.0
+    ));
+    if let Some(p) = r["l4lb"]["publish"].as_object() {
+        out.push_str(&format!(
+            "  republished {} times: live after p50 {} us, p99 {} us, max {} us\n",
+            p["count"], p["p50_us"], p["p99_us"], p["max_us"]
+        ));
+    }
+    let tp: Vec<(String, Value)> = r["case"]["testpmd_modes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let m = m.as_str()?;
+            Some((m.to_string(), r["testpmd"].get(m)?.clone()))
+        })
+        .collect();
+    if !tp.is_empty() {
+        out.push_str(
+            "  ------------------------------------------------------------------------\n",
+        );
+        out.push_str("  compare, Mpps out of port 1 (same vdevs, same pcap, same run):\n");
+        out.push_str(&format!(
+            "    l4lb {:<10} {:>8.2}\n",
+            r["case"]["mode"].as_str().unwrap_or(""),
+            mpps(&r["l4lb"]["ports"][1]["tx_pps"])
+        ));
+        for (mode, v) in &tp {
+            let ratio = r["ratio_to_testpmd"][mode].as_f64().unwrap_or(0.0);
+            out.push_str(&format!(
+                "    testpmd {mode:<7} {:>8.2}    l4lb = {ratio:.2} x testpmd {mode}\n",
+                mpps(&v["tx_pps"])
+            ));
+        }
+    }
+    out.push_str("  ########################################################################\n");
+    out
+}
