@@ -528,6 +528,7 @@ fn measure(
     label: &str,
     args: &BenchArgs,
     proc_: &mut Proc,
+    mut at_start: impl FnMut(),
 ) -> Result<([PortSample; 2], [PortSample; 2], f64), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     // Telemetry answers once the ports exist; the pcap is loaded by then.
@@ -541,6 +542,7 @@ fn measure(
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    at_start();
     let start = ports(prefix).ok_or_else(|| format!("{label}: telemetry went away"))?;
     let t0 = Instant::now();
     let mut last = (start, t0);
@@ -648,7 +650,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     }
     drop(traffic);
     // Small mbufs when the pcap is big: the replay keeps every packet in one.
-    let data_room: u16 = if packets > 200_000 { 512 } else { 2048 };
+    let data_room: u16 = if packets > 200_000 { 1024 } else { 2048 };
     let mbufs = (packets + 16384) as u32;
     let per_mbuf = u64::from(data_room) + 128 + 192;
     let memory_mb = (u64::from(mbufs) * per_mbuf * 2 / (1 << 20)).max(512) + 512;
@@ -706,12 +708,15 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         })
     })?;
     let stop = Arc::new(AtomicBool::new(false));
-    let before = stats(&base);
-    let republisher = args.republish_ms.map(|ms| {
-        let (base, stop) = (base.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || republish(base, Duration::from_millis(ms.max(1)), stop))
+    let mut before = None;
+    let mut republisher = None;
+    let measured = measure(&prefix, "l4lb", args, &mut app, || {
+        before = stats(&base);
+        republisher = args.republish_ms.map(|ms| {
+            let (base, stop) = (base.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || republish(base, Duration::from_millis(ms.max(1)), stop))
+        });
     });
-    let measured = measure(&prefix, "l4lb", args, &mut app);
     stop.store(true, Ordering::Relaxed);
     let publishes = republisher.map(|h| h.join().unwrap_or_default());
     let after = stats(&base);
@@ -723,8 +728,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         let get = |v: &Value| v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
         (get(&after).saturating_sub(get(&before))) as f64
     };
-    // The API's counters span warm-up and run; rates over the time between its two samples
-    // would mix them, so they are given as shares of what the ports counted.
+    // The API's counters are read at the start and the end of the run, but not at the same
+    // instants as telemetry: they are given as shares of what the ports counted.
     let api_rx = delta("/ports/0/rx_packets").max(1.0);
     let mut workers = Vec::new();
     for w in after["per_worker"].as_array().into_iter().flatten() {
@@ -780,7 +785,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             cmd.stdin(Stdio::piped());
             let mut tp = Proc::spawn(cmd, &prefix)?;
             let stdin = tp.child.as_mut().and_then(|c| c.stdin.take());
-            let m = measure(&prefix, &format!("testpmd {mode}"), args, &mut tp);
+            let m = measure(&prefix, &format!("testpmd {mode}"), args, &mut tp, || {});
             if let Some(mut s) = stdin {
                 let _ = s.write_all(b"\n");
             }

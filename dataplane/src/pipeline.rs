@@ -104,6 +104,65 @@ impl WorkerState {
     }
 }
 
+/// Warms the cache for [`process`] of `frame`: if it looks like a client's TCP or UDP packet
+/// to a VIP, its flow's index entry and slot are loaded (see `FlowTable::warm`). A quick read
+/// of the headers without the checks of `process`, which decides everything.
+#[inline]
+pub fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) {
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let Some(mut ether_type) = be16(12) else {
+        return;
+    };
+    let mut at = 14;
+    if ether_type == ethernet::ETHERTYPE_VLAN {
+        let Some(t) = be16(16) else { return };
+        (ether_type, at) = (t, 18);
+    }
+    let mut client = [0u8; 16];
+    let mut vip = [0u8; 16];
+    let (protocol, l4) = match ether_type {
+        ethernet::ETHERTYPE_IPV4 => {
+            let Some(h) = frame.get(at..at + 20) else {
+                return;
+            };
+            if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+                return; // a fragment
+            }
+            client[10..12].copy_from_slice(&[0xff, 0xff]);
+            vip[10..12].copy_from_slice(&[0xff, 0xff]);
+            client[12..].copy_from_slice(&h[12..16]);
+            vip[12..].copy_from_slice(&h[16..20]);
+            (h[9], at + usize::from(h[0] & 0x0f) * 4)
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let Some(h) = frame.get(at..at + 40) else {
+                return;
+            };
+            client.copy_from_slice(&h[8..24]);
+            vip.copy_from_slice(&h[24..40]);
+            (h[6], at + 40)
+        }
+        _ => return,
+    };
+    if protocol != ipv4::PROTO_TCP && protocol != ipv4::PROTO_UDP || !snap.maybe_vip(&vip) {
+        return;
+    }
+    let (Some(client_port), Some(vip_port)) = (be16(l4), be16(l4 + 2)) else {
+        return;
+    };
+    w.flows.warm(&FlowKey {
+        client,
+        vip,
+        client_port,
+        vip_port,
+        protocol,
+    });
+}
+
 /// Which worker owns the flows of a client endpoint (NAT: both directions carry it).
 #[inline]
 pub fn owner(client: &[u8; 16], port: u16, workers: u16) -> u16 {

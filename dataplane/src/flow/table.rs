@@ -343,6 +343,16 @@ impl FlowTable {
         Some(slot)
     }
 
+    /// Brings the index entry and the flow of `key` (if there is one) into the cache, changing
+    /// nothing. Lookups of a whole burst done back to back overlap their cache misses, which
+    /// lookups interleaved with the rest of the work cannot (see `Worker::process_burst`).
+    #[inline]
+    pub fn warm(&self, key: &FlowKey) {
+        let h = self.hash_key(key);
+        // The equality test reads the flow's key: its cache line is loaded by the probe.
+        let _ = self.index.find(h, |&s| self.slots[s as usize].key == *key);
+    }
+
     /// The live NAT flow a reply from a backend belongs to.
     #[inline]
     pub fn lookup_reply(&mut self, key: &ReplyKey, now: u32) -> Option<u32> {
