@@ -650,10 +650,12 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     }
     drop(traffic);
     // Small mbufs when the pcap is big: the replay keeps every packet in one.
-    let data_room: u16 = if packets > 200_000 { 1024 } else { 2048 };
+    let data_room: u16 = if packets > 200_000 { 640 } else { 2048 };
     let mbufs = (packets + 16384) as u32;
+    // An mbuf: its data room, 128 bytes of headroom, the 128-byte header and the pool's own
+    // per-object overhead, with a quarter more for what EAL and the ports allocate.
     let per_mbuf = u64::from(data_room) + 128 + 192;
-    let memory_mb = (u64::from(mbufs) * per_mbuf * 2 / (1 << 20)).max(512) + 512;
+    let memory_mb = u64::from(mbufs) * per_mbuf * 5 / 4 / (1 << 20) + 512;
     let rig = Rig {
         dir: dir.clone(),
         pcaps,
@@ -831,6 +833,9 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             "drop_share": drops,
             "new_flow_share": new_flow_share,
             "flow_entries": after["flows"]["entries"],
+            "flow_capacity": after["flows"]["capacity"],
+            "flow_bytes_per_entry": after["flows"]["memory_bytes"].as_f64().unwrap_or(0.0)
+                / after["flows"]["capacity"].as_f64().unwrap_or(1.0).max(1.0),
             "publish": publish,
         },
         "testpmd": testpmd,
@@ -889,6 +894,12 @@ fn text(case: &str, r: &Value) -> String {
             ));
         }
     }
+    out.push_str(&format!(
+        "  flow table: {} entries of {}, {:.1} bytes per entry (slab and indexes)\n",
+        r["l4lb"]["flow_entries"],
+        r["l4lb"]["flow_capacity"],
+        r["l4lb"]["flow_bytes_per_entry"].as_f64().unwrap_or(0.0)
+    ));
     out.push_str(&format!(
         "  new flows: {:.0} /s ({:.1}% of packets)\n",
         r["l4lb"]["new_flow_share"].as_f64().unwrap_or(0.0) * rx,

@@ -495,6 +495,7 @@ impl Dataplane for Control<'_> {
             flows: FlowStats {
                 entries: flow(|w| w.flows.entries.get()),
                 capacity: flow(|w| w.flows.capacity.get()),
+                memory_bytes: flow(|w| w.flows.memory.get()),
                 created: flow(|w| w.flows.created.get()),
                 expired: flow(|w| w.flows.expired.get()),
                 evicted: flow(|w| w.flows.evicted.get()),

@@ -86,6 +86,8 @@ pub struct ServiceCounters {
 pub struct FlowCounters {
     pub entries: Counter,
     pub capacity: Counter,
+    /// Bytes of the table (slab and indexes).
+    pub memory: Counter,
     pub created: Counter,
     pub expired: Counter,
     pub evicted: Counter,

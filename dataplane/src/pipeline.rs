@@ -96,6 +96,7 @@ impl WorkerState {
         let (f, s) = (&self.traffic.flows, self.flows.stats());
         f.entries.set(self.flows.len() as u64);
         f.capacity.set(u64::from(self.flows.capacity()));
+        f.memory.set(self.flows.memory_bytes() as u64);
         f.created.set(s.created);
         f.expired.set(s.expired);
         f.evicted.set(s.evicted);

@@ -65,6 +65,8 @@ pub struct ActionStats {
 pub struct FlowStats {
     pub entries: u64,
     pub capacity: u64,
+    /// Bytes the flow tables hold (slabs and indexes) for their capacity.
+    pub memory_bytes: u64,
     pub created: u64,
     pub expired: u64,
     pub evicted: u64,
@@ -271,6 +273,12 @@ pub fn render_metrics(s: &Stats) -> String {
     let f = &s.flows;
     x.family("flows", "gauge", "Flow table entries, all workers.");
     x.sample("flows", &[], f.entries);
+    x.family(
+        "flow_memory_bytes",
+        "gauge",
+        "Bytes of the flow tables (slabs and indexes), all workers.",
+    );
+    x.sample("flow_memory_bytes", &[], f.memory_bytes);
     x.family(
         "flow_capacity",
         "gauge",

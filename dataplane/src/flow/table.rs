@@ -343,6 +343,14 @@ impl FlowTable {
         Some(slot)
     }
 
+    /// Bytes the table holds for its capacity: the slab and both indexes (the per-backend
+    /// arrays aside, which do not grow with flows).
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Flow>()
+            + self.index.allocation_size()
+            + self.reply_index.allocation_size()
+    }
+
     /// Brings the index entry and the flow of `key` (if there is one) into the cache, changing
     /// nothing. Lookups of a whole burst done back to back overlap their cache misses, which
     /// lookups interleaved with the rest of the work cannot (see `Worker::process_burst`).
