@@ -311,6 +311,7 @@ impl FlowTable {
         self.lists[state.index()].len
     }
 
+    #[inline(always)]
     fn hash_key(&self, k: &FlowKey) -> u64 {
         self.hasher.hash_one(k)
     }
