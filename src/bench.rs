@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// Forwarding mode of the service under test.
     #[arg(long, value_enum, default_value = "nat")]
     pub mode: Mode,
+    /// Scheduler of the service under test (rr wrr lc wlc sed nq sh dh maglev).
+    #[arg(long, default_value = "maglev")]
+    pub scheduler: String,
     /// Share of packets that start a new flow. 1: every packet (the flow table is kept far
     /// smaller than the traffic, so nothing is ever found). Between 0 and 1 needs --proto tcp:
     /// SYNs of clients never seen again beside established flows (SYN entries are evicted
@@ -362,13 +365,14 @@ id = "bench"
 protocol = "{proto}"
 vip = "{vip}"
 port = {port}
-scheduler = "maglev"
+scheduler = "{scheduler}"
 forwarding = "{mode}"
 {backends}"#,
         extra = rig.mbufs,
         room = rig.data_room,
         vip = vip(args.ipv6),
         mode = args.mode.name(),
+        scheduler = args.scheduler,
     )
 }
 
@@ -819,6 +823,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             "frame_bytes": args.size,
             "new_flow_share_asked": args.new_flow_share,
             "workers": args.workers,
+            "scheduler": args.scheduler,
             "seconds": secs,
             "hugepages": args.hugepages,
             "testpmd_modes": args.testpmd_modes,

@@ -266,7 +266,7 @@ impl Publisher {
         let (config, released_backends) =
             snapshot_config(model, &self.macs, self.workers, &mut st.ids)?;
         st.epoch += 1;
-        let snapshot = Snapshot::build(config, st.epoch);
+        let snapshot = Snapshot::build_after(config, st.epoch, Some(&self.shared.current()));
         let build_time = started.elapsed();
         let epoch = st.epoch;
         let old = self.shared.swap(snapshot);
@@ -333,6 +333,31 @@ mod tests {
         let (c5, released) = snapshot_config(&moved, &[MAC], 1, &mut ids).unwrap();
         assert_eq!(released, vec![BackendId(0)]);
         assert_ne!(c5.services[0].backends[0].id, BackendId(0));
+    }
+
+    #[test]
+    fn unchanged_services_keep_their_scheduler_and_changed_ones_get_a_new_one() {
+        let base = model(EMBEDDED_DEFAULT);
+        let p = Publisher::new(&base, vec![MAC], 1).unwrap();
+        let first = Arc::clone(&p.shared().current().services[0].scheduler);
+        p.publish(&base, Duration::from_millis(10)).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &p.shared().current().services[0].scheduler),
+            "the same inputs: the Maglev table is not built again"
+        );
+        let reweighted = model(&EMBEDDED_DEFAULT.replacen("weight = 1", "weight = 5", 1));
+        p.publish(&reweighted, Duration::from_millis(10)).unwrap();
+        assert!(!Arc::ptr_eq(
+            &first,
+            &p.shared().current().services[0].scheduler
+        ));
+        let rescheduled = model(&EMBEDDED_DEFAULT.replacen("\"maglev\"", "\"wrr\"", 1));
+        let before = Arc::clone(&p.shared().current().services[0].scheduler);
+        p.publish(&rescheduled, Duration::from_millis(10)).unwrap();
+        assert!(!Arc::ptr_eq(
+            &before,
+            &p.shared().current().services[0].scheduler
+        ));
     }
 
     #[test]

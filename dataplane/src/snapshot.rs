@@ -3,6 +3,7 @@
 //! change; workers read the current one once per burst (the runtime issue double-buffers it).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 
@@ -74,7 +75,9 @@ pub struct Service {
     pub config: ServiceConfig,
     /// Parallel to `config.backends`, with effective weights (0 when disabled).
     pub sched_backends: Vec<SchedBackend>,
-    pub scheduler: Box<dyn Scheduler>,
+    /// Shared with the snapshots before and after this one while the service's scheduling
+    /// inputs stay the same (a Maglev table takes milliseconds to build).
+    pub scheduler: Arc<dyn Scheduler>,
     key: ServiceKey,
 }
 
@@ -148,6 +151,17 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(config: SnapshotConfig, epoch: u64) -> Snapshot {
+        Snapshot::build_after(config, epoch, None)
+    }
+
+    /// Like [`build`](Snapshot::build), reusing the schedulers of `previous` for services
+    /// whose scheduling inputs are unchanged: the same id, scheduler kind, Maglev table size
+    /// and generation, and the same backends (names and effective weights) in the same order.
+    pub fn build_after(
+        config: SnapshotConfig,
+        epoch: u64,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let mut services = Vec::with_capacity(config.services.len());
         let mut by_key = HashMap::new();
         let mut vips = HashSet::new();
@@ -157,7 +171,25 @@ impl Snapshot {
                 .iter()
                 .map(|b| (b.name.as_str(), if b.enabled { b.weight } else { 0 }))
                 .collect();
-            let scheduler = sched::build(s.scheduler, &weights, s.maglev_table_size, s.generation);
+            let reusable = previous.and_then(|p| p.service_by_id(s.id)).filter(|p| {
+                let c = &p.config;
+                c.scheduler == s.scheduler
+                    && c.maglev_table_size == s.maglev_table_size
+                    && c.generation == s.generation
+                    && c.backends.len() == weights.len()
+                    && c.backends.iter().zip(&weights).all(|(b, (name, w))| {
+                        b.name == *name && (if b.enabled { b.weight } else { 0 }) == *w
+                    })
+            });
+            let scheduler = match reusable {
+                Some(p) => Arc::clone(&p.scheduler),
+                None => Arc::from(sched::build(
+                    s.scheduler,
+                    &weights,
+                    s.maglev_table_size,
+                    s.generation,
+                )),
+            };
             let sched_backends = s
                 .backends
                 .iter()
