@@ -464,27 +464,13 @@ impl Drop for Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
+        let _ = std::fs::remove_dir_all(dpdk_rs::telemetry::runtime_dir(&self.prefix));
     }
 }
 
 /// One request to the DPDK telemetry socket of the process with file prefix `prefix`.
 fn telemetry(prefix: &str, command: &str) -> Option<Value> {
-    use socket2::{Domain, SockAddr, Socket, Type};
-    let path = Path::new("/var/run/dpdk")
-        .join(prefix)
-        .join("dpdk_telemetry.v2");
-    let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).ok()?;
-    sock.connect(&SockAddr::unix(path).ok()?).ok()?;
-    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut read = |sock: &Socket| -> Option<Value> {
-        let n = std::io::Read::read(&mut &*sock, &mut buf).ok()?;
-        serde_json::from_slice(&buf[..n]).ok()
-    };
-    read(&sock)?;
-    std::io::Write::write_all(&mut &sock, command.as_bytes()).ok()?;
-    read(&sock)
+    serde_json::from_slice(&dpdk_rs::telemetry::query(prefix, command).ok()?).ok()
 }
 
 #[derive(Debug, Clone, Copy, Default)]

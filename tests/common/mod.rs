@@ -217,24 +217,12 @@ impl Drop for Appliance {
 }
 
 pub fn runtime_dir(prefix: &str) -> PathBuf {
-    PathBuf::from("/var/run/dpdk").join(prefix)
+    dpdk_rs::telemetry::runtime_dir(prefix)
 }
 
-/// One request to DPDK's telemetry socket (SOCK_SEQPACKET, JSON), as dpdk-telemetry.py does.
+/// One request to DPDK's telemetry socket of the appliance started with `prefix`.
 pub fn telemetry(prefix: &str, command: &str) -> Option<serde_json::Value> {
-    use socket2::{Domain, SockAddr, Socket, Type};
-    let path = runtime_dir(prefix).join("dpdk_telemetry.v2");
-    let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).ok()?;
-    sock.connect(&SockAddr::unix(path).ok()?).ok()?;
-    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut read = |sock: &Socket| -> Option<serde_json::Value> {
-        let n = std::io::Read::read(&mut &*sock, &mut buf).ok()?;
-        serde_json::from_slice(&buf[..n]).ok()
-    };
-    read(&sock)?; // the greeting: version, pid, max_output_len
-    std::io::Write::write_all(&mut &sock, command.as_bytes()).ok()?;
-    read(&sock)
+    serde_json::from_slice(&dpdk_rs::telemetry::query(prefix, command).ok()?).ok()
 }
 
 /// Polls `f` every 10 ms until it is true or `timeout` passes; returns the last answer.
