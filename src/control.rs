@@ -377,15 +377,6 @@ impl Dataplane for Control<'_> {
         let snap = self.publisher.shared().current();
         let a = |f: fn(&WorkerCounters) -> u64| o.counters.iter().map(f).sum::<u64>();
         let drops = drop_totals(o.counters);
-        let traffic = |t: TrafficTotals| Traffic {
-            packets_in: t.packets_in,
-            bytes_in: t.bytes_in,
-            packets_out: t.packets_out,
-            bytes_out: t.bytes_out,
-            new_flows: t.new_flows,
-            active: t.active,
-            inactive: t.inactive,
-        };
         let workers = || o.traffic.iter().map(|w| &**w);
         let flow = |f: fn(&ServiceCounters) -> u64| o.traffic.iter().map(|w| f(w)).sum::<u64>();
         let services = model
@@ -416,7 +407,7 @@ impl Dataplane for Control<'_> {
                             port: b.port,
                             weight: b.weight,
                             enabled: b.enabled,
-                            traffic: traffic(t),
+                            traffic: Traffic::from(t),
                         }
                     })
                     .collect();
@@ -437,7 +428,7 @@ impl Dataplane for Control<'_> {
                     port: s.port,
                     scheduler: s.scheduler.to_string(),
                     forwarding: s.forwarding.to_string(),
-                    traffic: traffic(t),
+                    traffic: Traffic::from(t),
                     backends,
                 }
             })

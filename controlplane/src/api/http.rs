@@ -174,6 +174,19 @@ async fn call(app: &App, headers: &HeaderMap, request: Request) -> Response {
     }
 }
 
+/// Like [`call`], for a request that carries the body (as JSON) which `make` wraps.
+async fn call_with_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    make: impl FnOnce(Value) -> Request,
+) -> Response {
+    match json_body(body) {
+        Ok(body) => call(app, headers, make(body)).await,
+        Err(r) => r.into_response(),
+    }
+}
+
 /// The body as JSON; what is not JSON is a 400, what is too large a 413.
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Reply> {
     let bytes = body.map_err(|rej| {
@@ -205,10 +218,7 @@ async fn create_service(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match json_body(body) {
-        Ok(body) => call(&app, &headers, Request::CreateService { body }).await,
-        Err(r) => r.into_response(),
-    }
+    call_with_body(&app, &headers, body, |body| Request::CreateService { body }).await
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{service}", tag = "services", params(("service" = String, Path, description = "Service id")), responses((status = 200, description = "The service", body = ServiceSpec), (status = 404, description = "No such service", body = ErrorBody)))]
@@ -227,10 +237,11 @@ async fn patch_service(
     Path(service): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match json_body(body) {
-        Ok(body) => call(&app, &headers, Request::PatchService { service, body }).await,
-        Err(r) => r.into_response(),
-    }
+    call_with_body(&app, &headers, body, |body| Request::PatchService {
+        service,
+        body,
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/api/v1/services/{service}", tag = "services", params(("service" = String, Path, description = "Service id")), security(("token" = [])), responses((status = 204, description = "Deleted; its flows are gone"), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 404, description = "No such service", body = ErrorBody)))]
@@ -258,10 +269,11 @@ async fn create_backend(
     Path(service): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match json_body(body) {
-        Ok(body) => call(&app, &headers, Request::CreateBackend { service, body }).await,
-        Err(r) => r.into_response(),
-    }
+    call_with_body(&app, &headers, body, |body| Request::CreateBackend {
+        service,
+        body,
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{service}/backends/{backend}", tag = "backends", params(("service" = String, Path, description = "Service id"), ("backend" = String, Path, description = "Backend id")), responses((status = 200, description = "The backend", body = BackendSpec), (status = 404, description = "No such service or backend", body = ErrorBody)))]
@@ -280,21 +292,12 @@ async fn patch_backend(
     Path((service, backend)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match json_body(body) {
-        Ok(body) => {
-            call(
-                &app,
-                &headers,
-                Request::PatchBackend {
-                    service,
-                    backend,
-                    body,
-                },
-            )
-            .await
-        }
-        Err(r) => r.into_response(),
-    }
+    call_with_body(&app, &headers, body, |body| Request::PatchBackend {
+        service,
+        backend,
+        body,
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/api/v1/services/{service}/backends/{backend}", tag = "backends", params(("service" = String, Path, description = "Service id"), ("backend" = String, Path, description = "Backend id")), security(("token" = [])), responses((status = 204, description = "Deleted; its flows are gone (their next packet is scheduled anew)"), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 404, description = "No such service or backend", body = ErrorBody)))]

@@ -87,6 +87,20 @@ pub struct Traffic {
     pub inactive: u64,
 }
 
+impl From<dataplane::counters::TrafficTotals> for Traffic {
+    fn from(t: dataplane::counters::TrafficTotals) -> Traffic {
+        Traffic {
+            packets_in: t.packets_in,
+            bytes_in: t.bytes_in,
+            packets_out: t.packets_out,
+            bytes_out: t.bytes_out,
+            new_flows: t.new_flows,
+            active: t.active,
+            inactive: t.inactive,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct ServiceStats {
     pub id: String,
