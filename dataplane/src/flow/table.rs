@@ -362,6 +362,17 @@ impl FlowTable {
         let _ = self.index.find(h, |&s| self.slots[s as usize].key == *key);
     }
 
+    /// The flow for `key` if it is live, changing nothing (an expired one is left for
+    /// [`lookup`](FlowTable::lookup) to remove).
+    #[inline(always)]
+    pub fn find_live(&self, key: &FlowKey, now: u32) -> Option<u32> {
+        let h = self.hash_key(key);
+        let slot = *self
+            .index
+            .find(h, |&s| self.slots[s as usize].key == *key)?;
+        (!self.expired(&self.slots[slot as usize], now)).then_some(slot)
+    }
+
     /// The live NAT flow a reply from a backend belongs to.
     #[inline]
     pub fn lookup_reply(&mut self, key: &ReplyKey, now: u32) -> Option<u32> {

@@ -9,6 +9,7 @@ use proptest::test_runner::{Config, FileFailurePersistence};
 use super::tests::{config, seed_frames};
 use super::*;
 use crate::packet::OwnedPacket;
+use crate::sched::ConnSource;
 
 fn cases() -> u32 {
     std::env::var("FUZZ_CASES")
@@ -80,5 +81,91 @@ proptest! {
         // twice: the second time through, the first may have created a flow
         check(snap, &mut w, &frame, 10);
         check(snap, &mut w, &frame, 11);
+    }
+}
+
+/// Everything of a worker's state a packet can change, for comparing two workers.
+fn observable(w: &WorkerState) -> (usize, crate::flow::FlowTableStats, Vec<u64>) {
+    let mut counters = Vec::new();
+    for id in 0..8u32 {
+        let c = w.flows.conns(crate::service::BackendId(id));
+        counters.extend([u64::from(c.active), u64::from(c.inactive)]);
+        if let Some(t) = w.traffic.backends.get(id as usize) {
+            counters.extend([t.packets_in.get(), t.bytes_in.get(), t.new_flows.get()]);
+        }
+        if let Some(t) = w.traffic.services.get(id as usize) {
+            counters.extend([t.packets_in.get(), t.bytes_in.get()]);
+        }
+    }
+    (w.flows.len(), w.flows.stats(), counters)
+}
+
+/// The fast path of `process` must give what the general path gives: the same action, the same
+/// bytes, the same flow table and counters, whatever the frame and whatever came before.
+fn same_as_general(fast: &mut WorkerState, general: &mut WorkerState, frame: &[u8], now: u32) {
+    let snap = snapshot();
+    let mut a = OwnedPacket::new(frame);
+    let mut b = OwnedPacket::new(frame);
+    let got = process(&mut a, 0, snap, fast, now);
+    let want = super::process_general(&mut b, 0, snap, general, now);
+    assert_eq!(got, want, "action for {frame:02x?}");
+    assert_eq!(a.data(), b.data(), "bytes for {frame:02x?}");
+    assert_eq!(
+        observable(fast),
+        observable(general),
+        "state after {frame:02x?}"
+    );
+}
+
+#[test]
+fn fast_path_equals_general_path_on_every_seed() {
+    let mut fast = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
+    let mut general = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
+    // Rounds: new flows, then established ones, then after most timeouts (expiry on lookup).
+    for now in [10, 11, 12, 500, 501, 5000] {
+        for f in seeds() {
+            same_as_general(&mut fast, &mut general, f, now);
+        }
+    }
+    assert!(fast.flows.stats().created > 0, "the seeds create flows");
+    // And the fast path did take some of them (else this test would prove nothing).
+    let mut probe = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
+    let mut taken = 0;
+    for now in [20, 21] {
+        for f in seeds() {
+            let mut p = OwnedPacket::new(f);
+            if super::established_v4(&mut p, 0, snapshot(), &mut probe, now).is_some() {
+                taken += 1;
+            } else {
+                super::process_general(&mut p, 0, snapshot(), &mut probe, now);
+            }
+        }
+    }
+    assert!(taken >= 4, "the fast path took {taken} of the seeds");
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    #[test]
+    fn fast_path_equals_general_path(
+        which in any::<prop::sample::Index>(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        times in proptest::collection::vec(0u32..400, 1..4),
+    ) {
+        let mut frame = which.get(seeds()).clone();
+        let mut fast = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
+        let mut general = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
+        // The unchanged frame first (it may create the flow), then the changed one.
+        same_as_general(&mut fast, &mut general, &frame, 10);
+        for (at, v) in flips {
+            let i = at.index(frame.len());
+            frame[i] = v;
+        }
+        let mut now = 10;
+        for t in times {
+            now += t;
+            same_as_general(&mut fast, &mut general, &frame, now);
+        }
     }
 }
