@@ -214,11 +214,10 @@ pub(crate) fn process_general<P: PacketBuf>(
 }
 
 /// The packet a load balancer sees most: an untagged IPv4 TCP or UDP packet without options,
-/// to our MAC, of an established flow forwarded in NAT or DR mode. Its checks are the general
-/// path's, on a straight line and without building what that case does not need; the rewrite
-/// is the general path's own. Anything else, or any doubt (a bad checksum, an expired flow, a
-/// service gone, an unresolved next hop), is None before anything is changed, and the general
-/// path decides. `tests::fast_path_equals_general_path` holds the two to the same results.
+/// to our MAC, of a live flow of a live service. Its checks are the general path's, on a
+/// straight line and without building what that case does not need; the forwarding is the
+/// general path's own. Anything else, or any doubt (a bad checksum, no flow or an expired one,
+/// its service gone), is None before anything is changed, and the general path decides. `tests::fast_path_equals_general_path` holds the two to the same results.
 #[inline(always)]
 fn established_v4<P: PacketBuf>(
     pkt: &mut P,
@@ -282,14 +281,8 @@ fn established_v4<P: PacketBuf>(
     let f = w.flows.get(slot);
     let backend = f.backend;
     let svc = snap.service_by_id(f.service).filter(|s| s.matches(&key))?;
-    let route = snap.backend_route(backend)?;
-    route.dst_mac?;
-    match svc.config.forwarding {
-        ForwardingMode::Nat => {}
-        ForwardingMode::DirectRouting if route.on_link => {}
-        _ => return None,
-    }
-    // Decided: from here on it is the general path's own work.
+    // Decided: from here on it is what the general path does with a live flow of a live
+    // service, in every mode (its errors, an unresolved next hop say, are its drops too).
     let view = IpView {
         v6: false,
         l3: L3,
