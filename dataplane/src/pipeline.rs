@@ -193,13 +193,19 @@ pub fn process<P: PacketBuf>(
     w: &mut WorkerState,
     now: u32,
 ) -> Action {
-    match established_v4(pkt, ingress, snap, w, now) {
-        Some(a) => a,
-        None => process_general(pkt, ingress, snap, w, now),
+    let no_flow = match established_v4(pkt, ingress, snap, w, now) {
+        Fast::Done(a) => return a,
+        Fast::NoFlow => true,
+        Fast::Other => false,
+    };
+    match classify(pkt, ingress, snap, w, now, no_flow) {
+        Ok(a) => a,
+        Err(r) => Action::Drop(r),
     }
 }
 
 /// [`process`] without the fast path: every packet through the general parse.
+#[cfg(test)]
 pub(crate) fn process_general<P: PacketBuf>(
     pkt: &mut P,
     ingress: u16,
@@ -207,10 +213,20 @@ pub(crate) fn process_general<P: PacketBuf>(
     w: &mut WorkerState,
     now: u32,
 ) -> Action {
-    match classify(pkt, ingress, snap, w, now) {
+    match classify(pkt, ingress, snap, w, now, false) {
         Ok(a) => a,
         Err(r) => Action::Drop(r),
     }
+}
+
+/// What [`established_v4`] did.
+enum Fast {
+    Done(Action),
+    /// The packet is a client's to a VIP whose flow table has no entry for it: the general
+    /// path need not look again (a new flow's first packet).
+    NoFlow,
+    /// Anything else: the general path decides from scratch.
+    Other,
 }
 
 /// The packet a load balancer sees most: an untagged IPv4 TCP or UDP packet without options,
@@ -225,16 +241,36 @@ fn established_v4<P: PacketBuf>(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
-) -> Option<Action> {
+) -> Fast {
+    match established_v4_inner(pkt, ingress, snap, w, now) {
+        Ok(a) => Fast::Done(a),
+        Err(f) => f,
+    }
+}
+
+#[inline(always)]
+fn established_v4_inner<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, Fast> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
     let frame = pkt.data();
-    let head: &[u8; L4] = frame.get(..L4)?.try_into().ok()?;
-    let itf = snap.interfaces.get(usize::from(ingress))?;
+    let head: &[u8; L4] = frame
+        .get(..L4)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Fast::Other)?;
+    let itf = snap
+        .interfaces
+        .get(usize::from(ingress))
+        .ok_or(Fast::Other)?;
     if head[..6] != itf.mac.0 || head[12..14] != ethernet::ETHERTYPE_IPV4.to_be_bytes() {
-        return None;
+        return Err(Fast::Other);
     }
-    let ip: &[u8; 20] = head[L3..L4].try_into().ok()?;
+    let ip: &[u8; 20] = head[L3..L4].try_into().expect("20 bytes");
     // Version 4 without options, not a fragment, a length that fits, a good checksum.
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if ip[0] != 0x45
@@ -243,7 +279,7 @@ fn established_v4<P: PacketBuf>(
         || L3 + total > frame.len()
         || !crate::checksum::ipv4_header20_ok(ip)
     {
-        return None;
+        return Err(Fast::Other);
     }
     let proto = ip[9];
     let l4 = &frame[L4..L3 + total];
@@ -259,7 +295,7 @@ fn established_v4<P: PacketBuf>(
         {
             None
         }
-        _ => return None,
+        _ => return Err(Fast::Other),
     };
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
@@ -268,7 +304,7 @@ fn established_v4<P: PacketBuf>(
     src[12..].copy_from_slice(&ip[12..16]);
     dst[12..].copy_from_slice(&ip[16..20]);
     if !snap.maybe_vip(&dst) {
-        return None;
+        return Err(Fast::Other);
     }
     let key = FlowKey {
         client: src,
@@ -277,10 +313,16 @@ fn established_v4<P: PacketBuf>(
         vip_port: u16::from_be_bytes([l4[2], l4[3]]),
         protocol: proto,
     };
-    let slot = w.flows.find_live(&key, now)?;
+    let slot = w.flows.find(&key).ok_or(Fast::NoFlow)?;
+    if w.flows.expired_at(slot, now) {
+        return Err(Fast::Other); // the general path's lookup removes it
+    }
     let f = w.flows.get(slot);
     let backend = f.backend;
-    let svc = snap.service_by_id(f.service).filter(|s| s.matches(&key))?;
+    let svc = snap
+        .service_by_id(f.service)
+        .filter(|s| s.matches(&key))
+        .ok_or(Fast::Other)?;
     // Decided: from here on it is what the general path does with a live flow of a live
     // service, in every mode (its errors, an unresolved next hop say, are its drops too).
     let view = IpView {
@@ -293,7 +335,7 @@ fn established_v4<P: PacketBuf>(
         dst,
     };
     w.flows.touch(slot, tcp_flags, now);
-    Some(
+    Ok(
         forward_to_backend(pkt, L3, &view, ingress, svc, backend, snap, w)
             .unwrap_or_else(Action::Drop),
     )
@@ -306,6 +348,7 @@ fn classify<P: PacketBuf>(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
+    no_flow: bool,
 ) -> Result<Action, DropReason> {
     let Some(itf) = snap.interfaces.get(ingress as usize) else {
         return Err(DropReason::NotForUs);
@@ -330,11 +373,11 @@ fn classify<P: PacketBuf>(
         ),
         ethernet::ETHERTYPE_IPV4 => {
             let ip = parse_ipv4(&pkt.data()[l2..], l2)?;
-            ip_packet(pkt, l2, ip, ingress, snap, w, now)
+            ip_packet(pkt, l2, ip, ingress, snap, w, now, no_flow)
         }
         ethernet::ETHERTYPE_IPV6 => {
             let ip = parse_ipv6(&pkt.data()[l2..], l2)?;
-            ip_packet(pkt, l2, ip, ingress, snap, w, now)
+            ip_packet(pkt, l2, ip, ingress, snap, w, now, no_flow)
         }
         _ => Err(DropReason::UnknownEtherType),
     }
@@ -479,6 +522,8 @@ fn is_icmp(ip: &IpView) -> bool {
 }
 
 #[inline]
+/// `no_flow`: the fast path already found that the flow table has no entry for this packet.
+#[allow(clippy::too_many_arguments)]
 fn ip_packet<P: PacketBuf>(
     pkt: &mut P,
     l2: usize,
@@ -487,6 +532,7 @@ fn ip_packet<P: PacketBuf>(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
+    no_flow: bool,
 ) -> Result<Action, DropReason> {
     if is_icmp(&ip) {
         let for_us = snap.is_vip(&ip.dst) || snap.local_interface(&ip.dst).is_some();
@@ -503,7 +549,7 @@ fn ip_packet<P: PacketBuf>(
             protocol: ip.proto,
         };
         // The common case first: an established flow names its service, so one lookup does.
-        if let Some(slot) = w.flows.lookup(&key, now) {
+        if let Some(slot) = (!no_flow).then(|| w.flows.lookup(&key, now)).flatten() {
             let (service, backend) = {
                 let f = w.flows.get(slot);
                 (f.service, f.backend)

@@ -362,15 +362,20 @@ impl FlowTable {
         let _ = self.index.find(h, |&s| self.slots[s as usize].key == *key);
     }
 
-    /// The flow for `key` if it is live, changing nothing (an expired one is left for
-    /// [`lookup`](FlowTable::lookup) to remove).
+    /// The flow for `key`, live or expired, changing nothing (the fast path looks first and
+    /// leaves any change to [`lookup`](FlowTable::lookup)).
     #[inline(always)]
-    pub fn find_live(&self, key: &FlowKey, now: u32) -> Option<u32> {
+    pub fn find(&self, key: &FlowKey) -> Option<u32> {
         let h = self.hash_key(key);
-        let slot = *self
-            .index
-            .find(h, |&s| self.slots[s as usize].key == *key)?;
-        (!self.expired(&self.slots[slot as usize], now)).then_some(slot)
+        self.index
+            .find(h, |&s| self.slots[s as usize].key == *key)
+            .copied()
+    }
+
+    /// Whether the flow in `slot` has timed out at `now`.
+    #[inline(always)]
+    pub fn expired_at(&self, slot: u32, now: u32) -> bool {
+        self.expired(&self.slots[slot as usize], now)
     }
 
     /// The live NAT flow a reply from a backend belongs to.
