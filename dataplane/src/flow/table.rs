@@ -352,18 +352,9 @@ impl FlowTable {
             + self.reply_index.allocation_size()
     }
 
-    /// Brings the index entry and the flow of `key` (if there is one) into the cache, changing
-    /// nothing. Lookups of a whole burst done back to back overlap their cache misses, which
-    /// lookups interleaved with the rest of the work cannot (see `Worker::process_burst`).
-    #[inline]
-    pub fn warm(&self, key: &FlowKey) {
-        let h = self.hash_key(key);
-        // The equality test reads the flow's key: its cache line is loaded by the probe.
-        let _ = self.index.find(h, |&s| self.slots[s as usize].key == *key);
-    }
-
     /// The flow for `key`, live or expired, changing nothing (the fast path looks first and
-    /// leaves any change to [`lookup`](FlowTable::lookup)).
+    /// leaves any change to [`lookup`](FlowTable::lookup); a burst is looked up ahead with it
+    /// to bring index entries and flows into the cache).
     #[inline(always)]
     pub fn find(&self, key: &FlowKey) -> Option<u32> {
         let h = self.hash_key(key);
