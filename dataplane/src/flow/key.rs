@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use crate::hash::{seed, stable_hash};
+use crate::hash::{seed, stable_hash, stable_hash_words};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
@@ -72,13 +72,19 @@ impl FlowKey {
 
     /// The stable hash of the whole 5-tuple (see [`crate::hash`]): what Maglev looks up.
     pub fn stable_hash(&self) -> u64 {
-        let mut b = [0u8; 37];
-        b[..16].copy_from_slice(&self.client);
-        b[16..32].copy_from_slice(&self.vip);
-        b[32..34].copy_from_slice(&self.client_port.to_be_bytes());
-        b[34..36].copy_from_slice(&self.vip_port.to_be_bytes());
-        b[36] = self.protocol;
-        stable_hash(seed::FLOW, &b)
+        let w = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        stable_hash_words(
+            seed::FLOW,
+            [
+                w(&self.client[..8]),
+                w(&self.client[8..]),
+                w(&self.vip[..8]),
+                w(&self.vip[8..]),
+                u64::from(self.client_port) << 24
+                    | u64::from(self.vip_port) << 8
+                    | u64::from(self.protocol),
+            ],
+        )
     }
 }
 
