@@ -220,12 +220,29 @@ impl std::fmt::Debug for FlowTable {
 }
 
 /// What a NAT reply carries: protocol, backend endpoint, client endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyKey {
     pub protocol: u8,
     pub backend: Endpoint,
     pub client: [u8; 16],
     pub client_port: u16,
+}
+
+impl std::hash::Hash for ReplyKey {
+    /// Five words, as `FlowKey`'s: every new NAT flow and every reply hashes one.
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let w = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+        h.write_u64(w(&self.backend.addr[..8]));
+        h.write_u64(w(&self.backend.addr[8..]));
+        h.write_u64(w(&self.client[..8]));
+        h.write_u64(w(&self.client[8..]));
+        h.write_u64(
+            u64::from(self.client_port)
+                | u64::from(self.backend.port) << 16
+                | u64::from(self.protocol) << 32,
+        );
+    }
 }
 
 /// A flow to add: what it is, where it goes, how it starts.
