@@ -236,7 +236,8 @@ enum Fast {
 /// to our MAC, of a live flow of a live service. Its checks are the general path's, on a
 /// straight line and without building what that case does not need; the forwarding is the
 /// general path's own. Anything else, or any doubt (a bad checksum, no flow or an expired one,
-/// its service gone), is None before anything is changed, and the general path decides. `tests::fast_path_equals_general_path` holds the two to the same results.
+/// its service gone), returns before anything is changed, and the general path decides.
+/// `fuzz::fast_path_equals_general_path` holds the two to the same results.
 #[inline(always)]
 fn established_v4<P: PacketBuf>(
     pkt: &mut P,
