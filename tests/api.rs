@@ -526,14 +526,7 @@ fn api_changes_survive_restarts_kill_9_and_reloads() {
         })
     };
     std::thread::sleep(Duration::from_millis(700));
-    let pid = app.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    app.signal("KILL");
     let made = writer.join().unwrap();
     assert!(
         made > 0 && made < 2000,
@@ -559,14 +552,7 @@ fn api_changes_survive_restarts_kill_9_and_reloads() {
     let (app, base) = start_idle(&cfg, &prefix);
     let before = get_services(&base);
     std::fs::write(&cfg, config("state_file = 7")).unwrap();
-    let pid = app.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    app.signal("HUP");
     assert!(common::wait_until(Duration::from_secs(10), || app
         .log()
         .contains("reload refused")));
@@ -577,13 +563,7 @@ fn api_changes_survive_restarts_kill_9_and_reloads() {
             .replace("scheduler = \"rr\"", "scheduler = \"sh\""),
     )
     .unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    app.signal("HUP");
     assert!(common::wait_until(Duration::from_secs(10), || app
         .log()
         .contains("configuration reloaded")));

@@ -152,14 +152,19 @@ impl Appliance {
             .is_none()
     }
 
-    /// Sends `signal` (e.g. "TERM") and waits up to `timeout` for the exit.
-    pub fn signal_and_wait(self, signal: &str, timeout: Duration) -> Finished {
+    /// Sends `signal` (e.g. "HUP") and returns at once.
+    pub fn signal(&self, signal: &str) {
         let st = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.pid().to_string())
             .status()
             .expect("kill");
         assert!(st.success(), "kill -{signal} failed");
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits up to `timeout` for the exit.
+    pub fn signal_and_wait(self, signal: &str, timeout: Duration) -> Finished {
+        self.signal(signal);
         self.wait(timeout)
     }
 
