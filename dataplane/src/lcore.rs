@@ -108,7 +108,6 @@ struct Buffers {
     tx: Vec<MbufBurst>,
     redirect: Vec<MbufBurst>,
     dropped: MbufBurst,
-    actions: [Action; MAX_BURST],
 }
 
 impl Worker<'_> {
@@ -130,7 +129,6 @@ impl Worker<'_> {
                 .map(|_| MbufBurst::new())
                 .collect(),
             dropped: MbufBurst::new(),
-            actions: [Action::Reply; MAX_BURST],
         };
         let burst = settings.burst.clamp(1, MAX_BURST);
         let hz = settings.tsc_hz.max(1);
@@ -262,26 +260,21 @@ impl Worker<'_> {
                 warm(m.data(), snap, &self.state);
             }
         }
-        for i in 0..n {
+        // One pass: each packet is processed, then put where its action sends it.
+        let mut rx = b.rx.drain();
+        while let Some(mut m) = rx.next() {
             // The next packets' headers are on their way to the cache while this one runs.
-            b.rx.prefetch(i + 2);
-            let mut m = b.rx.get_mut(i);
-            let ingress = self
+            rx.prefetch(1);
+            let port_interface = self
                 .interface_of_port
                 .get(usize::from(m.port()))
                 .copied()
                 .unwrap_or(u16::MAX);
-            let a = process(&mut m, ingress, snap, &mut self.state, now);
+            let a = process(&mut m.as_mut(), port_interface, snap, &mut self.state, now);
             counters.actions.record(&a);
-            b.actions[i] = a;
-        }
-        for (i, m) in b.rx.drain().enumerate() {
-            let out = match b.actions[i] {
-                Action::Forward { interface, .. } => Some(usize::from(interface)),
-                Action::Reply => self
-                    .interface_of_port
-                    .get(usize::from(m.port()))
-                    .map(|i| usize::from(*i)),
+            let out = match a {
+                Action::Forward { interface, .. } => usize::from(interface),
+                Action::Reply => usize::from(port_interface),
                 Action::Redirect(w) => {
                     let w = usize::from(w);
                     if w < b.redirect.len() && self.to_workers[w].is_some() {
@@ -291,23 +284,21 @@ impl Worker<'_> {
                     }
                     continue;
                 }
-                Action::Drop(_) | Action::Consumed => None,
+                Action::Drop(_) | Action::Consumed => usize::MAX,
             };
-            match out {
-                Some(itf) if itf < b.tx.len() => {
-                    if let Err(m) = b.tx[itf].push(m) {
-                        self.flush(itf, &mut b.tx[itf], counters);
-                        let _ = b.tx[itf].push(m);
-                    }
-                    if b.tx[itf].len() >= burst {
-                        self.flush(itf, &mut b.tx[itf], counters);
-                    }
+            if out < b.tx.len() {
+                if let Err(m) = b.tx[out].push(m) {
+                    self.flush(out, &mut b.tx[out], counters);
+                    let _ = b.tx[out].push(m);
                 }
-                _ => {
-                    let _ = b.dropped.push(m);
+                if b.tx[out].len() >= burst {
+                    self.flush(out, &mut b.tx[out], counters);
                 }
+            } else {
+                let _ = b.dropped.push(m);
             }
         }
+        drop(rx);
         b.dropped.clear();
         // A full channel loses an event; the next packet to the same next hop raises it again.
         self.state.neighbor_events.drain(|e| {

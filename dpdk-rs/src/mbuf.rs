@@ -31,6 +31,15 @@ impl Mbuf {
     }
 
     /// The bytes of the first (in l4lb, only) segment.
+    /// The same view of it that [`MbufBurst::get_mut`] gives of a burst's mbufs.
+    #[inline]
+    pub fn as_mut(&mut self) -> MbufMut<'_> {
+        MbufMut {
+            raw: self.raw.as_ptr(),
+            _burst: std::marker::PhantomData,
+        }
+    }
+
     pub fn data(&self) -> &[u8] {
         // SAFETY: the mbuf is valid and owned; mtod and data_len describe its initialised bytes.
         unsafe { segment(self.raw.as_ptr()) }
@@ -333,11 +342,11 @@ impl MbufBurst {
     }
 }
 
-/// A mutable view of one mbuf inside a burst.
+/// A mutable view of one mbuf (in a burst, or owned), as the packet path works on it.
 #[derive(Debug)]
 pub struct MbufMut<'b> {
     raw: *mut sys::rte_mbuf,
-    _burst: std::marker::PhantomData<&'b mut MbufBurst>,
+    _burst: std::marker::PhantomData<&'b mut sys::rte_mbuf>,
 }
 
 impl MbufMut<'_> {
@@ -386,6 +395,14 @@ impl MbufMut<'_> {
 pub struct Drain<'b> {
     burst: &'b mut MbufBurst,
     next: usize,
+}
+
+impl Drain<'_> {
+    /// Prefetches the data of the mbuf `ahead` places after the next one to be yielded.
+    #[inline]
+    pub fn prefetch(&self, ahead: usize) {
+        self.burst.prefetch(self.next + ahead);
+    }
 }
 
 impl Iterator for Drain<'_> {
