@@ -4,6 +4,23 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+/// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address: how flow keys and
+/// views hold IPv4 addresses.
+#[inline(always)]
+pub fn mapped(a: [u8; 4]) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[10] = 0xff;
+    m[11] = 0xff;
+    m[12..].copy_from_slice(&a);
+    m
+}
+
+/// True if a 16-byte address is IPv4-mapped.
+#[inline(always)]
+pub fn is_mapped(a: &[u8; 16]) -> bool {
+    a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+}
+
 /// An Ethernet address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);

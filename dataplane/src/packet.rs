@@ -49,10 +49,12 @@ impl OwnedPacket {
 }
 
 impl PacketBuf for OwnedPacket {
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
 
+    #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]
     }

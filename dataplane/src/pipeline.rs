@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::counters::ServiceCounters;
 use crate::neighbor::{NeighborEvent, NeighborEvents};
 
-use crate::addr::MacAddr;
+use crate::addr::{self, MacAddr};
+use crate::checksum;
 use crate::drop_reason::DropReason;
 use crate::flow::{
     Endpoint, FlowKey, FlowState, FlowTable, FlowTimeouts, NewFlow, ReplyKey, addr_from_bytes,
@@ -252,6 +253,10 @@ fn established_v4<P: PacketBuf>(
     }
 }
 
+/// Bytes of a frame the fast path reads and writes: Ethernet, a 20-byte IPv4 header and the
+/// 20 bytes of a TCP header (a UDP packet this short takes the general path).
+const FAST_HEAD: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + 20;
+
 #[inline(always)]
 fn established_v4_inner<P: PacketBuf>(
     pkt: &mut P,
@@ -262,59 +267,60 @@ fn established_v4_inner<P: PacketBuf>(
 ) -> Result<Action, Fast> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
-    let frame = pkt.data();
-    let head: &[u8; L4] = frame
-        .get(..L4)
-        .and_then(|h| h.try_into().ok())
-        .ok_or(Fast::Other)?;
     let itf = snap
         .interfaces
         .get(usize::from(ingress))
         .ok_or(Fast::Other)?;
-    if head[..6] != itf.mac.0 || head[12..14] != ethernet::ETHERTYPE_IPV4.to_be_bytes() {
+    let frame = pkt.data_mut();
+    let frame_len = frame.len();
+    // One length check: every offset below is within this array.
+    let h: &mut [u8; FAST_HEAD] = frame
+        .get_mut(..FAST_HEAD)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Fast::Other)?;
+    if h[..6] != itf.mac.0 || h[12..14] != ethernet::ETHERTYPE_IPV4.to_be_bytes() {
         return Err(Fast::Other);
     }
-    let ip: &[u8; 20] = head[L3..L4].try_into().expect("20 bytes");
+    let ip: &[u8; 20] = h[L3..L4].try_into().expect("20 bytes");
     // Version 4 without options, not a fragment, a length that fits, a good checksum.
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if ip[0] != 0x45
         || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
         || total < ipv4::MIN_HEADER_LEN
-        || L3 + total > frame.len()
+        || L3 + total > frame_len
         || !crate::checksum::ipv4_header20_ok(ip)
     {
         return Err(Fast::Other);
     }
     let proto = ip[9];
-    let l4 = &frame[L4..L3 + total];
-    let tcp_flags = match proto {
+    let l4_len = total - ipv4::MIN_HEADER_LEN;
+    let (tcp_flags, checksum_at) = match proto {
         ipv4::PROTO_TCP
-            if l4.len() >= 20 && l4[12] >> 4 >= 5 && l4.len() >= usize::from(l4[12] >> 4) * 4 =>
+            if l4_len >= 20
+                && h[L4 + 12] >> 4 >= 5
+                && l4_len >= usize::from(h[L4 + 12] >> 4) * 4 =>
         {
-            Some(l4[13])
+            (Some(h[L4 + 13]), L4 + 16)
         }
         ipv4::PROTO_UDP
-            if l4.len() >= 8
-                && (8..=l4.len()).contains(&usize::from(u16::from_be_bytes([l4[4], l4[5]]))) =>
+            if l4_len >= 8
+                && (8..=l4_len)
+                    .contains(&usize::from(u16::from_be_bytes([h[L4 + 4], h[L4 + 5]]))) =>
         {
-            None
+            (None, L4 + 6)
         }
         _ => return Err(Fast::Other),
     };
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[10..12].copy_from_slice(&[0xff, 0xff]);
-    dst[10..12].copy_from_slice(&[0xff, 0xff]);
-    src[12..].copy_from_slice(&ip[12..16]);
-    dst[12..].copy_from_slice(&ip[16..20]);
-    if !snap.maybe_vip(&dst) {
+    let src4: [u8; 4] = ip[12..16].try_into().expect("4 bytes");
+    let dst4: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
+    if !snap.maybe_vip4(dst4) {
         return Err(Fast::Other);
     }
     let key = FlowKey {
-        client: src,
-        vip: dst,
-        client_port: u16::from_be_bytes([l4[0], l4[1]]),
-        vip_port: u16::from_be_bytes([l4[2], l4[3]]),
+        client: addr::mapped(src4),
+        vip: addr::mapped(dst4),
+        client_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
+        vip_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
         protocol: proto,
     };
     let slot = w.flows.find(&key).ok_or(Fast::NoFlow)?;
@@ -328,21 +334,57 @@ fn established_v4_inner<P: PacketBuf>(
         .filter(|s| s.matches(&key))
         .ok_or(Fast::Other)?;
     // Decided: from here on it is what the general path does with a live flow of a live
-    // service, in every mode (its errors, an unresolved next hop say, are its drops too).
-    let view = IpView {
-        v6: false,
-        l3: L3,
-        total,
-        l4: L4,
-        proto,
-        src,
-        dst,
-    };
+    // service (its errors, an unresolved next hop say, are its drops too).
     w.flows.touch(slot, tcp_flags, now);
-    Ok(
-        forward_to_backend(pkt, L3, &view, ingress, svc, backend, snap, w)
-            .unwrap_or_else(Action::Drop),
-    )
+    let endpoint = w.flows.endpoint(backend);
+    let nat_v4 = svc.config.forwarding == ForwardingMode::Nat && addr::is_mapped(&endpoint.addr);
+    let (Some(route), true) = (snap.backend_route(backend), nat_v4) else {
+        // Another mode, or no route resolved for the backend: the general rewrite.
+        let view = IpView {
+            v6: false,
+            l3: L3,
+            total,
+            l4: L4,
+            proto,
+            src: key.client,
+            dst: key.vip,
+        };
+        return Ok(
+            forward_to_backend(pkt, L3, &view, ingress, svc, backend, snap, w)
+                .unwrap_or_else(Action::Drop),
+        );
+    };
+    let dst_mac = match next_hop_mac(route, &w.neighbor_events) {
+        Ok(m) => m,
+        Err(r) => return Ok(Action::Drop(r)),
+    };
+    // NAT, as `forward::rewrite_endpoint` does it, on fixed offsets.
+    let new_addr: [u8; 4] = endpoint.addr[12..].try_into().expect("4 bytes");
+    let addr_delta = checksum::delta4(dst4, new_addr);
+    h[L3 + ipv4::field::DST..L3 + ipv4::field::DST + 4].copy_from_slice(&new_addr);
+    let at = L3 + ipv4::field::CHECKSUM;
+    let c = checksum::apply(u16::from_be_bytes([h[at], h[at + 1]]), addr_delta);
+    h[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    let old_port = key.vip_port;
+    h[L4 + 2..L4 + 4].copy_from_slice(&endpoint.port.to_be_bytes());
+    let c = u16::from_be_bytes([h[checksum_at], h[checksum_at + 1]]);
+    let d = addr_delta + u32::from(!old_port) + u32::from(endpoint.port);
+    let c = if tcp_flags.is_none() {
+        checksum::udp_apply(c, d)
+    } else {
+        checksum::apply(c, d)
+    };
+    h[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
+    h[..6].copy_from_slice(&dst_mac.0);
+    h[6..12].copy_from_slice(&route.src_mac.0);
+    if let Some((s, b)) = w.traffic.of(svc.config.id, backend) {
+        s.count_in(frame_len);
+        b.count_in(frame_len);
+    }
+    Ok(Action::Forward {
+        interface: route.interface,
+        next_hop: route.next_hop,
+    })
 }
 
 #[inline(always)]

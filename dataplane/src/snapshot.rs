@@ -64,8 +64,14 @@ pub struct SnapshotConfig {
 /// multiplied by a Fibonacci constant, top 8 bits.
 #[inline]
 fn vip_bit(a: &[u8; 16]) -> usize {
-    let low = u32::from_be_bytes([a[12], a[13], a[14], a[15]])
-        ^ u32::from_be_bytes([a[8], a[9], a[10], a[11]]);
+    vip_bit_low(
+        u32::from_be_bytes([a[12], a[13], a[14], a[15]])
+            ^ u32::from_be_bytes([a[8], a[9], a[10], a[11]]),
+    )
+}
+
+#[inline(always)]
+fn vip_bit_low(low: u32) -> usize {
     (low.wrapping_mul(0x9e37_79b9) >> 24) as usize
 }
 
@@ -296,6 +302,13 @@ impl Snapshot {
     #[inline]
     pub fn maybe_vip(&self, a: &[u8; 16]) -> bool {
         let bit = vip_bit(a);
+        self.vip_filter[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    /// [`maybe_vip`](Snapshot::maybe_vip) of an IPv4 address (the same bit as its mapped form).
+    #[inline(always)]
+    pub fn maybe_vip4(&self, a: [u8; 4]) -> bool {
+        let bit = vip_bit_low(u32::from_be_bytes(a) ^ 0xffff);
         self.vip_filter[bit / 64] & (1 << (bit % 64)) != 0
     }
 

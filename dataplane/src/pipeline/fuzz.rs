@@ -119,32 +119,42 @@ fn same_as_general(fast: &mut WorkerState, general: &mut WorkerState, frame: &[u
 
 #[test]
 fn fast_path_equals_general_path_on_every_seed() {
-    let mut fast = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
-    let mut general = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
-    // Rounds: new flows, then established ones, then after most timeouts (expiry on lookup).
-    for now in [10, 11, 12, 500, 501, 5000] {
-        for f in seeds() {
-            same_as_general(&mut fast, &mut general, f, now);
+    // Both workers: a NAT flow lives on the worker that owns its client.
+    for index in 0..2 {
+        let mut fast = WorkerState::new(index, 64, 64, 256, FlowTimeouts::default());
+        let mut general = WorkerState::new(index, 64, 64, 256, FlowTimeouts::default());
+        // Rounds: new flows, then established ones, then after most timeouts (expiry on lookup).
+        for now in [10, 11, 12, 500, 501, 5000] {
+            for f in seeds() {
+                same_as_general(&mut fast, &mut general, f, now);
+            }
         }
+        assert!(fast.flows.stats().created > 0, "the seeds create flows");
     }
-    assert!(fast.flows.stats().created > 0, "the seeds create flows");
-    // And the fast path did take some of them (else this test would prove nothing).
-    let mut probe = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
-    let mut taken = 0;
-    for now in [20, 21] {
-        for f in seeds() {
-            let mut p = OwnedPacket::new(f);
-            if matches!(
-                super::established_v4(&mut p, 0, snapshot(), &mut probe, now),
-                super::Fast::Done(_)
-            ) {
-                taken += 1;
-            } else {
-                super::process_general(&mut p, 0, snapshot(), &mut probe, now);
+    // And the fast path did take some of them, in every mode (else this test would prove
+    // nothing): the NAT, DR and TUN services' ports (TCP 80-82, UDP 1080-1082).
+    let mut taken = std::collections::BTreeSet::new();
+    for index in 0..2 {
+        let mut probe = WorkerState::new(index, 64, 64, 256, FlowTimeouts::default());
+        for now in [20, 21] {
+            for f in seeds() {
+                let mut p = OwnedPacket::new(f);
+                if matches!(
+                    super::established_v4(&mut p, 0, snapshot(), &mut probe, now),
+                    super::Fast::Done(_)
+                ) {
+                    taken.insert(u16::from_be_bytes([f[36], f[37]]));
+                } else {
+                    super::process_general(&mut p, 0, snapshot(), &mut probe, now);
+                }
             }
         }
     }
-    assert!(taken >= 4, "the fast path took {taken} of the seeds");
+    assert_eq!(
+        taken.into_iter().collect::<Vec<_>>(),
+        [80, 81, 82, 1080, 1081, 1082],
+        "VIP ports the fast path took"
+    );
 }
 
 proptest! {
@@ -155,10 +165,11 @@ proptest! {
         which in any::<prop::sample::Index>(),
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         times in proptest::collection::vec(0u32..400, 1..4),
+        worker in 0u16..2,
     ) {
         let mut frame = which.get(seeds()).clone();
-        let mut fast = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
-        let mut general = WorkerState::new(0, 64, 64, 256, FlowTimeouts::default());
+        let mut fast = WorkerState::new(worker, 64, 64, 256, FlowTimeouts::default());
+        let mut general = WorkerState::new(worker, 64, 64, 256, FlowTimeouts::default());
         // The unchanged frame first (it may create the flow), then the changed one.
         same_as_general(&mut fast, &mut general, &frame, 10);
         for (at, v) in flips {

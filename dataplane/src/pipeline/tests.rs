@@ -1491,6 +1491,17 @@ pub(super) fn seed_frames() -> Vec<Vec<u8>> {
             },
         ),
     ));
+    // As a NIC delivers short frames: padded to the Ethernet minimum of 60 bytes.
+    let padded: Vec<Vec<u8>> = seeds
+        .iter()
+        .filter(|f| f.len() < 60)
+        .map(|f| {
+            let mut p = f.clone();
+            p.resize(60, 0);
+            p
+        })
+        .collect();
+    seeds.extend(padded);
     seeds
 }
 
