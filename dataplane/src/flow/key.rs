@@ -38,16 +38,9 @@ impl std::hash::Hash for FlowKey {
     /// Five words instead of 38 separate bytes and lengths: this runs for every packet.
     #[inline]
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        let w = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
-        h.write_u64(w(&self.client[..8]));
-        h.write_u64(w(&self.client[8..]));
-        h.write_u64(w(&self.vip[..8]));
-        h.write_u64(w(&self.vip[8..]));
-        h.write_u64(
-            u64::from(self.client_port)
-                | u64::from(self.vip_port) << 16
-                | u64::from(self.protocol) << 32,
-        );
+        for w in self.words() {
+            h.write_u64(w);
+        }
     }
 }
 
@@ -60,6 +53,21 @@ impl FlowKey {
             vip_port,
             protocol,
         }
+    }
+
+    /// The key as five native-endian words (for the flow table's index hash).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
+        let w = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+        [
+            w(&self.client[..8]),
+            w(&self.client[8..]),
+            w(&self.vip[..8]),
+            w(&self.vip[8..]),
+            u64::from(self.client_port)
+                | u64::from(self.vip_port) << 16
+                | u64::from(self.protocol) << 32,
+        ]
     }
 
     pub fn client_addr(&self) -> IpAddr {

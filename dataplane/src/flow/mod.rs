@@ -1,5 +1,6 @@
 //! Flows: their key, and the per-worker table of established choices.
 
+mod index;
 mod key;
 mod table;
 

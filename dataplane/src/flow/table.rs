@@ -1,10 +1,9 @@
 //! The per-worker flow table: which backend each flow was given, and its TCP state.
 //!
-//! Layout: a slab of [`Flow`] entries allocated once (`capacity`), a `hashbrown::HashTable` of
-//! slab indexes keyed by the flow (and a second one keyed by the reply direction, for NAT), and
-//! one doubly-linked list per state, oldest first. Nothing allocates after `new`: the indexes
-//! are created with twice the capacity, so hashbrown always cleans its tombstones in place and
-//! never grows (it grows only when more than half its buckets are live).
+//! Layout: a slab of [`Flow`] entries allocated once (`capacity`), an index of slab slots
+//! keyed by the flow (and a second one keyed by the reply direction, for NAT; see
+//! `flow::index`), and one doubly-linked list per state, oldest first. Nothing allocates
+//! after `new`: the indexes are sized for the capacity and have no tombstones to clean.
 //!
 //! Each state has its own timeout (the IPVS defaults), so within one list the oldest entry is
 //! always the first to expire: expiry is lazy on lookup plus a sweep that pops expired heads,
@@ -15,11 +14,8 @@
 //! Connection counts per backend (active = TCP established, inactive = the rest, as IPVS) are
 //! updated on every create, state change, expiry, eviction and flush, so they stay exact.
 
-use std::hash::BuildHasher;
-
-use hashbrown::HashTable;
-
 use super::FlowKey;
+use super::index::{FlowIndex, KeyHasher};
 use crate::sched::{ConnSource, Conns};
 use crate::service::{BackendId, ServiceId};
 use crate::wire::tcp;
@@ -199,9 +195,9 @@ pub struct FlowTable {
     /// Free slab entries, linked through `next`.
     free: u32,
     lists: [List; STATES],
-    index: HashTable<u32>,
-    reply_index: HashTable<u32>,
-    hasher: hashbrown::DefaultHashBuilder,
+    index: FlowIndex,
+    reply_index: FlowIndex,
+    hasher: KeyHasher,
     capacity: u32,
     timeouts: FlowTimeouts,
     conns: Vec<Conns>,
@@ -228,20 +224,20 @@ pub struct ReplyKey {
     pub client_port: u16,
 }
 
-impl std::hash::Hash for ReplyKey {
-    /// Five words, as `FlowKey`'s: every new NAT flow and every reply hashes one.
-    #[inline]
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+impl ReplyKey {
+    /// Five native-endian words, as [`FlowKey::words`]: what the reply index hashes.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
         let w = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
-        h.write_u64(w(&self.backend.addr[..8]));
-        h.write_u64(w(&self.backend.addr[8..]));
-        h.write_u64(w(&self.client[..8]));
-        h.write_u64(w(&self.client[8..]));
-        h.write_u64(
+        [
+            w(&self.backend.addr[..8]),
+            w(&self.backend.addr[8..]),
+            w(&self.client[..8]),
+            w(&self.client[8..]),
             u64::from(self.client_port)
                 | u64::from(self.backend.port) << 16
                 | u64::from(self.protocol) << 32,
-        );
+        ]
     }
 }
 
@@ -276,9 +272,9 @@ impl FlowTable {
                 tail: NIL,
                 len: 0,
             }; STATES],
-            index: HashTable::with_capacity(2 * capacity as usize),
-            reply_index: HashTable::with_capacity(2 * capacity as usize),
-            hasher: hashbrown::DefaultHashBuilder::default(),
+            index: FlowIndex::new(capacity as usize),
+            reply_index: FlowIndex::new(capacity as usize),
+            hasher: KeyHasher::random(),
             capacity,
             timeouts,
             conns: vec![Conns::default(); max_backends as usize],
@@ -330,7 +326,12 @@ impl FlowTable {
 
     #[inline(always)]
     fn hash_key(&self, k: &FlowKey) -> u64 {
-        self.hasher.hash_one(k)
+        self.hasher.hash(k.words())
+    }
+
+    #[inline(always)]
+    fn hash_reply(&self, k: &ReplyKey) -> u64 {
+        self.hasher.hash(k.words())
     }
 
     fn reply_key_of(&self, f: &Flow) -> ReplyKey {
@@ -350,9 +351,7 @@ impl FlowTable {
     #[inline(always)]
     pub fn lookup(&mut self, key: &FlowKey, now: u32) -> Option<u32> {
         let h = self.hash_key(key);
-        let slot = *self
-            .index
-            .find(h, |&s| self.slots[s as usize].key == *key)?;
+        let slot = self.index.find(h, |s| self.slots[s as usize].key == *key)?;
         if self.expired(&self.slots[slot as usize], now) {
             self.remove(slot);
             self.stats.expired += 1;
@@ -375,9 +374,7 @@ impl FlowTable {
     #[inline(always)]
     pub fn find(&self, key: &FlowKey) -> Option<u32> {
         let h = self.hash_key(key);
-        self.index
-            .find(h, |&s| self.slots[s as usize].key == *key)
-            .copied()
+        self.index.find(h, |s| self.slots[s as usize].key == *key)
     }
 
     /// Whether the flow in `slot` has timed out at `now`.
@@ -389,8 +386,8 @@ impl FlowTable {
     /// The live NAT flow a reply from a backend belongs to.
     #[inline]
     pub fn lookup_reply(&mut self, key: &ReplyKey, now: u32) -> Option<u32> {
-        let h = self.hasher.hash_one(key);
-        let slot = *self.reply_index.find(h, |&s| {
+        let h = self.hash_reply(key);
+        let slot = self.reply_index.find(h, |s| {
             let f = &self.slots[s as usize];
             f.key.protocol == key.protocol
                 && f.key.client == key.client
@@ -472,22 +469,13 @@ impl FlowTable {
             (self.slots.len() - 1) as u32
         };
         let h = self.hash_key(&key);
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index
-            .insert_unique(h, slot, |&s| hasher.hash_one(slots[s as usize].key));
+        // Sized for the capacity, which `len` never exceeds: there is always room.
+        let added = self.index.insert(h, slot);
+        debug_assert!(added);
         if nat {
             let rk = self.reply_key_of(&self.slots[slot as usize]);
-            let h = self.hasher.hash_one(rk);
-            let (slots, hasher, endpoints) = (&self.slots, &self.hasher, &self.endpoints);
-            self.reply_index.insert_unique(h, slot, |&s| {
-                let f = &slots[s as usize];
-                hasher.hash_one(ReplyKey {
-                    protocol: f.key.protocol,
-                    backend: endpoints[f.backend.0 as usize],
-                    client: f.key.client,
-                    client_port: f.key.client_port,
-                })
-            });
+            let added = self.reply_index.insert(self.hash_reply(&rk), slot);
+            debug_assert!(added);
         }
         self.count_in(backend, state);
         self.link_tail(slot);
@@ -499,14 +487,10 @@ impl FlowTable {
     pub fn remove(&mut self, slot: u32) {
         let f = self.slots[slot as usize];
         let h = self.hash_key(&f.key);
-        if let Ok(e) = self.index.find_entry(h, |&s| s == slot) {
-            e.remove();
-        }
+        self.index.remove(h, slot);
         if f.nat {
-            let h = self.hasher.hash_one(self.reply_key_of(&f));
-            if let Ok(e) = self.reply_index.find_entry(h, |&s| s == slot) {
-                e.remove();
-            }
+            self.reply_index
+                .remove(self.hash_reply(&self.reply_key_of(&f)), slot);
         }
         self.count_out(f.backend, f.state);
         self.unlink(slot);

@@ -374,6 +374,7 @@ proptest! {
             }
             prop_assert_eq!(t.iter().count(), t.len());
             prop_assert_eq!(t.index.len(), t.len());
+            prop_assert_eq!(t.reply_index.len(), t.iter().filter(|f| f.nat).count());
             prop_assert!(t.len() <= 32);
         }
     }
