@@ -349,10 +349,9 @@ fn established_v4_inner<P: PacketBuf>(
             src: key.client,
             dst: key.vip,
         };
-        return Ok(
-            forward_to_backend(pkt, L3, &view, ingress, svc, backend, snap, w)
-                .unwrap_or_else(Action::Drop),
-        );
+        return Ok(forward_out_of_line(
+            pkt, &view, ingress, svc, backend, snap, w,
+        ));
     };
     let dst_mac = match next_hop_mac(route, &w.neighbor_events) {
         Ok(m) => m,
@@ -387,7 +386,7 @@ fn established_v4_inner<P: PacketBuf>(
     })
 }
 
-#[inline(always)]
+#[inline(never)]
 fn classify<P: PacketBuf>(
     pkt: &mut P,
     ingress: u16,
@@ -685,6 +684,21 @@ fn new_flow<P: PacketBuf>(
         .map_err(|_| DropReason::FlowInsertFailed)?;
     count_new_flow(w, svc.config.id, b.id);
     forward_to_backend(pkt, l2, ip, ingress, svc, b.id, snap, w)
+}
+
+/// [`forward_to_backend`] in a function of its own: the fast path's rare cases stay out of
+/// its registers.
+#[inline(never)]
+fn forward_out_of_line<P: PacketBuf>(
+    pkt: &mut P,
+    ip: &IpView,
+    ingress: u16,
+    svc: &Service,
+    backend: BackendId,
+    snap: &Snapshot,
+    w: &WorkerState,
+) -> Action {
+    forward_to_backend(pkt, ip.l3, ip, ingress, svc, backend, snap, w).unwrap_or_else(Action::Drop)
 }
 
 /// Client to VIP, to the flow's backend, in the service's forwarding mode.
