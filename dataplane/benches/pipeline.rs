@@ -11,7 +11,7 @@ use dataplane::addr::{IpPrefix, MacAddr};
 use dataplane::checksum;
 use dataplane::flow::FlowTimeouts;
 use dataplane::packet::{OwnedPacket, PacketBuf};
-use dataplane::pipeline::{Action, WorkerState, process};
+use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm};
 use dataplane::sched::MaglevTable;
 use dataplane::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
 use dataplane::snapshot::{
@@ -144,6 +144,41 @@ fn established(c: &mut Criterion) {
     g.finish();
 }
 
+/// Packets a worker takes from a queue at a time (`[dpdk] burst` default).
+const BURST: usize = 32;
+
+/// The same packets as `established`, the way a worker runs them: a burst of 32 frames is
+/// copied in (as the PMD does on receive), warmed when the table is larger than the caches (as
+/// the worker does), then processed one after the other. Per packet: the burst's time / 32.
+fn established_burst(c: &mut Criterion) {
+    let mut g = c.benchmark_group("established_nat_burst32");
+    g.throughput(Throughput::Elements(BURST as u64));
+    let snap = snapshot(SchedulerKind::Maglev);
+    let mut pkts: Vec<OwnedPacket> = (0..BURST).map(|_| OwnedPacket::new(&frame(0))).collect();
+    let mut k = 0;
+    for flows in [1_000u32, 1_000_000] {
+        let mut state: Option<(WorkerState, Vec<Vec<u8>>)> = None;
+        g.bench_function(BenchmarkId::from_parameter(flows), |b| {
+            let (w, probe) = state.get_or_insert_with(|| established_setup(flows));
+            b.iter(|| {
+                for p in pkts.iter_mut() {
+                    p.reset_from(&probe[k % probe.len()]);
+                    k += 1;
+                }
+                if w.flows.len() > WARM_ABOVE {
+                    for p in &pkts {
+                        warm(p.data(), &snap, w);
+                    }
+                }
+                for p in pkts.iter_mut() {
+                    black_box(process(p, 0, &snap, w, 2));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 const FRAME_LEN: usize = 60;
 const NEW_FLOW_FRAMES: usize = 1 << 20;
 
@@ -186,5 +221,11 @@ fn maglev_build(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, established, new_flows, maglev_build);
+criterion_group!(
+    benches,
+    established,
+    established_burst,
+    new_flows,
+    maglev_build
+);
 criterion_main!(benches);

@@ -13,7 +13,7 @@ use crate::counters::WorkerCounters;
 use crate::flow::{Flow, FlowTableStats};
 use crate::neighbor::NeighborEvent;
 use crate::packet::PacketBuf;
-use crate::pipeline::{Action, WorkerState, process, warm};
+use crate::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm};
 use crate::service::{BackendId, ServiceId};
 use crate::shared::{Reader, SharedSnapshot};
 
@@ -75,9 +75,6 @@ pub struct LoopSettings {
 const DRAIN_US: u64 = 100;
 /// How often the connection counts are copied out for the control side.
 const MIRRORS_PER_SECOND: u64 = 10;
-/// Flow-table entries above which a burst's lookups are done ahead (about what L2 holds:
-/// 64-byte flows plus the index); below, the extra lookup only costs time.
-const WARM_ABOVE: usize = 8192;
 /// Expired flows removed between bursts, at most, per loop iteration.
 const SWEEP_PER_ITERATION: usize = 64;
 

@@ -106,6 +106,11 @@ impl WorkerState {
     }
 }
 
+/// Flow-table entries above which a worker [`warm`]s a whole burst before processing it
+/// (about what L2 holds: 64-byte flows plus the index); below, the extra lookup only costs
+/// time.
+pub const WARM_ABOVE: usize = 8192;
+
 /// Warms the cache for [`process`] of `frame`: if it looks like a client's TCP or UDP packet
 /// to a VIP, its flow's index entry and slot are loaded. Lookups of a whole burst done back to
 /// back overlap their cache misses, which lookups interleaved with the rest of the work cannot. A quick read
