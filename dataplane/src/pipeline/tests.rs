@@ -477,27 +477,18 @@ fn nat_rewrites_destination_to_the_backend_and_replies_back_to_the_vip() {
             let (input, l4) = client_packet(v6, proto, ForwardingMode::Nat, crate::wire::tcp::SYN);
             let (action, out) = run(&snap, &mut w, &input);
             let port = vip_port(proto, ForwardingMode::Nat);
-            let (want, b_mac, b_addr): (Vec<u8>, _, IpAddr) = if v6 {
+            let (want, b_mac) = if v6 {
                 (
                     ipv6_packet(v6hdr(CLIENT6, B61), with_ports(l4, 40000, 8080)),
                     B61_MAC,
-                    B61.parse().unwrap(),
                 )
             } else {
                 (
                     ipv4_packet(v4hdr(CLIENT, B1), with_ports(l4, 40000, 8080)),
                     B1_MAC,
-                    B1.parse().unwrap(),
                 )
             };
-            assert_eq!(
-                action,
-                Action::Forward {
-                    interface: 0,
-                    next_hop: b_addr
-                },
-                "{case}"
-            );
+            assert_eq!(action, Action::Forward { interface: 0 }, "{case}");
             assert_frame(&out, &frame(b_mac, OUR_MAC, &want), &case);
 
             // The backend answers the client; l4lb puts the VIP back as the source.
@@ -515,30 +506,21 @@ fn nat_rewrites_destination_to_the_backend_and_replies_back_to_the_vip() {
                     zero_checksum: false,
                 },
             };
-            let (reply, want_out, gw, client): (Vec<u8>, Vec<u8>, _, IpAddr) = if v6 {
+            let (reply, want_out, gw) = if v6 {
                 (
                     ipv6_packet(v6hdr(B61, CLIENT6), reply_l4),
                     ipv6_packet(v6hdr(VIP6, CLIENT6), with_ports(reply_l4, port, 40000)),
                     GW6_MAC,
-                    "2001:db8:1::fe".parse().unwrap(),
                 )
             } else {
                 (
                     ipv4_packet(v4hdr(B1, CLIENT), reply_l4),
                     ipv4_packet(v4hdr(VIP, CLIENT), with_ports(reply_l4, port, 40000)),
                     GW_MAC,
-                    "198.18.0.254".parse().unwrap(),
                 )
             };
             let (action, out) = run(&snap, &mut w, &frame(OUR_MAC, b_mac, &reply));
-            assert_eq!(
-                action,
-                Action::Forward {
-                    interface: 0,
-                    next_hop: client
-                },
-                "{case} reply"
-            );
+            assert_eq!(action, Action::Forward { interface: 0 }, "{case} reply");
             assert_frame(
                 &out,
                 &frame(gw, OUR_MAC, &want_out),
@@ -583,19 +565,8 @@ fn dr_changes_only_the_destination_mac() {
                 crate::wire::tcp::SYN,
             );
             let (action, out) = run(&snap, &mut w, &input);
-            let (mac, addr): (_, IpAddr) = if v6 {
-                (B61_MAC, B61.parse().unwrap())
-            } else {
-                (B1_MAC, B1.parse().unwrap())
-            };
-            assert_eq!(
-                action,
-                Action::Forward {
-                    interface: 0,
-                    next_hop: addr
-                },
-                "{case}"
-            );
+            let mac = if v6 { B61_MAC } else { B1_MAC };
+            assert_eq!(action, Action::Forward { interface: 0 }, "{case}");
             let mut want = input.clone();
             want[0..6].copy_from_slice(&mac);
             want[6..12].copy_from_slice(&OUR_MAC);
@@ -641,19 +612,7 @@ fn tun_encapsulates_with_the_interface_address_ttl_64_and_the_inner_dscp() {
                 };
                 frame(B1_MAC, OUR_MAC, &ipv4_raw(h, 4, inner))
             };
-            let addr: IpAddr = if is_v6 {
-                B61.parse().unwrap()
-            } else {
-                B1.parse().unwrap()
-            };
-            assert_eq!(
-                action,
-                Action::Forward {
-                    interface: 0,
-                    next_hop: addr
-                },
-                "{case}"
-            );
+            assert_eq!(action, Action::Forward { interface: 0 }, "{case}");
             assert_frame(&out, &want, &case);
         }
     }
@@ -1062,13 +1021,7 @@ fn an_icmp_error_about_a_nat_flow_reaches_the_client_rewritten() {
     err.extend_from_slice(&sent[..28]);
     let err_pkt = ipv4_raw(v4hdr(B1, CLIENT), 1, &icmp4_body(err));
     let (action, out) = run(&snap, &mut w, &frame(OUR_MAC, B1_MAC, &err_pkt));
-    assert_eq!(
-        action,
-        Action::Forward {
-            interface: 0,
-            next_hop: "198.18.0.254".parse().unwrap()
-        }
-    );
+    assert_eq!(action, Action::Forward { interface: 0 });
     // The client must see its own packet (client -> VIP:1080) quoted, from the VIP.
     let original = ipv4_packet(v4hdr(CLIENT, VIP), l4);
     let mut want = vec![3, 3, 0, 0, 0, 0, 0, 0];
@@ -1098,13 +1051,7 @@ fn an_icmp_error_about_a_vips_reply_reaches_the_dr_backend() {
         &ipv4_raw(v4hdr("198.19.9.9", VIP), 1, &icmp4_body(err)),
     );
     let (action, out) = run(&snap, &mut w, &err_pkt);
-    assert_eq!(
-        action,
-        Action::Forward {
-            interface: 0,
-            next_hop: B1.parse().unwrap()
-        }
-    );
+    assert_eq!(action, Action::Forward { interface: 0 });
     let mut want = err_pkt.clone();
     want[0..6].copy_from_slice(&B1_MAC);
     want[6..12].copy_from_slice(&OUR_MAC);
@@ -1633,4 +1580,10 @@ fn arp_and_ndp_teach_neighbours_and_unresolved_next_hops_are_reported() {
             interface: 0
         }]
     );
+}
+
+#[test]
+fn an_action_fits_in_a_register() {
+    // Returned by every call of `process`: kept small on purpose (see `Action::Forward`).
+    assert_eq!(std::mem::size_of::<Action>(), 4);
 }
