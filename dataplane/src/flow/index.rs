@@ -147,7 +147,8 @@ impl FlowIndex {
     #[inline(always)]
     pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let (mut b, tag) = split(hash, self.buckets.len());
-        for _ in 0..self.buckets.len() {
+        let mut probes = 0;
+        loop {
             let bucket = &self.buckets[b];
             let mut m = bucket.matches(tag);
             while m != 0 {
@@ -157,12 +158,12 @@ impl FlowIndex {
                 }
                 m &= m - 1;
             }
-            if bucket.tags[OVERFLOW] == 0 {
+            probes += 1;
+            if bucket.tags[OVERFLOW] == 0 || probes == self.buckets.len() {
                 return None;
             }
             b = self.next(b);
         }
-        None
     }
 
     /// Adds `slot` under `hash`. The caller keeps the entries within the capacity given to

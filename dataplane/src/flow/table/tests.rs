@@ -379,3 +379,9 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_flow_is_one_cache_line() {
+    assert_eq!(std::mem::size_of::<Flow>(), 64);
+    assert_eq!(std::mem::align_of::<Flow>(), 64);
+}
