@@ -73,6 +73,7 @@ impl FlowState {
     }
 
     /// The state after a TCP segment with `flags` on a flow in `self`.
+    #[inline]
     pub fn after_tcp(self, flags: u8) -> FlowState {
         use FlowState::*;
         if flags & tcp::RST != 0 {
@@ -133,6 +134,21 @@ impl FlowTimeouts {
             FlowState::Udp => self.udp,
             FlowState::Established => self.tcp_established,
         }
+    }
+
+    /// The timeouts indexed by `FlowState::index`.
+    fn by_state(&self) -> [u32; STATES] {
+        let mut t = [0; STATES];
+        for s in [
+            FlowState::Syn,
+            FlowState::Closed,
+            FlowState::Fin,
+            FlowState::Udp,
+            FlowState::Established,
+        ] {
+            t[s.index()] = self.of(s);
+        }
+        t
     }
 }
 
@@ -203,6 +219,8 @@ pub struct FlowTable {
     hasher: KeyHasher,
     capacity: u32,
     timeouts: FlowTimeouts,
+    /// `timeouts` by state index: one load per expiry check.
+    timeout_of: [u32; STATES],
     conns: Vec<Conns>,
     endpoints: Vec<Endpoint>,
     stats: FlowTableStats,
@@ -280,6 +298,7 @@ impl FlowTable {
             hasher: KeyHasher::random(),
             capacity,
             timeouts,
+            timeout_of: timeouts.by_state(),
             conns: vec![Conns::default(); max_backends as usize],
             endpoints: vec![Endpoint::default(); max_backends as usize],
             stats: FlowTableStats::default(),
@@ -308,6 +327,7 @@ impl FlowTable {
 
     pub fn set_timeouts(&mut self, t: FlowTimeouts) {
         self.timeouts = t;
+        self.timeout_of = t.by_state();
     }
 
     pub fn get(&self, slot: u32) -> &Flow {
@@ -347,7 +367,7 @@ impl FlowTable {
     }
 
     fn expired(&self, f: &Flow, now: u32) -> bool {
-        now > f.last_seen.saturating_add(self.timeouts.of(f.state))
+        now > f.last_seen.saturating_add(self.timeout_of[f.state.index()])
     }
 
     /// The live flow for `key`; an expired one is removed and not returned.
