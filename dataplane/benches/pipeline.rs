@@ -11,7 +11,7 @@ use dataplane::addr::{IpPrefix, MacAddr};
 use dataplane::checksum;
 use dataplane::flow::FlowTimeouts;
 use dataplane::packet::{OwnedPacket, PacketBuf};
-use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm};
+use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm, warm_flows};
 use dataplane::sched::MaglevTable;
 use dataplane::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
 use dataplane::snapshot::{
@@ -166,8 +166,12 @@ fn established_burst(c: &mut Criterion) {
                     k += 1;
                 }
                 if w.flows.len() > WARM_ABOVE {
-                    for p in &pkts {
-                        warm(p.data(), &snap, w);
+                    let mut hashes = [None; BURST];
+                    for (h, p) in hashes.iter_mut().zip(&pkts) {
+                        *h = warm(p.data(), &snap, w);
+                    }
+                    for h in hashes.iter().flatten() {
+                        warm_flows(*h, w);
                     }
                 }
                 for p in pkts.iter_mut() {

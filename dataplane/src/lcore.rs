@@ -13,7 +13,7 @@ use crate::counters::WorkerCounters;
 use crate::flow::{Flow, FlowTableStats};
 use crate::neighbor::NeighborEvent;
 use crate::packet::PacketBuf;
-use crate::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm};
+use crate::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm, warm_flows};
 use crate::service::{BackendId, ServiceId};
 use crate::shared::{Reader, SharedSnapshot};
 
@@ -248,13 +248,16 @@ impl Worker<'_> {
         let snap = reader.snapshot();
         let n = b.rx.len();
         if self.state.flows.len() > WARM_ABOVE {
-            // A table larger than the caches: look the whole burst up first. Those lookups
-            // wait for nothing but memory, so their cache misses overlap; the processing below
-            // then finds its lines in cache. (Interleaved with the rest of the work, each miss
-            // would be waited for alone.)
-            for i in 0..n {
-                let m = b.rx.get_mut(i);
-                warm(m.data(), snap, &self.state);
+            // A table larger than the caches: the burst's index buckets, then its flows, are
+            // prefetched first, so their cache misses overlap; the processing below then finds
+            // its lines in cache. (Interleaved with the rest of the work, each miss would be
+            // waited for alone.)
+            let mut hashes = [None; MAX_BURST];
+            for (i, h) in hashes.iter_mut().enumerate().take(n) {
+                *h = warm(b.rx.get_mut(i).data(), snap, &self.state);
+            }
+            for h in hashes.iter().take(n).flatten() {
+                warm_flows(*h, &self.state);
             }
         }
         // One pass: each packet is processed, then put where its action sends it.

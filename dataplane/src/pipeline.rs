@@ -112,66 +112,58 @@ impl WorkerState {
 /// time.
 pub const WARM_ABOVE: usize = 8192;
 
-/// Warms the cache for [`process`] of `frame`: if it looks like a client's TCP or UDP packet
-/// to a VIP, its flow's index entry and slot are loaded. Lookups of a whole burst done back to
-/// back overlap their cache misses, which lookups interleaved with the rest of the work cannot. A quick read
-/// of the headers without the checks of `process`, which decides everything.
+/// Warms the cache for [`process`] of a burst, stage one of two: if `frame` looks like a
+/// client's TCP or UDP packet to a VIP, the index bucket of its flow starts loading and its
+/// hash is returned for [`warm_flows`]. A worker runs stage one over the whole burst, then
+/// stage two, then processes it: prefetches retire at once, so a burst's cache misses overlap
+/// instead of each being waited for in turn. A quick read of the headers without the checks
+/// of `process`, which decides everything.
 #[inline]
-pub fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) {
+pub fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<u64> {
     let be16 = |at: usize| {
         frame
             .get(at..at + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
     };
-    let Some(mut ether_type) = be16(12) else {
-        return;
-    };
+    let mut ether_type = be16(12)?;
     let mut at = 14;
     if ether_type == ethernet::ETHERTYPE_VLAN {
-        let Some(t) = be16(16) else { return };
-        (ether_type, at) = (t, 18);
+        (ether_type, at) = (be16(16)?, 18);
     }
-    let mut client = [0u8; 16];
-    let mut vip = [0u8; 16];
-    let (protocol, l4) = match ether_type {
+    let (client, vip, protocol, l4) = match ether_type {
         ethernet::ETHERTYPE_IPV4 => {
-            let Some(h) = frame.get(at..at + 20) else {
-                return;
-            };
+            let h = frame.get(at..at + 20)?;
             if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
-                return; // a fragment
+                return None; // a fragment
             }
-            client[10..12].copy_from_slice(&[0xff, 0xff]);
-            vip[10..12].copy_from_slice(&[0xff, 0xff]);
-            client[12..].copy_from_slice(&h[12..16]);
-            vip[12..].copy_from_slice(&h[16..20]);
-            (h[9], at + usize::from(h[0] & 0x0f) * 4)
+            let a = |i: usize| addr::mapped(h[i..i + 4].try_into().expect("4 bytes"));
+            (a(12), a(16), h[9], at + usize::from(h[0] & 0x0f) * 4)
         }
         ethernet::ETHERTYPE_IPV6 => {
-            let Some(h) = frame.get(at..at + 40) else {
-                return;
-            };
-            client.copy_from_slice(&h[8..24]);
-            vip.copy_from_slice(&h[24..40]);
-            (h[6], at + 40)
+            let h = frame.get(at..at + 40)?;
+            let a = |i: usize| -> [u8; 16] { h[i..i + 16].try_into().expect("16 bytes") };
+            (a(8), a(24), h[6], at + 40)
         }
-        _ => return,
+        _ => return None,
     };
     if protocol != ipv4::PROTO_TCP && protocol != ipv4::PROTO_UDP || !snap.maybe_vip(&vip) {
-        return;
+        return None;
     }
-    let (Some(client_port), Some(vip_port)) = (be16(l4), be16(l4 + 2)) else {
-        return;
-    };
-    // The probe reads the index entry and the flow's key: both lines are then in the cache.
-    // (black_box: the answer is not needed, the loads are; the optimiser must not drop them.)
-    std::hint::black_box(w.flows.find(&FlowKey {
+    let hash = w.flows.hash_of(&FlowKey {
         client,
         vip,
-        client_port,
-        vip_port,
+        client_port: be16(l4)?,
+        vip_port: be16(l4 + 2)?,
         protocol,
-    }));
+    });
+    w.flows.prefetch_index(hash);
+    Some(hash)
+}
+
+/// Stage two of [`warm`]: the flows the loaded index bucket names start loading.
+#[inline]
+pub fn warm_flows(hash: u64, w: &WorkerState) {
+    w.flows.prefetch_flows(hash);
 }
 
 /// Which worker owns the flows of a client endpoint (NAT: both directions carry it).

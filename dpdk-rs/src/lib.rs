@@ -41,6 +41,14 @@ pub use port::{
 };
 pub use ring::{Ring, RingConsumer, RingProducer};
 
+/// Asks the CPU to bring the cache line holding `r` into all cache levels (`rte_prefetch0`),
+/// without waiting for it: a burst's lookups issue theirs back to back so that the misses
+/// overlap. Needs no EAL; a hint, it changes nothing and cannot fault.
+#[inline(always)]
+pub fn prefetch<T: ?Sized>(r: &T) {
+    mbuf::prefetch0((r as *const T).cast::<u8>());
+}
+
 /// The DPDK version this crate was built against (from pkg-config).
 pub const DPDK_BUILD_VERSION: &str = env!("DPDK_PKG_VERSION");
 

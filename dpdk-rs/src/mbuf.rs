@@ -147,7 +147,7 @@ unsafe fn mtod(m: *mut sys::rte_mbuf) -> *mut u8 {
 
 /// `rte_prefetch0`, inline: a hint that has no effect on memory, valid for any address.
 #[inline(always)]
-fn prefetch0(p: *const u8) {
+pub(crate) fn prefetch0(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetch never faults and changes no memory, whatever the address; SSE is part of
     // the x86_64 baseline.

@@ -154,6 +154,28 @@ impl FlowIndex {
         }
     }
 
+    /// Starts loading the bucket a lookup of `hash` reads first.
+    #[inline(always)]
+    pub fn prefetch(&self, hash: u64) {
+        dpdk_rs::prefetch(&self.buckets[split(hash, self.buckets.len()).0]);
+    }
+
+    /// The slots in the home bucket of `hash` whose tags match it: the candidates a lookup
+    /// checks first.
+    #[inline(always)]
+    pub fn candidates(&self, hash: u64) -> impl Iterator<Item = u32> + '_ {
+        let (home, tag) = split(hash, self.buckets.len());
+        let bucket = &self.buckets[home];
+        let mut m = bucket.matches(tag);
+        std::iter::from_fn(move || {
+            (m != 0).then(|| {
+                let slot = bucket.slots[m.trailing_zeros() as usize];
+                m &= m - 1;
+                slot
+            })
+        })
+    }
+
     /// Adds `slot` under `hash`. The caller keeps the entries within the capacity given to
     /// `new` (beyond it, false and nothing added).
     pub fn insert(&mut self, hash: u64, slot: u32) -> bool {

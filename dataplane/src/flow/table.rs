@@ -400,6 +400,30 @@ impl FlowTable {
         self.index.find(h, |s| self.slots[s as usize].key == *key)
     }
 
+    /// The index hash of `key`, for [`prefetch_index`](FlowTable::prefetch_index) and
+    /// [`prefetch_flows`](FlowTable::prefetch_flows).
+    #[inline(always)]
+    pub fn hash_of(&self, key: &FlowKey) -> u64 {
+        self.hash_key(key)
+    }
+
+    /// Starts loading the index bucket a lookup of the key with `hash` reads.
+    #[inline(always)]
+    pub fn prefetch_index(&self, hash: u64) {
+        self.index.prefetch(hash);
+    }
+
+    /// Starts loading the flows a lookup of the key with `hash` compares (once its index bucket
+    /// is in the cache: after [`prefetch_index`](FlowTable::prefetch_index) has had time).
+    #[inline(always)]
+    pub fn prefetch_flows(&self, hash: u64) {
+        for s in self.index.candidates(hash) {
+            if let Some(f) = self.slots.get(s as usize) {
+                dpdk_rs::prefetch(f);
+            }
+        }
+    }
+
     /// Whether the flow in `slot` has timed out at `now`.
     #[inline(always)]
     pub fn expired_at(&self, slot: u32, now: u32) -> bool {

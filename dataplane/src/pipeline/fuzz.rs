@@ -40,7 +40,9 @@ fn seeds() -> &'static [Vec<u8>] {
 fn check(snap: &Snapshot, w: &mut WorkerState, frame: &[u8], now: u32) {
     // Warming reads any frame without panicking and changes nothing.
     let before = (w.flows.len(), w.flows.stats());
-    super::warm(frame, snap, w);
+    if let Some(h) = super::warm(frame, snap, w) {
+        super::warm_flows(h, w);
+    }
     assert_eq!((w.flows.len(), w.flows.stats()), before);
     let mut p = OwnedPacket::new(frame);
     match process(&mut p, 0, snap, w, now) {

@@ -1587,3 +1587,28 @@ fn an_action_fits_in_a_register() {
     // Returned by every call of `process`: kept small on purpose (see `Action::Forward`).
     assert_eq!(std::mem::size_of::<Action>(), 4);
 }
+
+#[test]
+fn warming_names_the_flow_process_then_uses() {
+    for is_v6 in [false, true] {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let snap = Snapshot::build(config(1), 1);
+            let mut w = worker();
+            let (input, _) = client_packet(is_v6, proto, ForwardingMode::DirectRouting, 0x10);
+            // Before the flow exists: a hash all the same (the packet is a client's to a VIP).
+            let before = super::warm(&input, &snap, &w).expect("a client packet to a VIP");
+            run(&snap, &mut w, &input);
+            let flow = w.flows.iter().next().expect("one flow").key;
+            assert_eq!(before, w.flows.hash_of(&flow), "{is_v6} {proto}");
+            assert_eq!(super::warm(&input, &snap, &w), Some(before));
+            // Not a client packet to a VIP: nothing to warm.
+            let mut other = input.clone();
+            if is_v6 {
+                other[14 + 24..14 + 40].copy_from_slice(&v6("2001:db8:9::9").octets());
+            } else {
+                other[14 + 16..14 + 20].copy_from_slice(&[198, 19, 9, 9]);
+            }
+            assert_eq!(super::warm(&other, &snap, &w), None);
+        }
+    }
+}
