@@ -34,16 +34,6 @@ pub fn addr_from_bytes(b: [u8; 16]) -> IpAddr {
     }
 }
 
-impl std::hash::Hash for FlowKey {
-    /// Five words instead of 38 separate bytes and lengths: this runs for every packet.
-    #[inline]
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        for w in self.words() {
-            h.write_u64(w);
-        }
-    }
-}
-
 impl FlowKey {
     pub fn new(protocol: u8, client: IpAddr, client_port: u16, vip: IpAddr, vip_port: u16) -> Self {
         FlowKey {

@@ -126,28 +126,14 @@ impl Default for FlowTimeouts {
 }
 
 impl FlowTimeouts {
-    fn of(&self, s: FlowState) -> u32 {
-        match s {
-            FlowState::Syn => self.tcp_syn,
-            FlowState::Closed => self.tcp_close,
-            FlowState::Fin => self.tcp_fin,
-            FlowState::Udp => self.udp,
-            FlowState::Established => self.tcp_established,
-        }
-    }
-
-    /// The timeouts indexed by `FlowState::index`.
+    /// Seconds per state, indexed by `FlowState::index`.
     fn by_state(&self) -> [u32; STATES] {
         let mut t = [0; STATES];
-        for s in [
-            FlowState::Syn,
-            FlowState::Closed,
-            FlowState::Fin,
-            FlowState::Udp,
-            FlowState::Established,
-        ] {
-            t[s.index()] = self.of(s);
-        }
+        t[FlowState::Syn.index()] = self.tcp_syn;
+        t[FlowState::Closed.index()] = self.tcp_close;
+        t[FlowState::Fin.index()] = self.tcp_fin;
+        t[FlowState::Udp.index()] = self.udp;
+        t[FlowState::Established.index()] = self.tcp_established;
         t
     }
 }
@@ -348,11 +334,6 @@ impl FlowTable {
     }
 
     #[inline(always)]
-    fn hash_key(&self, k: &FlowKey) -> u64 {
-        self.hasher.hash(k.words())
-    }
-
-    #[inline(always)]
     fn hash_reply(&self, k: &ReplyKey) -> u64 {
         self.hasher.hash(k.words())
     }
@@ -373,8 +354,7 @@ impl FlowTable {
     /// The live flow for `key`; an expired one is removed and not returned.
     #[inline(always)]
     pub fn lookup(&mut self, key: &FlowKey, now: u32) -> Option<u32> {
-        let h = self.hash_key(key);
-        let slot = self.index.find(h, |s| self.slots[s as usize].key == *key)?;
+        let slot = self.find(key)?;
         if self.expired(&self.slots[slot as usize], now) {
             self.remove(slot);
             self.stats.expired += 1;
@@ -396,15 +376,15 @@ impl FlowTable {
     /// to bring index entries and flows into the cache).
     #[inline(always)]
     pub fn find(&self, key: &FlowKey) -> Option<u32> {
-        let h = self.hash_key(key);
+        let h = self.hash_of(key);
         self.index.find(h, |s| self.slots[s as usize].key == *key)
     }
 
-    /// The index hash of `key`, for [`prefetch_index`](FlowTable::prefetch_index) and
-    /// [`prefetch_flows`](FlowTable::prefetch_flows).
+    /// The index hash of `key` (also for [`prefetch_index`](FlowTable::prefetch_index) and
+    /// [`prefetch_flows`](FlowTable::prefetch_flows)).
     #[inline(always)]
     pub fn hash_of(&self, key: &FlowKey) -> u64 {
-        self.hash_key(key)
+        self.hasher.hash(key.words())
     }
 
     /// Starts loading the index bucket a lookup of the key with `hash` reads.
@@ -515,7 +495,7 @@ impl FlowTable {
             self.slots.push(flow);
             (self.slots.len() - 1) as u32
         };
-        let h = self.hash_key(&key);
+        let h = self.hash_of(&key);
         // Sized for the capacity, which `len` never exceeds: there is always room.
         let added = self.index.insert(h, slot);
         debug_assert!(added);
@@ -533,7 +513,7 @@ impl FlowTable {
     /// Removes a flow.
     pub fn remove(&mut self, slot: u32) {
         let f = self.slots[slot as usize];
-        let h = self.hash_key(&f.key);
+        let h = self.hash_of(&f.key);
         self.index.remove(h, slot);
         if f.nat {
             self.reply_index
