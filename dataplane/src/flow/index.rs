@@ -184,8 +184,9 @@ impl FlowIndex {
         let mut b = home;
         let mut hops = 0;
         let way = loop {
-            if let Some(w) = self.buckets[b].tags[..WAYS].iter().position(|&t| t == 0) {
-                break w;
+            let free = self.buckets[b].matches(0);
+            if free != 0 {
+                break free.trailing_zeros() as usize;
             }
             hops += 1;
             if hops == self.buckets.len() {
