@@ -207,6 +207,10 @@ pub struct FlowTable {
     timeouts: FlowTimeouts,
     /// `timeouts` by state index: one load per expiry check.
     timeout_of: [u32; STATES],
+    /// A clock value at which a sweep found nothing (more) expired. Until the clock moves on
+    /// (or the timeouts change), nothing more can expire: the clock never goes back (the
+    /// lists' oldest-first order assumes it too) and a flow's `last_seen` only grows.
+    swept_clean_at: Option<u32>,
     conns: Vec<Conns>,
     endpoints: Vec<Endpoint>,
     stats: FlowTableStats,
@@ -285,6 +289,7 @@ impl FlowTable {
             capacity,
             timeouts,
             timeout_of: timeouts.by_state(),
+            swept_clean_at: None,
             conns: vec![Conns::default(); max_backends as usize],
             endpoints: vec![Endpoint::default(); max_backends as usize],
             stats: FlowTableStats::default(),
@@ -314,6 +319,7 @@ impl FlowTable {
     pub fn set_timeouts(&mut self, t: FlowTimeouts) {
         self.timeouts = t;
         self.timeout_of = t.by_state();
+        self.swept_clean_at = None;
     }
 
     pub fn get(&self, slot: u32) -> &Flow {
@@ -527,20 +533,29 @@ impl FlowTable {
         self.free = slot;
     }
 
-    /// Removes expired flows from the old end of each list, at most `budget` of them.
+    /// Removes expired flows from the old end of each list, at most `budget` of them. Once a
+    /// sweep has found nothing (more) to remove at `now`, the next ones at the same `now`
+    /// return at once (a new flow sweeps too: most would otherwise read five list heads).
     pub fn sweep(&mut self, now: u32, budget: usize) -> usize {
+        if self.swept_clean_at == Some(now) {
+            return 0;
+        }
         let mut removed = 0;
         for l in 0..STATES {
-            while removed < budget {
+            loop {
                 let head = self.lists[l].head;
                 if head == NIL || !self.expired(&self.slots[head as usize], now) {
                     break;
+                }
+                if removed == budget {
+                    return removed; // more to do: not clean
                 }
                 self.remove(head);
                 self.stats.expired += 1;
                 removed += 1;
             }
         }
+        self.swept_clean_at = Some(now);
         removed
     }
 
