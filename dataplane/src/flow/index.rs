@@ -15,7 +15,9 @@
 //! instructions of this one on the packet path (foldhash's five dependent multiplies, a call,
 //! a closure): the established NAT path went from 55.5 to 46.6 ns/packet at 1k flows and
 //! from 134 to 80 at 1M (`cargo bench -p dataplane --bench pipeline`), and a table at
-//! capacity takes 9 bytes per flow per index instead of hashbrown's 10 to 17.
+//! capacity takes 9 bytes per flow per index instead of hashbrown's 10 to 17. Comparing the
+//! 12 tags with one SSE2 compare (the `wide` crate) instead of eight at a time in a 64-bit
+//! word then took it to 39.2 ns.
 
 use wide::u8x16;
 
@@ -177,7 +179,8 @@ impl FlowIndex {
     }
 
     /// Adds `slot` under `hash`. The caller keeps the entries within the capacity given to
-    /// `new` (beyond it, false and nothing added).
+    /// `new`; beyond it this still works until every entry of every bucket is taken, and then
+    /// returns false and adds nothing.
     pub fn insert(&mut self, hash: u64, slot: u32) -> bool {
         let (home, tag) = split(hash, self.buckets.len());
         // First find room, so that a full index changes nothing.
