@@ -81,6 +81,20 @@ impl Bucket {
         let eq = u8x16::from(self.tags).simd_eq(u8x16::splat(tag));
         eq.to_bitmask() & ((1 << WAYS) - 1)
     }
+
+    /// The first entry holding `tag` whose slot `eq` accepts.
+    #[inline(always)]
+    fn find_way(&self, tag: u8, mut eq: impl FnMut(u32) -> bool) -> Option<usize> {
+        let mut m = self.matches(tag);
+        while m != 0 {
+            let w = m.trailing_zeros() as usize;
+            if eq(self.slots[w]) {
+                return Some(w);
+            }
+            m &= m - 1;
+        }
+        None
+    }
 }
 
 /// One index: hashes to slab slots.
@@ -140,13 +154,8 @@ impl FlowIndex {
         let mut probes = 0;
         loop {
             let bucket = &self.buckets[b];
-            let mut m = bucket.matches(tag);
-            while m != 0 {
-                let slot = bucket.slots[m.trailing_zeros() as usize];
-                if eq(slot) {
-                    return Some(slot);
-                }
-                m &= m - 1;
+            if let Some(w) = bucket.find_way(tag, &mut eq) {
+                return Some(bucket.slots[w]);
             }
             probes += 1;
             if bucket.tags[OVERFLOW] == 0 || probes == self.buckets.len() {
@@ -216,16 +225,8 @@ impl FlowIndex {
         let mut hops = 0;
         let way = loop {
             let bucket = &self.buckets[b];
-            let mut m = bucket.matches(tag);
-            while m != 0 {
-                let w = m.trailing_zeros() as usize;
-                if bucket.slots[w] == slot {
-                    break;
-                }
-                m &= m - 1;
-            }
-            if m != 0 {
-                break m.trailing_zeros() as usize;
+            if let Some(w) = bucket.find_way(tag, |s| s == slot) {
+                break w;
             }
             if bucket.tags[OVERFLOW] == 0 || hops + 1 == self.buckets.len() {
                 return false;
