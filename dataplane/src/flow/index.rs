@@ -187,6 +187,19 @@ impl FlowIndex {
         })
     }
 
+    /// Counts one entry more (`up`) or fewer as having passed over each of the `hops` buckets
+    /// from `home` on. A count that reached [`STUCK`] stays there.
+    fn count_overflow(&mut self, home: usize, hops: usize, up: bool) {
+        let mut p = home;
+        for _ in 0..hops {
+            let o = &mut self.buckets[p].tags[OVERFLOW];
+            if *o != STUCK {
+                *o = if up { *o + 1 } else { *o - 1 };
+            }
+            p = self.next(p);
+        }
+    }
+
     /// Adds `slot` under `hash`. The caller keeps the entries within the capacity given to
     /// `new`; beyond it this still works until every entry of every bucket is taken, and then
     /// returns false and adds nothing.
@@ -206,12 +219,7 @@ impl FlowIndex {
             }
             b = self.next(b);
         };
-        let mut p = home;
-        for _ in 0..hops {
-            let o = &mut self.buckets[p].tags[OVERFLOW];
-            *o = o.saturating_add(1);
-            p = self.next(p);
-        }
+        self.count_overflow(home, hops, true);
         self.buckets[b].tags[way] = tag;
         self.buckets[b].slots[way] = slot;
         self.len += 1;
@@ -235,14 +243,7 @@ impl FlowIndex {
             b = self.next(b);
         };
         self.buckets[b].tags[way] = 0;
-        let mut p = home;
-        for _ in 0..hops {
-            let o = &mut self.buckets[p].tags[OVERFLOW];
-            if *o != STUCK {
-                *o -= 1;
-            }
-            p = self.next(p);
-        }
+        self.count_overflow(home, hops, false);
         self.len -= 1;
         true
     }
@@ -311,6 +312,35 @@ mod tests {
             i.buckets.iter().all(|b| b.tags == [0; 16]),
             "counts back to zero"
         );
+    }
+
+    #[test]
+    fn an_overflow_count_that_saturates_stays_and_lookups_stay_right() {
+        let mut i = FlowIndex::new(600);
+        let h = 0x0123_4567_89ab_cdef;
+        let (home, _) = split(h, i.buckets.len());
+        for s in 0..300 {
+            assert!(i.insert(h, s));
+        }
+        assert_eq!(i.buckets[home].tags[OVERFLOW], STUCK, "288 passed over it");
+        for s in (0..300).step_by(2) {
+            assert!(i.remove(h, s));
+        }
+        for s in 0..300 {
+            let want = (s % 2 == 1).then_some(s);
+            assert_eq!(i.find(h, |x| x == s), want);
+        }
+        for s in (1..300).step_by(2) {
+            assert!(i.remove(h, s));
+        }
+        assert!(i.is_empty());
+        assert_eq!(
+            i.buckets[home].tags[OVERFLOW], STUCK,
+            "stuck: never counted down"
+        );
+        assert_eq!(i.find(h, |_| true), None);
+        assert!(i.insert(h, 7));
+        assert_eq!(i.find(h, |x| x == 7), Some(7));
     }
 
     proptest! {
