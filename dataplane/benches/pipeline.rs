@@ -13,7 +13,7 @@ use dataplane::addr::{IpPrefix, MacAddr};
 use dataplane::checksum;
 use dataplane::flow::FlowTimeouts;
 use dataplane::packet::{OwnedPacket, PacketBuf};
-use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm, warm_flows};
+use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm_burst};
 use dataplane::sched::MaglevTable;
 use dataplane::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
 use dataplane::snapshot::{
@@ -182,13 +182,7 @@ fn established_burst(c: &mut Criterion) {
                     k += 1;
                 }
                 if w.flows.len() > WARM_ABOVE {
-                    let mut hashes = [None; BURST];
-                    for (h, p) in hashes.iter_mut().zip(&pkts) {
-                        *h = warm(p.data(), &snap, w);
-                    }
-                    for h in hashes.iter().flatten() {
-                        warm_flows(*h, w);
-                    }
+                    warm_burst(pkts.iter().map(|p| p.data()), &snap, w);
                 }
                 for p in pkts.iter_mut() {
                     black_box(process(p, 0, &snap, w, 2));

@@ -13,7 +13,7 @@ use crate::counters::WorkerCounters;
 use crate::flow::{Flow, FlowTableStats};
 use crate::neighbor::NeighborEvent;
 use crate::packet::PacketBuf;
-use crate::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm, warm_flows};
+use crate::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm_burst};
 use crate::service::{BackendId, ServiceId};
 use crate::shared::{Reader, SharedSnapshot};
 
@@ -252,13 +252,7 @@ impl Worker<'_> {
             // prefetched first, so their cache misses overlap; the processing below then finds
             // its lines in cache. (Interleaved with the rest of the work, each miss would be
             // waited for alone.)
-            let mut hashes = [None; MAX_BURST];
-            for (i, h) in hashes.iter_mut().enumerate().take(n) {
-                *h = warm(b.rx.get_mut(i).data(), snap, &self.state);
-            }
-            for h in hashes.iter().take(n).flatten() {
-                warm_flows(*h, &self.state);
-            }
+            warm_burst((0..n).map(|i| b.rx.data(i)), snap, &self.state);
         }
         // One pass: each packet is processed, then put where its action sends it.
         let mut rx = b.rx.drain();

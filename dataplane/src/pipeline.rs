@@ -107,19 +107,35 @@ impl WorkerState {
     }
 }
 
-/// Flow-table entries above which a worker [`warm`]s a whole burst before processing it
+/// Flow-table entries above which a worker warms a whole burst ([`warm_burst`]) before processing it
 /// (about what L2 holds: 64-byte flows plus the index); below, the extra lookup only costs
 /// time.
 pub const WARM_ABOVE: usize = 8192;
 
-/// Warms the cache for [`process`] of a burst, stage one of two: if `frame` looks like a
-/// client's TCP or UDP packet to a VIP, the index bucket of its flow starts loading and its
-/// hash is returned for [`warm_flows`]. A worker runs stage one over the whole burst, then
-/// stage two, then processes it: prefetches retire at once, so a burst's cache misses overlap
-/// instead of each being waited for in turn. A quick read of the headers without the checks
-/// of `process`, which decides everything.
+/// Warms the cache for [`process`] of a burst of frames (at most `MAX_BURST`), in two passes
+/// of prefetches: the index buckets of the flows of its client packets to VIPs, then the
+/// flows those buckets name. Prefetches retire at once, so the burst's cache misses overlap
+/// instead of each being waited for in turn when the burst is then processed.
 #[inline]
-pub fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<u64> {
+pub fn warm_burst<'a>(frames: impl Iterator<Item = &'a [u8]>, snap: &Snapshot, w: &WorkerState) {
+    let mut hashes = [0u64; dpdk_rs::MAX_BURST];
+    let mut n = 0;
+    for frame in frames.take(dpdk_rs::MAX_BURST) {
+        if let Some(h) = warm(frame, snap, w) {
+            hashes[n] = h;
+            n += 1;
+        }
+    }
+    for &h in &hashes[..n] {
+        w.flows.prefetch_flows(h);
+    }
+}
+
+/// The first pass of [`warm_burst`]: if `frame` looks like a client's TCP or UDP packet to a
+/// VIP, the index bucket of its flow starts loading and its hash is returned. A quick read of
+/// the headers without the checks of `process`, which decides everything.
+#[inline]
+fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<u64> {
     let be16 = |at: usize| {
         frame
             .get(at..at + 2)
@@ -158,12 +174,6 @@ pub fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<u64> {
     });
     w.flows.prefetch_index(hash);
     Some(hash)
-}
-
-/// Stage two of [`warm`]: the flows the loaded index bucket names start loading.
-#[inline]
-pub fn warm_flows(hash: u64, w: &WorkerState) {
-    w.flows.prefetch_flows(hash);
 }
 
 /// Which worker owns the flows of a client endpoint (NAT: both directions carry it).

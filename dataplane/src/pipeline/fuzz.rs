@@ -40,9 +40,7 @@ fn seeds() -> &'static [Vec<u8>] {
 fn check(snap: &Snapshot, w: &mut WorkerState, frame: &[u8], now: u32) {
     // Warming reads any frame without panicking and changes nothing.
     let before = (w.flows.len(), w.flows.stats());
-    if let Some(h) = super::warm(frame, snap, w) {
-        super::warm_flows(h, w);
-    }
+    super::warm_burst([frame].into_iter(), snap, w);
     assert_eq!((w.flows.len(), w.flows.stats()), before);
     let mut p = OwnedPacket::new(frame);
     match process(&mut p, 0, snap, w, now) {
