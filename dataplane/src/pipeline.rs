@@ -210,10 +210,7 @@ pub fn process<P: PacketBuf>(
         Fast::NoFlow => true,
         Fast::Other => false,
     };
-    match classify(pkt, ingress, snap, w, now, no_flow) {
-        Ok(a) => a,
-        Err(r) => Action::Drop(r),
-    }
+    classify(pkt, ingress, snap, w, now, no_flow).unwrap_or_else(Action::Drop)
 }
 
 /// [`process`] without the fast path: every packet through the general parse.
@@ -225,10 +222,7 @@ pub(crate) fn process_general<P: PacketBuf>(
     w: &mut WorkerState,
     now: u32,
 ) -> Action {
-    match classify(pkt, ingress, snap, w, now, false) {
-        Ok(a) => a,
-        Err(r) => Action::Drop(r),
-    }
+    classify(pkt, ingress, snap, w, now, false).unwrap_or_else(Action::Drop)
 }
 
 /// What [`established_v4`] did.
