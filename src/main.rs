@@ -8,20 +8,17 @@ mod control;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use control::{Control, Interface, Observed};
-use controlplane::api::Controller;
-use controlplane::config::{self, ConfigError, Model};
-use controlplane::publish::{MAX_BACKENDS, MAX_SERVICES, Publisher};
+use control::FrameRing;
+use controlplane::config::{self, ConfigError, MAX_BACKENDS, MAX_SERVICES, Model};
+use controlplane::controller::{Controller, Interface, Setup, Workers};
+use controlplane::publish::Limits;
 use dataplane::addr::MacAddr;
 use dataplane::counters::{ServiceCounters, WorkerCounters, drop_totals, port_totals};
 use dataplane::drop_reason::DropReason;
-use dataplane::flow::FlowTableStats;
-use dataplane::lcore::{LoopSettings, PoolNeeds, Worker};
 use dataplane::neighbor::NeighborEvent;
 use dataplane::pipeline::WorkerState;
 use dpdk_rs::{
@@ -29,6 +26,7 @@ use dpdk_rs::{
     TxQueue,
 };
 use tracing::{info, warn};
+use worker::{LoopSettings, PoolNeeds, Worker};
 
 /// Exit status for a configuration or usage error (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
@@ -186,12 +184,20 @@ fn config_failed(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// Starts DPDK, runs until SIGINT/SIGTERM, stops, prints the final counters.
-fn run(
-    model: &Model,
-    eal_args: &[String],
-    config_path: Option<&std::path::Path>,
-) -> Result<(), String> {
+/// Slots of each ring between two workers (NAT packets handed to their flow's owner).
+const RING_SLOTS: u32 = 1024;
+/// Slots of the ring of control frames (ARP, NDP) to worker 0.
+const CONTROL_RING_SLOTS: u32 = 256;
+/// How long a change waits for every worker to use it before it answers 503.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
+/// The signals the appliance reacts to: SIGINT/SIGTERM stop it, SIGHUP reloads.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
+
+fn signals() -> Result<Signals, String> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -200,32 +206,11 @@ fn run(
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    Ok(Signals { stop, reload })
+}
 
-    // The API's socket first: a taken address stops the start before DPDK does anything.
-    let api_listener = std::net::TcpListener::bind(model.api.listen)
-        .map_err(|e| format!("api.listen: cannot listen on {}: {e}", model.api.listen))?;
-    let api_address = api_listener
-        .local_addr()
-        .map_err(|e| format!("api.listen: {e}"))?;
-
-    info!(args = ?eal_args, "starting EAL");
-    let eal =
-        Eal::init(eal_args).map_err(|e| format!("{e} (EAL arguments: {})", eal_args.join(" ")))?;
-    let available = dpdk_rs::port_count(&eal);
-    for (i, itf) in model.interfaces.iter().enumerate() {
-        if itf.port >= available {
-            return Err(format!(
-                "interfaces[{i}].port: DPDK port {} does not exist; EAL found {available} port(s) (check --vdev / PCI devices in the EAL arguments)",
-                itf.port
-            ));
-        }
-    }
-
-    // The main lcore runs the loop itself when EAL was given no worker lcore.
-    let lcores: Vec<LcoreId> = eal.worker_lcores().to_vec();
-    let n_workers = lcores.len().max(1);
-    const RING_SLOTS: u32 = 1024;
-    const CONTROL_RING_SLOTS: u32 = 256;
+/// The mbuf pool, sized for every holder (see `PoolNeeds`) plus `[dpdk] extra_mbufs`.
+fn mbuf_pool(eal: &Eal, model: &Model, n_workers: usize, lcores: usize) -> Result<Mempool, String> {
     let needs = PoolNeeds {
         ports: model.interfaces.len() as u32,
         rx_queues_per_port: n_workers as u32,
@@ -235,11 +220,11 @@ fn run(
         workers: n_workers as u32,
         ring_slots: RING_SLOTS * (n_workers * (n_workers - 1)) as u32 + CONTROL_RING_SLOTS,
         cache: PoolNeeds::CACHE,
-        lcores: lcores.len() as u32 + 1,
+        lcores: lcores as u32 + 1,
     };
     let pool_size = needs.pool_size().saturating_add(model.dpdk.extra_mbufs);
     let pool = Mempool::pktmbuf(
-        &eal,
+        eal,
         "l4lb_pkts",
         pool_size,
         PoolNeeds::CACHE,
@@ -248,7 +233,25 @@ fn run(
     )
     .map_err(|e| e.to_string())?;
     info!(mbufs = pool_size, "mbuf pool created");
+    Ok(pool)
+}
 
+/// Configures and starts every interface's port with one rx and one tx queue per worker.
+fn start_ports(
+    eal: &Eal,
+    model: &Model,
+    n_workers: usize,
+    pool: &Mempool,
+) -> Result<Vec<Port>, String> {
+    let available = dpdk_rs::port_count(eal);
+    for (i, itf) in model.interfaces.iter().enumerate() {
+        if itf.port >= available {
+            return Err(format!(
+                "interfaces[{i}].port: DPDK port {} does not exist; EAL found {available} port(s) (check --vdev / PCI devices in the EAL arguments)",
+                itf.port
+            ));
+        }
+    }
     let port_config = PortConfig {
         rx_queues: n_workers as u16,
         tx_queues: n_workers as u16,
@@ -257,7 +260,7 @@ fn run(
     };
     let mut ports = Vec::with_capacity(model.interfaces.len());
     for (i, itf) in model.interfaces.iter().enumerate() {
-        let mut port = Port::configure(&eal, itf.port, &port_config, &pool)
+        let mut port = Port::configure(eal, itf.port, &port_config, pool)
             .map_err(|e| format!("interfaces[{i}]: {e}"))?;
         port.start().map_err(|e| format!("interfaces[{i}]: {e}"))?;
         let link = port.link().map_err(|e| e.to_string())?;
@@ -280,61 +283,110 @@ fn run(
         }
         ports.push(port);
     }
-    let macs: Vec<MacAddr> = ports.iter().map(|p| MacAddr(p.mac_address())).collect();
+    Ok(ports)
+}
+
+/// One ring per ordered pair of workers (a -> b), in the order of `ring_pairs`.
+fn ring_pairs(n_workers: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n_workers).flat_map(move |a| (0..n_workers).filter(move |b| *b != a).map(move |b| (a, b)))
+}
+
+/// Starts DPDK, runs until SIGINT/SIGTERM, stops, prints the final counters.
+fn run(
+    model: &Model,
+    eal_args: &[String],
+    config_path: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let signals = signals()?;
+    let stop = &*signals.stop;
+
+    // The API's socket first: a taken address stops the start before DPDK does anything.
+    let api_listener = std::net::TcpListener::bind(model.api.listen)
+        .map_err(|e| format!("api.listen: cannot listen on {}: {e}", model.api.listen))?;
+    let api_address = api_listener
+        .local_addr()
+        .map_err(|e| format!("api.listen: {e}"))?;
+
+    info!(args = ?eal_args, "starting EAL");
+    let eal =
+        Eal::init(eal_args).map_err(|e| format!("{e} (EAL arguments: {})", eal_args.join(" ")))?;
+    // The main lcore runs the loop itself when EAL was given no worker lcore.
+    let lcores: Vec<LcoreId> = eal.worker_lcores().to_vec();
+    let n_workers = lcores.len().max(1);
+    let pool = mbuf_pool(&eal, model, n_workers, lcores.len())?;
+    let mut ports = start_ports(&eal, model, n_workers, &pool)?;
+    let mut rings: Vec<Ring> = ring_pairs(n_workers)
+        .map(|(a, b)| Ring::new(&eal, &format!("l4lb_redirect_{a}_{b}"), RING_SLOTS, None))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut control_ring =
+        Ring::new(&eal, "l4lb_control", CONTROL_RING_SLOTS, None).map_err(|e| e.to_string())?;
+
+    // The workers' own state first: the controller holds their counters and command channels.
+    let states: Vec<WorkerState> = (0..n_workers)
+        .map(|w| {
+            WorkerState::new(
+                w as u16,
+                model.dpdk.flow_capacity,
+                MAX_SERVICES,
+                MAX_BACKENDS,
+                model.timeouts,
+            )
+        })
+        .collect();
+    let (command_senders, command_receivers): (Vec<_>, Vec<_>) = (0..n_workers)
+        .map(|_| crossbeam_channel::bounded(1024))
+        .unzip();
+    let counters: Arc<[WorkerCounters]> = (0..n_workers)
+        .map(|_| WorkerCounters::new(ports.len()))
+        .collect();
+    let traffic: Vec<Arc<ServiceCounters>> =
+        states.iter().map(|s| Arc::clone(&s.traffic)).collect();
     let interfaces: Vec<Interface> = model
         .interfaces
         .iter()
-        .zip(&macs)
         .zip(&ports)
-        .map(|((i, mac), p)| Interface {
+        .map(|(i, p)| Interface {
             port: i.port,
             name: p.name().to_string(),
-            mac: *mac,
+            mac: MacAddr(p.mac_address()),
             addresses: i.addresses.clone(),
         })
         .collect();
-    let publisher =
-        Publisher::new(model, macs.clone(), n_workers as u16).map_err(|e| e.to_string())?;
-    let shared = Arc::clone(publisher.shared());
+    let mut controller = Controller::new(
+        model.clone(),
+        Setup {
+            config_path: config_path.map(PathBuf::from),
+            interfaces,
+            workers: Workers {
+                commands: command_senders.clone(),
+                counters: Arc::clone(&counters),
+                traffic,
+            },
+            publish_wait: PUBLISH_WAIT,
+            limits: Limits::default(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let shared = Arc::clone(controller.shared());
     info!(
         services = model.services.len(),
         epoch = shared.current().epoch,
         "configuration published"
     );
 
-    let counters: Vec<WorkerCounters> = (0..n_workers)
-        .map(|_| WorkerCounters::new(ports.len()))
-        .collect();
     let settings = LoopSettings {
         burst: model.dpdk.burst,
         idle_sleep: (model.dpdk.idle_sleep_us > 0)
             .then(|| Duration::from_micros(model.dpdk.idle_sleep_us)),
         tsc_hz: dpdk_rs::tsc_hz(),
     };
-    let mut rings: Vec<Ring> = Vec::new();
-    for a in 0..n_workers {
-        for b in 0..n_workers {
-            if a != b {
-                rings.push(
-                    Ring::new(&eal, &format!("l4lb_redirect_{a}_{b}"), RING_SLOTS, None)
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-        }
-    }
-    // Frames of the control side (ARP, NDP), sent by worker 0 with its packets.
-    let mut control_ring =
-        Ring::new(&eal, "l4lb_control", CONTROL_RING_SLOTS, None).map_err(|e| e.to_string())?;
     let (events_tx, events_rx) = crossbeam_channel::bounded::<NeighborEvent>(4096);
-    let mut interface_of_port = vec![u16::MAX; usize::from(available)];
+    let mut interface_of_port = vec![u16::MAX; usize::from(dpdk_rs::port_count(&eal))];
     for (i, itf) in model.interfaces.iter().enumerate() {
         interface_of_port[usize::from(itf.port)] = i as u16;
     }
     let started = Instant::now();
-    let mut flow_stats = Vec::new();
-    let mut reloads = 0u64;
-    let mut final_stats = controlplane::api::Stats::default();
-    let mut traffic: Vec<Arc<ServiceCounters>> = Vec::new();
     {
         // Worker w polls rx queue w and sends on tx queue w of every port.
         let mut rx: Vec<Vec<(u16, RxQueue<'_>)>> = (0..n_workers).map(|_| Vec::new()).collect();
@@ -352,70 +404,47 @@ fn run(
             .map(|_| (0..n_workers).map(|_| None).collect())
             .collect();
         let mut from: Vec<Vec<RingConsumer<'_>>> = (0..n_workers).map(|_| Vec::new()).collect();
-        let mut pairs = (0..n_workers)
-            .flat_map(|a| (0..n_workers).filter(move |b| *b != a).map(move |b| (a, b)));
-        for ring in rings.iter_mut() {
-            let (a, b) = pairs.next().expect("one ring per ordered pair");
+        for (ring, (a, b)) in rings.iter_mut().zip(ring_pairs(n_workers)) {
             let (p, c) = ring.split();
             to[a][b] = Some(p);
             from[b].push(c);
         }
         let (control_producer, control_consumer) = control_ring.split();
         let mut control_consumer = Some(control_consumer);
-        let mut command_senders = Vec::with_capacity(n_workers);
-        let mut workers = Vec::with_capacity(n_workers);
-        for (w, ((rx, tx), (to, from))) in rx
+        let workers: Vec<Worker<'_>> = rx
             .into_iter()
             .zip(tx)
             .zip(to.into_iter().zip(from))
+            .zip(states.into_iter().zip(command_receivers))
             .enumerate()
-        {
-            let (send, recv) = crossbeam_channel::bounded(1024);
-            command_senders.push(send);
-            workers.push(Mutex::new(Some(Worker {
+            .map(|(w, (((rx, tx), (to, from)), (state, commands)))| Worker {
                 index: w,
                 rx,
                 tx,
                 to_workers: to,
                 from_workers: from,
                 interface_of_port: interface_of_port.clone(),
-                state: WorkerState::new(
-                    w as u16,
-                    model.dpdk.flow_capacity,
-                    MAX_SERVICES,
-                    MAX_BACKENDS,
-                    model.timeouts,
-                ),
-                commands: recv,
+                state,
+                commands,
                 control_frames: if w == 0 {
                     control_consumer.take()
                 } else {
                     None
                 },
                 neighbor_events: events_tx.clone(),
-            })));
-        }
-        traffic.extend(workers.iter().map(|w| {
-            Arc::clone(
-                &w.lock()
-                    .expect("not poisoned")
-                    .as_ref()
-                    .expect("not started")
-                    .state
-                    .traffic,
-            )
-        }));
-        let results: Vec<Mutex<Option<FlowTableStats>>> =
-            (0..n_workers).map(|_| Mutex::new(None)).collect();
-        let work = |index: usize| {
-            let worker = workers[index]
-                .lock()
-                .expect("not poisoned")
-                .take()
-                .expect("each worker starts once");
-            let stats = worker.run(&shared, &counters[index], &stop, settings);
-            *results[index].lock().expect("not poisoned") = Some(stats);
-        };
+            })
+            .collect();
+        drop(events_tx);
+        let (shared, counters) = (&shared, &counters);
+        let mut jobs: Vec<_> = workers
+            .into_iter()
+            .map(|worker| {
+                move || {
+                    let index = worker.index;
+                    worker.run(shared, &counters[index], stop, settings);
+                }
+            })
+            .collect();
         info!(workers = n_workers, lcores = ?lcores.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops, SIGHUP reloads the configuration");
         let workers_done = AtomicBool::new(false);
         let (calls_tx, calls_rx) = crossbeam_channel::bounded(controlplane::api::http::QUEUE);
@@ -424,30 +453,15 @@ fn run(
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::scope(|scope| -> Result<(), String> {
             // The control side and the API run on ordinary threads, never on an lcore.
-            let observed = Observed {
-                counters: &counters,
-                traffic: traffic.clone(),
-                started,
+            let mut frames = FrameRing {
+                ring: control_producer,
+                pool: &pool,
             };
-            let mut control = Control::new(
-                &publisher,
-                model.clone(),
-                interfaces,
-                control_producer,
-                &pool,
-                &command_senders,
-                config_path,
-                observed,
-            );
-            let mut controller = Controller::new(model.clone());
-            let (done, reload, events, calls) = (&workers_done, &reload, &events_rx, &calls_rx);
+            let (done, reload, events, calls) =
+                (&workers_done, &*signals.reload, &events_rx, &calls_rx);
+            let controller = &mut controller;
             let control = scope.spawn(move || {
-                control.run(&mut controller, events, calls, reload, done);
-                // The workers have stopped and copied out their last counts.
-                (
-                    control.reloads,
-                    controlplane::api::Dataplane::stats(&mut control, controller.running()),
-                )
+                control::run(controller, &mut frames, events, calls, reload, done);
             });
             let api = std::thread::Builder::new()
                 .name("l4lb-api".into())
@@ -459,17 +473,11 @@ fn run(
                 .map_err(|e| format!("cannot start the API thread: {e}"))?;
             info!("REST API listening on http://{api_address}");
             let result = if lcores.is_empty() {
-                work(0);
+                let work = jobs.pop().expect("one worker");
+                work();
                 Ok(())
             } else {
-                let on_lcore = |lcore: LcoreId| {
-                    let index = lcores
-                        .iter()
-                        .position(|l| *l == lcore)
-                        .expect("launched on a worker");
-                    work(index);
-                };
-                eal.run_on_workers(&lcores, &on_lcore, || {
+                eal.run_on_workers(lcores.iter().copied().zip(jobs).collect(), || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -483,21 +491,18 @@ fn run(
                 Ok(Err(e)) => warn!("the REST API stopped with an error: {e}"),
                 Err(_) => warn!("the REST API thread panicked"),
             }
-            (reloads, final_stats) = control
+            control
                 .join()
                 .map_err(|_| "the control thread panicked".to_string())?;
             result
         })?;
         drop(command_senders);
-        flow_stats.extend(
-            results
-                .into_iter()
-                .map(|r| r.into_inner().expect("not poisoned").unwrap_or_default()),
-        );
     }
     let elapsed = started.elapsed();
     info!("stopping");
 
+    // The workers have stopped and copied out their last counts.
+    let stats = controller.stats();
     let mut report = Vec::with_capacity(ports.len());
     for (i, port) in ports.into_iter().enumerate() {
         let pmd = port.stats().unwrap_or_default();
@@ -514,17 +519,21 @@ fn run(
     }
     println!("{}", action_report(&counters));
     println!("{}", drop_report(&counters));
-    let f: FlowTableStats = flow_stats.into_iter().sum();
+    let f = &stats.flows;
     println!(
         "flows: created={} expired={} evicted={} evicted-established={} flushed={}",
         f.created, f.expired, f.evicted, f.evicted_established, f.flushed
     );
-    for line in traffic_report(&final_stats) {
+    for line in traffic_report(&stats) {
         println!("{line}");
     }
+    let reloads = controller.reloads();
     println!(
-        "configuration: reloads={reloads} epoch={}",
-        shared.current().epoch
+        "configuration: reloads={} reloads-unchanged={} reload-failures={} epoch={}",
+        reloads.ok,
+        reloads.unchanged,
+        reloads.failed,
+        controller.epoch()
     );
     Ok(())
 }

@@ -202,10 +202,11 @@ fn backends_added_drained_and_deleted_through_the_api_steer_new_flows() {
     // End of the pipe: the worker runs freely again (flow dumps need it).
     let Rig {
         app,
-        feed,
+        mut feed,
         out,
         _dir,
     } = rig;
+    let fillers = feed.stop_filler() as f64;
     drop(feed);
 
     // Flows, statistics and metrics while it runs.
@@ -260,7 +261,15 @@ fn backends_added_drained_and_deleted_through_the_api_steer_new_flows() {
         }
     };
     let sent = f64::from(4 + 8 + 12 + 13);
-    assert_eq!(value("l4lb_port_rx_packets_total", &[("port", "0")]), sent);
+    assert_eq!(
+        value("l4lb_port_rx_packets_total", &[("port", "0")]),
+        sent + fillers
+    );
+    assert_eq!(
+        value("l4lb_drops_total", &[("reason", "unknown_ethertype")]),
+        fillers,
+        "every filler, and nothing else, dropped as such"
+    );
     assert_eq!(
         value("l4lb_service_packets_in_total", &[("service", "dns")]),
         sent
@@ -425,8 +434,12 @@ fn l4lbctl_shows_the_api_errors_and_needs_the_token_to_change() {
     assert_eq!(v[0]["backends"][0]["port"], 8080);
     let stats = ctl_ok(&base, &["stats"], None);
     assert!(
-        stats.contains("\nport 0 (net_pcap0): rx-packets=0 "),
+        stats.contains("\nport 0 (net_pcap0): rx-packets="),
         "{stats}"
+    );
+    assert!(
+        stats.contains("\nactions: forwarded=0 "),
+        "only fillers came in: {stats}"
     );
     assert!(stats.contains("\nservice web: packets-in=0 "), "{stats}");
     assert_eq!(
@@ -508,17 +521,20 @@ fn api_changes_survive_restarts_kill_9_and_reloads() {
         app.log()
     );
 
-    // kill -9 in the middle of a stream of changes: the state file still loads.
+    // kill -9 in the middle of a stream of changes, accepted and refused: the state file
+    // still loads.
     let writer = {
         let base = base.clone();
         std::thread::spawn(move || {
             for i in 0..2000u32 {
-                let (code, _, _) = ctl(
+                let weight = if i % 2 == 0 { i % 100 } else { 70_000 };
+                let (code, _, err) = ctl(
                     &base,
-                    &["edit-backend", "dns", "b2", "-w", &(i % 100).to_string()],
+                    &["edit-backend", "dns", "b2", "-w", &weight.to_string()],
                     None,
                 );
-                if code != 0 {
+                let refused = code == 1 && err.contains("422 Unprocessable Entity: weight:");
+                if (i % 2 == 0 && code != 0) || (i % 2 == 1 && !refused) {
                     return i; // the appliance is gone
                 }
             }
@@ -548,39 +564,76 @@ fn api_changes_survive_restarts_kill_9_and_reloads() {
     let loaded = controlplane_state(&state);
     assert_eq!(loaded["services"][0]["backends"][1]["id"], "b2");
 
-    // SIGHUP: a broken file is refused and nothing changes; a good one is applied and saved.
+    // SIGHUP: a broken file is refused and nothing changes. With a state file, the services
+    // made through the API stay through a reload; the file's other sections apply.
     let (app, base) = start_idle(&cfg, &prefix);
     let before = get_services(&base);
+    assert_eq!(
+        before.as_array().unwrap().len(),
+        2,
+        "dns (with b2) and web, made by the API"
+    );
     std::fs::write(&cfg, config("state_file = 7")).unwrap();
     app.signal("HUP");
     assert!(common::wait_until(Duration::from_secs(10), || app
         .log()
-        .contains("reload refused")));
+        .contains("refused, the running configuration stays")));
     assert_eq!(get_services(&base), before);
+    let good = config(&format!("state_file = {:?}", state.display().to_string()));
     std::fs::write(
         &cfg,
-        config(&format!("state_file = {:?}", state.display().to_string()))
-            .replace("scheduler = \"rr\"", "scheduler = \"sh\""),
+        good.replace("scheduler = \"rr\"", "scheduler = \"sh\"")
+            .replace("[api]", "[timeouts]\nudp = 30\n[api]"),
     )
     .unwrap();
     app.signal("HUP");
-    assert!(common::wait_until(Duration::from_secs(10), || app
-        .log()
-        .contains("configuration reloaded")));
-    let now = get_services(&base);
-    assert_eq!(
-        now.as_array().unwrap().len(),
-        1,
-        "the file's services, like an API change"
+    let applied = format!(
+        "reload (SIGHUP) of {}: timeouts.udp 300 -> 30: ok (epoch",
+        cfg.display()
     );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || app.log().contains(&applied)),
+        "{}",
+        app.log()
+    );
+    assert_eq!(get_services(&base), before, "the API's services stay");
+    assert_eq!(
+        controlplane_state(&state)["services"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Asked for, the file's services replace them, and are saved.
+    let out = ctl_ok(&base, &["reload", "--services-from-file"], None);
+    assert!(out.starts_with("reloaded (configuration epoch "), "{out}");
+    assert!(
+        out.contains("\n  service dns: scheduler rr -> sh\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n  service dns backend b2 removed\n"),
+        "{out}"
+    );
+    assert!(out.contains("\n  service web removed\n"), "{out}");
+    let now = get_services(&base);
+    assert_eq!(now.as_array().unwrap().len(), 1, "the file's one service");
     assert_eq!(now[0]["scheduler"], "sh");
     assert_eq!(
         controlplane_state(&state)["services"][0]["scheduler"],
         "sh",
         "and saved"
     );
+    let audit = ctl_ok(&base, &["audit"], None);
+    assert!(audit.contains("reload (api) of "), "{audit}");
     let done = app.signal_and_wait("TERM", Duration::from_secs(20));
     assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(
+        done.stdout
+            .contains("configuration: reloads=2 reloads-unchanged=0 reload-failures=1 epoch=3"),
+        "{}",
+        done.stdout
+    );
 
     // A corrupt state file stops the start, naming it.
     std::fs::write(&state, "{\"format\": 1, \"services\": [{\"id\": ").unwrap();

@@ -1,9 +1,12 @@
-//! The control plane: the configuration model (one model for the file and the API), its
-//! validation, and (in later issues) the REST API and the table publisher.
+//! The control plane, plain Rust without DPDK: the configuration model (one model for the
+//! file, the API and the state file) and its validation, the one writer of the running
+//! configuration ([`controller::Controller`]) with its snapshot publisher, the neighbour
+//! table, the state file, and the REST API in front of it all.
 #![deny(unsafe_code)]
 
 pub mod api;
 pub mod config;
+pub mod controller;
 pub mod neighbors;
 pub mod publish;
 pub mod state;

@@ -8,58 +8,72 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controlplane::api::http::{self, Call};
-use controlplane::api::{Controller, Dataplane, FlowSample, Stats};
-use controlplane::config::{self, Model};
-use controlplane::publish::Publisher;
+use controlplane::config::{self, MAX_BACKENDS, MAX_SERVICES};
+use controlplane::controller::{Controller, Interface, Setup, Workers};
+use controlplane::publish::Limits;
 use dataplane::addr::MacAddr;
+use dataplane::command::{Command, FlowDump};
+use dataplane::counters::{ServiceCounters, WorkerCounters};
+use dataplane::drop_reason::DropReason;
+use dataplane::flow::{Endpoint, FlowKey, FlowState, FlowTable, FlowTimeouts, NewFlow, addr_bytes};
+use dataplane::service::{BackendId, ServiceId};
+use dataplane::shared::SharedSnapshot;
 use serde_json::{Value, json};
 
-/// The stand-in: publishes for real, counts what it was asked.
-struct Fake {
-    publisher: Arc<Publisher>,
-}
-
-impl Dataplane for Fake {
-    fn apply(&mut self, model: &Model) -> Result<(), String> {
-        self.publisher
-            .publish(model, Duration::from_secs(1))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-    fn stats(&mut self, model: &Model) -> Stats {
-        Stats {
-            version: "test".into(),
-            epoch: self.publisher.shared().current().epoch,
-            drops: [("no_service".to_string(), 3)].into_iter().collect(),
-            services: model
-                .services
-                .iter()
-                .map(|s| controlplane::api::stats::ServiceStats {
-                    id: s.id.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Stats::default()
+/// A stand-in for worker 0: a flow table with two flows of service `web` (id 0) to its first
+/// backend, dumped as a worker dumps them.
+fn worker(commands: crossbeam_channel::Receiver<Command>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut table = FlowTable::new(16, 16, FlowTimeouts::default());
+        for i in 0..2u8 {
+            let key = FlowKey {
+                client: addr_bytes([198, 18, 2, i].into()),
+                vip: addr_bytes([198, 18, 0, 100].into()),
+                client_port: 4000,
+                vip_port: 80,
+                protocol: 6,
+            };
+            let new = NewFlow {
+                key,
+                service: ServiceId(0),
+                backend: BackendId(0),
+                endpoint: Endpoint {
+                    addr: addr_bytes([198, 18, 0, 10].into()),
+                    port: 8080,
+                },
+                nat: true,
+                state: FlowState::Established,
+            };
+            table.insert(new, 0).unwrap();
         }
-    }
-    fn flows(&mut self, _: &Model, service: &str, limit: usize) -> Result<Vec<FlowSample>, String> {
-        Ok((0..limit.min(2))
-            .map(|i| FlowSample {
-                client: format!("198.18.2.{i}:4000"),
-                backend: format!("{service}-1"),
-                backend_address: "198.18.0.10:8080".into(),
-                state: "established".into(),
-                idle_seconds: 1,
-                age_seconds: 2,
-                worker: 0,
-            })
-            .collect())
-    }
+        for cmd in commands {
+            if let Command::DumpFlows {
+                service,
+                mut into,
+                reply,
+            } = cmd
+            {
+                let room = into.capacity();
+                into.extend(
+                    table
+                        .iter()
+                        .filter(|f| f.service == service)
+                        .take(room)
+                        .copied(),
+                );
+                let _ = reply.send(FlowDump {
+                    worker: 0,
+                    now: 2,
+                    flows: into,
+                });
+            }
+        }
+    })
 }
 
 struct Api {
     base: String,
-    publisher: Arc<Publisher>,
+    shared: Arc<SharedSnapshot>,
     agent: ureq::Agent,
     token: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -87,20 +101,44 @@ port = 8080
 
 impl Api {
     fn start(token: Option<&str>, state_file: Option<PathBuf>) -> Api {
+        Api::start_with(token, state_file, Limits::default())
+    }
+
+    fn start_with(token: Option<&str>, state_file: Option<PathBuf>, limits: Limits) -> Api {
         let mut model = config::load_str("test", CONFIG, []).unwrap();
         model.api.token = token.map(String::from);
         model.api.state_file = state_file;
-        let publisher =
-            Arc::new(Publisher::new(&model, vec![MacAddr([2, 0, 0, 0, 0, 1])], 1).unwrap());
+        let (commands, commands_rx) = crossbeam_channel::bounded(16);
+        let counters: Arc<[WorkerCounters]> = Arc::from(vec![WorkerCounters::new(1)]);
+        counters[0].actions.drops[DropReason::NoService as usize].add(3);
+        let mut controller = Controller::new(
+            model,
+            Setup {
+                config_path: None,
+                interfaces: vec![Interface {
+                    port: 0,
+                    name: "net_null0".into(),
+                    mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                    addresses: Vec::new(),
+                }],
+                workers: Workers {
+                    commands: vec![commands],
+                    counters,
+                    traffic: vec![Arc::new(ServiceCounters::new(MAX_SERVICES, MAX_BACKENDS))],
+                },
+                publish_wait: Duration::from_secs(1),
+                limits,
+            },
+        )
+        .unwrap();
+        let shared = Arc::clone(controller.shared());
         let (calls_tx, calls_rx) = crossbeam_channel::bounded::<Call>(http::QUEUE);
-        let mut dp = Fake {
-            publisher: Arc::clone(&publisher),
-        };
+        let worker = worker(commands_rx);
         let control = std::thread::spawn(move || {
-            let mut c = Controller::new(model);
             for call in calls_rx {
-                let _ = call.reply.send(c.handle(call.request, &mut dp));
+                let _ = call.reply.send(controller.handle(call.request));
             }
+            // The controller (and so the workers' command channel) goes with this thread.
         });
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -119,11 +157,11 @@ impl Api {
             .new_agent();
         Api {
             base,
-            publisher,
+            shared,
             agent,
             token: token.map(String::from),
             stop: Some(stop),
-            threads: vec![server, control],
+            threads: vec![server, control, worker],
         }
     }
 
@@ -175,8 +213,9 @@ impl Api {
         v
     }
 
+    /// The snapshot's epoch: it moves with every publish.
     fn epoch(&self) -> u64 {
-        self.publisher.shared().current().epoch
+        self.shared.current().epoch
     }
 
     /// Sends a request that must be refused with `status` and an error starting `error`, and
@@ -242,7 +281,7 @@ fn services_are_listed_created_changed_and_deleted_and_live_at_once() {
     assert_eq!(v["backends"][0]["weight"], 1);
     // live before the answer: the published snapshot has it
     assert_eq!(api.epoch(), epoch + 1);
-    let snap = api.publisher.shared().current();
+    let snap = api.shared.current();
     assert!(
         snap.services
             .iter()
@@ -264,7 +303,7 @@ fn services_are_listed_created_changed_and_deleted_and_live_at_once() {
         v["backends"][0]["id"], "b1",
         "what the patch leaves out stays"
     );
-    let snap = api.publisher.shared().current();
+    let snap = api.shared.current();
     let dns = snap
         .services
         .iter()
@@ -276,8 +315,7 @@ fn services_are_listed_created_changed_and_deleted_and_live_at_once() {
     let (s, v, _) = api.send("DELETE", "/api/v1/services/dns", None);
     assert_eq!((s, v), (204, Value::String(String::new())));
     assert!(
-        !api.publisher
-            .shared()
+        !api.shared
             .current()
             .services
             .iter()
@@ -476,7 +514,7 @@ fn backends_are_added_drained_and_removed_and_bad_ones_refused() {
         json!({"id": "web-3", "address": "198.18.0.12", "port": 80, "weight": 1, "enabled": true}),
         "the port defaults to the service's"
     );
-    let snap = api.publisher.shared().current();
+    let snap = api.shared.current();
     assert_eq!(snap.services[0].config.backends.len(), 3);
 
     let (s, v, _) = api.send(
@@ -485,7 +523,7 @@ fn backends_are_added_drained_and_removed_and_bad_ones_refused() {
         Some(r#"{"weight": 0}"#),
     );
     assert_eq!((s, v["weight"].as_u64()), (200, Some(0)));
-    let snap = api.publisher.shared().current();
+    let snap = api.shared.current();
     assert_eq!(
         snap.services[0].config.backends[2].weight, 0,
         "drained in the dataplane"
@@ -589,7 +627,7 @@ fn backends_are_added_drained_and_removed_and_bad_ones_refused() {
 
     let (s, _, _) = api.send("DELETE", &format!("{b}/web-3"), None);
     assert_eq!(s, 204);
-    let snap = api.publisher.shared().current();
+    let snap = api.shared.current();
     assert_eq!(snap.services[0].config.backends.len(), 2);
     assert_eq!(api.get(&format!("{b}/web-3")).0, 404);
 }
@@ -763,4 +801,67 @@ fn changes_are_saved_to_the_state_file() {
         "port:",
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn reload_and_the_audit_trail_answer_over_http() {
+    let api = Api::start(Some("s3cret"), None);
+    let (s, _, _) = api.send(
+        "POST",
+        "/api/v1/services",
+        Some(&service("dns", "198.18.0.53", 53)),
+    );
+    assert_eq!(s, 201);
+    // This controller's file is the embedded default, whose interfaces differ: refused.
+    let (s, v, _) = api.send("POST", "/api/v1/reload", Some(""));
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(
+        v["error"],
+        "[dpdk] and [[interfaces]] change only with a restart"
+    );
+    api.refused(
+        "POST",
+        "/api/v1/reload",
+        Some(r#"{"services_from_file": "yes"}"#),
+        422,
+        "services_from_file: a boolean is expected",
+    );
+    api.refused(
+        "POST",
+        "/api/v1/reload",
+        Some(r#"{"everything": true}"#),
+        422,
+        "everything: unknown field (expected `services_from_file`)",
+    );
+    let (s, v) = api.get("/api/v1/audit");
+    assert_eq!(s, 200);
+    let entries: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries[0].starts_with("api: create service dns: service dns added (")
+            && entries[0].ends_with("with backends [b1]: ok (epoch 2)"),
+        "{}",
+        entries[0]
+    );
+    assert_eq!(
+        entries[1],
+        "reload (api) of <embedded conf/l4lb.toml>: refused, the running configuration stays: [dpdk] and [[interfaces]] change only with a restart"
+    );
+    let (s, v) = api.get("/api/v1/stats");
+    assert_eq!(
+        (s, &v["reloads"], &v["reload_failures"]),
+        (200, &json!(0), &json!(1))
+    );
+    // Without the token a reload is refused before anything is read.
+    let r = api
+        .agent
+        .post(format!("{}/api/v1/reload", api.base))
+        .send("")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
 }

@@ -79,6 +79,9 @@ pub struct ServiceCounters {
     pub backends: Box<[TrafficCounters]>,
     /// The worker's flow table, mirrored with the connection counts.
     pub flows: FlowCounters,
+    /// The snapshot epoch of the last copy-out of the gauges (0: none yet): the control side
+    /// trusts a reused id's gauges only from a copy made at its new owner's snapshot or later.
+    pub mirrored_snapshot: Counter,
 }
 
 /// A copy of one worker's flow-table size and statistics, for the control side.
@@ -118,6 +121,7 @@ impl ServiceCounters {
                 .map(|_| TrafficCounters::default())
                 .collect(),
             flows: FlowCounters::default(),
+            mirrored_snapshot: Counter::default(),
         }
     }
 }

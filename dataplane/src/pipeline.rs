@@ -84,10 +84,14 @@ impl WorkerState {
         }
     }
 
-    /// Copies the flow table's connection counts of `backends` into the shared gauges (between
-    /// bursts, a few times a second).
-    pub fn mirror_connections(&self, backends: impl IntoIterator<Item = BackendId>) {
+    /// Copies the flow table's connection counts of `snapshot`'s backends into the shared
+    /// gauges, and the flow table's counts (between bursts, a few times a second).
+    pub fn mirror_connections(&self, snapshot: &Snapshot) {
         use crate::sched::ConnSource;
+        let backends = snapshot
+            .services
+            .iter()
+            .flat_map(|s| s.config.backends.iter().map(|b| b.id));
         for b in backends {
             if let Some(t) = self.traffic.backends.get(b.0 as usize) {
                 let c = self.flows.conns(b);
@@ -104,6 +108,7 @@ impl WorkerState {
         f.evicted.set(s.evicted);
         f.evicted_established.set(s.evicted_established);
         f.flushed.set(s.flushed);
+        self.traffic.mirrored_snapshot.set(snapshot.epoch);
     }
 }
 
@@ -112,15 +117,18 @@ impl WorkerState {
 /// time.
 pub const WARM_ABOVE: usize = 8192;
 
+/// The most packets a worker takes in one burst (and so the most [`warm_burst`] warms).
+pub const MAX_BURST: usize = 256;
+
 /// Warms the cache for [`process`] of a burst of frames (at most `MAX_BURST`), in two passes
 /// of prefetches: the index buckets of the flows of its client packets to VIPs, then the
 /// flows those buckets name. Prefetches retire at once, so the burst's cache misses overlap
 /// instead of each being waited for in turn when the burst is then processed.
 #[inline]
 pub fn warm_burst<'a>(frames: impl Iterator<Item = &'a [u8]>, snap: &Snapshot, w: &WorkerState) {
-    let mut hashes = [0u64; dpdk_rs::MAX_BURST];
+    let mut hashes = [0u64; MAX_BURST];
     let mut n = 0;
-    for frame in frames.take(dpdk_rs::MAX_BURST) {
+    for frame in frames.take(MAX_BURST) {
         if let Some(h) = warm(frame, snap, w) {
             hashes[n] = h;
             n += 1;

@@ -76,6 +76,16 @@ impl SharedSnapshot {
         })
     }
 
+    /// The running workers that do not report `epoch` yet.
+    pub fn lagging(&self, epoch: u64) -> Vec<usize> {
+        (0..self.seen.len())
+            .filter(|w| {
+                let e = self.seen[*w].0.load(Ordering::Acquire);
+                e != NOT_RUNNING && e < epoch
+            })
+            .collect()
+    }
+
     /// Waits (polling, on the control side) until every running worker uses `epoch`.
     pub fn wait_seen(&self, epoch: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -158,6 +168,7 @@ mod tests {
             !shared.wait_seen(3, Duration::from_millis(5)),
             "running workers that did not refresh"
         );
+        assert_eq!(shared.lagging(3), vec![0, 1]);
         r1.retire(&shared);
         r0.refresh(&shared);
         assert!(shared.wait_seen(3, Duration::from_millis(5)));

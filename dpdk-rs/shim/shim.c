@@ -4,20 +4,13 @@ uint16_t l4lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, ui
 uint16_t l4lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n) { return rte_eth_tx_burst(port, queue, pkts, n); }
 
 struct rte_mbuf *l4lb_pktmbuf_alloc(struct rte_mempool *mp) { return rte_pktmbuf_alloc(mp); }
-int l4lb_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned int n) { return rte_pktmbuf_alloc_bulk(mp, mbufs, n); }
 void l4lb_pktmbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
-void *l4lb_pktmbuf_mtod(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, void *); }
 char *l4lb_pktmbuf_append(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_append(m, len); }
 char *l4lb_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_prepend(m, len); }
 char *l4lb_pktmbuf_adj(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_adj(m, len); }
 int l4lb_pktmbuf_trim(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_trim(m, len); }
-uint32_t l4lb_pktmbuf_pkt_len(const struct rte_mbuf *m) { return rte_pktmbuf_pkt_len(m); }
-uint16_t l4lb_pktmbuf_data_len(const struct rte_mbuf *m) { return rte_pktmbuf_data_len(m); }
 uint16_t l4lb_pktmbuf_headroom(const struct rte_mbuf *m) { return rte_pktmbuf_headroom(m); }
 uint16_t l4lb_pktmbuf_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
-uint32_t l4lb_pktmbuf_rss_hash(const struct rte_mbuf *m) { return m->hash.rss; }
-uint16_t l4lb_pktmbuf_nb_segs(const struct rte_mbuf *m) { return m->nb_segs; }
-uint16_t l4lb_pktmbuf_port(const struct rte_mbuf *m) { return m->port; }
 void l4lb_pktmbuf_set_port(struct rte_mbuf *m, uint16_t port) { m->port = port; }
 unsigned int l4lb_mempool_avail_count(const struct rte_mempool *mp) { return rte_mempool_avail_count(mp); }
 unsigned int l4lb_mempool_in_use_count(const struct rte_mempool *mp) { return rte_mempool_in_use_count(mp); }
@@ -29,7 +22,6 @@ unsigned int l4lb_ring_count(const struct rte_ring *r) { return rte_ring_count(r
 unsigned int l4lb_lcore_id(void) { return rte_lcore_id(); }
 uint64_t l4lb_rdtsc(void) { return rte_rdtsc(); }
 int l4lb_errno(void) { return rte_errno; }
-void l4lb_prefetch0(const void *p) { rte_prefetch0(p); }
 
 const uint64_t l4lb_eth_rss_ip = RTE_ETH_RSS_IP;
 const uint64_t l4lb_eth_rss_tcp = RTE_ETH_RSS_TCP;

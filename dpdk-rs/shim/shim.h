@@ -21,20 +21,13 @@ uint16_t l4lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, ui
 uint16_t l4lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 
 struct rte_mbuf *l4lb_pktmbuf_alloc(struct rte_mempool *mp);
-int l4lb_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned int n);
 void l4lb_pktmbuf_free(struct rte_mbuf *m);
-void *l4lb_pktmbuf_mtod(struct rte_mbuf *m);
 char *l4lb_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 char *l4lb_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len);
 char *l4lb_pktmbuf_adj(struct rte_mbuf *m, uint16_t len);
 int l4lb_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
-uint32_t l4lb_pktmbuf_pkt_len(const struct rte_mbuf *m);
-uint16_t l4lb_pktmbuf_data_len(const struct rte_mbuf *m);
 uint16_t l4lb_pktmbuf_headroom(const struct rte_mbuf *m);
 uint16_t l4lb_pktmbuf_tailroom(const struct rte_mbuf *m);
-uint32_t l4lb_pktmbuf_rss_hash(const struct rte_mbuf *m);
-uint16_t l4lb_pktmbuf_nb_segs(const struct rte_mbuf *m);
-uint16_t l4lb_pktmbuf_port(const struct rte_mbuf *m);
 void l4lb_pktmbuf_set_port(struct rte_mbuf *m, uint16_t port);
 unsigned int l4lb_mempool_avail_count(const struct rte_mempool *mp);
 unsigned int l4lb_mempool_in_use_count(const struct rte_mempool *mp);
@@ -46,7 +39,6 @@ unsigned int l4lb_ring_count(const struct rte_ring *r);
 unsigned int l4lb_lcore_id(void);
 uint64_t l4lb_rdtsc(void);
 int l4lb_errno(void);
-void l4lb_prefetch0(const void *p);
 
 /* Function-like macros, as values. */
 extern const uint64_t l4lb_eth_rss_ip;

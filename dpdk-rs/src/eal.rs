@@ -92,15 +92,17 @@ impl Eal {
         (id < sys::RTE_MAX_LCORE).then_some(LcoreId(id))
     }
 
-    /// Runs `work` on each of `lcores` (worker lcores), then `main` on the calling (main) lcore,
-    /// then waits for every worker to return. A worker that panics is reported as an error once
-    /// all have been joined. Like `std::thread::scope`, `work` may borrow from the caller.
-    pub fn run_on_workers<W, M, R>(&self, lcores: &[LcoreId], work: &W, main: M) -> Result<R>
+    /// Runs each job on its worker lcore, then `main` on the calling (main) lcore, then waits
+    /// for every worker to return. Each job is moved to its lcore and run once, so it may own
+    /// what only that lcore uses (its queues, its flow table); like `std::thread::scope`, a job
+    /// may borrow from the caller. A job that panics is reported as an error once all have been
+    /// joined.
+    pub fn run_on_workers<W, M, R>(&self, jobs: Vec<(LcoreId, W)>, main: M) -> Result<R>
     where
-        W: Fn(LcoreId) + Sync,
+        W: FnOnce() + Send,
         M: FnOnce() -> R,
     {
-        for l in lcores {
+        for (l, _) in &jobs {
             if !self.workers.contains(l) {
                 return Err(DpdkError::usage(
                     "rte_eal_remote_launch",
@@ -108,20 +110,22 @@ impl Eal {
                 ));
             }
         }
+        let lcores: Vec<LcoreId> = jobs.iter().map(|(l, _)| *l).collect();
+        // Declared before the joiner, so dropped after it: no slot goes while a job may run.
+        let mut slots: Vec<Option<W>> = jobs.into_iter().map(|(_, w)| Some(w)).collect();
+        let base = slots.as_mut_ptr();
         let mut joiner = Joiner {
             launched: Vec::with_capacity(lcores.len()),
             failed: Vec::new(),
         };
-        for l in lcores {
-            // SAFETY: `work` outlives every launched call because `joiner` waits for all of them
-            // (on drop too, so also when `main` panics); W: Sync makes sharing it sound, and the
-            // trampoline is instantiated for exactly W.
+        for (i, l) in lcores.iter().enumerate() {
+            // SAFETY: i < slots.len(); each launched lcore gets its own slot and is the only
+            // one to touch it until it is joined. The slots outlive every launched call because
+            // `joiner` waits for all of them (on drop too, so also when `main` panics); W: Send
+            // makes moving the job to the lcore's thread sound, and the trampoline is
+            // instantiated for exactly W.
             let ret = unsafe {
-                sys::rte_eal_remote_launch(
-                    Some(trampoline::<W>),
-                    work as *const W as *mut c_void,
-                    l.0,
-                )
+                sys::rte_eal_remote_launch(Some(trampoline::<W>), base.add(i).cast::<c_void>(), l.0)
             };
             if ret != 0 {
                 return Err(DpdkError::from_code("rte_eal_remote_launch", ret));
@@ -162,13 +166,13 @@ impl Drop for Joiner {
     }
 }
 
-unsafe extern "C" fn trampoline<W: Fn(LcoreId) + Sync>(arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the `&W` that run_on_workers passed and keeps alive until joined.
-    let work = unsafe { &*(arg as *const W) };
-    // SAFETY: reads a thread-local; no preconditions.
-    let lcore = LcoreId(unsafe { sys::l4lb_lcore_id() });
+unsafe extern "C" fn trampoline<W: FnOnce() + Send>(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is this lcore's own `Option<W>` slot, which run_on_workers keeps alive and
+    // untouched by anyone else until this call is joined.
+    let slot = unsafe { &mut *arg.cast::<Option<W>>() };
+    let Some(work) = slot.take() else { return -1 };
     // A panic must not unwind into C.
-    match catch_unwind(AssertUnwindSafe(|| work(lcore))) {
+    match catch_unwind(AssertUnwindSafe(work)) {
         Ok(()) => 0,
         Err(_) => -1,
     }

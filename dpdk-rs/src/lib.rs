@@ -5,7 +5,7 @@
 //! and one conversion of DPDK return codes into [`DpdkError`]. This is the only crate of the
 //! workspace with `unsafe` code; every block says why it is sound.
 
-pub mod sys {
+mod sys {
     #![allow(
         non_upper_case_globals,
         non_camel_case_types,
@@ -40,14 +40,6 @@ pub use port::{
     stats as port_stats,
 };
 pub use ring::{Ring, RingConsumer, RingProducer};
-
-/// Asks the CPU to bring the cache line holding `r` into all cache levels (`rte_prefetch0`),
-/// without waiting for it: a burst's lookups issue theirs back to back so that the misses
-/// overlap. Needs no EAL; a hint, it changes nothing and cannot fault.
-#[inline(always)]
-pub fn prefetch<T: ?Sized>(r: &T) {
-    mbuf::prefetch0((r as *const T).cast::<u8>());
-}
 
 /// The DPDK version this crate was built against (from pkg-config).
 pub const DPDK_BUILD_VERSION: &str = env!("DPDK_PKG_VERSION");

@@ -276,23 +276,16 @@ impl MbufBurst {
         }
     }
 
-    /// Prefetches the first cache line of the `i`-th mbuf's data (for the next packets while
-    /// the current one is processed).
-    #[inline]
-    pub fn prefetch(&self, i: usize) {
-        if i < self.len {
-            // SAFETY: a valid owned mbuf (its data pointer is computed from its fields).
-            let p = unsafe { mtod(self.ptrs[i]) };
-            prefetch0(p);
-        }
-    }
-
     /// Takes every mbuf out, in order; the burst is empty afterwards (also if the iterator is
-    /// dropped early: what it did not yield is freed).
+    /// dropped early: what it did not yield is freed). Leak-safe like `Vec::drain`: the burst
+    /// forgets its mbufs when the drain starts, so a drain that is `mem::forget`-ten leaks what
+    /// it did not yield instead of leaving the burst to free it again.
     pub fn drain(&mut self) -> Drain<'_> {
+        let end = std::mem::take(&mut self.len);
         Drain {
             burst: self,
             next: 0,
+            end,
         }
     }
 
@@ -391,17 +384,23 @@ impl MbufMut<'_> {
     }
 }
 
-/// The in-order draining iterator of [`MbufBurst::drain`].
+/// The in-order draining iterator of [`MbufBurst::drain`]: it owns the mbufs at
+/// `next..end` of the burst's array (the burst itself lists none while it lives).
 pub struct Drain<'b> {
     burst: &'b mut MbufBurst,
     next: usize,
+    end: usize,
 }
 
 impl Drain<'_> {
     /// Prefetches the data of the mbuf `ahead` places after the next one to be yielded.
     #[inline]
     pub fn prefetch(&self, ahead: usize) {
-        self.burst.prefetch(self.next + ahead);
+        let i = self.next + ahead;
+        if i < self.end {
+            // SAFETY: next..end are valid mbufs owned by this drain.
+            prefetch0(unsafe { mtod(self.burst.ptrs[i]) });
+        }
     }
 }
 
@@ -410,21 +409,22 @@ impl Iterator for Drain<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<Mbuf> {
-        if self.next >= self.burst.len {
+        if self.next >= self.end {
             return None;
         }
         let p = self.burst.ptrs[self.next];
         self.next += 1;
-        // SAFETY: p is a valid owned mbuf; the burst forgets it (Drop below clears the range).
+        // SAFETY: p is a valid mbuf owned by the drain; the drain no longer lists it.
         Some(unsafe { Mbuf::from_raw(NonNull::new_unchecked(p)) })
     }
 }
 
 impl Drop for Drain<'_> {
     fn drop(&mut self) {
-        let (start, end) = (self.next, self.burst.len);
+        let (start, end) = (self.next, self.end);
         if start < end {
-            // SAFETY: the mbufs not yet yielded are valid and owned; they are freed once here.
+            // SAFETY: the mbufs not yet yielded are valid and owned by the drain; they are
+            // freed once, here (the burst's length is already 0).
             unsafe {
                 sys::rte_pktmbuf_free_bulk(
                     self.burst.ptrs.as_mut_ptr().add(start),
@@ -432,7 +432,6 @@ impl Drop for Drain<'_> {
                 )
             };
         }
-        self.burst.len = 0;
     }
 }
 

@@ -93,6 +93,43 @@ fn eal_mempool_mbuf_ring_port_and_lcores() {
         "ring drop freed its mbuf; bursts freed theirs"
     );
 
+    // Drain: what it did not yield is freed when it drops; a drain that is forgotten leaks
+    // those mbufs (never freed twice: the burst forgot them when the drain began).
+    {
+        let mut burst = MbufBurst::new();
+        for _ in 0..4 {
+            burst.push(pool.alloc().expect("an mbuf")).unwrap();
+        }
+        assert_eq!(pool.available(), before - 4);
+        let mut d = burst.drain();
+        let first = d.next().expect("one");
+        drop(d);
+        assert_eq!(
+            pool.available(),
+            before - 1,
+            "the three not yielded were freed"
+        );
+        assert!(burst.is_empty());
+        drop(first);
+        for _ in 0..4 {
+            burst.push(pool.alloc().expect("an mbuf")).unwrap();
+        }
+        let mut d = burst.drain();
+        drop(d.next());
+        std::mem::forget(d);
+        assert!(
+            burst.is_empty(),
+            "the burst lists none of the drained mbufs"
+        );
+        drop(burst);
+        assert_eq!(
+            pool.available(),
+            before - 3,
+            "the forgotten drain leaked its three, and nothing was freed twice"
+        );
+    }
+    let before = pool.available();
+
     // Port: a bad queue count is refused with the reason; a good one starts and loops packets.
     let too_many = PortConfig {
         rx_queues: 64,
@@ -148,8 +185,16 @@ fn eal_mempool_mbuf_ring_port_and_lcores() {
     let ran_on = AtomicU32::new(u32::MAX);
     let seen_main = eal
         .run_on_workers(
-            eal.worker_lcores(),
-            &|l: LcoreId| ran_on.store(l.0, Ordering::SeqCst),
+            eal.worker_lcores()
+                .iter()
+                .map(|l| {
+                    let (ran_on, eal) = (&ran_on, &eal);
+                    (*l, move || {
+                        let on = eal.current_lcore().map_or(u32::MAX, |c| c.0);
+                        ran_on.store(on, Ordering::SeqCst)
+                    })
+                })
+                .collect(),
             || eal.current_lcore(),
         )
         .expect("launch");
@@ -158,15 +203,17 @@ fn eal_mempool_mbuf_ring_port_and_lcores() {
     // A panicking worker is reported, not propagated into C.
     let err = eal
         .run_on_workers(
-            eal.worker_lcores(),
-            &|_l: LcoreId| panic!("worker fails"),
+            eal.worker_lcores()
+                .iter()
+                .map(|l| (*l, || panic!("worker fails")))
+                .collect(),
             || (),
         )
         .unwrap_err();
     assert!(err.message.contains("lcore 1 panicked"), "{err}");
     // Launching on the main lcore is refused.
     assert!(
-        eal.run_on_workers(&[LcoreId(0)], &|_l: LcoreId| (), || ())
+        eal.run_on_workers(vec![(LcoreId(0), || ())], || ())
             .is_err()
     );
 

@@ -63,6 +63,14 @@ enum Cmd {
     EditBackend(BackendArgs),
     /// Delete a backend; its flows go (ipvsadm -d).
     DeleteBackend { service: String, id: String },
+    /// Read the configuration file again, like SIGHUP; prints what changed.
+    Reload {
+        /// Take the file's services too, replacing those of the state file (what the API made).
+        #[arg(long)]
+        services_from_file: bool,
+    },
+    /// The last changes and reloads, oldest first, as the log has them.
+    Audit,
 }
 
 #[derive(Debug, Args)]
@@ -373,6 +381,35 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
                 None,
             )?;
             Ok(done(format!("backend {service}/{b} deleted"), Value::Null))
+        }
+        Cmd::Reload { services_from_file } => {
+            let v = c.json(
+                "POST",
+                "/api/v1/reload",
+                Some(&json!({ "services_from_file": services_from_file })),
+            )?;
+            let changes: Vec<&str> = v["changes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let text = if changes.is_empty() {
+                format!("reloaded: no change (configuration epoch {})", v["epoch"])
+            } else {
+                format!(
+                    "reloaded (configuration epoch {}):\n  {}",
+                    v["epoch"],
+                    changes.join("\n  ")
+                )
+            };
+            Ok(done(text, v))
+        }
+        Cmd::Audit => {
+            let v = c.json("GET", "/api/v1/audit", None)?;
+            let lines: Vec<&str> = v["entries"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            Ok(done(lines.join("\n"), v))
         }
     }
 }

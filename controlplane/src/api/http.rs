@@ -66,6 +66,8 @@ pub fn router(
             get(get_backend).patch(patch_backend).delete(delete_backend),
         )
         .route("/api/v1/services/{service}/flows", get(flows))
+        .route("/api/v1/reload", axum::routing::post(reload))
+        .route("/api/v1/audit", get(audit))
         .route("/api/v1/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health))
@@ -345,6 +347,28 @@ async fn flows(
         }
     }
     call(&app, &headers, Request::Flows { service, limit }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/reload", tag = "configuration", request_body(content = Value, description = "Optional: {\"services_from_file\": true} takes the configuration file's services too, replacing the state file's", content_type = "application/json"), security(("token" = [])), responses((status = 200, description = "Applied: the changes made and the configuration epoch", body = Value), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 422, description = "Refused: the file is invalid or changes what needs a restart; nothing changed", body = ErrorBody), (status = 503, description = "Applied and saved, but a worker did not take it up in time", body = ErrorBody)))]
+async fn reload(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // The body is optional here: none means the defaults.
+    let body = match &body {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(Value::Null),
+        _ => json_body(body),
+    };
+    match body {
+        Ok(body) => call(&app, &headers, Request::Reload { body }).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "configuration", responses((status = 200, description = "The last changes and reloads (up to 1000), oldest first, as the log has them", body = Value)))]
+async fn audit(State(app): State<App>, headers: HeaderMap) -> Response {
+    call(&app, &headers, Request::Audit).await
 }
 
 #[utoipa::path(get, path = "/api/v1/stats", tag = "observe", responses((status = 200, description = "Counters per port, action, drop reason, service and backend", body = Stats)))]

@@ -27,6 +27,8 @@ use crate::config::{BackendSpec, ServiceSpec};
         super::http::patch_backend,
         super::http::delete_backend,
         super::http::flows,
+        super::http::reload,
+        super::http::audit,
         super::http::stats,
         super::http::metrics,
         super::http::health,

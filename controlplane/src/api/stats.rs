@@ -11,10 +11,16 @@ use utoipa::ToSchema;
 pub struct Stats {
     pub version: String,
     pub uptime_seconds: f64,
-    /// The epoch of the snapshot the workers use.
+    /// The configuration epoch: 1 at start, one more for every change (API or reload).
     pub epoch: u64,
-    /// SIGHUP reloads asked for (applied or refused).
+    /// The epoch of the snapshot the workers use (it also moves when a neighbour is learned).
+    pub snapshot_epoch: u64,
+    /// Reloads applied (SIGHUP or `POST /api/v1/reload`), including those that changed nothing.
     pub reloads: u64,
+    /// Reloads refused (an invalid file, or a change that needs a restart).
+    pub reload_failures: u64,
+    /// When the last reload was applied, in seconds since the Unix epoch (absent: never).
+    pub last_reload_success_unix: Option<f64>,
     pub workers: usize,
     /// Per worker (lcore), its own counts.
     pub per_worker: Vec<WorkerStats>,
@@ -209,15 +215,37 @@ pub fn render_metrics(s: &Stats) -> String {
     x.family(
         "config_epoch",
         "gauge",
-        "Epoch of the configuration snapshot in use.",
+        "Configuration changes made (1 at start, one more per API change or reload).",
     );
     x.sample("config_epoch", &[], s.epoch);
     x.family(
+        "snapshot_epoch",
+        "gauge",
+        "Epoch of the snapshot the workers use (also moves when a neighbour is learned).",
+    );
+    x.sample("snapshot_epoch", &[], s.snapshot_epoch);
+    x.family(
         "config_reloads_total",
         "counter",
-        "SIGHUP reloads asked for.",
+        "Reloads applied (SIGHUP or the API), including those that changed nothing.",
     );
     x.sample("config_reloads_total", &[], s.reloads);
+    x.family(
+        "config_reload_failures_total",
+        "counter",
+        "Reloads refused: an invalid file, or a change that needs a restart.",
+    );
+    x.sample("config_reload_failures_total", &[], s.reload_failures);
+    x.family(
+        "config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the last reload was applied (Unix time; 0: never).",
+    );
+    x.sample(
+        "config_last_reload_success_timestamp_seconds",
+        &[],
+        format!("{:.3}", s.last_reload_success_unix.unwrap_or(0.0)),
+    );
     x.family("workers", "gauge", "Worker lcores polling the ports.");
     x.sample("workers", &[], s.workers);
     let worker = |w: &WorkerStats| vec![("worker", w.worker.to_string())];

@@ -8,7 +8,7 @@ mod validate;
 
 pub use file::{BackendSpec, ConfigFile, ServiceSpec};
 pub use model::*;
-pub use validate::{validate, validate_service, validate_service_list};
+pub use validate::{MAX_BACKENDS, MAX_SERVICES, validate, validate_service, validate_service_list};
 
 use std::fmt;
 use std::path::Path;

@@ -9,7 +9,11 @@ use super::file::{BackendSpec, ConfigFile, ServiceSpec};
 use super::model::*;
 
 /// The largest burst the dataplane's fixed arrays hold.
-pub const MAX_BURST: u32 = dataplane::lcore::MAX_BURST as u32;
+pub const MAX_BURST: u32 = dataplane::pipeline::MAX_BURST as u32;
+/// Services and backends (in all services) the appliance holds: the workers size their per-id
+/// counters for these, so a configuration beyond them is refused before anything starts.
+pub const MAX_SERVICES: u32 = 4096;
+pub const MAX_BACKENDS: u32 = 65536;
 /// Backend weights, as ipvsadm takes them (0 = no new flows).
 pub const MAX_WEIGHT: u32 = 65535;
 /// Maglev tables larger than this take too long to build and too much memory per service.
@@ -312,7 +316,30 @@ fn validate_services(e: &mut Errors, specs: &[ServiceSpec], path: &str) -> Optio
         }
         services.extend(service);
     }
+    check_limits(e, specs, path);
     (e.0.len() == before).then_some(services)
+}
+
+/// The counts the appliance can hold ([`MAX_SERVICES`], [`MAX_BACKENDS`]).
+fn check_limits(e: &mut Errors, specs: &[ServiceSpec], path: &str) {
+    if specs.len() > MAX_SERVICES as usize {
+        e.add(
+            path,
+            format!(
+                "{} services; the appliance holds at most {MAX_SERVICES}",
+                specs.len()
+            ),
+        );
+    }
+    let backends: usize = specs.iter().map(|s| s.backends.len()).sum();
+    if backends > MAX_BACKENDS as usize {
+        e.add(
+            path,
+            format!(
+                "{backends} backends in all services; the appliance holds at most {MAX_BACKENDS}"
+            ),
+        );
+    }
 }
 
 /// One service's own fields and its backends; None if any is wrong.

@@ -168,7 +168,7 @@ impl FlowIndex {
     /// Starts loading the bucket a lookup of `hash` reads first.
     #[inline(always)]
     pub fn prefetch(&self, hash: u64) {
-        dpdk_rs::prefetch(&self.buckets[split(hash, self.buckets.len()).0]);
+        crate::prefetch::prefetch(&self.buckets[split(hash, self.buckets.len()).0]);
     }
 
     /// The slots in the home bucket of `hash` whose tags match it: the candidates a lookup

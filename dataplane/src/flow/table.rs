@@ -405,7 +405,7 @@ impl FlowTable {
     pub fn prefetch_flows(&self, hash: u64) {
         for s in self.index.candidates(hash) {
             if let Some(f) = self.slots.get(s as usize) {
-                dpdk_rs::prefetch(f);
+                crate::prefetch::prefetch(f);
             }
         }
     }

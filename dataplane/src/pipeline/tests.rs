@@ -1487,12 +1487,14 @@ fn service_and_backend_counters_follow_packets_flows_and_connections() {
         );
         assert_eq!(t.new_flows.get(), 1);
     }
-    w.mirror_connections([BackendId(0)]);
+    assert_eq!(w.traffic.mirrored_snapshot.get(), 0, "not copied out yet");
+    w.mirror_connections(&snap);
     assert_eq!(
         (b.active.get(), b.inactive.get()),
         (1, 0),
         "the client's ACK established it"
     );
+    assert_eq!(w.traffic.mirrored_snapshot.get(), snap.epoch);
     assert_eq!(w.traffic.services[1].packets_in.get(), 0);
 }
 

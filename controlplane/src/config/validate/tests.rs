@@ -259,3 +259,39 @@ fn primes_are_primes() {
     assert!(is_prime(65537) && is_prime(251) && is_prime(16_777_213) && is_prime(2));
     assert!(!is_prime(65536) && !is_prime(1) && !is_prime(0) && !is_prime(65535));
 }
+
+#[test]
+fn more_services_or_backends_than_the_appliance_holds_are_refused() {
+    let service = |i: u32, backends: u32| {
+        let mut s = format!(
+            "[[services]]\nid = \"s{i}\"\nprotocol = \"udp\"\nvip = \"198.18.{}.{}\"\nport = 53\nscheduler = \"rr\"\n",
+            i / 250,
+            i % 250 + 1
+        );
+        for b in 0..backends {
+            s += &format!(
+                "[[services.backends]]\nid = \"b{b}\"\naddress = \"198.19.{}.{}\"\n",
+                b / 250,
+                b % 250 + 1
+            );
+        }
+        s
+    };
+    let base = "[[interfaces]]\nport = 0\naddresses = [\"198.18.0.1/24\"]\n";
+    let at_limit: String = (0..MAX_SERVICES).map(|i| service(i, 0)).collect();
+    assert!(check(&format!("{base}{at_limit}")).is_ok());
+    let over = format!("{base}{at_limit}{}", service(MAX_SERVICES, 0));
+    assert_eq!(
+        check(&over).unwrap_err(),
+        vec!["services: 4097 services; the appliance holds at most 4096".to_string()]
+    );
+    // 17 services of 4096 backends: 69632 > 65536.
+    let many: String = (0..17).map(|i| service(i, 4096)).collect();
+    assert_eq!(
+        check(&format!("{base}{many}")).unwrap_err(),
+        vec![
+            "services: 69632 backends in all services; the appliance holds at most 65536"
+                .to_string()
+        ]
+    );
+}

@@ -2,64 +2,51 @@
 //! packet, per-interface tx buffers flushed when full or after a drain interval counted in TSC
 //! cycles, drops freed in bulk, NAT packets of other workers handed over on SP/SC rings.
 //! Nothing here allocates, locks, logs or makes a system call per packet.
+//!
+//! This crate is the only glue between the packet logic (`dataplane`, plain Rust over byte
+//! slices) and DPDK (`dpdk-rs`): the logic crates build and test without libdpdk.
+#![deny(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use dataplane::command::{Command, FlowDump};
+use dataplane::counters::WorkerCounters;
+use dataplane::flow::FlowTableStats;
+use dataplane::neighbor::NeighborEvent;
+use dataplane::packet::PacketBuf;
+use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm_burst};
+use dataplane::shared::{Reader, SharedSnapshot};
 pub use dpdk_rs::MAX_BURST;
 use dpdk_rs::{MbufBurst, MbufMut, RingConsumer, RingProducer, RxQueue, TxQueue};
 
-use crate::counters::WorkerCounters;
-use crate::flow::{Flow, FlowTableStats};
-use crate::neighbor::NeighborEvent;
-use crate::packet::PacketBuf;
-use crate::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm_burst};
-use crate::service::{BackendId, ServiceId};
-use crate::shared::{Reader, SharedSnapshot};
+// A burst as DPDK hands it over is one the pipeline can warm and process whole.
+const _: () = assert!(MAX_BURST == dataplane::pipeline::MAX_BURST);
 
-impl PacketBuf for MbufMut<'_> {
+/// An mbuf as the pipeline sees it: its bytes, and room to grow at the front (encapsulation)
+/// or back.
+struct Packet<'b>(MbufMut<'b>);
+
+impl PacketBuf for Packet<'_> {
     #[inline(always)]
     fn data(&self) -> &[u8] {
-        MbufMut::data(self)
+        self.0.data()
     }
 
     #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
-        MbufMut::data_mut(self)
+        self.0.data_mut()
     }
 
     #[inline]
     fn prepend(&mut self, n: usize) -> bool {
-        u16::try_from(n).is_ok_and(|n| MbufMut::prepend(self, n))
+        u16::try_from(n).is_ok_and(|n| self.0.prepend(n))
     }
 
     #[inline]
     fn set_len(&mut self, len: usize) -> bool {
-        u16::try_from(len).is_ok_and(|l| MbufMut::set_len(self, l))
+        u16::try_from(len).is_ok_and(|l| self.0.set_len(l))
     }
-}
-
-/// Control messages a worker polls between bursts (never per packet).
-#[derive(Debug)]
-pub enum Command {
-    /// Remove every flow of this backend (it was deleted or moved).
-    FlushBackend(BackendId),
-    /// Copy up to `into.capacity()` flows of `service` into `into` (allocated by the control
-    /// side, so the worker does not allocate) and send it back on `reply`.
-    DumpFlows {
-        service: ServiceId,
-        into: Vec<Flow>,
-        reply: crossbeam_channel::Sender<FlowDump>,
-    },
-}
-
-/// A worker's answer to [`Command::DumpFlows`].
-#[derive(Debug)]
-pub struct FlowDump {
-    pub worker: u16,
-    /// The worker's clock when it copied them (the same clock as the flows' times).
-    pub now: u32,
-    pub flows: Vec<Flow>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,20 +138,16 @@ impl Worker<'_> {
                 c.rx_bytes.add(b.rx.bytes());
                 self.process_burst(&mut b, &reader, counters, now, burst);
             }
-            if let Some(c) = self.control_frames.as_mut()
-                && c.dequeue_burst(&mut b.rx) > 0
-            {
-                for m in b.rx.drain() {
-                    let itf = self
-                        .interface_of_port
-                        .get(usize::from(m.port()))
-                        .map(|i| usize::from(*i));
-                    match itf {
-                        Some(itf) if itf < b.tx.len() => {
-                            let _ = b.tx[itf].push(m);
-                        }
-                        _ => drop(m),
-                    }
+            if let Some(c) = self.control_frames.as_mut() {
+                c.dequeue_burst(&mut b.rx);
+            }
+            for m in b.rx.drain() {
+                let itf = self
+                    .interface_of_port
+                    .get(usize::from(m.port()))
+                    .map_or(usize::MAX, |i| usize::from(*i));
+                if itf < b.tx.len() {
+                    self.queue(itf, m, &mut b.tx[itf], counters, burst);
                 }
             }
             for i in 0..self.from_workers.len() {
@@ -210,12 +193,7 @@ impl Worker<'_> {
             }
             self.state.flows.sweep(now, SWEEP_PER_ITERATION);
             if tsc - last_mirror >= hz / MIRRORS_PER_SECOND {
-                let backends = reader
-                    .snapshot()
-                    .services
-                    .iter()
-                    .flat_map(|s| s.config.backends.iter().map(|b| b.id));
-                self.state.mirror_connections(backends);
+                self.state.mirror_connections(reader.snapshot());
                 last_mirror = tsc;
             }
             if polled == 0
@@ -227,12 +205,7 @@ impl Worker<'_> {
         for itf in 0..b.tx.len() {
             self.flush(itf, &mut b.tx[itf], counters);
         }
-        let backends = reader
-            .snapshot()
-            .services
-            .iter()
-            .flat_map(|s| s.config.backends.iter().map(|b| b.id));
-        self.state.mirror_connections(backends);
+        self.state.mirror_connections(reader.snapshot());
         reader.retire(shared);
         self.state.flows.stats()
     }
@@ -264,7 +237,13 @@ impl Worker<'_> {
                 .get(usize::from(m.port()))
                 .copied()
                 .unwrap_or(u16::MAX);
-            let a = process(&mut m.as_mut(), port_interface, snap, &mut self.state, now);
+            let a = process(
+                &mut Packet(m.as_mut()),
+                port_interface,
+                snap,
+                &mut self.state,
+                now,
+            );
             counters.actions.record(&a);
             let out = match a {
                 Action::Forward { interface, .. } => usize::from(interface),
@@ -281,13 +260,7 @@ impl Worker<'_> {
                 Action::Drop(_) | Action::Consumed => usize::MAX,
             };
             if out < b.tx.len() {
-                if let Err(m) = b.tx[out].push(m) {
-                    self.flush(out, &mut b.tx[out], counters);
-                    let _ = b.tx[out].push(m);
-                }
-                if b.tx[out].len() >= burst {
-                    self.flush(out, &mut b.tx[out], counters);
-                }
+                self.queue(out, m, &mut b.tx[out], counters, burst);
             } else {
                 let _ = b.dropped.push(m);
             }
@@ -308,6 +281,26 @@ impl Worker<'_> {
             // A full ring: the owner is overloaded; drop rather than wait.
             counters.actions.redirect_dropped.add(buf.len() as u64);
             buf.clear();
+        }
+    }
+
+    /// Puts `m` in interface `itf`'s tx buffer (sending the buffer first if it is full, so
+    /// nothing is freed uncounted) and sends the buffer once it holds a burst.
+    #[inline]
+    fn queue(
+        &mut self,
+        itf: usize,
+        m: dpdk_rs::Mbuf,
+        buf: &mut MbufBurst,
+        counters: &WorkerCounters,
+        burst: usize,
+    ) {
+        if let Err(m) = buf.push(m) {
+            self.flush(itf, buf, counters);
+            let _ = buf.push(m);
+        }
+        if buf.len() >= burst {
+            self.flush(itf, buf, counters);
         }
     }
 

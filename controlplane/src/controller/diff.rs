@@ -1,0 +1,148 @@
+//! What a change changes, in words for the audit line: `service web backend web-3: weight 1 ->
+//! 0`. Services and backends are compared by id, field by field through their specs (the form
+//! the API and the file write), so a field added to a spec is reported without code here.
+
+use serde_json::Value;
+
+use crate::api::{backend_json, spec_json};
+use crate::config::{Model, Service};
+
+/// A JSON value as an operator writes it: strings without quotes.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `key old -> new` for every top-level field that differs (but `skip`).
+fn fields(old: &Value, new: &Value, skip: &str) -> Vec<String> {
+    let (Value::Object(o), Value::Object(n)) = (old, new) else {
+        return vec![format!("{} -> {}", text(old), text(new))];
+    };
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).filter(|k| *k != skip).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (a, b) = (
+                o.get(k).unwrap_or(&Value::Null),
+                n.get(k).unwrap_or(&Value::Null),
+            );
+            (a != b).then(|| format!("{k} {} -> {}", text(a), text(b)))
+        })
+        .collect()
+}
+
+/// A whole object in one parenthesis: `(address 198.18.0.12, port 8080, weight 1)`.
+fn summary(v: &Value, skip: &[&str]) -> String {
+    let Value::Object(m) = v else {
+        return text(v);
+    };
+    let parts: Vec<String> = m
+        .iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k} {}", text(v)))
+        .collect();
+    format!("({})", parts.join(", "))
+}
+
+/// Every difference between two service lists, one entry each.
+pub fn services(old: &[Service], new: &[Service]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in old {
+        if !new.iter().any(|n| n.id == s.id) {
+            out.push(format!("service {} removed", s.id));
+        }
+    }
+    for n in new {
+        let Some(s) = old.iter().find(|s| s.id == n.id) else {
+            let backends: Vec<&str> = n.backends.iter().map(|b| b.id.as_str()).collect();
+            out.push(format!(
+                "service {} added {} with backends [{}]",
+                n.id,
+                summary(&spec_json(n), &["id", "backends"]),
+                backends.join(", ")
+            ));
+            continue;
+        };
+        let changed = fields(&spec_json(s), &spec_json(n), "backends");
+        if !changed.is_empty() {
+            out.push(format!("service {}: {}", n.id, changed.join(", ")));
+        }
+        for b in &s.backends {
+            if !n.backends.iter().any(|x| x.id == b.id) {
+                out.push(format!("service {} backend {} removed", n.id, b.id));
+            }
+        }
+        for b in &n.backends {
+            match s.backends.iter().find(|x| x.id == b.id) {
+                None => out.push(format!(
+                    "service {} backend {} added {}",
+                    n.id,
+                    b.id,
+                    summary(&backend_json(b), &["id"])
+                )),
+                Some(was) => {
+                    let changed = fields(&backend_json(was), &backend_json(b), "");
+                    if !changed.is_empty() {
+                        out.push(format!(
+                            "service {} backend {}: {}",
+                            n.id,
+                            b.id,
+                            changed.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every difference a reload can make: the sections that change live, then the services.
+pub fn model(old: &Model, new: &Model) -> Vec<String> {
+    let mut out = Vec::new();
+    let (a, b) = (&old.timeouts, &new.timeouts);
+    let timeouts = [
+        ("tcp_established", a.tcp_established, b.tcp_established),
+        ("tcp_syn", a.tcp_syn, b.tcp_syn),
+        ("tcp_fin", a.tcp_fin, b.tcp_fin),
+        ("tcp_close", a.tcp_close, b.tcp_close),
+        ("udp", a.udp, b.udp),
+    ];
+    for (name, was, is) in timeouts {
+        if was != is {
+            out.push(format!("timeouts.{name} {was} -> {is}"));
+        }
+    }
+    let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+    if old.routes != new.routes {
+        let routes = |m: &Model| {
+            list(
+                m.routes
+                    .iter()
+                    .map(|r| format!("{} via {}", r.prefix, r.via))
+                    .collect(),
+            )
+        };
+        out.push(format!("routes {} -> {}", routes(old), routes(new)));
+    }
+    if old.neighbors != new.neighbors {
+        let neighbors = |m: &Model| {
+            list(
+                m.neighbors
+                    .iter()
+                    .map(|n| format!("{} at {}", n.address, n.mac))
+                    .collect(),
+            )
+        };
+        out.push(format!(
+            "neighbors {} -> {}",
+            neighbors(old),
+            neighbors(new)
+        ));
+    }
+    out.extend(services(&old.services, &new.services));
+    out
+}

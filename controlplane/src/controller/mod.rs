@@ -1,0 +1,480 @@
+//! The one writer of the running configuration. [`Controller`] alone owns the model as the
+//! operator made it, the id bookkeeping and the publisher (whose `publish` takes `&mut self`,
+//! so a second writer does not compile), the dynamic neighbour table, the counters' baselines
+//! and the audit trail. It runs on the control thread; the binary feeds it API calls, SIGHUP,
+//! the workers' neighbour events and a clock, and sends the frames it asks for.
+//!
+//! Every change takes one path (docs/architecture.md, "A change, from the API to the
+//! workers"): the request becomes a candidate list of services, the changed object is
+//! validated once, conflicts and limits are checked against the rest, the publisher prepares
+//! the snapshot (ids assigned on a copy: the step that can fail), the state file is saved,
+//! the snapshot is published, and the answer waits until every worker uses it — or says, with
+//! 503, that a worker did not take it up in time. Nothing is saved that was not accepted, and
+//! a refused change leaves no trace but its audit line.
+
+mod announce;
+mod diff;
+mod observe;
+mod requests;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::Sender;
+use dataplane::addr::{IpPrefix, MacAddr};
+use dataplane::command::Command;
+use dataplane::counters::{ServiceCounters, WorkerCounters};
+use dataplane::neighbor::NeighborEvent;
+use dataplane::shared::SharedSnapshot;
+use serde_json::{Value, json};
+use tracing::{debug, error, info, warn};
+
+use crate::api::{ApiError, Reply, Request};
+use crate::config::{self, Model};
+use crate::neighbors::{NeighborTable, Timers};
+use crate::publish::{IdError, Limits, Published, Publisher};
+use crate::state;
+
+pub use observe::Baseline;
+
+/// An interface as the control side needs it.
+#[derive(Debug, Clone)]
+pub struct Interface {
+    pub port: u16,
+    pub name: String,
+    pub mac: MacAddr,
+    pub addresses: Vec<IpPrefix>,
+}
+
+/// What the control side holds of the workers: where their commands go and what they count.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    pub commands: Vec<Sender<Command>>,
+    pub counters: Arc<[WorkerCounters]>,
+    pub traffic: Vec<Arc<ServiceCounters>>,
+}
+
+/// A frame the control side wants sent out of DPDK port `port` (ARP, NDP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub port: u16,
+    pub bytes: Vec<u8>,
+}
+
+/// What the reloads did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reloads {
+    /// Applied (including those that found nothing to change).
+    pub ok: u64,
+    /// Of those, the ones that found nothing to change.
+    pub unchanged: u64,
+    /// Refused: the file was invalid, or asked for what needs a restart.
+    pub failed: u64,
+    /// When the last one was applied (seconds since the Unix epoch).
+    pub last_ok_unix: Option<f64>,
+}
+
+/// Everything the controller is given at start besides the model.
+#[derive(Debug)]
+pub struct Setup {
+    /// The configuration file SIGHUP reads again (None: the embedded default).
+    pub config_path: Option<PathBuf>,
+    /// The ports, in the order of the model's interfaces.
+    pub interfaces: Vec<Interface>,
+    pub workers: Workers,
+    /// How long a change waits for every worker to use it before it answers 503.
+    pub publish_wait: Duration,
+    pub limits: Limits,
+}
+
+/// How many audit lines are kept for `GET /api/v1/audit` (all of them go to the log).
+const AUDIT_KEPT: usize = 1000;
+/// How often the neighbour timers run.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The owner of the running configuration (see the module doc).
+#[derive(Debug)]
+pub struct Controller {
+    /// The configuration as the operator made it (no learned neighbours).
+    running: Model,
+    publisher: Publisher,
+    config_path: Option<PathBuf>,
+    interfaces: Vec<Interface>,
+    workers: Workers,
+    neighbors: NeighborTable,
+    /// Learned neighbours changed since the last publish.
+    neighbors_changed: bool,
+    last_tick: Instant,
+    /// Counters are kept per numeric id, and ids are reused: what an id had counted when its
+    /// present owner got it (keyed by (is a service, id)).
+    baselines: HashMap<(bool, u32), Baseline>,
+    /// Configuration changes made, counting the first configuration as 1 (the snapshot's own
+    /// epoch also moves when a neighbour is learned).
+    epoch: u64,
+    reloads: Reloads,
+    audit: VecDeque<String>,
+    outbox: Vec<Frame>,
+    started: Instant,
+    publish_wait: Duration,
+}
+
+impl Controller {
+    /// Publishes the first snapshot of `model`; the workers read it through [`Self::shared`].
+    pub fn new(model: Model, setup: Setup) -> Result<Controller, IdError> {
+        let macs = setup.interfaces.iter().map(|i| i.mac).collect();
+        let workers = setup.workers.commands.len().max(1) as u16;
+        let publisher = Publisher::with_limits(&model, macs, workers, setup.limits)?;
+        Ok(Controller {
+            running: model,
+            publisher,
+            config_path: setup.config_path,
+            interfaces: setup.interfaces,
+            workers: setup.workers,
+            neighbors: NeighborTable::new(Timers::default()),
+            neighbors_changed: false,
+            last_tick: Instant::now(),
+            baselines: HashMap::new(),
+            epoch: 1,
+            reloads: Reloads::default(),
+            audit: VecDeque::new(),
+            outbox: Vec::new(),
+            started: Instant::now(),
+            publish_wait: setup.publish_wait,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<SharedSnapshot> {
+        self.publisher.shared()
+    }
+
+    pub fn running(&self) -> &Model {
+        &self.running
+    }
+
+    /// The configuration epoch: 1 at start, one more for every change.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn reloads(&self) -> Reloads {
+        self.reloads
+    }
+
+    /// The audit lines kept, oldest first.
+    pub fn audit(&self) -> impl Iterator<Item = &str> {
+        self.audit.iter().map(String::as_str)
+    }
+
+    /// The frames to send since the last call (the binary copies them into mbufs).
+    pub fn take_frames(&mut self) -> Vec<Frame> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// At start: tells the neighbours where our addresses and VIPs are.
+    pub fn start(&mut self) {
+        let vips = self.vips();
+        self.announce(&vips, true);
+    }
+
+    /// Answers one API request; a change is saved and live before the answer.
+    pub fn handle(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Reload { body } => self.reload_request(&body),
+            req if req.mutates() => self.change(req),
+            req => self.read(req).unwrap_or_else(Reply::from),
+        }
+    }
+
+    fn change(&mut self, req: Request) -> Reply {
+        let what = requests::describe(&req);
+        let candidate = match self.candidate(req) {
+            Ok(c) => c,
+            Err(e) => {
+                self.record(
+                    false,
+                    format!("api: {what}: refused ({} {})", e.status, e.message),
+                );
+                return e.into();
+            }
+        };
+        let changes = diff::services(&self.running.services, &candidate.services);
+        let next = Model {
+            services: candidate.services,
+            ..self.running.clone()
+        };
+        match self.commit(next) {
+            Err(e) => {
+                self.record(
+                    false,
+                    format!("api: {what}: refused ({} {})", e.status, e.message),
+                );
+                e.into()
+            }
+            Ok(p) => {
+                let outcome = self.outcome(&p);
+                self.record(
+                    p.live(),
+                    format!("api: {what}: {}: {outcome}", joined(&changes)),
+                );
+                if p.live() {
+                    candidate.reply
+                } else {
+                    ApiError::new(503, outcome).into()
+                }
+            }
+        }
+    }
+
+    /// "ok (epoch N)", or what a publish that is not live everywhere means.
+    fn outcome(&self, p: &Published) -> String {
+        if p.live() {
+            format!("ok (epoch {})", self.epoch)
+        } else {
+            format!(
+                "saved and published as epoch {}, but worker(s) {:?} did not take it up within {:?}; they use it as soon as they run again",
+                self.epoch, p.lagging, self.publish_wait
+            )
+        }
+    }
+
+    /// One audit line: to the log and to the kept history.
+    fn record(&mut self, ok: bool, line: String) {
+        if ok {
+            info!(target: "l4lb::audit", "{line}");
+        } else {
+            warn!(target: "l4lb::audit", "{line}");
+        }
+        if self.audit.len() == AUDIT_KEPT {
+            self.audit.pop_front();
+        }
+        self.audit.push_back(line);
+    }
+
+    /// Makes `next` the running configuration: the snapshot is prepared (ids, limits), the
+    /// state file saved, the snapshot published and `next` adopted. An error means nothing
+    /// changed; a publish that is not live on every worker in time is still adopted (it is
+    /// swapped in, and the workers that lag take it up when they run).
+    fn commit(&mut self, next: Model) -> Result<Published, ApiError> {
+        let learned = self.neighbors.entries();
+        let prepared = self
+            .publisher
+            .prepare(&next, &learned)
+            .map_err(|e| ApiError::invalid(format!("{e}; nothing changed")))?;
+        if let Some(path) = &next.api.state_file {
+            state::save(path, &next.services).map_err(|e| {
+                ApiError::new(
+                    500,
+                    format!(
+                        "cannot save the state file {}: {e}; nothing changed",
+                        path.display()
+                    ),
+                )
+            })?;
+        }
+        let vips_before = self.vips();
+        let p = self.publish(prepared);
+        self.running = next;
+        self.epoch += 1;
+        let new: BTreeSet<IpAddr> = self.vips().difference(&vips_before).copied().collect();
+        self.announce(&new, false);
+        Ok(p)
+    }
+
+    /// Publishes, then gives the ids that changed owner their baselines and has the workers
+    /// flush the flows of backends that are gone.
+    fn publish(&mut self, prepared: crate::publish::Prepared) -> Published {
+        let owners_before = observe::owners(&self.shared().current());
+        let p = self.publisher.publish(prepared, self.publish_wait);
+        self.rebase(&owners_before, p.epoch);
+        for id in &p.released_backends {
+            for w in &self.workers.commands {
+                // Bounded: a worker that far behind gets the flush when it catches up.
+                let _ = w.send_timeout(Command::FlushBackend(*id), Duration::from_millis(100));
+            }
+        }
+        debug!(
+            snapshot = p.epoch,
+            live = p.live(),
+            build_us = p.build_time.as_micros() as u64,
+            "published"
+        );
+        self.neighbors_changed = false;
+        p
+    }
+
+    /// SIGHUP, or `POST /api/v1/reload`: the configuration file again. With a state file the
+    /// services are the state file's (what the API made) unless `services_from_file`; without
+    /// one the file owns everything. What can change live is applied, all or nothing; what
+    /// needs a restart refuses the reload (422). Returns the changes made; 503 when they are
+    /// made but a worker did not take them up in time.
+    pub fn reload(
+        &mut self,
+        trigger: &str,
+        services_from_file: bool,
+    ) -> Result<Vec<String>, ApiError> {
+        let source = self.config_path.as_ref().map_or_else(
+            || config::EMBEDDED_NAME.to_string(),
+            |p| p.display().to_string(),
+        );
+        match self.try_reload(services_from_file) {
+            Ok((changes, published)) => {
+                self.reloads.ok += 1;
+                self.reloads.unchanged += u64::from(changes.is_empty());
+                self.reloads.last_ok_unix = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64());
+                let outcome = match &published {
+                    Some(p) => self.outcome(p),
+                    None => "ok, nothing to change".to_string(),
+                };
+                let live = published.as_ref().is_none_or(Published::live);
+                self.record(
+                    live,
+                    format!(
+                        "reload ({trigger}) of {source}: {}: {outcome}",
+                        joined(&changes)
+                    ),
+                );
+                if live {
+                    Ok(changes)
+                } else {
+                    Err(ApiError::new(503, outcome))
+                }
+            }
+            Err(e) => {
+                self.reloads.failed += 1;
+                self.record(
+                    false,
+                    format!("reload ({trigger}) of {source}: refused, the running configuration stays: {e}"),
+                );
+                Err(ApiError::invalid(e))
+            }
+        }
+    }
+
+    fn try_reload(
+        &mut self,
+        services_from_file: bool,
+    ) -> Result<(Vec<String>, Option<Published>), String> {
+        let mut next = config::load(self.config_path.as_deref(), std::env::vars())
+            .map_err(|e| e.to_string().replace('\n', "; "))?;
+        if next.dpdk != self.running.dpdk || next.interfaces != self.running.interfaces {
+            return Err("[dpdk] and [[interfaces]] change only with a restart".into());
+        }
+        if next.api != self.running.api {
+            return Err("[api] changes only with a restart".into());
+        }
+        if next.api.state_file.is_some() && !services_from_file {
+            // The state file owns the services: the file's other sections apply.
+            next.services = self.running.services.clone();
+        }
+        let changes = diff::model(&self.running, &next);
+        if changes.is_empty() {
+            return Ok((changes, None));
+        }
+        let p = self.commit(next).map_err(|e| e.message)?;
+        Ok((changes, Some(p)))
+    }
+
+    fn reload_request(&mut self, body: &Value) -> Reply {
+        let from_file = match body {
+            Value::Null => Ok(false),
+            Value::Object(m) => m
+                .iter()
+                .try_fold(false, |acc, (k, v)| match (k.as_str(), v) {
+                    ("services_from_file", Value::Bool(b)) => Ok(acc || *b),
+                    ("services_from_file", _) => Err(ApiError::invalid(
+                        "services_from_file: a boolean is expected",
+                    )),
+                    (other, _) => Err(ApiError::invalid(format!(
+                        "{other}: unknown field (expected `services_from_file`)"
+                    ))),
+                }),
+            _ => Err(ApiError::invalid("body: a JSON object is expected")),
+        };
+        let from_file = match from_file {
+            Ok(f) => f,
+            Err(e) => return e.into(),
+        };
+        match self.reload("api", from_file) {
+            Ok(changes) => Reply::json(200, json!({ "changes": changes, "epoch": self.epoch })),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// A worker's neighbour event.
+    pub fn neighbor_event(&mut self, e: NeighborEvent) {
+        let now = Instant::now();
+        match e {
+            NeighborEvent::Learned {
+                addr,
+                mac,
+                interface,
+            } => {
+                if self.running.neighbors.iter().any(|n| n.address == addr) {
+                    return; // a static entry: configuration wins
+                }
+                let ours = self
+                    .interfaces
+                    .iter()
+                    .any(|i| i.addresses.iter().any(|p| p.addr == addr));
+                if ours || self.running.services.iter().any(|s| s.vip == addr) {
+                    // Our own announcements, looped back (or a conflict): never a neighbour.
+                    return;
+                }
+                if self.neighbors.learned(addr, mac, interface, now) {
+                    info!(%addr, %mac, interface, "neighbour learned");
+                    self.neighbors_changed = true;
+                }
+            }
+            NeighborEvent::Unresolved { addr, interface } => {
+                if let Some(r) = self.neighbors.unresolved(addr, interface, now) {
+                    self.request(r);
+                }
+            }
+        }
+    }
+
+    /// Called often (every few ms): the neighbour timers every 100 ms, and a publish when the
+    /// learned neighbours changed. Such a publish is not a configuration change: the
+    /// configuration epoch stays.
+    pub fn tick(&mut self, now: Instant) {
+        if now.duration_since(self.last_tick) >= TICK {
+            let (requests, expired) = self.neighbors.tick(now);
+            for r in requests {
+                self.request(r);
+            }
+            self.neighbors_changed |= expired;
+            self.last_tick = now;
+        }
+        if self.neighbors_changed {
+            let learned = self.neighbors.entries();
+            match self.publisher.prepare(&self.running, &learned) {
+                Ok(p) => {
+                    self.publish(p);
+                }
+                Err(e) => error!("publishing the learned neighbours failed: {e}"),
+            }
+        }
+    }
+
+    fn vips(&self) -> BTreeSet<IpAddr> {
+        self.running.services.iter().map(|s| s.vip).collect()
+    }
+}
+
+/// The changes of one audit line, "; " between them.
+fn joined(changes: &[String]) -> String {
+    if changes.is_empty() {
+        "no change".to_string()
+    } else {
+        changes.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests;

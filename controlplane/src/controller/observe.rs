@@ -1,0 +1,293 @@
+//! What the controller reads of the workers: their counters summed into [`Stats`], and samples
+//! of their flow tables.
+//!
+//! Counters are kept per numeric id, and ids are reused. When an id gets a new owner, what the
+//! id had counted is its baseline, subtracted from then on; its gauges (active and inactive
+//! connections, copied out by each worker a few times a second) count only from a worker that
+//! has copied them out since, at the new owner's snapshot or later.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use dataplane::command::{Command, FlowDump};
+use dataplane::counters::{
+    ServiceCounters, TrafficCounters, TrafficTotals, WorkerCounters, drop_totals, port_totals,
+    traffic_totals,
+};
+use dataplane::drop_reason::DropReason;
+use dataplane::flow::addr_from_bytes;
+use dataplane::snapshot::Snapshot;
+
+use super::Controller;
+use crate::api::stats::{
+    ActionStats, BackendStats, FlowStats, PortStats, ServiceStats, Traffic, WorkerStats,
+};
+use crate::api::{FlowSample, Stats};
+
+/// How long the control side waits for the workers' flow samples.
+const DUMP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an id had counted when its present owner got it, and the snapshot that gave it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Baseline {
+    pub totals: TrafficTotals,
+    pub since_snapshot: u64,
+}
+
+/// Who owns each id in `snap`: (is a service, id, name).
+pub(super) fn owners(snap: &Snapshot) -> HashSet<(bool, u32, String)> {
+    snap.services
+        .iter()
+        .flat_map(|s| {
+            let c = &s.config;
+            std::iter::once((true, c.id.0, c.name.clone())).chain(
+                c.backends
+                    .iter()
+                    .map(move |b| (false, b.id.0, format!("{}/{}", c.name, b.name))),
+            )
+        })
+        .collect()
+}
+
+fn counters_of(w: &ServiceCounters, service: bool, id: u32) -> Option<&TrafficCounters> {
+    if service {
+        w.services.get(id as usize)
+    } else {
+        w.backends.get(id as usize)
+    }
+}
+
+/// An id's counters since `base`: its counts less the baseline, its gauges from the workers
+/// that copied them out for its present owner.
+fn since(
+    workers: &[std::sync::Arc<ServiceCounters>],
+    service: bool,
+    id: u32,
+    base: Option<&Baseline>,
+) -> TrafficTotals {
+    let t = traffic_totals(workers.iter().map(|w| &**w), |w| {
+        counters_of(w, service, id)
+    });
+    let Some(b) = base else { return t };
+    let current = workers
+        .iter()
+        .filter(|w| w.mirrored_snapshot.get() >= b.since_snapshot)
+        .map(|w| &**w);
+    let gauges = traffic_totals(current, |w| counters_of(w, service, id));
+    TrafficTotals {
+        packets_in: t.packets_in.saturating_sub(b.totals.packets_in),
+        bytes_in: t.bytes_in.saturating_sub(b.totals.bytes_in),
+        packets_out: t.packets_out.saturating_sub(b.totals.packets_out),
+        bytes_out: t.bytes_out.saturating_sub(b.totals.bytes_out),
+        new_flows: t.new_flows.saturating_sub(b.totals.new_flows),
+        active: gauges.active,
+        inactive: gauges.inactive,
+    }
+}
+
+impl Controller {
+    /// After a publish at snapshot `epoch`: the ids that got a new owner count from here on.
+    pub(super) fn rebase(&mut self, before: &HashSet<(bool, u32, String)>, epoch: u64) {
+        let traffic = &self.workers.traffic;
+        for (service, id, name) in owners(&self.publisher.shared().current()) {
+            if !before.contains(&(service, id, name)) {
+                let totals = traffic_totals(traffic.iter().map(|w| &**w), |w| {
+                    counters_of(w, service, id)
+                });
+                self.baselines.insert(
+                    (service, id),
+                    Baseline {
+                        totals,
+                        since_snapshot: epoch,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The counters, for the running services.
+    pub fn stats(&self) -> Stats {
+        let counters: &[WorkerCounters] = &self.workers.counters;
+        let traffic = &self.workers.traffic;
+        let snap = self.publisher.shared().current();
+        let a = |f: fn(&WorkerCounters) -> u64| counters.iter().map(f).sum::<u64>();
+        let drops = drop_totals(counters);
+        let flow = |f: fn(&ServiceCounters) -> u64| traffic.iter().map(|w| f(w)).sum::<u64>();
+        let services = self
+            .running
+            .services
+            .iter()
+            .map(|s| {
+                let live = snap.services.iter().find(|x| x.config.name == s.id);
+                let backends: Vec<BackendStats> = s
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let id = live.and_then(|l| {
+                            l.config
+                                .backends
+                                .iter()
+                                .find(|x| x.name == b.id)
+                                .map(|x| x.id.0)
+                        });
+                        let t = id.map_or_else(TrafficTotals::default, |id| {
+                            since(traffic, false, id, self.baselines.get(&(false, id)))
+                        });
+                        BackendStats {
+                            id: b.id.clone(),
+                            address: b.address.to_string(),
+                            port: b.port,
+                            weight: b.weight,
+                            enabled: b.enabled,
+                            traffic: Traffic::from(t),
+                        }
+                    })
+                    .collect();
+                let mut t = live.map_or_else(TrafficTotals::default, |l| {
+                    let id = l.config.id.0;
+                    since(traffic, true, id, self.baselines.get(&(true, id)))
+                });
+                // A service's connections are its backends'.
+                t.active = backends.iter().map(|b| b.traffic.active).sum();
+                t.inactive = backends.iter().map(|b| b.traffic.inactive).sum();
+                ServiceStats {
+                    id: s.id.clone(),
+                    protocol: s.protocol.to_string(),
+                    vip: s.vip.to_string(),
+                    port: s.port,
+                    scheduler: s.scheduler.to_string(),
+                    forwarding: s.forwarding.to_string(),
+                    traffic: Traffic::from(t),
+                    backends,
+                }
+            })
+            .collect();
+        Stats {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            epoch: self.epoch,
+            snapshot_epoch: snap.epoch,
+            reloads: self.reloads.ok,
+            reload_failures: self.reloads.failed,
+            last_reload_success_unix: self.reloads.last_ok_unix,
+            workers: counters.len(),
+            per_worker: counters
+                .iter()
+                .zip(traffic)
+                .enumerate()
+                .map(|(i, (c, t))| WorkerStats {
+                    worker: i,
+                    rx_packets: c.ports.iter().map(|p| p.rx_packets.get()).sum(),
+                    tx_packets: c.ports.iter().map(|p| p.tx_packets.get()).sum(),
+                    forwarded: c.actions.forwarded.get(),
+                    dropped: c.actions.drops.iter().map(|d| d.get()).sum(),
+                    flows: t.flows.entries.get(),
+                })
+                .collect(),
+            ports: self
+                .interfaces
+                .iter()
+                .enumerate()
+                .map(|(i, itf)| {
+                    let t = port_totals(counters, i);
+                    PortStats {
+                        port: itf.port,
+                        name: itf.name.clone(),
+                        rx_packets: t.rx_packets,
+                        rx_bytes: t.rx_bytes,
+                        tx_packets: t.tx_packets,
+                        tx_bytes: t.tx_bytes,
+                        tx_dropped: t.tx_dropped,
+                    }
+                })
+                .collect(),
+            actions: ActionStats {
+                forwarded: a(|c| c.actions.forwarded.get()),
+                replied: a(|c| c.actions.replied.get()),
+                consumed: a(|c| c.actions.consumed.get()),
+                redirected: a(|c| c.actions.redirected.get()),
+                redirect_dropped: a(|c| c.actions.redirect_dropped.get()),
+                dropped: drops.iter().sum(),
+            },
+            drops: DropReason::ALL
+                .iter()
+                .zip(drops)
+                .map(|(r, n)| (r.name().to_string(), n))
+                .collect(),
+            flows: FlowStats {
+                entries: flow(|w| w.flows.entries.get()),
+                capacity: flow(|w| w.flows.capacity.get()),
+                memory_bytes: flow(|w| w.flows.memory.get()),
+                created: flow(|w| w.flows.created.get()),
+                expired: flow(|w| w.flows.expired.get()),
+                evicted: flow(|w| w.flows.evicted.get()),
+                evicted_established: flow(|w| w.flows.evicted_established.get()),
+                flushed: flow(|w| w.flows.flushed.get()),
+            },
+            services,
+        }
+    }
+
+    /// Up to `limit` live flows of `service`, gathered from the workers (oldest first).
+    pub(super) fn flows(&self, service: &str, limit: usize) -> Result<Vec<FlowSample>, String> {
+        let snap = self.publisher.shared().current();
+        let Some(svc) = snap.services.iter().find(|s| s.config.name == service) else {
+            return Ok(Vec::new());
+        };
+        let workers = &self.workers.commands;
+        let (tx, rx) = crossbeam_channel::bounded::<FlowDump>(workers.len());
+        let deadline = Instant::now() + DUMP_WAIT;
+        let mut asked = 0;
+        for w in workers {
+            let cmd = Command::DumpFlows {
+                service: svc.config.id,
+                into: Vec::with_capacity(limit),
+                reply: tx.clone(),
+            };
+            if w.send_deadline(cmd, deadline).is_ok() {
+                asked += 1;
+            }
+        }
+        let mut dumps = Vec::with_capacity(asked);
+        while dumps.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(d) => dumps.push(d),
+                Err(_) => {
+                    return Err(format!(
+                        "{} of {} workers did not answer within {DUMP_WAIT:?}",
+                        asked - dumps.len(),
+                        workers.len()
+                    ));
+                }
+            }
+        }
+        let by_id: HashMap<_, _> = svc.config.backends.iter().map(|b| (b.id, b)).collect();
+        let mut out = Vec::new();
+        for d in dumps {
+            for f in &d.flows {
+                let backend = by_id.get(&f.backend);
+                out.push(FlowSample {
+                    client: SocketAddr::new(addr_from_bytes(f.key.client), f.key.client_port)
+                        .to_string(),
+                    backend: backend.map_or_else(|| "?".to_string(), |b| b.name.clone()),
+                    backend_address: backend.map_or_else(String::new, |b| {
+                        SocketAddr::new(b.address, b.port).to_string()
+                    }),
+                    state: f.state.name().to_string(),
+                    idle_seconds: d.now.saturating_sub(f.last_seen),
+                    age_seconds: d.now.saturating_sub(f.created),
+                    worker: d.worker,
+                });
+            }
+        }
+        // The oldest first, then a stable order.
+        out.sort_by(|a, b| {
+            b.age_seconds
+                .cmp(&a.age_seconds)
+                .then(a.client.cmp(&b.client))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+}
