@@ -1,5 +1,5 @@
-//! `l4lb bench`: throughput measured the way testpmd reports it, on the standard rig of
-//! DESIGN.md §7 — a pcap of generated traffic replayed from memory by `net_pcap`
+//! `l4lb bench`: throughput measured the way testpmd reports it, on the standard rig (see
+//! BENCHMARKS.md) — a pcap of generated traffic replayed from memory by `net_pcap`
 //! (`infinite_rx=1`) into port 0, forwarded out of port 1, a `net_null` that keeps nothing —
 //! and, with `--compare`, dpdk-testpmd forwarding the same packets on the same vdevs in the same
 //! invocation, so that the ratio between the two is the figure that travels between machines.

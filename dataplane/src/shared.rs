@@ -1,6 +1,7 @@
-//! The configuration shared with the workers (DESIGN.md §2): the control side publishes a whole
-//! new immutable [`Snapshot`]; each worker picks up the current one once per burst and reports
-//! the epoch it saw, every iteration, in its own cache-line-padded slot.
+//! The configuration shared with the workers (docs/architecture.md, "The snapshot"): the
+//! control side publishes a whole new immutable [`Snapshot`]; each worker picks up the current
+//! one once per loop iteration and reports the epoch it saw, every iteration, in its own
+//! cache-line-padded slot.
 //!
 //! Reclamation follows the quiescent-state idea of DPDK's rte_rcu_qsbr and the left-right
 //! crate: the writer keeps the snapshot it replaced until every worker has reported the new

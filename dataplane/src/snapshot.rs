@@ -1,6 +1,7 @@
 //! The immutable configuration the packet path reads: services with their built schedulers,
 //! interfaces, routes, neighbours, timeouts. The control side builds a whole new one for every
-//! change; workers read the current one once per burst (the runtime issue double-buffers it).
+//! change; workers read the current one once per loop iteration (`shared` publishes it: an atomic
+//! swap, and a retire list freed once every worker has moved on).
 
 use std::net::IpAddr;
 use std::sync::Arc;

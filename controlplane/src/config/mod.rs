@@ -1,4 +1,4 @@
-//! The configuration file (TOML, DESIGN.md §5a), environment overrides, and validation into a
+//! The configuration file (TOML, `conf/l4lb.toml` documents every key), environment overrides, and validation into a
 //! typed [`Model`]. Errors name the file and the field: `services[1].vip: "10.0.0.300" is not
 //! an IP address`.
 
