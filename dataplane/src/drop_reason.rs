@@ -46,6 +46,7 @@ reasons! {
     DrBackendOffLink = "dr_backend_off_link": "Direct routing to a backend that is not on a connected prefix.",
     NoTunnelSource = "no_tunnel_source": "The egress interface has no address of the tunnel's family.",
     TooBigNoDf = "too_big_no_df": "Too big to tunnel, IPv4 without DF (l4lb does not fragment).",
+    TooBigIcmpError = "too_big_icmp_error": "An ICMP error too big to tunnel: never answered with another ICMP error (RFC 1122 3.2.2).",
     NdpInvalid = "ndp_invalid": "A neighbour solicitation that RFC 4861 says to ignore (hop limit not 255, ...).",
     FlowInsertFailed = "flow_insert_failed": "The flow table refused a flow (backend id beyond its size).",
     NoHeadroom = "no_headroom": "No room in the buffer for a tunnel header or a reply.",

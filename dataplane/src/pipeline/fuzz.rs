@@ -6,8 +6,10 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
+use super::fast::{Fast, established_v4};
 use super::tests::{config, seed_frames};
 use super::*;
+use crate::flow::FlowTimeouts;
 use crate::packet::OwnedPacket;
 use crate::sched::ConnSource;
 
@@ -140,8 +142,8 @@ fn fast_path_equals_general_path_on_every_seed() {
             for f in seeds() {
                 let mut p = OwnedPacket::new(f);
                 if matches!(
-                    super::established_v4(&mut p, 0, snapshot(), &mut probe, now),
-                    super::Fast::Done(_)
+                    established_v4(&mut p, 0, snapshot(), &mut probe, now),
+                    Fast::Done(_)
                 ) {
                     taken.insert(u16::from_be_bytes([f[36], f[37]]));
                 } else {

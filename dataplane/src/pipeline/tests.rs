@@ -5,9 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
-use crate::addr::IpPrefix;
+use crate::addr::{IpPrefix, MacAddr};
+use crate::flow::{FlowState, FlowTimeouts};
 use crate::packet::OwnedPacket;
-use crate::service::{BackendId, Protocol, SchedulerKind, ServiceId};
+use crate::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
 use crate::snapshot::{BackendConfig, InterfaceConfig, ServiceConfig, SnapshotConfig};
 
 // ---------------------------------------------------------------- an independent packet builder
@@ -1064,6 +1065,49 @@ fn an_icmp_error_about_a_vips_reply_reaches_the_dr_backend() {
     );
 }
 
+#[test]
+fn an_icmp_error_about_a_vips_reply_is_tunnelled_to_the_tun_backend_within_the_mtu() {
+    // Through the same egress as the flow's packets: encapsulated, or dropped when it would
+    // not fit (an ICMP error is never answered with another one).
+    for mtu in [1500, 90] {
+        let mut c = config(1);
+        c.interfaces[0].mtu = mtu;
+        let snap = Snapshot::build(c, 1);
+        let mut w = worker();
+        let (input, l4) = client_packet(
+            false,
+            Protocol::Tcp,
+            ForwardingMode::Tunnel,
+            crate::wire::tcp::SYN,
+        );
+        assert_eq!(
+            run(&snap, &mut w, &input).0,
+            Action::Forward { interface: 0 }
+        );
+        let reply = ipv4_packet(v4hdr(VIP, CLIENT), with_ports(l4, 82, 40000));
+        let mut err = vec![3, 4, 0, 0, 0, 0, 0x05, 0x00];
+        err.extend_from_slice(&reply[..48]);
+        let err_ip = ipv4_raw(v4hdr("198.19.9.9", VIP), 1, &icmp4_body(err));
+        let (action, out) = run(&snap, &mut w, &frame(OUR_MAC, GW_MAC, &err_ip));
+        if mtu == 1500 {
+            assert_eq!(action, Action::Forward { interface: 0 });
+            let h = V4Hdr {
+                src: v4("198.18.0.1"),
+                dst: v4(B1),
+                ttl: 64,
+                tos: 0x28, // the inner DSCP
+                id: 0,
+                df: true,
+            };
+            let want = frame(B1_MAC, OUR_MAC, &ipv4_raw(h, 4, &err_ip));
+            assert_frame(&out, &want, "icmp error tunnelled to the tun backend");
+        } else {
+            // 76 bytes and 20 of tunnel header: over an MTU of 90.
+            assert_eq!(action, Action::Drop(DropReason::TooBigIcmpError));
+        }
+    }
+}
+
 // ---------------------------------------------------------------- drops
 
 #[test]
@@ -1598,11 +1642,11 @@ fn warming_names_the_flow_process_then_uses() {
             let mut w = worker();
             let (input, _) = client_packet(is_v6, proto, ForwardingMode::DirectRouting, 0x10);
             // Before the flow exists: a hash all the same (the packet is a client's to a VIP).
-            let before = super::warm(&input, &snap, &w).expect("a client packet to a VIP");
+            let before = super::fast::warm(&input, &snap, &w).expect("a client packet to a VIP");
             run(&snap, &mut w, &input);
             let flow = w.flows.iter().next().expect("one flow").key;
             assert_eq!(before, w.flows.hash_of(&flow), "{is_v6} {proto}");
-            assert_eq!(super::warm(&input, &snap, &w), Some(before));
+            assert_eq!(super::fast::warm(&input, &snap, &w), Some(before));
             // Not a client packet to a VIP: nothing to warm.
             let mut other = input.clone();
             if is_v6 {
@@ -1610,7 +1654,7 @@ fn warming_names_the_flow_process_then_uses() {
             } else {
                 other[14 + 16..14 + 20].copy_from_slice(&[198, 19, 9, 9]);
             }
-            assert_eq!(super::warm(&other, &snap, &w), None);
+            assert_eq!(super::fast::warm(&other, &snap, &w), None);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! bytes that depend on the type, then a body. Error messages quote the offending packet's
 //! IP header and at least 8 bytes of its payload; `quoted` parses that.
 
-use super::{Malformed, get_u16, set_u16};
+use super::{Malformed, get_u16, ipv4, ipv6, set_u16};
 
 pub const HEADER_LEN: usize = 8;
 pub const CHECKSUM_OFFSET: usize = 2;
@@ -74,5 +74,119 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpMessage<T> {
 
     pub fn set_checksum(&mut self, c: u16) {
         set_u16(self.buffer.as_mut(), CHECKSUM_OFFSET, c);
+    }
+}
+
+/// The packet an ICMP error quotes, as far as l4lb needs it: the addresses, the transport
+/// protocol and where its header starts. Offsets are from the start of the quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    pub v6: bool,
+    pub protocol: u8,
+    /// Offset of the transport header (after IPv4 options or IPv6 extension headers).
+    pub l4: usize,
+    /// The addresses, IPv4 mapped into IPv6.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// Parses `quote`, the body of an ICMP (`v6` false) or ICMPv6 error: an IP header of that
+/// version, whole — IPv4 options and IPv6 extension headers are walked as for a packet of our
+/// own (`ipv6::upper_layer`) — then TCP or UDP with at least the eight bytes of ports and
+/// length or sequence number. None for anything else, a quoted IPv6 fragment included.
+pub fn quoted(quote: &[u8], v6: bool) -> Option<Quoted> {
+    let q = if v6 {
+        if quote.len() < ipv6::HEADER_LEN || quote[0] >> 4 != 6 {
+            return None;
+        }
+        let upper = ipv6::upper_layer(quote, quote[ipv6::field::NEXT]).ok()?;
+        if upper.fragment {
+            return None;
+        }
+        Quoted {
+            v6,
+            protocol: upper.protocol,
+            l4: upper.offset,
+            src: quote[8..24].try_into().ok()?,
+            dst: quote[24..40].try_into().ok()?,
+        }
+    } else {
+        if quote.len() < ipv4::MIN_HEADER_LEN || quote[0] >> 4 != 4 {
+            return None;
+        }
+        let hl = usize::from(quote[0] & 0x0f) * 4;
+        if hl < ipv4::MIN_HEADER_LEN {
+            return None;
+        }
+        let v4 = |b: &[u8]| {
+            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).expect("4"))
+                .to_ipv6_mapped()
+                .octets()
+        };
+        Quoted {
+            v6,
+            protocol: quote[ipv4::field::PROTO],
+            l4: hl,
+            src: v4(&quote[12..16]),
+            dst: v4(&quote[16..20]),
+        }
+    };
+    let transport = matches!(q.protocol, ipv4::PROTO_TCP | ipv4::PROTO_UDP);
+    (transport && quote.len() >= q.l4 + 8).then_some(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v6_quote(next: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
+        let mut q = vec![0x60, 0, 0, 0, 0, 200, next, 64];
+        q.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        q.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+        q.extend_from_slice(ext);
+        q.extend_from_slice(l4);
+        q
+    }
+
+    #[test]
+    fn a_quoted_ipv6_packet_is_walked_past_its_extension_headers() {
+        let ports = [0x9c, 0x40, 0, 80, 0, 0, 0, 1];
+        // Destination options (8 bytes) then TCP: the ports are 8 bytes later than without.
+        let dest_opts = [ipv4::PROTO_TCP, 0, 1, 4, 0, 0, 0, 0];
+        let q = quoted(&v6_quote(ipv6::NEXT_DEST_OPTS, &dest_opts, &ports), true).unwrap();
+        assert_eq!((q.protocol, q.l4), (ipv4::PROTO_TCP, 48));
+        assert_eq!(q.src[15], 7);
+        assert_eq!(q.dst[15], 9);
+        let plain = quoted(&v6_quote(ipv4::PROTO_UDP, &[], &ports), true).unwrap();
+        assert_eq!((plain.protocol, plain.l4), (ipv4::PROTO_UDP, 40));
+        // Cut inside the extension header, or before the eight bytes of ports: not enough.
+        assert_eq!(
+            quoted(&v6_quote(ipv6::NEXT_DEST_OPTS, &dest_opts[..4], &[]), true),
+            None
+        );
+        assert_eq!(
+            quoted(&v6_quote(ipv4::PROTO_TCP, &[], &ports[..7]), true),
+            None
+        );
+        // A fragment is not looked into.
+        let frag = [ipv4::PROTO_TCP, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            quoted(&v6_quote(ipv6::NEXT_FRAGMENT, &frag, &ports), true),
+            None
+        );
+    }
+
+    #[test]
+    fn a_quoted_ipv4_packet_may_carry_options() {
+        let mut q = vec![0x46, 0, 0, 100, 0, 0, 0, 0, 64, ipv4::PROTO_UDP, 0, 0];
+        q.extend_from_slice(&[198, 18, 2, 1, 198, 18, 0, 100]);
+        q.extend_from_slice(&[1, 1, 1, 0]); // four bytes of options (NOPs, end)
+        q.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        let v = quoted(&q, false).unwrap();
+        assert_eq!((v.protocol, v.l4), (ipv4::PROTO_UDP, 24));
+        assert_eq!(&v.src[12..], &[198, 18, 2, 1]);
+        assert_eq!(quoted(&q, true), None, "not an IPv6 header");
+        q[9] = 1; // ICMP
+        assert_eq!(quoted(&q, false), None);
     }
 }

@@ -41,6 +41,45 @@ pub struct UpperLayer {
     pub fragment: bool,
 }
 
+/// The walk of [`Ipv6Packet::upper_layer`] over `b`, an IPv6 packet from its fixed header on
+/// (whole, or as much as an ICMPv6 error quotes), whose fixed header names `next` first.
+pub fn upper_layer(b: &[u8], mut next: u8) -> Result<UpperLayer, Malformed> {
+    let mut at = HEADER_LEN;
+    // Bounded: each step advances at least 8 bytes through a buffer of at most 64 KiB.
+    loop {
+        match next {
+            NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DEST_OPTS => {
+                if b.len() < at + 8 {
+                    return Err(Malformed::Truncated);
+                }
+                let len = (usize::from(b[at + 1]) + 1) * 8;
+                if b.len() < at + len {
+                    return Err(Malformed::Truncated);
+                }
+                next = b[at];
+                at += len;
+            }
+            NEXT_FRAGMENT => {
+                if b.len() < at + 8 {
+                    return Err(Malformed::Truncated);
+                }
+                return Ok(UpperLayer {
+                    protocol: b[at],
+                    offset: at + 8,
+                    fragment: true,
+                });
+            }
+            protocol => {
+                return Ok(UpperLayer {
+                    protocol,
+                    offset: at,
+                    fragment: false,
+                });
+            }
+        }
+    }
+}
+
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     pub fn new_checked(buffer: T) -> Result<Self, Malformed> {
         let b = buffer.as_ref();
@@ -96,42 +135,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// Skips hop-by-hop, routing and destination-options headers; stops at anything else. A
     /// fragment header stops the walk too and marks the packet as a fragment.
     pub fn upper_layer(&self) -> Result<UpperLayer, Malformed> {
-        let b = &self.b()[..self.total_len()];
-        let mut next = self.next_header();
-        let mut at = HEADER_LEN;
-        // Bounded: each step advances at least 8 bytes through a buffer of at most 64 KiB.
-        loop {
-            match next {
-                NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DEST_OPTS => {
-                    if b.len() < at + 8 {
-                        return Err(Malformed::Truncated);
-                    }
-                    let len = (usize::from(b[at + 1]) + 1) * 8;
-                    if b.len() < at + len {
-                        return Err(Malformed::Truncated);
-                    }
-                    next = b[at];
-                    at += len;
-                }
-                NEXT_FRAGMENT => {
-                    if b.len() < at + 8 {
-                        return Err(Malformed::Truncated);
-                    }
-                    return Ok(UpperLayer {
-                        protocol: b[at],
-                        offset: at + 8,
-                        fragment: true,
-                    });
-                }
-                protocol => {
-                    return Ok(UpperLayer {
-                        protocol,
-                        offset: at,
-                        fragment: false,
-                    });
-                }
-            }
-        }
+        upper_layer(&self.b()[..self.total_len()], self.next_header())
     }
 
     pub fn packet(&self) -> &[u8] {

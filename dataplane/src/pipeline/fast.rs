@@ -1,0 +1,250 @@
+//! The packet a load balancer sees most, on a straight line ([`established_v4`]), and the
+//! warming of a burst's cache lines before it is processed ([`warm_burst`]).
+
+use super::{Action, Ctx, WorkerState, egress};
+use crate::addr;
+use crate::checksum;
+use crate::flow::FlowKey;
+use crate::forward::IpView;
+use crate::packet::PacketBuf;
+use crate::service::ForwardingMode;
+use crate::snapshot::Snapshot;
+use crate::wire::{ethernet, ipv4};
+
+/// Flow-table entries above which a worker warms a whole burst ([`warm_burst`]) before processing it
+/// (about what L2 holds: 64-byte flows plus the index); below, the extra lookup only costs
+/// time.
+pub const WARM_ABOVE: usize = 8192;
+
+/// The most packets a worker takes in one burst (and so the most [`warm_burst`] warms).
+pub const MAX_BURST: usize = 256;
+
+/// Warms the cache for [`process`] of a burst of frames (at most `MAX_BURST`), in two passes
+/// of prefetches: the index buckets of the flows of its client packets to VIPs, then the
+/// flows those buckets name. Prefetches retire at once, so the burst's cache misses overlap
+/// instead of each being waited for in turn when the burst is then processed.
+#[inline]
+pub fn warm_burst<'a>(frames: impl Iterator<Item = &'a [u8]>, snap: &Snapshot, w: &WorkerState) {
+    let mut hashes = [0u64; MAX_BURST];
+    let mut n = 0;
+    for frame in frames.take(MAX_BURST) {
+        if let Some(h) = warm(frame, snap, w) {
+            hashes[n] = h;
+            n += 1;
+        }
+    }
+    for &h in &hashes[..n] {
+        w.flows.prefetch_flows(h);
+    }
+}
+
+/// The first pass of [`warm_burst`]: if `frame` looks like a client's TCP or UDP packet to a
+/// VIP, the index bucket of its flow starts loading and its hash is returned. A quick read of
+/// the headers without the checks of `process`, which decides everything.
+#[inline]
+pub(super) fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<u64> {
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let mut ether_type = be16(12)?;
+    let mut at = 14;
+    if ether_type == ethernet::ETHERTYPE_VLAN {
+        (ether_type, at) = (be16(16)?, 18);
+    }
+    let (client, vip, protocol, l4) = match ether_type {
+        ethernet::ETHERTYPE_IPV4 => {
+            let h = frame.get(at..at + 20)?;
+            if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+                return None; // a fragment
+            }
+            let a = |i: usize| addr::mapped(h[i..i + 4].try_into().expect("4 bytes"));
+            (a(12), a(16), h[9], at + usize::from(h[0] & 0x0f) * 4)
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let h = frame.get(at..at + 40)?;
+            let a = |i: usize| -> [u8; 16] { h[i..i + 16].try_into().expect("16 bytes") };
+            (a(8), a(24), h[6], at + 40)
+        }
+        _ => return None,
+    };
+    if protocol != ipv4::PROTO_TCP && protocol != ipv4::PROTO_UDP || !snap.maybe_vip(&vip) {
+        return None;
+    }
+    let hash = w.flows.hash_of(&FlowKey {
+        client,
+        vip,
+        client_port: be16(l4)?,
+        vip_port: be16(l4 + 2)?,
+        protocol,
+    });
+    w.flows.prefetch_index(hash);
+    Some(hash)
+}
+
+/// What [`established_v4`] did.
+pub(super) enum Fast {
+    Done(Action),
+    /// The packet is a client's to a VIP whose flow table has no entry for it: the general
+    /// path need not look again (a new flow's first packet).
+    NoFlow,
+    /// Anything else: the general path decides from scratch.
+    Other,
+}
+
+/// The packet a load balancer sees most: an untagged IPv4 TCP or UDP packet without options,
+/// to our MAC, of a live flow of a live service. Its checks are the general path's, on a
+/// straight line and without building what that case does not need; the forwarding is the
+/// general path's own. Anything else, or any doubt (a bad checksum, no flow or an expired one,
+/// its service gone), returns before anything is changed, and the general path decides.
+/// `fuzz::fast_path_equals_general_path` holds the two to the same results.
+#[inline(never)]
+pub(super) fn established_v4<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Fast {
+    match established_v4_inner(pkt, ingress, snap, w, now) {
+        Ok(a) => Fast::Done(a),
+        Err(f) => f,
+    }
+}
+
+/// Bytes of a frame the fast path reads and writes: Ethernet, a 20-byte IPv4 header and the
+/// 20 bytes of a TCP header (a UDP packet this short takes the general path).
+const FAST_HEAD: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + 20;
+
+#[inline(always)]
+fn established_v4_inner<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, Fast> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+    let itf = snap
+        .interfaces
+        .get(usize::from(ingress))
+        .ok_or(Fast::Other)?;
+    let frame = pkt.data_mut();
+    let frame_len = frame.len();
+    // One length check: every offset below is within this array.
+    let h: &mut [u8; FAST_HEAD] = frame
+        .get_mut(..FAST_HEAD)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Fast::Other)?;
+    if h[..6] != itf.mac.0 || h[12..14] != ethernet::ETHERTYPE_IPV4.to_be_bytes() {
+        return Err(Fast::Other);
+    }
+    let ip: &[u8; 20] = h[L3..L4].try_into().expect("20 bytes");
+    // Version 4 without options, not a fragment, a length that fits, a good checksum.
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ip[0] != 0x45
+        || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+        || total < ipv4::MIN_HEADER_LEN
+        || L3 + total > frame_len
+        || !crate::checksum::ipv4_header20_ok(ip)
+    {
+        return Err(Fast::Other);
+    }
+    let proto = ip[9];
+    let l4_len = total - ipv4::MIN_HEADER_LEN;
+    let (tcp_flags, checksum_at) = match proto {
+        ipv4::PROTO_TCP
+            if l4_len >= 20
+                && h[L4 + 12] >> 4 >= 5
+                && l4_len >= usize::from(h[L4 + 12] >> 4) * 4 =>
+        {
+            (Some(h[L4 + 13]), L4 + 16)
+        }
+        ipv4::PROTO_UDP
+            if l4_len >= 8
+                && (8..=l4_len)
+                    .contains(&usize::from(u16::from_be_bytes([h[L4 + 4], h[L4 + 5]]))) =>
+        {
+            (None, L4 + 6)
+        }
+        _ => return Err(Fast::Other),
+    };
+    let src4: [u8; 4] = ip[12..16].try_into().expect("4 bytes");
+    let dst4: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
+    if !snap.maybe_vip4(dst4) {
+        return Err(Fast::Other);
+    }
+    let key = FlowKey {
+        client: addr::mapped(src4),
+        vip: addr::mapped(dst4),
+        client_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
+        vip_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
+        protocol: proto,
+    };
+    let slot = w.flows.find(&key).ok_or(Fast::NoFlow)?;
+    if w.flows.expired_at(slot, now) {
+        return Err(Fast::Other); // the general path's lookup removes it
+    }
+    let f = w.flows.get(slot);
+    let backend = f.backend;
+    let svc = snap
+        .service_by_id(f.service)
+        .filter(|s| s.matches(&key))
+        .ok_or(Fast::Other)?;
+    // Decided: from here on it is what the general path does with a live flow of a live
+    // service (its errors, an unresolved next hop say, are its drops too).
+    w.flows.touch(slot, tcp_flags, now);
+    let endpoint = w.flows.endpoint(backend);
+    let nat_v4 = svc.config.forwarding == ForwardingMode::Nat && addr::is_mapped(&endpoint.addr);
+    let (Some(route), true) = (snap.backend_route(backend), nat_v4) else {
+        // Another mode, or no route resolved for the backend: the general rewrite.
+        let view = IpView {
+            v6: false,
+            l3: L3,
+            total,
+            l4: L4,
+            proto,
+            src: key.client,
+            dst: key.vip,
+        };
+        let cx = Ctx {
+            snap,
+            w,
+            ingress,
+            now,
+        };
+        return Ok(egress::forward_out_of_line(pkt, &cx, &view, svc, backend));
+    };
+    let dst_mac = match egress::next_hop_mac(route, &w.neighbor_events) {
+        Ok(m) => m,
+        Err(r) => return Ok(Action::Drop(r)),
+    };
+    // NAT, as `forward::rewrite_endpoint` does it, on fixed offsets.
+    let new_addr: [u8; 4] = endpoint.addr[12..].try_into().expect("4 bytes");
+    let addr_delta = checksum::delta4(dst4, new_addr);
+    h[L3 + ipv4::field::DST..L3 + ipv4::field::DST + 4].copy_from_slice(&new_addr);
+    let at = L3 + ipv4::field::CHECKSUM;
+    let c = checksum::apply(u16::from_be_bytes([h[at], h[at + 1]]), addr_delta);
+    h[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    let old_port = key.vip_port;
+    h[L4 + 2..L4 + 4].copy_from_slice(&endpoint.port.to_be_bytes());
+    let c = u16::from_be_bytes([h[checksum_at], h[checksum_at + 1]]);
+    let d = addr_delta + u32::from(!old_port) + u32::from(endpoint.port);
+    let c = if tcp_flags.is_none() {
+        checksum::udp_apply(c, d)
+    } else {
+        checksum::apply(c, d)
+    };
+    h[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
+    h[..6].copy_from_slice(&dst_mac.0);
+    h[6..12].copy_from_slice(&route.src_mac.0);
+    if let Some((s, b)) = w.traffic.of(svc.config.id, backend) {
+        s.count_in(frame_len);
+        b.count_in(frame_len);
+    }
+    Ok(Action::Forward {
+        interface: route.interface,
+    })
+}

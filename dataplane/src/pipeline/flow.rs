@@ -1,0 +1,118 @@
+//! A client's packet to a VIP: its service and its flow. An established flow keeps its
+//! backend; a new one asks the service's scheduler and is kept in the flow table.
+
+use super::{Action, Ctx, Ip, L4, egress, owner};
+use crate::drop_reason::DropReason;
+use crate::flow::{Endpoint, FlowKey, FlowState, NewFlow};
+use crate::packet::PacketBuf;
+use crate::sched::PickInput;
+use crate::service::ForwardingMode;
+use crate::snapshot::{Service, ServiceKey};
+
+/// Flow-table sweeping done along with each new flow, so expiry keeps up with creation.
+const SWEEP_PER_NEW_FLOW: usize = 4;
+
+/// The packet of a flow or of a service at its destination (a VIP, maybe): what happens to
+/// it, or None when no service there takes it.
+#[inline]
+pub(super) fn to_vip<P: PacketBuf>(
+    pkt: &mut P,
+    cx: &mut Ctx<'_>,
+    p: &Ip,
+    l4: &L4,
+    no_flow: bool,
+) -> Option<Result<Action, DropReason>> {
+    let ip = &p.ip;
+    let key = FlowKey {
+        client: ip.src,
+        vip: ip.dst,
+        client_port: l4.sport,
+        vip_port: l4.dport,
+        protocol: ip.proto,
+    };
+    // The common case first: an established flow names its service, so one lookup does.
+    if let Some(slot) = (!no_flow)
+        .then(|| cx.w.flows.lookup(&key, cx.now))
+        .flatten()
+    {
+        let (service, backend) = {
+            let f = cx.w.flows.get(slot);
+            (f.service, f.backend)
+        };
+        match cx.snap.service_by_id(service).filter(|s| s.matches(&key)) {
+            Some(svc) => {
+                cx.w.flows.touch(slot, l4.tcp_flags, cx.now);
+                return Some(egress::forward_to_backend(
+                    pkt, cx, p.l2, &p.ip, svc, backend,
+                ));
+            }
+            // Its service is gone (or the id now names another): schedule it afresh.
+            None => cx.w.flows.remove(slot),
+        }
+    }
+    let skey = ServiceKey {
+        protocol: ip.proto,
+        vip: ip.dst,
+        port: l4.dport,
+    };
+    let svc = cx.snap.service(&skey)?;
+    Some(new_flow(pkt, cx, p, l4, key, svc))
+}
+
+/// Client to VIP, first packet of a flow: the scheduler picks a backend and the flow is kept.
+fn new_flow<P: PacketBuf>(
+    pkt: &mut P,
+    cx: &mut Ctx<'_>,
+    p: &Ip,
+    l4: &L4,
+    key: FlowKey,
+    svc: &Service,
+) -> Result<Action, DropReason> {
+    let mode = svc.config.forwarding;
+    let w = &mut *cx.w;
+    if mode == ForwardingMode::Nat {
+        // NAT flows live with the worker that owns the client (replies find them there).
+        let o = owner(&p.ip.src, l4.sport, cx.snap.workers);
+        if o != w.index {
+            return Ok(Action::Redirect(o));
+        }
+    }
+    let state = match l4.tcp_flags {
+        Some(f) => FlowState::for_new_tcp(f).ok_or(DropReason::TcpRstNoFlow)?,
+        None => FlowState::Udp,
+    };
+    let cursor = w
+        .cursors
+        .get_mut(svc.config.id.0 as usize)
+        .ok_or(DropReason::FlowInsertFailed)?;
+    let pick = svc.scheduler.pick(
+        &PickInput {
+            backends: &svc.sched_backends,
+            flow: &key,
+            conns: &w.flows,
+        },
+        cursor,
+    );
+    let b = &svc.config.backends[pick.ok_or(DropReason::NoBackend)?];
+    let endpoint = Endpoint {
+        addr: crate::flow::addr_bytes(b.address),
+        port: b.port,
+    };
+    w.flows.sweep(cx.now, SWEEP_PER_NEW_FLOW);
+    let new = NewFlow {
+        key,
+        service: svc.config.id,
+        backend: b.id,
+        endpoint,
+        nat: mode == ForwardingMode::Nat,
+        state,
+    };
+    w.flows
+        .insert(new, cx.now)
+        .map_err(|_| DropReason::FlowInsertFailed)?;
+    if let Some((s, c)) = w.traffic.of(svc.config.id, b.id) {
+        s.new_flows.add(1);
+        c.new_flows.add(1);
+    }
+    egress::forward_to_backend(pkt, cx, p.l2, &p.ip, svc, b.id)
+}

@@ -1,0 +1,116 @@
+//! What the appliance answers and learns itself: ARP requests and NDP solicitations for its
+//! addresses and VIPs are answered; their senders, and the targets of advertisements, are
+//! reported to the control side as neighbours.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use super::{Action, Ctx};
+use crate::addr::MacAddr;
+use crate::drop_reason::DropReason;
+use crate::flow::addr_from_bytes;
+use crate::forward::IpView;
+use crate::neighbor::NeighborEvent;
+use crate::packet::PacketBuf;
+use crate::respond;
+use crate::wire::arp::{self, ArpPacket};
+use crate::wire::ipv6;
+
+/// ARP for one of our addresses or VIPs: a request is answered; a request or a reply teaches
+/// us the sender (RFC 826's merge, limited to packets addressed to us and senders on the link).
+pub(super) fn arp(frame: &mut [u8], l2: usize, cx: &Ctx<'_>) -> Result<Action, DropReason> {
+    let arp = ArpPacket::new_checked(&frame[l2..])?;
+    let target = crate::flow::addr_bytes(IpAddr::V4(arp.target_ip()));
+    let ours = cx.snap.local_interface(&target) == Some(cx.ingress) || cx.snap.is_vip(&target);
+    if !ours {
+        return Err(DropReason::ArpIgnored);
+    }
+    learn(cx, IpAddr::V4(arp.sender_ip()), arp.sender_mac());
+    match arp.operation() {
+        arp::OP_REQUEST => {
+            let mac = cx.snap.interfaces[usize::from(cx.ingress)].mac;
+            respond::arp_reply(frame, l2, mac);
+            Ok(Action::Reply)
+        }
+        arp::OP_REPLY => Ok(Action::Consumed),
+        _ => Err(DropReason::ArpIgnored),
+    }
+}
+
+/// Records that `addr` is at `mac`, if it is a plausible neighbour on the ingress interface.
+fn learn(cx: &Ctx<'_>, addr: IpAddr, mac: MacAddr) {
+    if !addr.is_unspecified()
+        && !mac.is_multicast()
+        && mac != MacAddr([0; 6])
+        && cx.snap.on_link(addr) == Some(cx.ingress)
+    {
+        cx.w.neighbor_events.push(NeighborEvent::Learned {
+            addr,
+            mac,
+            interface: cx.ingress,
+        });
+    }
+}
+
+/// The link-layer address option of type `want` (1: source, 2: target) in NDP options.
+fn ndp_link_option(mut options: &[u8], want: u8) -> Option<MacAddr> {
+    while options.len() >= 8 {
+        let len = usize::from(options[1]) * 8;
+        if len == 0 || len > options.len() {
+            return None;
+        }
+        if options[0] == want && len >= 8 {
+            return Some(MacAddr(options[2..8].try_into().expect("6")));
+        }
+        options = &options[len..];
+    }
+    None
+}
+
+/// The body of an NDP message that RFC 4861 §7.1 lets through: hop limit 255, code 0, at least
+/// 24 bytes (type, code, checksum, flags or reserved, target).
+fn ndp_body<'f>(frame: &'f [u8], ip: &IpView) -> Result<&'f [u8], DropReason> {
+    let body = &frame[ip.l4..ip.end()];
+    if frame[ip.l3 + ipv6::field::HOP_LIMIT] != 255 || body.len() < 24 || body[1] != 0 {
+        return Err(DropReason::NdpInvalid);
+    }
+    Ok(body)
+}
+
+pub(super) fn neighbor_solicitation<P: PacketBuf>(
+    pkt: &mut P,
+    cx: &Ctx<'_>,
+    ip: &IpView,
+) -> Result<Action, DropReason> {
+    let body = ndp_body(pkt.data(), ip)?;
+    let target: [u8; 16] = body[8..24].try_into().expect("16");
+    let ours = cx.snap.local_interface(&target) == Some(cx.ingress) || cx.snap.is_vip(&target);
+    if !ours {
+        return Err(DropReason::ArpIgnored);
+    }
+    if let Some(m) = ndp_link_option(&body[24..], 1) {
+        learn(cx, addr_from_bytes(ip.src), m);
+    }
+    let mac = cx.snap.interfaces[usize::from(cx.ingress)].mac;
+    if respond::neighbor_advert(pkt, ip, Ipv6Addr::from(target), mac) {
+        Ok(Action::Reply)
+    } else {
+        Err(DropReason::NoHeadroom)
+    }
+}
+
+/// A neighbour advertisement: its target is at the address in its target link-layer option.
+pub(super) fn neighbor_advertisement(
+    frame: &[u8],
+    cx: &Ctx<'_>,
+    ip: &IpView,
+) -> Result<Action, DropReason> {
+    let body = ndp_body(frame, ip)?;
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&body[8..24]).expect("16"));
+    match ndp_link_option(&body[24..], 2) {
+        Some(m) => {
+            learn(cx, IpAddr::V6(target), m);
+            Ok(Action::Consumed)
+        }
+        None => Err(DropReason::NdpInvalid),
+    }
+}

@@ -1,0 +1,83 @@
+//! What one worker owns: its flow table, its scheduling cursors, its counters (shared for
+//! reading with the control side), and what it learned of neighbours in this burst; and which
+//! worker owns a NAT flow.
+
+use std::sync::Arc;
+
+use crate::counters::ServiceCounters;
+use crate::flow::{FlowTable, FlowTimeouts};
+use crate::hash::fmix64;
+use crate::neighbor::NeighborEvents;
+use crate::sched::Cursor;
+use crate::snapshot::Snapshot;
+
+/// One worker's mutable state: its flow table, its scheduling cursors, and its per-service and
+/// per-backend counters (shared for reading with the control side).
+#[derive(Debug)]
+pub struct WorkerState {
+    /// This worker's index among `Snapshot::workers`.
+    pub index: u16,
+    pub flows: FlowTable,
+    /// Per service id.
+    pub(super) cursors: Vec<Cursor>,
+    pub traffic: Arc<ServiceCounters>,
+    /// What this burst learned about neighbours, for the control side.
+    pub neighbor_events: NeighborEvents,
+}
+
+impl WorkerState {
+    /// `max_services` and `max_backends` bound the ids the control side hands out.
+    pub fn new(
+        index: u16,
+        flow_capacity: u32,
+        max_services: u32,
+        max_backends: u32,
+        timeouts: FlowTimeouts,
+    ) -> Self {
+        WorkerState {
+            index,
+            flows: FlowTable::new(flow_capacity, max_backends, timeouts),
+            cursors: vec![Cursor::default(); max_services as usize],
+            traffic: Arc::new(ServiceCounters::new(max_services, max_backends)),
+            neighbor_events: NeighborEvents::default(),
+        }
+    }
+
+    /// Copies the flow table's connection counts of `snapshot`'s backends into the shared
+    /// gauges, and the flow table's counts (between bursts, a few times a second).
+    pub fn mirror_connections(&self, snapshot: &Snapshot) {
+        use crate::sched::ConnSource;
+        let backends = snapshot
+            .services
+            .iter()
+            .flat_map(|s| s.config.backends.iter().map(|b| b.id));
+        for b in backends {
+            if let Some(t) = self.traffic.backends.get(b.0 as usize) {
+                let c = self.flows.conns(b);
+                t.active.set(u64::from(c.active));
+                t.inactive.set(u64::from(c.inactive));
+            }
+        }
+        let (f, s) = (&self.traffic.flows, self.flows.stats());
+        f.entries.set(self.flows.len() as u64);
+        f.capacity.set(u64::from(self.flows.capacity()));
+        f.memory.set(self.flows.memory_bytes() as u64);
+        f.created.set(s.created);
+        f.expired.set(s.expired);
+        f.evicted.set(s.evicted);
+        f.evicted_established.set(s.evicted_established);
+        f.flushed.set(s.flushed);
+        self.traffic.mirrored_snapshot.set(snapshot.epoch);
+    }
+}
+
+/// Which worker owns the flows of a client endpoint (NAT: both directions carry it).
+#[inline]
+pub fn owner(client: &[u8; 16], port: u16, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    let a = u64::from_be_bytes(client[..8].try_into().expect("8"));
+    let b = u64::from_be_bytes(client[8..].try_into().expect("8"));
+    (fmix64(a ^ b.rotate_left(17) ^ u64::from(port)) % u64::from(workers)) as u16
+}
