@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
+use dataplane::addr::MacAddr;
 use dataplane::checksum;
+use dataplane::wire::{ethernet, ipv4, ipv6};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -131,8 +133,6 @@ fn client(i: u32, v6: bool) -> (IpAddr, u16) {
 fn frame(args: &BenchArgs, src: (IpAddr, u16), syn: bool) -> Vec<u8> {
     let len = usize::from(args.size.max(64) - 4);
     let mut f = Vec::with_capacity(len.max(90));
-    f.extend_from_slice(&PCAP_MAC);
-    f.extend_from_slice(&GATEWAY_MAC);
     let (l4_len_min, proto) = match args.proto {
         Proto::Udp => (8, 17u8),
         Proto::Tcp => (20, 6u8),
@@ -157,38 +157,46 @@ fn frame(args: &BenchArgs, src: (IpAddr, u16), syn: bool) -> Vec<u8> {
         }
     }
     let ck_at = if proto == 17 { 6 } else { 16 };
-    match (src.0, vip(args.ipv6)) {
+    let mut head = [0u8; 14 + 40];
+    let (ethertype, ip_len) = match (src.0, vip(args.ipv6)) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            f.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut ip = [0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
-            ip[6] = 0x40; // DF
-            ip[8] = 64;
-            ip[9] = proto;
-            ip[12..16].copy_from_slice(&s.octets());
-            ip[16..20].copy_from_slice(&d.octets());
-            let c = checksum::ipv4_header(&ip);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&ip);
+            ipv4::Repr {
+                src: s,
+                dst: d,
+                protocol: proto,
+                payload_len: l4_len,
+                ttl: 64,
+                tos: 0,
+                dont_fragment: true,
+            }
+            .emit(&mut head[14..]);
             let c = checksum::transport(checksum::pseudo_v4(s, d, proto, l4_len as u16), &l4);
             l4[ck_at..ck_at + 2].copy_from_slice(&c.to_be_bytes());
+            (ethernet::ETHERTYPE_IPV4, ipv4::MIN_HEADER_LEN)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            f.extend_from_slice(&0x86ddu16.to_be_bytes());
-            let mut ip = [0u8; 40];
-            ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            ip[6] = proto;
-            ip[7] = 64;
-            ip[8..24].copy_from_slice(&s.octets());
-            ip[24..40].copy_from_slice(&d.octets());
-            f.extend_from_slice(&ip);
+            ipv6::Repr {
+                src: s,
+                dst: d,
+                next_header: proto,
+                payload_len: l4_len,
+                hop_limit: 64,
+                traffic_class: 0,
+            }
+            .emit(&mut head[14..]);
             let c = checksum::transport(checksum::pseudo_v6(s, d, proto, l4_len as u32), &l4);
             l4[ck_at..ck_at + 2].copy_from_slice(&c.to_be_bytes());
+            (ethernet::ETHERTYPE_IPV6, ipv6::HEADER_LEN)
         }
         _ => unreachable!("client and VIP of one family"),
+    };
+    ethernet::Repr {
+        dst: MacAddr(PCAP_MAC),
+        src: MacAddr(GATEWAY_MAC),
+        ethertype,
     }
+    .emit(&mut head);
+    f.extend_from_slice(&head[..14 + ip_len]);
     f.extend_from_slice(&l4);
     f
 }

@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 use std::ops::Range;
 
-use crate::addr::MacAddr;
 use crate::checksum;
 use crate::packet::PacketBuf;
 use crate::wire::{ipv4, ipv6, tcp, udp};
@@ -130,11 +129,7 @@ pub fn rewrite_addr(frame: &mut [u8], ip: &IpView, side: Side, addr: &[u8; 16]) 
 }
 
 /// Sets the Ethernet addresses (a VLAN tag, if any, stays).
-#[inline]
-pub fn set_l2(frame: &mut [u8], dst: MacAddr, src: MacAddr) {
-    frame[0..6].copy_from_slice(&dst.0);
-    frame[6..12].copy_from_slice(&src.0);
-}
+pub use crate::wire::ethernet::set_addresses as set_l2;
 
 /// Bytes a tunnel adds.
 pub fn tunnel_overhead(v6: bool) -> usize {
@@ -178,28 +173,25 @@ pub fn encapsulate<P: PacketBuf>(
     f.copy_within(overhead..overhead + l2, 0);
     let o = &mut f[l2..l2 + overhead];
     match (outer_src, outer_dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            o.fill(0);
-            o[0] = 0x45;
-            o[ipv4::field::TOS] = tos;
-            o[ipv4::field::FLAGS_FRAG] = if df { 0x40 } else { 0 };
-            o[ipv4::field::TTL] = 64;
-            o[ipv4::field::PROTO] = ipv4::PROTO_IPIP;
-            o[ipv4::field::SRC..ipv4::field::SRC + 4].copy_from_slice(&s.octets());
-            o[ipv4::field::DST..ipv4::field::DST + 4].copy_from_slice(&d.octets());
-            o[2..4].copy_from_slice(&((ip.total + overhead) as u16).to_be_bytes());
-            let c = checksum::ipv4_header(o);
-            o[10..12].copy_from_slice(&c.to_be_bytes());
+        (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4::Repr {
+            src,
+            dst,
+            protocol: ipv4::PROTO_IPIP,
+            payload_len: ip.total,
+            ttl: 64,
+            tos,
+            dont_fragment: df,
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let first = (6u32 << 28) | (u32::from(tos) << 20);
-            o[0..4].copy_from_slice(&first.to_be_bytes());
-            o[4..6].copy_from_slice(&(ip.total as u16).to_be_bytes());
-            o[6] = ipv6::NEXT_IPV6;
-            o[7] = 64;
-            o[8..24].copy_from_slice(&s.octets());
-            o[24..40].copy_from_slice(&d.octets());
+        .emit(o),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => ipv6::Repr {
+            src,
+            dst,
+            next_header: ipv6::NEXT_IPV6,
+            payload_len: ip.total,
+            hop_limit: 64,
+            traffic_class: tos,
         }
+        .emit(o),
         // Validation keeps a backend in its VIP's family; refuse rather than panic.
         _ => return false,
     }

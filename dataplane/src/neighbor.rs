@@ -8,9 +8,8 @@ use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::addr::MacAddr;
-use crate::checksum;
-use crate::wire::icmp::v6;
-use crate::wire::ipv6;
+use crate::wire::icmp::{self, v6};
+use crate::wire::{arp, ethernet, ipv6};
 
 /// What a worker saw that the neighbour table needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,80 +79,73 @@ pub const MIN_FRAME: usize = 60;
 /// An ICMPv6 neighbour solicitation or advertisement with one link-layer option.
 pub const NDP_FRAME: usize = 14 + 40 + 32;
 
-fn arp_frame(
-    buf: &mut [u8; MIN_FRAME],
-    dst: MacAddr,
-    mac: MacAddr,
-    op: u16,
-    sender: Ipv4Addr,
-    target_mac: [u8; 6],
-    target: Ipv4Addr,
-) {
+/// All nodes (RFC 4291 §2.7.1), and its MAC (RFC 2464 §7).
+pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+pub const ALL_NODES_MAC: MacAddr = MacAddr([0x33, 0x33, 0, 0, 0, 1]);
+
+fn arp_frame(buf: &mut [u8; MIN_FRAME], mac: MacAddr, sender: Ipv4Addr, target: Ipv4Addr) {
     buf.fill(0);
-    buf[0..6].copy_from_slice(&dst.0);
-    buf[6..12].copy_from_slice(&mac.0);
-    buf[12..14].copy_from_slice(&[0x08, 0x06]);
-    buf[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 0]);
-    buf[20..22].copy_from_slice(&op.to_be_bytes());
-    buf[22..28].copy_from_slice(&mac.0);
-    buf[28..32].copy_from_slice(&sender.octets());
-    buf[32..38].copy_from_slice(&target_mac);
-    buf[38..42].copy_from_slice(&target.octets());
+    ethernet::Repr {
+        dst: MacAddr::BROADCAST,
+        src: mac,
+        ethertype: ethernet::ETHERTYPE_ARP,
+    }
+    .emit(buf);
+    arp::Repr {
+        op: arp::OP_REQUEST,
+        sender_mac: mac,
+        sender_ip: sender,
+        target_mac: MacAddr([0; 6]),
+        target_ip: target,
+    }
+    .emit(&mut buf[ethernet::HEADER_LEN..]);
 }
 
 /// A broadcast ARP request from `sender` (ours, at `mac`) for `target`.
 pub fn arp_request(buf: &mut [u8; MIN_FRAME], mac: MacAddr, sender: Ipv4Addr, target: Ipv4Addr) {
-    arp_frame(buf, MacAddr::BROADCAST, mac, 1, sender, [0; 6], target);
+    arp_frame(buf, mac, sender, target);
 }
 
 /// A gratuitous ARP announcing that `addr` is at `mac` (RFC 5227 §2.3: a request whose sender
 /// and target are both the address), so that neighbours update their caches.
 pub fn gratuitous_arp(buf: &mut [u8; MIN_FRAME], mac: MacAddr, addr: Ipv4Addr) {
-    arp_frame(buf, MacAddr::BROADCAST, mac, 1, addr, [0; 6], addr);
+    arp_frame(buf, mac, addr, addr);
 }
 
-/// The fields that tell a solicitation from an advertisement.
-struct Ndp {
+/// Writes, from `buf`'s start (an IPv6 header's place), an NDP message from `src` to `dst`:
+/// the IPv6 header (hop limit 255: RFC 4861 accepts nothing else) and `ndp` with its checksum.
+/// The one writer of l4lb's solicitations and advertisements, in a frame of its own or in
+/// place of the solicitation it answers. `buf` holds at least 40 + [`icmp::NDP_LEN`] bytes.
+pub fn ndp_packet(buf: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr, ndp: &icmp::NdpRepr) {
+    ipv6::Repr {
+        src,
+        dst,
+        next_header: ipv6::NEXT_ICMPV6,
+        payload_len: icmp::NDP_LEN,
+        hop_limit: 255,
+        traffic_class: 0,
+    }
+    .emit(buf);
+    let m = &mut buf[ipv6::HEADER_LEN..ipv6::HEADER_LEN + icmp::NDP_LEN];
+    ndp.emit(m);
+    icmp::fill_checksum(m, Some((src, dst)));
+}
+
+/// An NDP frame from us at `mac` to `eth_dst`.
+fn ndp_frame(
+    buf: &mut [u8; NDP_FRAME],
     eth_dst: MacAddr,
     src: Ipv6Addr,
     dst: Ipv6Addr,
-    ty: u8,
-    flags: u8,
-    target: Ipv6Addr,
-    /// Link-layer address option: 1 source, 2 target.
-    option: u8,
-}
-
-fn ndp_frame(buf: &mut [u8; NDP_FRAME], mac: MacAddr, n: Ndp) {
-    let Ndp {
-        eth_dst,
-        src,
-        dst,
-        ty,
-        flags,
-        target,
-        option,
-    } = n;
-    buf.fill(0);
-    buf[0..6].copy_from_slice(&eth_dst.0);
-    buf[6..12].copy_from_slice(&mac.0);
-    buf[12..14].copy_from_slice(&[0x86, 0xdd]);
-    let h = &mut buf[14..54];
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&32u16.to_be_bytes());
-    h[6] = ipv6::NEXT_ICMPV6;
-    h[7] = 255; // RFC 4861: NDP is only valid with hop limit 255
-    h[8..24].copy_from_slice(&src.octets());
-    h[24..40].copy_from_slice(&dst.octets());
-    let m = &mut buf[54..86];
-    m[0] = ty;
-    m[4] = flags;
-    m[8..24].copy_from_slice(&target.octets());
-    m[24] = option;
-    m[25] = 1;
-    m[26..32].copy_from_slice(&mac.0);
-    let c = checksum::transport(checksum::pseudo_v6(src, dst, ipv6::NEXT_ICMPV6, 32), m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ndp: &icmp::NdpRepr,
+) {
+    ethernet::Repr {
+        dst: eth_dst,
+        src: ndp.lladdr,
+        ethertype: ethernet::ETHERTYPE_IPV6,
+    }
+    .emit(buf);
+    ndp_packet(&mut buf[ethernet::HEADER_LEN..], src, dst, ndp);
 }
 
 /// The solicited-node multicast address of `a` (RFC 4291 §2.7.1) and its MAC (RFC 2464 §7).
@@ -181,39 +173,27 @@ pub fn neighbor_solicitation(
     target: Ipv6Addr,
 ) {
     let (group, group_mac) = solicited_node(target);
-    ndp_frame(
-        buf,
-        mac,
-        Ndp {
-            eth_dst: group_mac,
-            src,
-            dst: group,
-            ty: v6::NEIGHBOR_SOLICIT,
-            flags: 0,
-            target,
-            option: 1,
-        },
-    );
+    let ns = icmp::NdpRepr {
+        msg_type: v6::NEIGHBOR_SOLICIT,
+        flags: 0,
+        target,
+        option: 1,
+        lladdr: mac,
+    };
+    ndp_frame(buf, group_mac, src, group, &ns);
 }
 
 /// An unsolicited neighbour advertisement (RFC 4861 §7.2.6) that `target` is at `mac`, to all
 /// nodes, override and router flags set, with our link-layer address (option 2).
 pub fn unsolicited_advertisement(buf: &mut [u8; NDP_FRAME], mac: MacAddr, target: Ipv6Addr) {
-    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    let eth_dst = MacAddr([0x33, 0x33, 0, 0, 0, 1]);
-    ndp_frame(
-        buf,
-        mac,
-        Ndp {
-            eth_dst,
-            src: target,
-            dst: all_nodes,
-            ty: v6::NEIGHBOR_ADVERT,
-            flags: 0x80 | 0x20,
-            target,
-            option: 2,
-        },
-    );
+    let na = icmp::NdpRepr {
+        msg_type: v6::NEIGHBOR_ADVERT,
+        flags: 0x80 | 0x20, // router, override
+        target,
+        option: 2,
+        lladdr: mac,
+    };
+    ndp_frame(buf, ALL_NODES_MAC, target, ALL_NODES, &na);
 }
 
 #[cfg(test)]
@@ -261,8 +241,8 @@ mod tests {
         assert_eq!(&b[80..86], &MAC.0);
         let src: Ipv6Addr = "2001:db8:2::1".parse().unwrap();
         let (group, _) = solicited_node(target);
-        assert!(checksum::verifies(
-            checksum::pseudo_v6(src, group, 58, 32),
+        assert!(crate::checksum::verifies(
+            crate::checksum::pseudo_v6(src, group, 58, 32),
             &b[54..86]
         ));
         unsolicited_advertisement(&mut b, MAC, "2001:db8:1::100".parse().unwrap());

@@ -6,9 +6,10 @@ use std::net::{IpAddr, Ipv6Addr};
 use crate::addr::MacAddr;
 use crate::checksum;
 use crate::forward::{IpView, set_l2};
+use crate::neighbor;
 use crate::packet::PacketBuf;
 use crate::wire::arp::ArpPacket;
-use crate::wire::icmp::{v4, v6};
+use crate::wire::icmp::{self, v4, v6};
 use crate::wire::{ipv4, ipv6};
 
 /// Turns an ARP request into the reply that `mac` has the asked-for address.
@@ -80,7 +81,6 @@ pub fn neighbor_advert<P: PacketBuf>(
     target: Ipv6Addr,
     mac: MacAddr,
 ) -> bool {
-    const ICMP_LEN: usize = 24 + 8; // header + reserved + target, one option
     let (solicitor_mac, solicitor): (MacAddr, Ipv6Addr) = {
         let d = pkt.data();
         (
@@ -91,41 +91,28 @@ pub fn neighbor_advert<P: PacketBuf>(
         )
     };
     let (dst, solicited) = if solicitor.is_unspecified() {
-        (Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), false)
+        (neighbor::ALL_NODES, false)
     } else {
         (solicitor, true)
     };
-    let l4 = ip.l3 + ipv6::HEADER_LEN;
-    if !pkt.set_len(l4 + ICMP_LEN) {
+    if !pkt.set_len(ip.l3 + ipv6::HEADER_LEN + icmp::NDP_LEN) {
         return false;
     }
     let f = pkt.data_mut();
     let eth_dst = if solicited {
         solicitor_mac
     } else {
-        MacAddr([0x33, 0x33, 0, 0, 0, 1])
+        neighbor::ALL_NODES_MAC
     };
     set_l2(f, eth_dst, mac);
-    let h = &mut f[ip.l3..ip.l3 + ipv6::HEADER_LEN];
-    h[0..4].copy_from_slice(&(6u32 << 28).to_be_bytes());
-    h[4..6].copy_from_slice(&(ICMP_LEN as u16).to_be_bytes());
-    h[6] = ipv6::NEXT_ICMPV6;
-    h[7] = 255; // RFC 4861 §7.1.2: must be 255
-    h[8..24].copy_from_slice(&target.octets());
-    h[24..40].copy_from_slice(&dst.octets());
-    let m = &mut f[l4..l4 + ICMP_LEN];
-    m.fill(0);
-    m[0] = v6::NEIGHBOR_ADVERT;
-    m[4] = 0x80 | 0x20 | if solicited { 0x40 } else { 0 }; // router, override, solicited
-    m[8..24].copy_from_slice(&target.octets());
-    m[24] = 2; // target link-layer address option
-    m[25] = 1; // 8 bytes
-    m[26..32].copy_from_slice(&mac.0);
-    let c = checksum::transport(
-        checksum::pseudo_v6(target, dst, ipv6::NEXT_ICMPV6, ICMP_LEN as u32),
-        m,
-    );
-    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let na = icmp::NdpRepr {
+        msg_type: v6::NEIGHBOR_ADVERT,
+        flags: 0x80 | 0x20 | if solicited { 0x40 } else { 0 }, // router, override, solicited
+        target,
+        option: 2,
+        lladdr: mac,
+    };
+    neighbor::ndp_packet(&mut f[ip.l3..], target, dst, &na);
     true
 }
 
@@ -168,52 +155,48 @@ pub fn too_big<P: PacketBuf>(
     let f = pkt.data_mut();
     set_l2(f, peer_mac, mac);
     let icmp_len = 8 + quote;
-    match from {
+    let (m, v6_addrs) = match from {
         IpAddr::V4(src) => {
             let dst = std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&client[12..]).expect("4"));
-            let h = &mut f[l2..l2 + hdr];
-            h.fill(0);
-            h[0] = 0x45;
-            h[2..4].copy_from_slice(&((hdr + icmp_len) as u16).to_be_bytes());
-            h[ipv4::field::TTL] = 64;
-            h[ipv4::field::PROTO] = ipv4::PROTO_ICMP;
-            h[12..16].copy_from_slice(&src.octets());
-            h[16..20].copy_from_slice(&dst.octets());
-            let c = checksum::ipv4_header(h);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            let m = &mut f[icmp_at..icmp_at + icmp_len];
-            m[0..8].copy_from_slice(&[
-                v4::DEST_UNREACHABLE,
-                v4::CODE_FRAG_NEEDED,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ]);
-            m[6..8].copy_from_slice(&mtu.to_be_bytes());
-            let c = checksum::internet(m);
-            m[2..4].copy_from_slice(&c.to_be_bytes());
+            ipv4::Repr {
+                src,
+                dst,
+                protocol: ipv4::PROTO_ICMP,
+                payload_len: icmp_len,
+                ttl: 64,
+                tos: 0,
+                dont_fragment: false,
+            }
+            .emit(&mut f[l2..]);
+            let [a, b] = mtu.to_be_bytes();
+            icmp::Repr {
+                msg_type: v4::DEST_UNREACHABLE,
+                code: v4::CODE_FRAG_NEEDED,
+                rest: [0, 0, a, b],
+            }
+            .emit(&mut f[icmp_at..]);
+            (&mut f[icmp_at..icmp_at + icmp_len], None)
         }
         IpAddr::V6(src) => {
             let dst = Ipv6Addr::from(client);
-            let h = &mut f[l2..l2 + hdr];
-            h[0..4].copy_from_slice(&(6u32 << 28).to_be_bytes());
-            h[4..6].copy_from_slice(&(icmp_len as u16).to_be_bytes());
-            h[6] = ipv6::NEXT_ICMPV6;
-            h[7] = 64;
-            h[8..24].copy_from_slice(&src.octets());
-            h[24..40].copy_from_slice(&dst.octets());
-            let m = &mut f[icmp_at..icmp_at + icmp_len];
-            m[0..4].copy_from_slice(&[v6::PACKET_TOO_BIG, 0, 0, 0]);
-            m[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
-            let c = checksum::transport(
-                checksum::pseudo_v6(src, dst, ipv6::NEXT_ICMPV6, icmp_len as u32),
-                m,
-            );
-            m[2..4].copy_from_slice(&c.to_be_bytes());
+            ipv6::Repr {
+                src,
+                dst,
+                next_header: ipv6::NEXT_ICMPV6,
+                payload_len: icmp_len,
+                hop_limit: 64,
+                traffic_class: 0,
+            }
+            .emit(&mut f[l2..]);
+            icmp::Repr {
+                msg_type: v6::PACKET_TOO_BIG,
+                code: 0,
+                rest: u32::from(mtu).to_be_bytes(),
+            }
+            .emit(&mut f[icmp_at..]);
+            (&mut f[icmp_at..icmp_at + icmp_len], Some((src, dst)))
         }
-    }
+    };
+    icmp::fill_checksum(m, v6_addrs);
     true
 }

@@ -13,7 +13,6 @@ use crate::respond;
 use crate::service::ForwardingMode;
 use crate::snapshot::ServiceKey;
 use crate::wire::icmp::{self, IcmpMessage};
-use crate::wire::ipv6;
 
 pub(super) fn icmp<P: PacketBuf>(
     pkt: &mut P,
@@ -177,18 +176,6 @@ fn error_about_flow<P: PacketBuf>(
 
 /// Recomputes an ICMP(v6) checksum over the whole message after its quote was rewritten.
 fn fix_icmp_checksum(frame: &mut [u8], ip: &IpView, src: &[u8; 16], dst: &[u8; 16]) {
-    let m = &mut frame[ip.l4..ip.end()];
-    m[icmp::CHECKSUM_OFFSET..icmp::CHECKSUM_OFFSET + 2].copy_from_slice(&[0, 0]);
-    let c = if ip.v6 {
-        let pseudo = crate::checksum::pseudo_v6(
-            Ipv6Addr::from(*src),
-            Ipv6Addr::from(*dst),
-            ipv6::NEXT_ICMPV6,
-            m.len() as u32,
-        );
-        crate::checksum::transport(pseudo, m)
-    } else {
-        crate::checksum::internet(m)
-    };
-    m[icmp::CHECKSUM_OFFSET..icmp::CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
+    let v6 = ip.v6.then(|| (Ipv6Addr::from(*src), Ipv6Addr::from(*dst)));
+    icmp::fill_checksum(&mut frame[ip.l4..ip.end()], v6);
 }

@@ -1,4 +1,5 @@
-//! ARP for IPv4 over Ethernet (RFC 826), the only kind l4lb answers.
+//! ARP for IPv4 over Ethernet (RFC 826), the only kind l4lb answers: the view, and the
+//! [`Repr`] l4lb writes.
 
 use std::net::Ipv4Addr;
 
@@ -65,19 +66,91 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 }
 
+impl<T: AsRef<[u8]>> ArpPacket<T> {
+    pub fn target_mac(&self) -> MacAddr {
+        MacAddr(self.buffer.as_ref()[field::THA].try_into().expect("6"))
+    }
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     /// Turns a request into the reply that says `mac` has the requested address.
     pub fn make_reply(&mut self, mac: MacAddr) {
-        let b = self.buffer.as_mut();
-        let (sha, spa, tpa): ([u8; 6], [u8; 4], [u8; 4]) = (
-            b[field::SHA].try_into().expect("6"),
-            b[field::SPA].try_into().expect("4"),
-            b[field::TPA].try_into().expect("4"),
+        let asked = Repr::parse(self);
+        Repr {
+            op: OP_REPLY,
+            sender_mac: mac,
+            sender_ip: asked.target_ip,
+            target_mac: asked.sender_mac,
+            target_ip: asked.sender_ip,
+        }
+        .emit(self.buffer.as_mut());
+    }
+}
+
+/// An Ethernet/IPv4 ARP message to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub op: u16,
+    pub sender_mac: MacAddr,
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: MacAddr,
+    pub target_ip: Ipv4Addr,
+}
+
+impl Repr {
+    pub fn parse<T: AsRef<[u8]>>(p: &ArpPacket<T>) -> Repr {
+        Repr {
+            op: p.operation(),
+            sender_mac: p.sender_mac(),
+            sender_ip: p.sender_ip(),
+            target_mac: p.target_mac(),
+            target_ip: p.target_ip(),
+        }
+    }
+
+    /// Writes the [`LEN`] bytes of the message at the start of `buf`.
+    pub fn emit(&self, buf: &mut [u8]) {
+        set_u16(buf, field::HTYPE, 1);
+        set_u16(buf, field::PTYPE, 0x0800);
+        buf[field::HLEN] = 6;
+        buf[field::PLEN] = 4;
+        set_u16(buf, field::OPER, self.op);
+        buf[field::SHA].copy_from_slice(&self.sender_mac.0);
+        buf[field::SPA].copy_from_slice(&self.sender_ip.octets());
+        buf[field::THA].copy_from_slice(&self.target_mac.0);
+        buf[field::TPA].copy_from_slice(&self.target_ip.octets());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_then_parse_gives_the_repr_back_and_a_request_becomes_its_reply() {
+        let r = Repr {
+            op: OP_REQUEST,
+            sender_mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            sender_ip: [198, 18, 0, 9].into(),
+            target_mac: MacAddr([0; 6]),
+            target_ip: [198, 18, 0, 1].into(),
+        };
+        let mut b = [0u8; LEN];
+        r.emit(&mut b);
+        assert_eq!(&b[..8], &[0, 1, 8, 0, 6, 4, 0, 1]);
+        let mut p = ArpPacket::new_checked(&mut b[..]).unwrap();
+        assert_eq!(Repr::parse(&p), r);
+        let ours = MacAddr([2, 0, 0, 0, 0, 1]);
+        p.make_reply(ours);
+        assert_eq!(
+            Repr::parse(&p),
+            Repr {
+                op: OP_REPLY,
+                sender_mac: ours,
+                sender_ip: r.target_ip,
+                target_mac: r.sender_mac,
+                target_ip: r.sender_ip,
+            }
         );
-        set_u16(b, field::OPER, OP_REPLY);
-        b[field::THA].copy_from_slice(&sha);
-        b[field::TPA].copy_from_slice(&spa);
-        b[field::SHA].copy_from_slice(&mac.0);
-        b[field::SPA].copy_from_slice(&tpa);
     }
 }

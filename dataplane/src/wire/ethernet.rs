@@ -1,4 +1,4 @@
-//! Ethernet II with at most one 802.1Q tag.
+//! Ethernet II with at most one 802.1Q tag: the view, and the [`Repr`] l4lb writes.
 
 use super::{Malformed, get_u16};
 use crate::addr::MacAddr;
@@ -133,5 +133,55 @@ mod tests {
             EthernetFrame::new_checked(&t[..]).unwrap_err(),
             Malformed::Truncated
         );
+    }
+}
+
+/// An untagged Ethernet II header to write (l4lb's own frames go out untagged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub dst: MacAddr,
+    pub src: MacAddr,
+    pub ethertype: u16,
+}
+
+impl Repr {
+    pub fn parse<T: AsRef<[u8]>>(f: &EthernetFrame<T>) -> Repr {
+        Repr {
+            dst: f.dst(),
+            src: f.src(),
+            ethertype: f.ethertype(),
+        }
+    }
+
+    /// Writes the header into the first [`HEADER_LEN`] bytes of `buf`.
+    pub fn emit(&self, buf: &mut [u8]) {
+        set_addresses(buf, self.dst, self.src);
+        super::set_u16(buf, field::TYPE, self.ethertype);
+    }
+}
+
+/// Sets a frame's destination and source addresses (a VLAN tag, if any, stays).
+#[inline]
+pub fn set_addresses(frame: &mut [u8], dst: MacAddr, src: MacAddr) {
+    frame[field::DST].copy_from_slice(&dst.0);
+    frame[field::SRC].copy_from_slice(&src.0);
+}
+
+#[cfg(test)]
+mod repr_tests {
+    use super::*;
+
+    #[test]
+    fn emit_then_parse_gives_the_repr_back() {
+        let r = Repr {
+            dst: MacAddr::BROADCAST,
+            src: MacAddr([2, 0, 0, 0, 0, 1]),
+            ethertype: ETHERTYPE_ARP,
+        };
+        let mut b = [0u8; 14];
+        r.emit(&mut b);
+        assert_eq!(b, [255, 255, 255, 255, 255, 255, 2, 0, 0, 0, 0, 1, 8, 6]);
+        let f = EthernetFrame::new_checked(&b[..]).unwrap();
+        assert_eq!((Repr::parse(&f), f.header_len()), (r, HEADER_LEN));
     }
 }

@@ -77,6 +77,83 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpMessage<T> {
     }
 }
 
+/// The 8-byte header of an ICMP or ICMPv6 message to write: type, code, a checksum left 0 for
+/// [`fill_checksum`], and the four bytes that depend on the type (an MTU, a pointer, zeros).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub msg_type: u8,
+    pub code: u8,
+    pub rest: [u8; 4],
+}
+
+impl Repr {
+    pub fn parse<T: AsRef<[u8]>>(m: &IcmpMessage<T>) -> Repr {
+        let b = m.buffer.as_ref();
+        Repr {
+            msg_type: m.msg_type(),
+            code: m.code(),
+            rest: b[4..8].try_into().expect("4"),
+        }
+    }
+
+    /// Writes the [`HEADER_LEN`] bytes at the start of `buf`, checksum 0.
+    pub fn emit(&self, buf: &mut [u8]) {
+        buf[0] = self.msg_type;
+        buf[1] = self.code;
+        set_u16(buf, CHECKSUM_OFFSET, 0);
+        buf[4..8].copy_from_slice(&self.rest);
+    }
+}
+
+/// Computes and writes the checksum of the whole message `m` (header and body): ICMP's over
+/// the message alone, ICMPv6's with the pseudo-header of `v6` = (source, destination).
+pub fn fill_checksum(m: &mut [u8], v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>) {
+    set_u16(m, CHECKSUM_OFFSET, 0);
+    let c = match v6 {
+        Some((src, dst)) => crate::checksum::transport(
+            crate::checksum::pseudo_v6(src, dst, ipv6::NEXT_ICMPV6, m.len() as u32),
+            m,
+        ),
+        None => crate::checksum::internet(m),
+    };
+    set_u16(m, CHECKSUM_OFFSET, c);
+}
+
+/// A neighbour solicitation or advertisement (RFC 4861 §4.3, §4.4) with one link-layer
+/// address option: the [`NDP_LEN`] bytes l4lb sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NdpRepr {
+    /// [`v6::NEIGHBOR_SOLICIT`] or [`v6::NEIGHBOR_ADVERT`].
+    pub msg_type: u8,
+    /// Advertisements: router 0x80, solicited 0x40, override 0x20.
+    pub flags: u8,
+    pub target: std::net::Ipv6Addr,
+    /// The option's type: 1 source, 2 target link-layer address.
+    pub option: u8,
+    pub lladdr: crate::addr::MacAddr,
+}
+
+/// Bytes of an [`NdpRepr`]: header, target, one 8-byte option.
+pub const NDP_LEN: usize = 24 + 8;
+
+impl NdpRepr {
+    /// Writes the message at the start of `buf`, checksum 0 (see [`fill_checksum`]).
+    pub fn emit(&self, buf: &mut [u8]) {
+        let m = &mut buf[..NDP_LEN];
+        m.fill(0);
+        Repr {
+            msg_type: self.msg_type,
+            code: 0,
+            rest: [self.flags, 0, 0, 0],
+        }
+        .emit(m);
+        m[8..24].copy_from_slice(&self.target.octets());
+        m[24] = self.option;
+        m[25] = 1; // in units of 8 bytes
+        m[26..32].copy_from_slice(&self.lladdr.0);
+    }
+}
+
 /// The packet an ICMP error quotes, as far as l4lb needs it: the addresses, the transport
 /// protocol and where its header starts. Offsets are from the start of the quote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +215,45 @@ pub fn quoted(quote: &[u8], v6: bool) -> Option<Quoted> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_header_and_its_checksum_verify_and_parse_back() {
+        let r = Repr {
+            msg_type: v4::DEST_UNREACHABLE,
+            code: v4::CODE_FRAG_NEEDED,
+            rest: [0, 0, 0x05, 0xc8],
+        };
+        let mut m = [0u8; 16];
+        r.emit(&mut m);
+        m[8..].copy_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0]);
+        fill_checksum(&mut m, None);
+        assert_eq!(
+            crate::checksum::internet(&m),
+            0,
+            "a message with its checksum sums to 0"
+        );
+        let v = IcmpMessage::new_checked(&m[..]).unwrap();
+        assert_eq!(Repr::parse(&v), r);
+        // ICMPv6: the pseudo-header counts.
+        let (a, b) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        let mut m6 = [0u8; NDP_LEN];
+        NdpRepr {
+            msg_type: v6::NEIGHBOR_ADVERT,
+            flags: 0xa0,
+            target: a,
+            option: 2,
+            lladdr: crate::addr::MacAddr([2, 0, 0, 0, 0, 1]),
+        }
+        .emit(&mut m6);
+        assert_eq!(&m6[..8], &[136, 0, 0, 0, 0xa0, 0, 0, 0]);
+        assert_eq!(&m6[24..], &[2, 1, 2, 0, 0, 0, 0, 1]);
+        fill_checksum(&mut m6, Some((a, b)));
+        let pseudo = crate::checksum::pseudo_v6(a, b, ipv6::NEXT_ICMPV6, NDP_LEN as u32);
+        assert_eq!(crate::checksum::transport(pseudo, &m6), 0);
+    }
 
     fn v6_quote(next: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
         let mut q = vec![0x60, 0, 0, 0, 0, 200, next, 64];
