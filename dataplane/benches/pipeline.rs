@@ -6,7 +6,7 @@
 //! `cargo bench -p dataplane --bench pipeline`
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dataplane::addr::{IpPrefix, MacAddr};
@@ -160,6 +160,102 @@ fn established(c: &mut Criterion) {
     g.finish();
 }
 
+/// An IPv6 NAT service (it takes the general path: the fast path is IPv4's).
+fn snapshot_v6() -> Snapshot {
+    let backends = (0..16)
+        .map(|i| BackendConfig {
+            id: BackendId(i),
+            name: format!("b{i}"),
+            address: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i as u16)),
+            port: 8080,
+            weight: 1,
+            enabled: true,
+        })
+        .collect::<Vec<_>>();
+    let neighbors = backends
+        .iter()
+        .map(|b| (b.address, MacAddr([2, 0, 0, 0, 1, b.id.0 as u8])))
+        .collect();
+    Snapshot::build(
+        SnapshotConfig {
+            interfaces: vec![InterfaceConfig {
+                port: 0,
+                mac: MacAddr(OUR_MAC),
+                addresses: vec![
+                    "2001:db8::1/64".parse::<IpPrefix>().unwrap(),
+                    "2001:db8:1::1/64".parse().unwrap(),
+                ],
+                mtu: 1500,
+            }],
+            routes: vec![("::/0".parse().unwrap(), "2001:db8::fe".parse().unwrap())],
+            neighbors,
+            services: vec![ServiceConfig {
+                id: ServiceId(0),
+                name: "web6".into(),
+                protocol: Protocol::Udp,
+                vip: "2001:db8::100".parse().unwrap(),
+                port: 80,
+                scheduler: SchedulerKind::Maglev,
+                forwarding: ForwardingMode::Nat,
+                maglev_table_size: 65537,
+                backends,
+                generation: 1,
+            }],
+            timeouts: FlowTimeouts::default(),
+            workers: 1,
+        },
+        1,
+    )
+}
+
+/// An 80-byte IPv6 UDP frame from client number `i` to the VIP.
+fn frame_v6(i: u32) -> Vec<u8> {
+    let src = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, (i >> 16) as u16, i as u16);
+    let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
+    let mut f = OUR_MAC.to_vec();
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 0xfe, 0x86, 0xdd]);
+    let mut udp = 1024u16.to_be_bytes().to_vec();
+    udp.extend_from_slice(&80u16.to_be_bytes());
+    udp.extend_from_slice(&26u16.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&[0x61; 18]);
+    let c = checksum::transport(checksum::pseudo_v6(src, vip, 17, 26), &udp);
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 26, 17, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&vip.octets());
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// Established IPv6 NAT at 1k flows, each frame restored one call ahead: the general path.
+fn established_v6(c: &mut Criterion) {
+    let mut g = c.benchmark_group("established_nat_v6");
+    g.throughput(Throughput::Elements(1));
+    let snap = snapshot_v6();
+    let mut w = WorkerState::new(0, 2048, 16, 64, FlowTimeouts::default());
+    let probe: Vec<Vec<u8>> = (0..1000).map(frame_v6).collect();
+    let mut two = [OwnedPacket::new(&probe[0]), OwnedPacket::new(&probe[0])];
+    for f in &probe {
+        two[0].reset_from(f);
+        assert!(matches!(
+            process(&mut two[0], 0, &snap, &mut w, 1),
+            Action::Forward { .. }
+        ));
+    }
+    let mut k = 0;
+    g.bench_function("ahead/1000", |b| {
+        b.iter(|| {
+            let [x, y] = &mut two;
+            let (cur, next) = if k % 2 == 0 { (x, y) } else { (y, x) };
+            k += 1;
+            next.reset_from(&probe[k % probe.len()]);
+            black_box(process(cur, 0, &snap, &mut w, 2))
+        })
+    });
+    g.finish();
+}
+
 /// Packets a worker takes from a queue at a time (`[dpdk] burst` default).
 const BURST: usize = 32;
 
@@ -238,6 +334,7 @@ fn maglev_build(c: &mut Criterion) {
 criterion_group!(
     benches,
     established,
+    established_v6,
     established_burst,
     new_flows,
     maglev_build

@@ -30,19 +30,45 @@ pub(super) fn classify<P: PacketBuf>(
         }
         (eth.header_len(), eth.ethertype())
     };
-    let ip = match ethertype {
-        ethernet::ETHERTYPE_ARP => return local::arp(pkt.data_mut(), l2, cx),
-        ethernet::ETHERTYPE_IPV4 => parse_ipv4(&pkt.data()[l2..], l2)?,
-        ethernet::ETHERTYPE_IPV6 => parse_ipv6(&pkt.data()[l2..], l2)?,
-        _ => return Err(DropReason::UnknownEtherType),
-    };
-    let p = Ip { l2, ip };
-    if is_icmp(&ip) {
-        return icmp::icmp(pkt, cx, &p);
+    // Each family runs its own copy of what follows (`ip_packet` is inlined into both arms):
+    // with one shared copy, inlined or not, the general path measured 8-18% slower (IPv6 NAT,
+    // `cargo bench -p dataplane --bench pipeline`).
+    match ethertype {
+        ethernet::ETHERTYPE_ARP => local::arp(pkt.data_mut(), l2, cx),
+        ethernet::ETHERTYPE_IPV4 => {
+            let p = Ip {
+                l2,
+                ip: parse_ipv4(&pkt.data()[l2..], l2)?,
+            };
+            ip_packet(pkt, cx, &p, no_flow)
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let p = Ip {
+                l2,
+                ip: parse_ipv6(&pkt.data()[l2..], l2)?,
+            };
+            ip_packet(pkt, cx, &p, no_flow)
+        }
+        _ => Err(DropReason::UnknownEtherType),
     }
-    let l4 = parse_l4(pkt.data(), &ip)?;
+}
+
+/// An IP packet parsed: ICMP, a client's packet to a VIP, something for us, or the reply of a
+/// NAT flow.
+#[inline(always)]
+fn ip_packet<P: PacketBuf>(
+    pkt: &mut P,
+    cx: &mut Ctx<'_>,
+    p: &Ip,
+    no_flow: bool,
+) -> Result<Action, DropReason> {
+    let ip = &p.ip;
+    if is_icmp(ip) {
+        return icmp::icmp(pkt, cx, p);
+    }
+    let l4 = parse_l4(pkt.data(), ip)?;
     if cx.snap.maybe_vip(&ip.dst) {
-        if let Some(a) = flow::to_vip(pkt, cx, &p, &l4, no_flow) {
+        if let Some(a) = flow::to_vip(pkt, cx, p, &l4, no_flow) {
             return a;
         }
         if cx.snap.is_vip(&ip.dst) {
@@ -53,7 +79,7 @@ pub(super) fn classify<P: PacketBuf>(
         return Err(DropReason::LocalUnsupported);
     }
     // Not for us: the reply of a NAT flow, from a backend to a client?
-    nat::reply(pkt, cx, &ip, &l4)
+    nat::reply(pkt, cx, ip, &l4)
 }
 
 #[inline(always)]

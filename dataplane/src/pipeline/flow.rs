@@ -14,7 +14,7 @@ const SWEEP_PER_NEW_FLOW: usize = 4;
 
 /// The packet of a flow or of a service at its destination (a VIP, maybe): what happens to
 /// it, or None when no service there takes it.
-#[inline]
+#[inline(always)]
 pub(super) fn to_vip<P: PacketBuf>(
     pkt: &mut P,
     cx: &mut Ctx<'_>,
@@ -60,6 +60,7 @@ pub(super) fn to_vip<P: PacketBuf>(
 }
 
 /// Client to VIP, first packet of a flow: the scheduler picks a backend and the flow is kept.
+#[inline(always)]
 fn new_flow<P: PacketBuf>(
     pkt: &mut P,
     cx: &mut Ctx<'_>,
