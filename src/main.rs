@@ -2,7 +2,6 @@
 //! on each worker lcore, and on SIGINT/SIGTERM stops cleanly and prints the final counters.
 #![deny(unsafe_code)]
 
-mod bench;
 mod control;
 
 use std::path::PathBuf;
@@ -67,8 +66,29 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
-    /// Measure throughput like testpmd does (and, with --compare, beside it).
-    Bench(bench::BenchArgs),
+    /// Measure throughput like testpmd does (and, with --compare, beside it): runs
+    /// `l4lb-bench`, installed beside l4lb, with the same arguments (`l4lb bench --help`).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `l4lb bench ARGS`: becomes `l4lb-bench ARGS` (the benchmark harness is a program of its
+/// own, not part of the appliance).
+fn bench(args: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e.with_file_name("l4lb-bench"),
+        Err(e) => {
+            eprintln!("l4lb bench: finding l4lb itself: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let e = std::process::Command::new(&exe).args(args).exec();
+    eprintln!("l4lb bench: cannot run {}: {e}", exe.display());
+    ExitCode::from(EXIT_RUNTIME)
 }
 
 fn version_text() -> String {
@@ -107,14 +127,8 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Sub::Bench(args)) = &cli.command {
-        return match bench::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("l4lb bench: {e}");
-                ExitCode::from(EXIT_RUNTIME)
-            }
-        };
+    if let Some(Sub::Bench { args }) = &cli.command {
+        return bench(args);
     }
     if cli.version {
         println!("{}", version_text());

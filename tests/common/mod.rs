@@ -3,13 +3,21 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod packet;
-pub mod pcap;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+/// pcap files and pipes (`harness::pcap`); `write` fails the test if it cannot write.
+pub mod pcap {
+    pub use harness::pcap::*;
+
+    pub fn write(path: &std::path::Path, frames: &[Vec<u8>]) {
+        harness::pcap::write(path, frames).expect("write pcap");
+    }
+}
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+pub use harness::{Finished, Process, wait_until};
 
 pub fn l4lb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_l4lb"))
@@ -44,42 +52,10 @@ pub fn eal_args(prefix: &str, lcores: &str, vdevs: &[String]) -> Vec<String> {
     a
 }
 
-/// A running l4lb. Dropping it kills the process if it still runs and removes its EAL folder.
-/// Its output is drained while it runs (a full pipe would block its logging).
+/// A running l4lb (a `harness::Process`): dropping it kills the process if it still runs and
+/// removes its EAL folder.
 pub struct Appliance {
-    child: Option<Child>,
-    prefix: String,
-    stdout: Option<std::thread::JoinHandle<String>>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-    /// What it has logged so far (stderr), readable while it runs.
-    log: Arc<Mutex<String>>,
-}
-
-/// Reads `r` to its end on a thread, appending to `seen` as it goes; returns all of it.
-fn drain(
-    mut r: impl Read + Send + 'static,
-    seen: Arc<Mutex<String>>,
-) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    all.extend_from_slice(&buf[..n]);
-                    *seen.lock().unwrap() = String::from_utf8_lossy(&all).into_owned();
-                }
-            }
-        }
-        String::from_utf8_lossy(&all).into_owned()
-    })
-}
-
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
+    process: Process,
 }
 
 impl Appliance {
@@ -90,29 +66,17 @@ impl Appliance {
         eal: &[String],
         env: &[(&str, &str)],
     ) -> Appliance {
-        let child = l4lb()
-            .arg("--config")
+        let mut cmd = l4lb();
+        cmd.arg("--config")
             .arg(config)
             .arg("--")
             .args(eal)
             .env_remove("RUST_LOG")
             // Tests run in parallel: each API on a port of its own (see api_base).
             .env("L4LB_API__LISTEN", "127.0.0.1:0")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start l4lb");
-        let mut child = child;
-        let log = Arc::new(Mutex::new(String::new()));
-        let stdout = Some(drain(child.stdout.take().expect("piped"), Arc::default()));
-        let stderr = Some(drain(child.stderr.take().expect("piped"), Arc::clone(&log)));
+            .envs(env.iter().map(|(k, v)| (k, v)));
         Appliance {
-            child: Some(child),
-            prefix: prefix.to_string(),
-            stdout,
-            stderr,
-            log,
+            process: Process::spawn(cmd, prefix).expect("start l4lb"),
         }
     }
 
@@ -122,7 +86,7 @@ impl Appliance {
 
     /// What it has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
     /// The REST API's base URL (`http://127.0.0.1:PORT`), from its log line; waits for it.
@@ -140,26 +104,16 @@ impl Appliance {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.process.pid()
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .expect("running")
-            .try_wait()
-            .expect("try_wait")
-            .is_none()
+        self.process.is_running()
     }
 
     /// Sends `signal` (e.g. "HUP") and returns at once.
     pub fn signal(&self, signal: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(st.success(), "kill -{signal} failed");
+        self.process.signal(signal).expect("kill");
     }
 
     /// Sends `signal` (e.g. "TERM") and waits up to `timeout` for the exit.
@@ -169,78 +123,15 @@ impl Appliance {
     }
 
     /// Waits up to `timeout` for the process to exit by itself.
-    pub fn wait(mut self, timeout: Duration) -> Finished {
-        let deadline = Instant::now() + timeout;
-        let mut child = self.child.take().expect("running");
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let err = self
-                    .stderr
-                    .take()
-                    .map(|h| h.join().unwrap_or_default())
-                    .unwrap_or_default();
-                panic!("l4lb did not exit within {timeout:?}; stderr:\n{err}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stdout = self
-            .stdout
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        Finished {
-            status,
-            stdout,
-            stderr,
-        }
+    pub fn wait(self, timeout: Duration) -> Finished {
+        self.process
+            .wait(timeout)
+            .unwrap_or_else(|e| panic!("l4lb: {e}"))
     }
 
     /// Asks the running process's DPDK telemetry socket; None until it is up.
     pub fn telemetry(&self, command: &str) -> Option<serde_json::Value> {
-        telemetry(&self.prefix, command)
-    }
-}
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(runtime_dir(&self.prefix));
-    }
-}
-
-pub fn runtime_dir(prefix: &str) -> PathBuf {
-    dpdk_rs::telemetry::runtime_dir(prefix)
-}
-
-/// One request to DPDK's telemetry socket of the appliance started with `prefix`.
-pub fn telemetry(prefix: &str, command: &str) -> Option<serde_json::Value> {
-    serde_json::from_slice(&dpdk_rs::telemetry::query(prefix, command).ok()?).ok()
-}
-
-/// Polls `f` every 10 ms until it is true or `timeout` passes; returns the last answer.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        self.process.telemetry(command)
     }
 }
 

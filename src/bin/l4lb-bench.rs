@@ -1,4 +1,4 @@
-//! `l4lb bench`: throughput measured the way testpmd reports it, on the standard rig (see
+//! `l4lb-bench` (also run as `l4lb bench`): throughput measured the way testpmd reports it, on the standard rig (see
 //! BENCHMARKS.md) — a pcap of generated traffic replayed from memory by `net_pcap`
 //! (`infinite_rx=1`) into port 0, forwarded out of port 1, a `net_null` that keeps nothing —
 //! and, with `--compare`, dpdk-testpmd forwarding the same packets on the same vdevs in the same
@@ -9,18 +9,19 @@
 //! same counters, read the same way, for both. The appliance's REST API adds its own view: per
 //! worker, drops by reason, new flows.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
+use clap::{Parser, ValueEnum};
 use dataplane::addr::MacAddr;
 use dataplane::checksum;
 use dataplane::wire::{ethernet, ipv4, ipv6};
+use harness::Process;
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,7 +47,9 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, clap::Args)]
+/// Measure l4lb's throughput the way testpmd reports it (and, with --compare, beside it).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "l4lb bench")]
 pub struct BenchArgs {
     /// Distinct flows in the traffic (one packet each per replay of the pcap).
     #[arg(long, default_value_t = 4096)]
@@ -245,23 +248,6 @@ fn traffic(args: &BenchArgs) -> Result<Vec<Vec<Vec<u8>>>, String> {
     Ok(per)
 }
 
-fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> Result<(), String> {
-    let mut out = Vec::with_capacity(24 + frames.len() * (16 + 64));
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&65535u32.to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes());
-    for f in frames {
-        out.extend_from_slice(&[0; 8]);
-        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        out.extend_from_slice(f);
-    }
-    std::fs::write(path, out).map_err(|e| format!("writing {}: {e}", path.display()))
-}
-
 /// What both programs get: the same memory and the same vdevs.
 struct Rig {
     dir: PathBuf,
@@ -384,103 +370,6 @@ forwarding = "{mode}"
     )
 }
 
-/// A child process killed (and its EAL folder removed) when dropped.
-struct Proc {
-    child: Option<Child>,
-    prefix: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, prefix: &str) -> Result<Proc, String> {
-        let program = format!("{:?}", cmd.get_program());
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {program}: {e}"))?;
-        let log = Arc::new(Mutex::new(String::new()));
-        for r in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines() {
-                    let Ok(line) = line else { break };
-                    let mut l = log.lock().expect("not poisoned");
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        Ok(Proc {
-            child: Some(child),
-            prefix: prefix.to_string(),
-            log,
-        })
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("not poisoned").clone()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    /// Waits until `f` of the log is Some, or the process ends, or `timeout`.
-    fn wait_log<T>(
-        &mut self,
-        timeout: Duration,
-        f: impl Fn(&str) -> Option<T>,
-    ) -> Result<T, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(t) = f(&self.log()) {
-                return Ok(t);
-            }
-            if !self.running() || Instant::now() > deadline {
-                return Err(format!("it did not start; its output:\n{}", self.log()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after `grace`.
-    fn stop(&mut self, grace: Duration) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(dpdk_rs::telemetry::runtime_dir(&self.prefix));
-    }
-}
-
-/// One request to the DPDK telemetry socket of the process with file prefix `prefix`.
-fn telemetry(prefix: &str, command: &str) -> Option<Value> {
-    serde_json::from_slice(&dpdk_rs::telemetry::query(prefix, command).ok()?).ok()
-}
-
 #[derive(Debug, Clone, Copy, Default)]
 struct PortSample {
     ipackets: u64,
@@ -489,7 +378,7 @@ struct PortSample {
 
 fn ports(prefix: &str) -> Option<[PortSample; 2]> {
     let one = |p: u16| -> Option<PortSample> {
-        let v = telemetry(prefix, &format!("/ethdev/stats,{p}"))?;
+        let v = harness::telemetry(prefix, &format!("/ethdev/stats,{p}"))?;
         let s = &v["/ethdev/stats"];
         Some(PortSample {
             ipackets: s["ipackets"].as_u64()?,
@@ -525,13 +414,13 @@ fn measure(
     prefix: &str,
     label: &str,
     args: &BenchArgs,
-    proc_: &mut Proc,
+    proc_: &mut Process,
     mut at_start: impl FnMut(),
 ) -> Result<([PortSample; 2], [PortSample; 2], f64), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     // Telemetry answers once the ports exist; the pcap is loaded by then.
     while ports(prefix).is_none() {
-        if !proc_.running() || Instant::now() > deadline {
+        if !proc_.is_running() || Instant::now() > deadline {
             return Err(format!(
                 "{label}: no telemetry; its output:\n{}",
                 proc_.log()
@@ -643,7 +532,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     let mut pcaps = Vec::new();
     for (i, frames) in traffic.iter().enumerate() {
         let p = dir.join(format!("flows{i}.pcap"));
-        write_pcap(&p, frames)?;
+        harness::pcap::write(&p, frames).map_err(|e| format!("writing {}: {e}", p.display()))?;
         pcaps.push(p);
     }
     drop(traffic);
@@ -686,8 +575,10 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
 
     // The appliance.
     let prefix = format!("l4lb-bench-{}", std::process::id());
-    let exe = std::env::current_exe().map_err(|e| format!("finding l4lb itself: {e}"))?;
-    let mut cmd = Command::new(exe);
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("finding l4lb-bench itself: {e}"))?
+        .with_file_name("l4lb");
+    let mut cmd = Command::new(&exe);
     cmd.arg("--config")
         .arg(&cfg_path)
         .arg("--log-level")
@@ -700,7 +591,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             cmd.env_remove(k);
         }
     }
-    let mut app = Proc::spawn(cmd, &prefix)?;
+    let mut app =
+        Process::spawn(cmd, &prefix).map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
     let base = app.wait_log(Duration::from_secs(120), |log| {
         log.lines().find_map(|l| {
             l.split_once("REST API listening on ")
@@ -783,8 +675,9 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             ]);
             // It runs until a line arrives on its stdin.
             cmd.stdin(Stdio::piped());
-            let mut tp = Proc::spawn(cmd, &prefix)?;
-            let stdin = tp.child.as_mut().and_then(|c| c.stdin.take());
+            let mut tp = Process::spawn(cmd, &prefix)
+                .map_err(|e| format!("cannot run dpdk-testpmd: {e}"))?;
+            let stdin = tp.take_stdin();
             let m = measure(&prefix, &format!("testpmd {mode}"), args, &mut tp, || {});
             if let Some(mut s) = stdin {
                 let _ = s.write_all(b"\n");
@@ -939,4 +832,14 @@ fn text(case: &str, r: &Value) -> String {
     }
     out.push_str("  ########################################################################\n");
     out
+}
+
+fn main() -> ExitCode {
+    match run(&BenchArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("l4lb bench: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -26,12 +26,14 @@ pub fn record(out: &mut Vec<u8>, seconds: u32, f: &[u8]) {
     out.extend_from_slice(f);
 }
 
-pub fn write(path: &Path, frames: &[Vec<u8>]) {
+/// Writes `frames` to a pcap file at `path`, stamped 0, 1, 2... seconds.
+pub fn write(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
     let mut out = header();
+    out.reserve(frames.iter().map(|f| 16 + f.len()).sum());
     for (i, f) in frames.iter().enumerate() {
         record(&mut out, i as u32, f);
     }
-    std::fs::write(path, out).expect("write pcap");
+    std::fs::write(path, out)
 }
 
 /// A named pipe that net_pcap reads as its `rx_pcap`: the test decides when packets arrive.
