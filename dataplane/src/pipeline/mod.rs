@@ -95,6 +95,19 @@ pub fn process<P: PacketBuf>(
         fast::Fast::NoFlow => true,
         fast::Fast::Other => false,
     };
+    general(pkt, ingress, snap, w, now, no_flow)
+}
+
+/// The general path; `no_flow`: the fast path found no flow for this packet.
+#[inline(always)]
+fn general<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+    no_flow: bool,
+) -> Action {
     let mut cx = Ctx {
         snap,
         w,
@@ -113,13 +126,7 @@ pub(crate) fn process_general<P: PacketBuf>(
     w: &mut WorkerState,
     now: u32,
 ) -> Action {
-    let mut cx = Ctx {
-        snap,
-        w,
-        ingress,
-        now,
-    };
-    classify::classify(pkt, &mut cx, false).unwrap_or_else(Action::Drop)
+    general(pkt, ingress, snap, w, now, false)
 }
 
 #[cfg(test)]
