@@ -305,6 +305,70 @@ fn ring_pairs(n_workers: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n_workers).flat_map(move |a| (0..n_workers).filter(move |b| *b != a).map(move |b| (a, b)))
 }
 
+/// What each worker gets besides its queues and rings.
+struct WorkerParts {
+    states: Vec<WorkerState>,
+    commands: Vec<crossbeam_channel::Receiver<dataplane::command::Command>>,
+    /// DPDK port id -> interface index.
+    interface_of_port: Vec<u16>,
+    events: crossbeam_channel::Sender<NeighborEvent>,
+}
+
+/// The workers: worker w polls rx queue w and sends on tx queue w of every port, has a ring to
+/// each other worker (in the order of `ring_pairs`), and worker 0 takes the control frames.
+fn assemble_workers<'p>(
+    ports: &'p mut [Port],
+    rings: &'p mut [Ring],
+    control: RingConsumer<'p>,
+    parts: WorkerParts,
+) -> Vec<Worker<'p>> {
+    let n = parts.states.len();
+    let mut rx: Vec<Vec<(u16, RxQueue<'_>)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut tx: Vec<Vec<TxQueue<'_>>> = (0..n).map(|_| Vec::new()).collect();
+    for (interface, port) in ports.iter_mut().enumerate() {
+        let (rxq, txq) = port.take_queues().expect("queues are taken once");
+        for (w, q) in rxq.into_iter().enumerate() {
+            rx[w].push((interface as u16, q));
+        }
+        for (w, q) in txq.into_iter().enumerate() {
+            tx[w].push(q);
+        }
+    }
+    let mut to: Vec<Vec<Option<RingProducer<'_>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut from: Vec<Vec<RingConsumer<'_>>> = (0..n).map(|_| Vec::new()).collect();
+    for (ring, (a, b)) in rings.iter_mut().zip(ring_pairs(n)) {
+        let (p, c) = ring.split();
+        to[a][b] = Some(p);
+        from[b].push(c);
+    }
+    let mut control = Some(control);
+    let WorkerParts {
+        states,
+        commands,
+        interface_of_port,
+        events,
+    } = parts;
+    rx.into_iter()
+        .zip(tx)
+        .zip(to.into_iter().zip(from))
+        .zip(states.into_iter().zip(commands))
+        .enumerate()
+        .map(|(w, (((rx, tx), (to, from)), (state, commands)))| Worker {
+            index: w,
+            rx,
+            tx,
+            to_workers: to,
+            from_workers: from,
+            interface_of_port: interface_of_port.clone(),
+            state,
+            commands,
+            control_frames: if w == 0 { control.take() } else { None },
+            neighbor_events: events.clone(),
+        })
+        .collect()
+}
+
 /// Starts DPDK, runs until SIGINT/SIGTERM, stops, prints the final counters.
 fn run(
     model: &Model,
@@ -402,53 +466,14 @@ fn run(
     }
     let started = Instant::now();
     {
-        // Worker w polls rx queue w and sends on tx queue w of every port.
-        let mut rx: Vec<Vec<(u16, RxQueue<'_>)>> = (0..n_workers).map(|_| Vec::new()).collect();
-        let mut tx: Vec<Vec<TxQueue<'_>>> = (0..n_workers).map(|_| Vec::new()).collect();
-        for (interface, port) in ports.iter_mut().enumerate() {
-            let (rxq, txq) = port.take_queues().expect("queues are taken once");
-            for (w, q) in rxq.into_iter().enumerate() {
-                rx[w].push((interface as u16, q));
-            }
-            for (w, q) in txq.into_iter().enumerate() {
-                tx[w].push(q);
-            }
-        }
-        let mut to: Vec<Vec<Option<RingProducer<'_>>>> = (0..n_workers)
-            .map(|_| (0..n_workers).map(|_| None).collect())
-            .collect();
-        let mut from: Vec<Vec<RingConsumer<'_>>> = (0..n_workers).map(|_| Vec::new()).collect();
-        for (ring, (a, b)) in rings.iter_mut().zip(ring_pairs(n_workers)) {
-            let (p, c) = ring.split();
-            to[a][b] = Some(p);
-            from[b].push(c);
-        }
         let (control_producer, control_consumer) = control_ring.split();
-        let mut control_consumer = Some(control_consumer);
-        let workers: Vec<Worker<'_>> = rx
-            .into_iter()
-            .zip(tx)
-            .zip(to.into_iter().zip(from))
-            .zip(states.into_iter().zip(command_receivers))
-            .enumerate()
-            .map(|(w, (((rx, tx), (to, from)), (state, commands)))| Worker {
-                index: w,
-                rx,
-                tx,
-                to_workers: to,
-                from_workers: from,
-                interface_of_port: interface_of_port.clone(),
-                state,
-                commands,
-                control_frames: if w == 0 {
-                    control_consumer.take()
-                } else {
-                    None
-                },
-                neighbor_events: events_tx.clone(),
-            })
-            .collect();
-        drop(events_tx);
+        let parts = WorkerParts {
+            states,
+            commands: command_receivers,
+            interface_of_port,
+            events: events_tx,
+        };
+        let workers = assemble_workers(&mut ports, &mut rings, control_consumer, parts);
         let (shared, counters) = (&shared, &counters);
         let mut jobs: Vec<_> = workers
             .into_iter()
@@ -516,8 +541,20 @@ fn run(
     info!("stopping");
 
     // The workers have stopped and copied out their last counts.
+    report(ports, &counters, &controller, elapsed);
+    Ok(())
+}
+
+/// What l4lb prints when it stops: a line per port (`key=value`, for scripts), the actions,
+/// the drops by reason, the flow table, each service and backend, the configuration.
+fn report(
+    ports: Vec<Port>,
+    counters: &[WorkerCounters],
+    controller: &Controller,
+    elapsed: Duration,
+) {
     let stats = controller.stats();
-    let mut report = Vec::with_capacity(ports.len());
+    let mut lines = Vec::with_capacity(ports.len());
     for (i, port) in ports.into_iter().enumerate() {
         let pmd = port.stats().unwrap_or_default();
         let name = port.name().to_string();
@@ -525,14 +562,14 @@ fn run(
         if let Err(e) = port.close() {
             warn!(port = id, "close failed: {e}");
         }
-        report.push(port_report(id, &name, &port_totals(&counters, i), &pmd));
+        lines.push(port_report(id, &name, &port_totals(counters, i), &pmd));
     }
     println!("l4lb: stopped after {:.3} s", elapsed.as_secs_f64());
-    for line in report {
+    for line in lines {
         println!("{line}");
     }
-    println!("{}", action_report(&counters));
-    println!("{}", drop_report(&counters));
+    println!("{}", action_report(counters));
+    println!("{}", drop_report(counters));
     let f = &stats.flows;
     println!(
         "flows: created={} expired={} evicted={} evicted-established={} flushed={}",
@@ -549,7 +586,6 @@ fn run(
         reloads.failed,
         controller.epoch()
     );
-    Ok(())
 }
 
 /// One line per service and per backend of the running configuration, summed over workers.
