@@ -79,12 +79,6 @@ impl Eal {
         &self.workers
     }
 
-    /// The NUMA socket of an lcore.
-    pub fn lcore_socket(&self, lcore: LcoreId) -> u32 {
-        // SAFETY: EAL is initialised; out-of-range ids answer 0 rather than fault.
-        unsafe { sys::rte_lcore_to_socket_id(lcore.0) }
-    }
-
     /// The lcore the calling thread runs as, if it is one.
     pub fn current_lcore(&self) -> Option<LcoreId> {
         // SAFETY: reads a thread-local; no preconditions.

@@ -58,11 +58,6 @@ impl Mempool {
         unsafe { sys::l4lb_mempool_avail_count(self.raw.as_ptr()) }
     }
 
-    pub fn in_use(&self) -> u32 {
-        // SAFETY: self.raw is a live pool.
-        unsafe { sys::l4lb_mempool_in_use_count(self.raw.as_ptr()) }
-    }
-
     pub(crate) fn as_ptr(&self) -> *mut sys::rte_mempool {
         self.raw.as_ptr()
     }

@@ -312,12 +312,6 @@ impl Port {
             .collect();
         Some((rx, tx))
     }
-
-    /// Lets the queues be taken again (after the previous handles were dropped, which the
-    /// `&mut self` borrow proves).
-    pub fn return_queues(&mut self) {
-        self.queues_taken = false;
-    }
 }
 
 impl Drop for Port {

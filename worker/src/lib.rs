@@ -106,6 +106,8 @@ impl Worker<'_> {
         settings: LoopSettings,
     ) -> FlowTableStats {
         let mut reader = shared.reader(self.index);
+        let mut seen_epoch = reader.snapshot().epoch;
+        self.state.adopt(reader.snapshot());
         let mut b = Buffers {
             rx: MbufBurst::new(),
             tx: (0..self.tx.len()).map(|_| MbufBurst::new()).collect(),
@@ -124,7 +126,10 @@ impl Worker<'_> {
             // The clock and the snapshot, once per iteration.
             let tsc = dpdk_rs::rdtsc();
             let now = ((tsc - start) / hz) as u32;
-            reader.refresh(shared);
+            if reader.refresh(shared).epoch != seen_epoch {
+                seen_epoch = reader.snapshot().epoch;
+                self.state.adopt(reader.snapshot());
+            }
             let mut polled = 0;
             for i in 0..self.rx.len() {
                 let (interface, ref mut q) = self.rx[i];

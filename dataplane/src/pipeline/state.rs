@@ -43,6 +43,15 @@ impl WorkerState {
         }
     }
 
+    /// Takes up what a new snapshot changes of the worker's own state: the flow timeouts (a
+    /// reload of `[timeouts]`), from the next expiry check on. Called when the snapshot
+    /// changes, between bursts.
+    pub fn adopt(&mut self, snapshot: &Snapshot) {
+        if self.flows.timeouts() != snapshot.timeouts {
+            self.flows.set_timeouts(snapshot.timeouts);
+        }
+    }
+
     /// Copies the flow table's connection counts of `snapshot`'s backends into the shared
     /// gauges, and the flow table's counts (between bursts, a few times a second).
     pub fn mirror_connections(&self, snapshot: &Snapshot) {

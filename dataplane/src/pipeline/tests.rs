@@ -1658,3 +1658,30 @@ fn warming_names_the_flow_process_then_uses() {
         }
     }
 }
+
+#[test]
+fn a_snapshot_with_new_timeouts_reaches_the_flow_table_when_adopted() {
+    let mut w = worker();
+    let (input, _) = client_packet(false, Protocol::Udp, ForwardingMode::Nat, 0);
+    let snap = Snapshot::build(config(1), 1);
+    w.adopt(&snap);
+    assert_eq!(
+        run(&snap, &mut w, &input).0,
+        Action::Forward { interface: 0 }
+    );
+    let key = w.flows.iter().next().expect("the flow").key;
+    let slot = w.flows.find(&key).expect("its slot");
+    // `run` processes at second 100.
+    assert!(
+        !w.flows.expired_at(slot, 100 + 299),
+        "UDP: 300 s by default"
+    );
+    // A reload of [timeouts]: UDP 30 s, from the worker's next expiry check on.
+    let mut c = config(1);
+    c.timeouts.udp = 30;
+    let reloaded = Snapshot::build(c, 2);
+    w.adopt(&reloaded);
+    assert_eq!(w.flows.timeouts().udp, 30);
+    assert!(w.flows.expired_at(slot, 100 + 31));
+    assert!(!w.flows.expired_at(slot, 100 + 29));
+}

@@ -85,16 +85,6 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
-    pub fn set_dst(&mut self, m: MacAddr) {
-        self.buffer.as_mut()[field::DST].copy_from_slice(&m.0);
-    }
-
-    pub fn set_src(&mut self, m: MacAddr) {
-        self.buffer.as_mut()[field::SRC].copy_from_slice(&m.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,10 +68,6 @@ impl<T: AsRef<[u8]>> IcmpMessage<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpMessage<T> {
-    pub fn set_msg_type(&mut self, t: u8) {
-        self.buffer.as_mut()[0] = t;
-    }
-
     pub fn set_checksum(&mut self, c: u16) {
         set_u16(self.buffer.as_mut(), CHECKSUM_OFFSET, c);
     }

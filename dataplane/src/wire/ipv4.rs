@@ -132,14 +132,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.buffer.as_mut()
     }
 
-    pub fn set_src(&mut self, a: Ipv4Addr) {
-        self.m()[field::SRC..field::SRC + 4].copy_from_slice(&a.octets());
-    }
-
-    pub fn set_dst(&mut self, a: Ipv4Addr) {
-        self.m()[field::DST..field::DST + 4].copy_from_slice(&a.octets());
-    }
-
     pub fn set_checksum(&mut self, c: u16) {
         set_u16(self.m(), field::CHECKSUM, c);
     }
@@ -149,11 +141,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_checksum(0);
         let c = crate::checksum::ipv4_header(self.header());
         self.set_checksum(c);
-    }
-
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let (h, t) = (self.header_len(), self.total_len());
-        &mut self.m()[h..t]
     }
 }
 

@@ -143,16 +143,6 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
-    pub fn set_src(&mut self, a: Ipv6Addr) {
-        self.buffer.as_mut()[field::SRC..field::SRC + 16].copy_from_slice(&a.octets());
-    }
-
-    pub fn set_dst(&mut self, a: Ipv6Addr) {
-        self.buffer.as_mut()[field::DST..field::DST + 16].copy_from_slice(&a.octets());
-    }
-}
-
 /// An IPv6 header to write, without extension headers (flow label 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {

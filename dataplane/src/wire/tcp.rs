@@ -62,14 +62,6 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpSegment<T> {
-    pub fn set_src_port(&mut self, p: u16) {
-        set_u16(self.buffer.as_mut(), 0, p);
-    }
-
-    pub fn set_dst_port(&mut self, p: u16) {
-        set_u16(self.buffer.as_mut(), 2, p);
-    }
-
     pub fn set_checksum(&mut self, c: u16) {
         set_u16(self.buffer.as_mut(), CHECKSUM_OFFSET, c);
     }
