@@ -170,6 +170,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if let Some(path) = &model.api.state_file {
+        match controlplane::state::remove_stale_temporaries(path) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(state_file = %path.display(), removed = n, "removed what interrupted saves left")
+            }
+            Err(e) => warn!(state_file = %path.display(), "cannot look for stale temporaries: {e}"),
+        }
+    }
     let eal_args = if cli.eal_args.is_empty() {
         model.dpdk.eal_args.clone()
     } else {

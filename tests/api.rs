@@ -512,9 +512,18 @@ fn api_changes_survive_restarts_kill_9_and_reloads() {
     let done = app.signal_and_wait("TERM", Duration::from_secs(20));
     assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
 
-    // A restart brings them back (the file's one service is not used).
+    // A restart brings them back (the file's one service is not used), and removes what a
+    // crashed save would have left.
+    let stale = dir.path().join(".state.json.q8Z1xA.tmp");
+    std::fs::write(&stale, "{\"format\": 1, \"serv").unwrap();
     let (app, base) = start_idle(&cfg, &prefix);
     assert_eq!(get_services(&base), changed);
+    assert!(!stale.exists(), "the stale temporary is gone");
+    assert!(
+        app.log().contains("removed what interrupted saves left"),
+        "{}",
+        app.log()
+    );
     assert!(
         app.log().contains("services from the state file"),
         "{}",

@@ -1,7 +1,10 @@
 //! The state file (`[api] state_file`): the services as changed through the API, so that they
 //! survive a restart. Written to a temporary file in the same directory, flushed to disk, then
 //! renamed over the old one (and the directory flushed), so a crash at any moment leaves either
-//! the old or the new file, never a torn one.
+//! the old or the new file, never a torn one. The temporary is created exclusively under a
+//! random name (a file or link planted in the directory is never followed or overwritten), and
+//! what a crash left of one is removed at the next start; a state file that is a symbolic link
+//! stays one (the file it points to is replaced).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -78,29 +81,61 @@ pub fn save(path: &Path, services: &[Service]) -> std::io::Result<()> {
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     text.push(b'\n');
-    let dir = match path.parent() {
+    let (dir, name) = place(path)?;
+    // Created exclusively (O_CREAT | O_EXCL: a planted file or link at its name makes it fail,
+    // never followed), under a random name, readable by its owner only.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&temporary_prefix(&name))
+        .suffix(TEMPORARY_SUFFIX)
+        .tempfile_in(&dir)?;
+    tmp.write_all(&text)?;
+    tmp.as_file().sync_all()?;
+    // A failed rename leaves the temporary to `tmp`'s drop, which removes it.
+    tmp.persist(dir.join(&name)).map_err(|e| e.error)?;
+    // The rename itself is durable once the directory is.
+    File::open(&dir)?.sync_all()
+}
+
+/// Where the state file really is: its directory and name. A state file that is a symbolic
+/// link stays one: what is written replaces the file it points to.
+fn place(path: &Path) -> std::io::Result<(PathBuf, std::ffi::OsString)> {
+    let target = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path)?,
+        _ => path.to_path_buf(),
+    };
+    let name = target
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the state file path names no file"))?
+        .to_os_string();
+    let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the state file path names no file"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // The rename itself is durable once the directory is.
-        File::open(&dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
+    Ok((dir, name))
+}
+
+const TEMPORARY_SUFFIX: &str = ".tmp";
+
+fn temporary_prefix(name: &std::ffi::OsStr) -> String {
+    format!(".{}.", name.to_string_lossy())
+}
+
+/// Removes the temporaries a save interrupted by a crash left beside the state file (ours only:
+/// `.NAME.*.tmp`, regular files); returns how many. Called at start, before anything is saved.
+pub fn remove_stale_temporaries(path: &Path) -> std::io::Result<usize> {
+    let (dir, name) = place(path)?;
+    let prefix = temporary_prefix(&name);
+    let mut removed = 0;
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let n = file_name.to_string_lossy();
+        if n.starts_with(&prefix) && n.ends_with(TEMPORARY_SUFFIX) && entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
     }
-    written
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -123,6 +158,66 @@ mod tests {
         assert_eq!(load(&path).unwrap(), Some(services()));
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_planted_link_is_never_followed_and_a_linked_state_file_stays_a_link() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // What an attacker plants: links at the names the old code used, to a victim file.
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        for pid in [std::process::id(), 1, 2] {
+            symlink(&victim, dir.path().join(format!(".state.json.tmp.{pid}"))).unwrap();
+        }
+        save(&path, &services()).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file(), "state.json is a file of ours");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "readable by its owner only"
+        );
+        // A state file the operator made a link: written through, still a link.
+        let real = dir.path().join("real.json");
+        let linked = dir.path().join("linked.json");
+        save(&real, &services()[..0]).unwrap();
+        symlink(&real, &linked).unwrap();
+        save(&linked, &services()).unwrap();
+        assert!(
+            fs::symlink_metadata(&linked)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(load(&real).unwrap(), Some(services()));
+    }
+
+    #[test]
+    fn stale_temporaries_of_a_crashed_save_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        save(&path, &services()).unwrap();
+        fs::write(dir.path().join(".state.json.Ab3xZ9.tmp"), "half").unwrap();
+        fs::write(dir.path().join(".other.json.Ab3xZ9.tmp"), "not ours").unwrap();
+        fs::create_dir(dir.path().join(".state.json.dir.tmp")).unwrap();
+        assert_eq!(remove_stale_temporaries(&path).unwrap(), 1);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".other.json.Ab3xZ9.tmp",
+                ".state.json.dir.tmp",
+                "state.json"
+            ]
+        );
+        assert_eq!(load(&path).unwrap(), Some(services()));
     }
 
     #[test]
