@@ -412,15 +412,22 @@ fn run(
     // The workers' own state first: the controller holds their counters and command channels.
     let states: Vec<WorkerState> = (0..n_workers)
         .map(|w| {
-            WorkerState::new(
+            WorkerState::try_new(
                 w as u16,
                 model.dpdk.flow_capacity,
                 MAX_SERVICES,
                 MAX_BACKENDS,
                 model.timeouts,
             )
+            .map_err(|e| {
+                format!(
+                    "dpdk.flow_capacity: cannot allocate worker {w}'s flow table of {} flows (about {} MiB): {e}",
+                    model.dpdk.flow_capacity,
+                    u64::from(model.dpdk.flow_capacity) * 82 >> 20
+                )
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let (command_senders, command_receivers): (Vec<_>, Vec<_>) = (0..n_workers)
         .map(|_| crossbeam_channel::bounded(1024))
         .unzip();

@@ -14,6 +14,9 @@ pub const MAX_BURST: u32 = dataplane::pipeline::MAX_BURST as u32;
 /// counters for these, so a configuration beyond them is refused before anything starts.
 pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_BACKENDS: u32 = 65536;
+/// Flows per worker: 2^28, about 22 GB of flow table each (82 bytes a flow). A start with less
+/// memory than the table needs fails with a message (exit 1) before anything runs.
+pub const MAX_FLOW_CAPACITY: u32 = 1 << 28;
 /// Backend weights, as ipvsadm takes them (0 = no new flows).
 pub const MAX_WEIGHT: u32 = 65535;
 /// Maglev tables larger than this take too long to build and too much memory per service.
@@ -73,6 +76,14 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
     }
     if d.flow_capacity == 0 {
         e.add("dpdk.flow_capacity", "must be at least 1");
+    } else if d.flow_capacity > MAX_FLOW_CAPACITY {
+        e.add(
+            "dpdk.flow_capacity",
+            format!(
+                "{} is more than {MAX_FLOW_CAPACITY} (per worker, about 82 bytes each)",
+                d.flow_capacity
+            ),
+        );
     }
     for (name, v) in [("dpdk.rx_desc", d.rx_desc), ("dpdk.tx_desc", d.tx_desc)] {
         if !(32..=32768).contains(&v) {

@@ -115,12 +115,23 @@ fn split(hash: u64, buckets: usize) -> (usize, u8) {
 
 impl FlowIndex {
     /// An index for up to `capacity` entries.
+    #[cfg(test)]
     pub fn new(capacity: usize) -> Self {
-        let buckets = (capacity.max(1) * 100).div_ceil(WAYS * LOAD_PERCENT).max(1);
-        FlowIndex {
-            buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
+        FlowIndex::try_new(capacity).expect("memory for the flow index")
+    }
+
+    /// [`new`](Self::new), or the allocation's error when the memory is not there.
+    pub fn try_new(capacity: usize) -> Result<Self, std::collections::TryReserveError> {
+        let n = (capacity.max(1).saturating_mul(100))
+            .div_ceil(WAYS * LOAD_PERCENT)
+            .max(1);
+        let mut buckets = Vec::new();
+        buckets.try_reserve_exact(n)?;
+        buckets.resize(n, Bucket::default());
+        Ok(FlowIndex {
+            buckets: buckets.into_boxed_slice(),
             len: 0,
-        }
+        })
     }
 
     #[cfg(test)]
@@ -253,6 +264,12 @@ impl FlowIndex {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_index_too_large_for_memory_is_an_error_not_an_abort() {
+        assert!(FlowIndex::try_new(usize::MAX / 2).is_err());
+        assert!(FlowIndex::try_new(1000).is_ok());
+    }
 
     #[test]
     fn a_bucket_is_one_cache_line() {

@@ -274,17 +274,29 @@ pub enum InsertError {
 impl FlowTable {
     /// A table for `capacity` flows and backend ids below `max_backends`.
     pub fn new(capacity: u32, max_backends: u32, timeouts: FlowTimeouts) -> Self {
+        FlowTable::try_new(capacity, max_backends, timeouts).expect("memory for the flow table")
+    }
+
+    /// [`new`](Self::new), or the allocation's error when the memory is not there (a start
+    /// then fails with a message instead of aborting).
+    pub fn try_new(
+        capacity: u32,
+        max_backends: u32,
+        timeouts: FlowTimeouts,
+    ) -> Result<Self, std::collections::TryReserveError> {
         let capacity = capacity.max(1);
-        FlowTable {
-            slots: Vec::with_capacity(capacity as usize),
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(capacity as usize)?;
+        Ok(FlowTable {
+            slots,
             free: NIL,
             lists: [List {
                 head: NIL,
                 tail: NIL,
                 len: 0,
             }; STATES],
-            index: FlowIndex::new(capacity as usize),
-            reply_index: FlowIndex::new(capacity as usize),
+            index: FlowIndex::try_new(capacity as usize)?,
+            reply_index: FlowIndex::try_new(capacity as usize)?,
             hasher: KeyHasher::random(),
             capacity,
             timeouts,
@@ -293,7 +305,7 @@ impl FlowTable {
             conns: vec![Conns::default(); max_backends as usize],
             endpoints: vec![Endpoint::default(); max_backends as usize],
             stats: FlowTableStats::default(),
-        }
+        })
     }
 
     pub fn len(&self) -> usize {

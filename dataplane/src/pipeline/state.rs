@@ -34,13 +34,26 @@ impl WorkerState {
         max_backends: u32,
         timeouts: FlowTimeouts,
     ) -> Self {
-        WorkerState {
+        WorkerState::try_new(index, flow_capacity, max_services, max_backends, timeouts)
+            .expect("memory for the worker's state")
+    }
+
+    /// [`new`](Self::new), or the allocation's error when the memory for the flow table is
+    /// not there.
+    pub fn try_new(
+        index: u16,
+        flow_capacity: u32,
+        max_services: u32,
+        max_backends: u32,
+        timeouts: FlowTimeouts,
+    ) -> Result<Self, std::collections::TryReserveError> {
+        Ok(WorkerState {
             index,
-            flows: FlowTable::new(flow_capacity, max_backends, timeouts),
+            flows: FlowTable::try_new(flow_capacity, max_backends, timeouts)?,
             cursors: vec![Cursor::default(); max_services as usize],
             traffic: Arc::new(ServiceCounters::new(max_services, max_backends)),
             neighbor_events: NeighborEvents::default(),
-        }
+        })
     }
 
     /// Takes up what a new snapshot changes of the worker's own state: the flow timeouts (a

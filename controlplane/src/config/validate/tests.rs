@@ -205,6 +205,11 @@ fn settings_out_of_range_are_refused() {
         ["dpdk.rx_desc: 8 is not from 32 to 32768"]
     );
     assert_eq!(
+        bad("[dpdk]\nflow_capacity = 4294967295\n"),
+        ["dpdk.flow_capacity: 4294967295 is more than 268435456 (per worker, about 82 bytes each)"]
+    );
+    assert!(check(&(BASE.to_string() + "[dpdk]\nflow_capacity = 268435456\n")).is_ok());
+    assert_eq!(
         bad("[dpdk]\nmbuf_data_room = 100\n"),
         [
             "dpdk.mbuf_data_room: 100 is not from 256 to 16384",
