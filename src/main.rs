@@ -423,7 +423,7 @@ fn run(
                 format!(
                     "dpdk.flow_capacity: cannot allocate worker {w}'s flow table of {} flows (about {} MiB): {e}",
                     model.dpdk.flow_capacity,
-                    u64::from(model.dpdk.flow_capacity) * 82 >> 20
+                    (u64::from(model.dpdk.flow_capacity) * 82) >> 20
                 )
             })
         })
