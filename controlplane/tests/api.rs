@@ -659,9 +659,33 @@ fn a_token_guards_changes_and_reads_stay_open() {
         401,
         "authorization:",
     );
+    // The token is checked before the body is read: no token and a broken body is 401, not 400.
     api.token = None;
+    api.refused(
+        "POST",
+        "/api/v1/services",
+        Some("{not json"),
+        401,
+        "authorization:",
+    );
+    api.refused("POST", "/api/v1/reload", Some("[1"), 401, "authorization:");
     assert_eq!(api.get("/api/v1/services").0, 200);
     assert_eq!(api.get("/api/v1/stats").0, 200);
+    // The scheme's name is case-insensitive (RFC 7235).
+    let r = api
+        .agent
+        .patch(format!("{}/api/v1/services/web/backends/web-1", api.base))
+        .header("Authorization", "bearer s3cret")
+        .send(r#"{"weight": 4}"#)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = api
+        .agent
+        .patch(format!("{}/api/v1/services/web/backends/web-1", api.base))
+        .header("Authorization", "Basic s3cret")
+        .send(r#"{"weight": 5}"#)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "another scheme");
     api.token = Some("s3cret".into());
     let (s, _, _) = api.send(
         "POST",

@@ -139,7 +139,8 @@ impl IntoResponse for Reply {
     }
 }
 
-/// The bearer token, compared in constant time (only its length can show in the timing).
+/// The bearer token, compared in constant time (only its length can show in the timing). The
+/// scheme's name is case-insensitive (RFC 7235 §2.1).
 fn authorized(app: &App, headers: &HeaderMap) -> bool {
     let Some(token) = &app.token else {
         return true;
@@ -147,21 +148,27 @@ fn authorized(app: &App, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, t)| t.trim_start_matches(' '));
     given.as_bytes().ct_eq(token).into()
+}
+
+/// 401 for a change without the right token.
+fn unauthorized() -> Response {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "authorization: a valid \"Authorization: Bearer <token>\" header is needed to change the configuration",
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 /// Hands `request` to the control thread and waits for its answer.
 async fn call(app: &App, headers: &HeaderMap, request: Request) -> Response {
     if request.mutates() && !authorized(app, headers) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "authorization: a valid \"Authorization: Bearer <token>\" header is needed to change the configuration",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+        return unauthorized();
     }
     let (tx, rx) = oneshot::channel();
     if app.calls.try_send(Call { request, reply: tx }).is_err() {
@@ -183,6 +190,11 @@ async fn call_with_body(
     body: Result<Bytes, BytesRejection>,
     make: impl FnOnce(Value) -> Request,
 ) -> Response {
+    // Every request with a body changes something: the token first, so that nobody without
+    // it learns anything from how a body is parsed.
+    if !authorized(app, headers) {
+        return unauthorized();
+    }
     match json_body(body) {
         Ok(body) => call(app, headers, make(body)).await,
         Err(r) => r.into_response(),
@@ -355,6 +367,9 @@ async fn reload(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
     // The body is optional here: none means the defaults.
     let body = match &body {
         Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(Value::Null),
