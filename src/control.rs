@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use controlplane::api::http::Call;
+use controlplane::api::http::{Call, CallQueues};
 use controlplane::controller::Controller;
 use crossbeam_channel::Receiver;
 use dataplane::neighbor::NeighborEvent;
@@ -41,14 +41,23 @@ pub fn run(
     controller: &mut Controller,
     frames: &mut FrameRing<'_>,
     events: &Receiver<NeighborEvent>,
-    calls: &Receiver<Call>,
+    calls: &CallQueues,
     reload: &AtomicBool,
     done: &AtomicBool,
 ) {
     controller.start();
     // A channel whose senders are all gone is replaced by one that never delivers.
-    let (mut events, mut calls) = (events.clone(), calls.clone());
+    let (mut events, mut reads, mut changes) =
+        (events.clone(), calls.reads.clone(), calls.changes.clone());
+    let answer = |controller: &mut Controller, c: Call| {
+        let reply = controller.handle(c.request);
+        let _ = c.reply.send(reply);
+    };
     while !done.load(Ordering::Relaxed) {
+        // Changes first: however many reads wait, a change is not held up behind them.
+        while let Ok(c) = changes.try_recv() {
+            answer(controller, c);
+        }
         crossbeam_channel::select! {
             recv(events) -> e => match e {
                 Ok(e) => {
@@ -59,12 +68,13 @@ pub fn run(
                 }
                 Err(_) => events = crossbeam_channel::never(),
             },
-            recv(calls) -> c => match c {
-                Ok(c) => {
-                    let reply = controller.handle(c.request);
-                    let _ = c.reply.send(reply);
-                }
-                Err(_) => calls = crossbeam_channel::never(),
+            recv(changes) -> c => match c {
+                Ok(c) => answer(controller, c),
+                Err(_) => changes = crossbeam_channel::never(),
+            },
+            recv(reads) -> c => match c {
+                Ok(c) => answer(controller, c),
+                Err(_) => reads = crossbeam_channel::never(),
             },
             default(Duration::from_millis(1)) => {}
         }

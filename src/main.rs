@@ -502,7 +502,7 @@ fn run(
             .collect();
         info!(workers = n_workers, lcores = ?lcores.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops, SIGHUP reloads the configuration");
         let workers_done = AtomicBool::new(false);
-        let (calls_tx, calls_rx) = crossbeam_channel::bounded(controlplane::api::http::QUEUE);
+        let (calls_tx, calls_rx) = controlplane::api::http::queues();
         let router =
             controlplane::api::http::router(calls_tx, model.api.token.as_deref(), version_json());
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use controlplane::api::http::{self, Call};
@@ -74,6 +75,8 @@ fn worker(commands: crossbeam_channel::Receiver<Command>) -> std::thread::JoinHa
 struct Api {
     base: String,
     shared: Arc<SharedSnapshot>,
+    /// Open: the control thread answers; closed: it holds the call it took.
+    gate: Arc<AtomicBool>,
     agent: ureq::Agent,
     token: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -132,10 +135,31 @@ impl Api {
         )
         .unwrap();
         let shared = Arc::clone(controller.shared());
-        let (calls_tx, calls_rx) = crossbeam_channel::bounded::<Call>(http::QUEUE);
+        let (calls_tx, queues) = http::queues();
         let worker = worker(commands_rx);
+        let gate = Arc::new(AtomicBool::new(true));
+        let open = Arc::clone(&gate);
+        // As the appliance's control thread takes them: changes first.
         let control = std::thread::spawn(move || {
-            for call in calls_rx {
+            let (reads, changes) = (&queues.reads, &queues.changes);
+            loop {
+                let call: Call = match changes.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        let got = crossbeam_channel::select! {
+                            recv(changes) -> c => c,
+                            recv(reads) -> c => c,
+                        };
+                        match got {
+                            Ok(c) => c,
+                            Err(_) => break, // the server is gone
+                        }
+                    }
+                };
+                // A closed gate holds the control thread (a test of queues filling up).
+                while !open.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let _ = call.reply.send(controller.handle(call.request));
             }
             // The controller (and so the workers' command channel) goes with this thread.
@@ -158,6 +182,7 @@ impl Api {
         Api {
             base,
             shared,
+            gate,
             agent,
             token: token.map(String::from),
             stop: Some(stop),
@@ -888,4 +913,68 @@ fn reload_and_the_audit_trail_answer_over_http() {
         .send("")
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+}
+
+#[test]
+fn a_change_gets_through_however_many_reads_wait() {
+    let api = Api::start(Some("s3cret"), None);
+    api.gate.store(false, Ordering::Relaxed);
+    let busy = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..100)
+        .map(|_| {
+            let (agent, url, busy) = (
+                api.agent.clone(),
+                format!("{}/metrics", api.base),
+                Arc::clone(&busy),
+            );
+            std::thread::spawn(move || {
+                let s = agent.get(&url).call().unwrap().status().as_u16();
+                if s == 503 {
+                    busy.fetch_add(1, Ordering::Relaxed);
+                }
+                s
+            })
+        })
+        .collect();
+    // The reads' queue is full once some are turned away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while busy.load(Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reads never filled their queue"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let patch = {
+        let (agent, url) = (
+            api.agent.clone(),
+            format!("{}/api/v1/services/web/backends/web-1", api.base),
+        );
+        std::thread::spawn(move || {
+            let mut r = agent
+                .patch(&url)
+                .header("Authorization", "Bearer s3cret")
+                .send(r#"{"weight": 9}"#)
+                .unwrap();
+            (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !patch.is_finished(),
+        "the change waits its turn, it is not turned away"
+    );
+    api.gate.store(true, Ordering::Relaxed);
+    let (status, body) = patch.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let statuses: Vec<u16> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503));
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        busy.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        api.get("/api/v1/services/web/backends/web-1").1["weight"],
+        9
+    );
 }

@@ -24,7 +24,8 @@ use crate::config::{BackendSpec, ServiceSpec};
 
 /// Bodies larger than this are refused with 413 (a service with thousands of backends fits).
 pub const BODY_LIMIT: usize = 1 << 20;
-/// How many requests may wait for the control thread before the API answers 503.
+/// How many requests of each kind (reads, changes) may wait for the control thread before the
+/// API answers 503.
 pub const QUEUE: usize = 64;
 
 /// One request for the control thread and where its answer goes.
@@ -33,19 +34,43 @@ pub struct Call {
     pub reply: oneshot::Sender<Reply>,
 }
 
+/// Where the HTTP side hands requests over: reads and changes on queues of their own, so that
+/// however many reads wait, a change still gets through (the control thread takes changes
+/// first).
+#[derive(Clone)]
+pub struct Calls {
+    reads: crossbeam_channel::Sender<Call>,
+    changes: crossbeam_channel::Sender<Call>,
+}
+
+/// The control thread's ends of [`Calls`].
+pub struct CallQueues {
+    pub reads: crossbeam_channel::Receiver<Call>,
+    pub changes: crossbeam_channel::Receiver<Call>,
+}
+
+/// The two queues, [`QUEUE`] deep each.
+pub fn queues() -> (Calls, CallQueues) {
+    let (reads, read_rx) = crossbeam_channel::bounded(QUEUE);
+    let (changes, change_rx) = crossbeam_channel::bounded(QUEUE);
+    (
+        Calls { reads, changes },
+        CallQueues {
+            reads: read_rx,
+            changes: change_rx,
+        },
+    )
+}
+
 #[derive(Clone)]
 struct App {
-    calls: crossbeam_channel::Sender<Call>,
+    calls: Calls,
     token: Option<Arc<[u8]>>,
     version: Arc<Value>,
 }
 
 /// The API's routes. `version` is what `GET /api/v1/version` answers.
-pub fn router(
-    calls: crossbeam_channel::Sender<Call>,
-    token: Option<&str>,
-    version_info: Value,
-) -> Router {
+pub fn router(calls: Calls, token: Option<&str>, version_info: Value) -> Router {
     let app = App {
         calls,
         token: token.map(|t| Arc::from(t.as_bytes())),
@@ -171,7 +196,12 @@ async fn call(app: &App, headers: &HeaderMap, request: Request) -> Response {
         return unauthorized();
     }
     let (tx, rx) = oneshot::channel();
-    if app.calls.try_send(Call { request, reply: tx }).is_err() {
+    let queue = if request.mutates() {
+        &app.calls.changes
+    } else {
+        &app.calls.reads
+    };
+    if queue.try_send(Call { request, reply: tx }).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the control thread is busy or stopping; try again",
