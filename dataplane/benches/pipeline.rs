@@ -23,11 +23,24 @@ use dataplane::snapshot::{
 const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
 fn snapshot(scheduler: SchedulerKind) -> Snapshot {
+    snapshot_of(scheduler, false)
+}
+
+/// A NAT service of 16 backends, IPv4 or IPv6 (which takes the general path: the fast path is
+/// IPv4's), every backend's neighbour known.
+fn snapshot_of(scheduler: SchedulerKind, v6: bool) -> Snapshot {
+    let address = |i: u16| -> IpAddr {
+        if v6 {
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i).into()
+        } else {
+            Ipv4Addr::new(198, 18, 1, 10 + i as u8).into()
+        }
+    };
     let backends = (0..16)
         .map(|i| BackendConfig {
             id: BackendId(i),
             name: format!("b{i}"),
-            address: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 10 + i as u8)),
+            address: address(i as u16),
             port: 8080,
             weight: 1,
             enabled: true,
@@ -37,27 +50,43 @@ fn snapshot(scheduler: SchedulerKind) -> Snapshot {
         .iter()
         .map(|b| (b.address, MacAddr([2, 0, 0, 0, 1, b.id.0 as u8])))
         .collect();
+    let (addresses, route, vip): (Vec<IpPrefix>, _, _) = if v6 {
+        (
+            vec![
+                "2001:db8::1/64".parse().unwrap(),
+                "2001:db8:1::1/64".parse().unwrap(),
+            ],
+            ("::/0".parse().unwrap(), "2001:db8::fe".parse().unwrap()),
+            "2001:db8::100".parse().unwrap(),
+        )
+    } else {
+        (
+            vec![
+                "198.18.0.1/24".parse().unwrap(),
+                "198.18.1.1/24".parse().unwrap(),
+            ],
+            (
+                "0.0.0.0/0".parse().unwrap(),
+                "198.18.0.254".parse().unwrap(),
+            ),
+            "198.18.0.100".parse().unwrap(),
+        )
+    };
     Snapshot::build(
         SnapshotConfig {
             interfaces: vec![InterfaceConfig {
                 port: 0,
                 mac: MacAddr(OUR_MAC),
-                addresses: vec![
-                    "198.18.0.1/24".parse::<IpPrefix>().unwrap(),
-                    "198.18.1.1/24".parse().unwrap(),
-                ],
+                addresses,
                 mtu: 1500,
             }],
-            routes: vec![(
-                "0.0.0.0/0".parse().unwrap(),
-                "198.18.0.254".parse().unwrap(),
-            )],
+            routes: vec![route],
             neighbors,
             services: vec![ServiceConfig {
                 id: ServiceId(0),
                 name: "web".into(),
                 protocol: Protocol::Udp,
-                vip: "198.18.0.100".parse().unwrap(),
+                vip,
                 port: 80,
                 scheduler,
                 forwarding: ForwardingMode::Nat,
@@ -160,54 +189,6 @@ fn established(c: &mut Criterion) {
     g.finish();
 }
 
-/// An IPv6 NAT service (it takes the general path: the fast path is IPv4's).
-fn snapshot_v6() -> Snapshot {
-    let backends = (0..16)
-        .map(|i| BackendConfig {
-            id: BackendId(i),
-            name: format!("b{i}"),
-            address: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i as u16)),
-            port: 8080,
-            weight: 1,
-            enabled: true,
-        })
-        .collect::<Vec<_>>();
-    let neighbors = backends
-        .iter()
-        .map(|b| (b.address, MacAddr([2, 0, 0, 0, 1, b.id.0 as u8])))
-        .collect();
-    Snapshot::build(
-        SnapshotConfig {
-            interfaces: vec![InterfaceConfig {
-                port: 0,
-                mac: MacAddr(OUR_MAC),
-                addresses: vec![
-                    "2001:db8::1/64".parse::<IpPrefix>().unwrap(),
-                    "2001:db8:1::1/64".parse().unwrap(),
-                ],
-                mtu: 1500,
-            }],
-            routes: vec![("::/0".parse().unwrap(), "2001:db8::fe".parse().unwrap())],
-            neighbors,
-            services: vec![ServiceConfig {
-                id: ServiceId(0),
-                name: "web6".into(),
-                protocol: Protocol::Udp,
-                vip: "2001:db8::100".parse().unwrap(),
-                port: 80,
-                scheduler: SchedulerKind::Maglev,
-                forwarding: ForwardingMode::Nat,
-                maglev_table_size: 65537,
-                backends,
-                generation: 1,
-            }],
-            timeouts: FlowTimeouts::default(),
-            workers: 1,
-        },
-        1,
-    )
-}
-
 /// An 80-byte IPv6 UDP frame from client number `i` to the VIP.
 fn frame_v6(i: u32) -> Vec<u8> {
     let src = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, (i >> 16) as u16, i as u16);
@@ -232,7 +213,7 @@ fn frame_v6(i: u32) -> Vec<u8> {
 fn established_v6(c: &mut Criterion) {
     let mut g = c.benchmark_group("established_nat_v6");
     g.throughput(Throughput::Elements(1));
-    let snap = snapshot_v6();
+    let snap = snapshot_of(SchedulerKind::Maglev, true);
     let mut w = WorkerState::new(0, 2048, 16, 64, FlowTimeouts::default());
     let probe: Vec<Vec<u8>> = (0..1000).map(frame_v6).collect();
     let mut two = [OwnedPacket::new(&probe[0]), OwnedPacket::new(&probe[0])];
