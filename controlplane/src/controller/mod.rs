@@ -201,9 +201,16 @@ impl Controller {
             }
         };
         let changes = diff::services(&self.running.services, &candidate.services);
+        let r = &self.running;
+        // Everything but the services as it is (the candidate's services are a copy already).
         let next = Model {
+            dpdk: r.dpdk.clone(),
+            timeouts: r.timeouts,
+            interfaces: r.interfaces.clone(),
+            routes: r.routes.clone(),
+            neighbors: r.neighbors.clone(),
+            api: r.api.clone(),
             services: candidate.services,
-            ..self.running.clone()
         };
         match self.commit(next) {
             Err(e) => {
