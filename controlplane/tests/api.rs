@@ -362,6 +362,16 @@ fn bad_services_are_refused_naming_the_field_and_nothing_changes() {
     );
     post("", 400, "body: empty");
     post(
+        &service("own", "198.18.0.1", 80),
+        422,
+        "vip: 198.18.0.1 is the address of interfaces[0], not a VIP",
+    );
+    post(
+        &service("any", "0.0.0.0", 80),
+        422,
+        "vip: 0.0.0.0 is the unspecified address, not a VIP",
+    );
+    post(
         r#"{"id": "x", "vip": "198.18.0.5", "port": "80"}"#,
         422,
         "port: invalid type: string \"80\", expected u16",

@@ -42,6 +42,28 @@ fn ip(s: &str) -> Result<IpAddr, String> {
     s.parse().map_err(|_| format!("{s:?} is not an IP address"))
 }
 
+/// An address a client can send to and l4lb can answer from (RFC 1122 §3.2.1.3, RFC 4291):
+/// not unspecified, loopback, multicast or broadcast, nor an IPv4 address written as IPv6.
+fn usable_vip(a: IpAddr) -> Result<IpAddr, String> {
+    let why = match a {
+        IpAddr::V4(v) if v.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(v) if v.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(v) if v.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v) if v.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(v) if v.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(v) if v.is_loopback() => Some("the loopback address"),
+        IpAddr::V6(v) if v.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(v) if v.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (write the IPv4 address)")
+        }
+        _ => None,
+    };
+    match why {
+        Some(w) => Err(format!("{a} is {w}, not a VIP")),
+        None => Ok(a),
+    }
+}
+
 fn family(a: IpAddr) -> &'static str {
     if a.is_ipv4() { "IPv4" } else { "IPv6" }
 }
@@ -234,6 +256,14 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
     );
 
     let services = validate_services(&mut e, &f.services, "services");
+    for (i, svc) in services.iter().flatten().enumerate() {
+        if let Some(itf) = our_addresses.get(&svc.vip) {
+            e.add(
+                format!("services[{i}].vip"),
+                format!("{} is the address of {itf}, not a VIP", svc.vip),
+            );
+        }
+    }
 
     if !e.0.is_empty() {
         return Err(e.0);
@@ -361,7 +391,7 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         join(at, "protocol"),
         s.protocol.parse::<Protocol>().map_err(|x| x.to_string()),
     );
-    let vip = e.parse(join(at, "vip"), ip(&s.vip));
+    let vip = e.parse(join(at, "vip"), ip(&s.vip).and_then(usable_vip));
     if s.port == 0 {
         e.add(join(at, "port"), "0 is not a port (1 to 65535)");
     }

@@ -263,8 +263,17 @@ impl Controller {
         }
     }
 
-    /// No other service (but the one at `except`) may use the same protocol, VIP and port.
+    /// No other service (but the one at `except`) may use the same protocol, VIP and port, and
+    /// no VIP may be an address of our own interfaces.
     fn check_endpoint(&self, svc: &Service, except: Option<usize>) -> Result<(), ApiError> {
+        for (i, itf) in self.running.interfaces.iter().enumerate() {
+            if itf.addresses.iter().any(|p| p.addr == svc.vip) {
+                return Err(ApiError::invalid(format!(
+                    "vip: {} is the address of interfaces[{i}], not a VIP",
+                    svc.vip
+                )));
+            }
+        }
         let other = self.running.services.iter().enumerate().find(|(i, s)| {
             Some(*i) != except
                 && s.protocol == svc.protocol

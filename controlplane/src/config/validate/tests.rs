@@ -270,7 +270,7 @@ fn more_services_or_backends_than_the_appliance_holds_are_refused() {
     let service = |i: u32, backends: u32| {
         let mut s = format!(
             "[[services]]\nid = \"s{i}\"\nprotocol = \"udp\"\nvip = \"198.18.{}.{}\"\nport = 53\nscheduler = \"rr\"\n",
-            i / 250,
+            i / 250 + 100,
             i % 250 + 1
         );
         for b in 0..backends {
@@ -299,4 +299,39 @@ fn more_services_or_backends_than_the_appliance_holds_are_refused() {
                 .to_string()
         ]
     );
+}
+
+#[test]
+fn addresses_that_cannot_be_a_vip_are_refused() {
+    let with_vip = |vip: &str| {
+        let text = format!(
+            "[[interfaces]]\nport = 0\naddresses = [\"198.18.0.1/24\", \"2001:db8:1::1/64\"]\n[[services]]\nid = \"s\"\nvip = \"{vip}\"\nport = 80\n"
+        );
+        check(&text)
+    };
+    for (vip, why) in [
+        ("0.0.0.0", "the unspecified address"),
+        ("255.255.255.255", "the broadcast address"),
+        ("224.0.0.1", "a multicast address"),
+        ("127.0.0.1", "a loopback address"),
+        ("::", "the unspecified address"),
+        ("::1", "the loopback address"),
+        ("ff02::1", "a multicast address"),
+        (
+            "::ffff:198.18.0.100",
+            "an IPv4-mapped IPv6 address (write the IPv4 address)",
+        ),
+    ] {
+        assert_eq!(
+            with_vip(vip).unwrap_err(),
+            [format!("services[0].vip: {vip} is {why}, not a VIP")],
+            "{vip}"
+        );
+    }
+    assert_eq!(
+        with_vip("198.18.0.1").unwrap_err(),
+        ["services[0].vip: 198.18.0.1 is the address of interfaces[0].addresses[0], not a VIP"]
+    );
+    assert!(with_vip("198.18.0.100").is_ok());
+    assert!(with_vip("2001:db8:1::100").is_ok());
 }
