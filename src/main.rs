@@ -588,8 +588,8 @@ fn report(
     println!("{}", drop_report(counters));
     let f = &stats.flows;
     println!(
-        "flows: created={} expired={} evicted={} evicted-established={} flushed={}",
-        f.created, f.expired, f.evicted, f.evicted_established, f.flushed
+        "flows: created={} expired={} evicted={} evicted-established={} flushed={} syn-flood-hashed={}",
+        f.created, f.expired, f.evicted, f.evicted_established, f.flushed, f.syn_flood_hashed
     );
     for line in traffic_report(&stats) {
         println!("{line}");

@@ -59,6 +59,18 @@ fn tcp(client: [u8; 4], sport: u16, syn: bool) -> Vec<u8> {
     out
 }
 
+/// The backend a forwarded frame went to: its destination MAC's last byte.
+fn backend_of(f: &[u8]) -> u8 {
+    f[5]
+}
+
+fn client_of(f: &[u8]) -> [u8; 4] {
+    match PacketHeaders::from_ethernet_slice(f).unwrap().net {
+        Some(NetHeaders::Ipv4(ip, _)) => ip.source,
+        _ => panic!("not IPv4"),
+    }
+}
+
 #[test]
 fn a_syn_flood_into_a_full_table_leaves_established_flows_on_their_backends() {
     let mut frames = Vec::new();
@@ -81,11 +93,6 @@ fn a_syn_flood_into_a_full_table_leaves_established_flows_on_their_backends() {
     let (done, sent) = run_pcap("flood", CONFIG, &frames, "0");
     let out = sent.frames;
     assert_eq!(out.len(), frames.len(), "every packet forwarded (DR)");
-    let backend_of = |f: &[u8]| f[5]; // the backend MAC's last byte
-    let client_of = |f: &[u8]| match PacketHeaders::from_ethernet_slice(f).unwrap().net {
-        Some(NetHeaders::Ipv4(ip, _)) => ip.source,
-        _ => panic!("not IPv4"),
-    };
     let n = usize::from(ESTABLISHED);
     for f in 0..n {
         let before = &out[f];
@@ -103,6 +110,118 @@ fn a_syn_flood_into_a_full_table_leaves_established_flows_on_their_backends() {
         done.stdout.contains(&format!(
             "flows: created={} expired=0 evicted={evicted} evicted-established=0 flushed=0",
             u64::from(FLOOD) + u64::from(ESTABLISHED)
+        )),
+        "{}",
+        done.stdout
+    );
+}
+
+/// 90 established flows, then 20,000 spoofed ACKs from tuples never seen (flows that start
+/// mid-stream): they evict one another, never a flow whose handshake was seen.
+#[test]
+fn an_ack_flood_into_a_full_table_leaves_established_flows_on_their_backends() {
+    let mut frames = Vec::new();
+    for f in 0..ESTABLISHED {
+        frames.push(tcp([198, 19, 0, f as u8 + 1], 1000, true));
+    }
+    for f in 0..ESTABLISHED {
+        frames.push(tcp([198, 19, 0, f as u8 + 1], 1000, false));
+    }
+    for i in 0..FLOOD {
+        frames.push(tcp(
+            [198, 19, 1 + (i >> 16) as u8, (i >> 8) as u8],
+            i as u16,
+            false,
+        ));
+    }
+    for f in 0..ESTABLISHED {
+        frames.push(tcp([198, 19, 0, f as u8 + 1], 1000, false));
+    }
+    let (done, sent) = run_pcap("ackflood", CONFIG, &frames, "0");
+    let out = sent.frames;
+    assert_eq!(out.len(), frames.len(), "every packet forwarded (DR)");
+    let n = usize::from(ESTABLISHED);
+    for f in 0..n {
+        let (before, after) = (&out[f], &out[out.len() - n + f]);
+        assert_eq!(client_of(before), client_of(after));
+        assert_eq!(
+            backend_of(after),
+            backend_of(before),
+            "established flow {f} kept its backend through the ACK flood"
+        );
+    }
+    assert!(
+        done.stdout.contains(&format!(
+            "flows: created={} expired=0 evicted={} evicted-established=0 flushed=0",
+            u64::from(FLOOD) + u64::from(ESTABLISHED),
+            u64::from(FLOOD) - u64::from(CAPACITY - ESTABLISHED)
+        )),
+        "{}",
+        done.stdout
+    );
+}
+
+/// A SYN flood keeps the table full of half-open flows, so a real client's SYN entry is
+/// evicted long before its ACK arrives (2,000 flood SYNs later, 20 times the table). Every one
+/// of 500 such handshakes still reaches one backend with its SYN and its ACK.
+#[test]
+fn handshakes_complete_on_their_backend_while_a_syn_flood_evicts_their_syn_entries() {
+    const CLIENTS: u32 = 500;
+    const BETWEEN: u32 = 2_000;
+    let mut frames = Vec::new();
+    let mut flood = 0u32;
+    let mut flood_syn = |frames: &mut Vec<Vec<u8>>| {
+        frames.push(tcp(
+            [198, 19, 128 + (flood >> 16) as u8, (flood >> 8) as u8],
+            flood as u16,
+            true,
+        ));
+        flood += 1;
+    };
+    for _ in 0..2 * CAPACITY {
+        flood_syn(&mut frames); // the table is full, and half-open flows are being evicted
+    }
+    let addr = |c: u32| [198, 19, (c >> 8) as u8, c as u8];
+    let mut legit = Vec::new(); // (index of the SYN, index of the ACK)
+    for c in 0..CLIENTS {
+        let syn = frames.len();
+        frames.push(tcp(addr(c), 2000, true));
+        for _ in 0..BETWEEN / CLIENTS {
+            flood_syn(&mut frames);
+        }
+        legit.push(syn);
+    }
+    // The ACKs in the same order, each after BETWEEN more flood SYNs than its SYN.
+    let mut acks = Vec::new();
+    for c in 0..CLIENTS {
+        acks.push(frames.len());
+        frames.push(tcp(addr(c), 2000, false));
+        for _ in 0..BETWEEN / CLIENTS {
+            flood_syn(&mut frames);
+        }
+    }
+    let (done, sent) = run_pcap("synflood", CONFIG, &frames, "0");
+    let out = sent.frames;
+    assert_eq!(out.len(), frames.len(), "every packet forwarded (DR)");
+    let mut completed = 0;
+    for c in 0..CLIENTS as usize {
+        let (syn, ack) = (&out[legit[c]], &out[acks[c]]);
+        assert_eq!(client_of(syn), client_of(ack));
+        assert_eq!(client_of(syn), addr(c as u32));
+        if backend_of(syn) == backend_of(ack) {
+            completed += 1;
+        }
+    }
+    assert_eq!(
+        completed, CLIENTS,
+        "handshakes whose ACK reached the SYN's backend"
+    );
+    // Hashed: every new flow after the first eviction (the 101st SYN); the ACKs start flows
+    // too, their SYN entries long gone.
+    let hashed = frames.len() - usize::from(CAPACITY) - 1;
+    assert!(
+        done.stdout.contains(&format!(
+            "evicted-established=0 flushed=0 syn-flood-hashed={hashed}"
         )),
         "{}",
         done.stdout

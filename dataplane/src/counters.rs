@@ -96,6 +96,7 @@ pub struct FlowCounters {
     pub evicted: Counter,
     pub evicted_established: Counter,
     pub flushed: Counter,
+    pub syn_flood_hashed: Counter,
 }
 
 impl ServiceCounters {

@@ -41,6 +41,7 @@ reasons! {
     IcmpUnsupported = "icmp_unsupported": "An ICMP message we neither answer nor forward.",
     IcmpNoFlow = "icmp_no_flow": "An ICMP error about a flow we do not have.",
     TcpRstNoFlow = "tcp_rst_no_flow": "A TCP reset for a flow we do not have.",
+    TcpBadFlags = "tcp_bad_flags": "A TCP segment for a flow we do not have, with flags no connection sends (SYN with FIN or RST, or none at all).",
     NoRoute = "no_route": "No connected prefix or route reaches the next hop.",
     NeighborUnresolved = "neighbor_unresolved": "The next hop's MAC address is not known.",
     DrBackendOffLink = "dr_backend_off_link": "Direct routing to a backend that is not on a connected prefix.",

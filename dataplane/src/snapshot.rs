@@ -85,6 +85,10 @@ pub struct Service {
     /// Shared with the snapshots before and after this one while the service's scheduling
     /// inputs stay the same (a Maglev table takes milliseconds to build).
     pub scheduler: Arc<dyn Scheduler>,
+    /// What new TCP flows get instead of `scheduler`'s pick while a SYN flood evicts
+    /// half-open flows, when that pick depends on state (rr, wrr and the least-connection
+    /// kinds): a backend a handshake's ACK finds again from its tuple alone.
+    pub by_hash: sched::WeightedHash,
     key: ServiceKey,
 }
 
@@ -197,7 +201,7 @@ impl Snapshot {
                     s.generation,
                 )),
             };
-            let sched_backends = s
+            let sched_backends: Vec<SchedBackend> = s
                 .backends
                 .iter()
                 .map(|b| SchedBackend {
@@ -205,6 +209,7 @@ impl Snapshot {
                     weight: if b.enabled { b.weight } else { 0 },
                 })
                 .collect();
+            let by_hash = sched::WeightedHash::new(sched_backends.iter().map(|b| b.weight));
             let vip = addr_bytes(s.vip);
             let key = ServiceKey {
                 protocol: s.protocol.ip_number(),
@@ -217,6 +222,7 @@ impl Snapshot {
                 config: s,
                 sched_backends,
                 scheduler,
+                by_hash,
                 key,
             });
         }

@@ -516,14 +516,15 @@ fn stats_text(v: &Value) -> String {
     out.push_str(&format!("drops: {}\n", drops.join(" ")));
     let f = &v["flows"];
     out.push_str(&format!(
-        "flows: entries={} capacity={} created={} expired={} evicted={} evicted-established={} flushed={}\n",
+        "flows: entries={} capacity={} created={} expired={} evicted={} evicted-established={} flushed={} syn-flood-hashed={}\n",
         n(&f["entries"]),
         n(&f["capacity"]),
         n(&f["created"]),
         n(&f["expired"]),
         n(&f["evicted"]),
         n(&f["evicted_established"]),
-        n(&f["flushed"])
+        n(&f["flushed"]),
+        n(&f["syn_flood_hashed"])
     ));
     let line = |what: String, t: &Value| {
         format!(

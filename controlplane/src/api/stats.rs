@@ -78,6 +78,9 @@ pub struct FlowStats {
     pub evicted: u64,
     pub evicted_established: u64,
     pub flushed: u64,
+    /// New TCP flows given a backend by the hash of their tuple, not by their scheduler,
+    /// because a SYN flood was evicting half-open flows.
+    pub syn_flood_hashed: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
@@ -330,7 +333,7 @@ pub fn render_metrics(s: &Stats) -> String {
     x.family(
         "flow_events_total",
         "counter",
-        "Flow table events: created, expired, evicted (of those evicted_established), flushed.",
+        "Flow table events: created, expired, evicted (of those evicted_established), flushed, and syn_flood_hashed (new flows given a backend by hash during a SYN flood).",
     );
     for (event, v) in [
         ("created", f.created),
@@ -338,6 +341,7 @@ pub fn render_metrics(s: &Stats) -> String {
         ("evicted", f.evicted),
         ("evicted_established", f.evicted_established),
         ("flushed", f.flushed),
+        ("syn_flood_hashed", f.syn_flood_hashed),
     ] {
         x.sample("flow_events_total", &[("event", event)], v);
     }

@@ -224,6 +224,7 @@ impl Controller {
                 evicted: flow(|w| w.flows.evicted.get()),
                 evicted_established: flow(|w| w.flows.evicted_established.get()),
                 flushed: flow(|w| w.flows.flushed.get()),
+                syn_flood_hashed: flow(|w| w.flows.syn_flood_hashed.get()),
             },
             services,
         }

@@ -7,5 +7,5 @@ mod table;
 pub use key::{FlowKey, addr_bytes, addr_from_bytes, address_hash};
 pub use table::{
     Endpoint, Flow, FlowState, FlowTable, FlowTableStats, FlowTimeouts, InsertError, NewFlow,
-    ReplyKey,
+    NoFlow, ReplyKey,
 };

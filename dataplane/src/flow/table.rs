@@ -8,8 +8,16 @@
 //! Each state has its own timeout (the IPVS defaults), so within one list the oldest entry is
 //! always the first to expire: expiry is lazy on lookup plus a sweep that pops expired heads,
 //! bounded per call. When the table is full a new flow evicts the oldest entry of the first
-//! non-empty list in the order SYN, closed, FIN, then the older of UDP and established — so a
-//! flood of SYNs from new sources evicts other half-open flows, never established ones.
+//! non-empty list in the order SYN, closed, FIN, mid-stream, then the older of UDP and
+//! established — so a flood of SYNs from new sources evicts other half-open flows, and a flood
+//! of ACKs from new sources (flows that start mid-stream) evicts other mid-stream flows, never
+//! one whose handshake was seen. Mid-stream flows are also capped at a quarter of the table:
+//! past that, a new one evicts the oldest of them even when the table has room.
+//!
+//! A half-open flow evicted before its timeout means a SYN flood: the handshakes of real
+//! clients are evicted too, before their ACK arrives. The table remembers when that last
+//! happened ([`syn_flood`](FlowTable::syn_flood)) so the caller can give new flows a backend
+//! that their ACK will find again without the entry.
 //!
 //! Connection counts per backend (active = TCP established, inactive = the rest, as IPVS) are
 //! updated on every create, state change, expiry, eviction and flush, so they stay exact.
@@ -35,11 +43,22 @@ pub enum FlowState {
     Fin = 2,
     Udp = 3,
     Established = 4,
+    /// Started by a segment with no SYN (after a failover, a restart, or from a spoofed
+    /// source): forwarded as established, evicted before any flow whose handshake was seen.
+    /// A packet in a later second than its first makes it established.
+    Midstream = 5,
 }
 
-const STATES: usize = 5;
+const STATES: usize = 6;
 /// The eviction order when the table is full (Udp and Established: the older of the two).
-const EVICTION_ORDER: [FlowState; 3] = [FlowState::Syn, FlowState::Closed, FlowState::Fin];
+const EVICTION_ORDER: [FlowState; 4] = [
+    FlowState::Syn,
+    FlowState::Closed,
+    FlowState::Fin,
+    FlowState::Midstream,
+];
+/// Mid-stream flows may take this share of the capacity (1 / N).
+const MIDSTREAM_SHARE: u32 = 4;
 
 impl FlowState {
     fn index(self) -> usize {
@@ -53,22 +72,28 @@ impl FlowState {
             FlowState::Fin => "fin",
             FlowState::Udp => "udp",
             FlowState::Established => "established",
+            FlowState::Midstream => "midstream",
         }
     }
 
-    /// The state of a flow that starts with a TCP segment with `flags`; None for a segment
-    /// that must not create a flow (a RST).
-    pub fn for_new_tcp(flags: u8) -> Option<FlowState> {
-        if flags & tcp::RST != 0 {
-            None
+    /// The state of a flow that starts with a TCP segment with `flags`, or why the segment
+    /// must not create one: a RST, or flags no segment of a connection carries (SYN with FIN
+    /// or RST, none at all).
+    pub fn for_new_tcp(flags: u8) -> Result<FlowState, NoFlow> {
+        if flags & tcp::SYN != 0 && flags & (tcp::FIN | tcp::RST) != 0
+            || flags & (tcp::SYN | tcp::ACK | tcp::FIN | tcp::RST) == 0
+        {
+            Err(NoFlow::ImpossibleFlags)
+        } else if flags & tcp::RST != 0 {
+            Err(NoFlow::Reset)
         } else if flags & tcp::SYN != 0 {
-            Some(FlowState::Syn)
+            Ok(FlowState::Syn)
         } else if flags & tcp::FIN != 0 {
-            Some(FlowState::Fin)
+            Ok(FlowState::Fin)
         } else {
             // A mid-stream segment without a flow (after a failover or a restart): keep it
-            // going, as Maglev and Katran do.
-            Some(FlowState::Established)
+            // going, as Maglev and Katran do, but below the flows whose handshake was seen.
+            Ok(FlowState::Midstream)
         }
     }
 
@@ -103,6 +128,13 @@ impl FlowState {
     }
 }
 
+/// Why a TCP segment without a flow creates none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoFlow {
+    Reset,
+    ImpossibleFlags,
+}
+
 /// Seconds per state; the IPVS defaults are in `Default`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowTimeouts {
@@ -134,6 +166,8 @@ impl FlowTimeouts {
         t[FlowState::Fin.index()] = self.tcp_fin;
         t[FlowState::Udp.index()] = self.udp;
         t[FlowState::Established.index()] = self.tcp_established;
+        // A real connection picked up mid-stream may be as quiet as any established one.
+        t[FlowState::Midstream.index()] = self.tcp_established;
         t
     }
 }
@@ -167,6 +201,9 @@ pub struct FlowTableStats {
     /// Of those, established ones (only when nothing else was left to evict).
     pub evicted_established: u64,
     pub flushed: u64,
+    /// New flows given a backend by the hash of their tuple because a SYN flood was evicting
+    /// half-open flows (counted by the caller, see [`FlowTable::count_hashed`]).
+    pub syn_flood_hashed: u64,
 }
 
 impl std::iter::Sum for FlowTableStats {
@@ -177,6 +214,7 @@ impl std::iter::Sum for FlowTableStats {
             evicted: t.evicted + s.evicted,
             evicted_established: t.evicted_established + s.evicted_established,
             flushed: t.flushed + s.flushed,
+            syn_flood_hashed: t.syn_flood_hashed + s.syn_flood_hashed,
         })
     }
 }
@@ -211,6 +249,8 @@ pub struct FlowTable {
     /// (or the timeouts change), nothing more can expire: the clock never goes back (the
     /// lists' oldest-first order assumes it too) and a flow's `last_seen` only grows.
     swept_clean_at: Option<u32>,
+    /// When (the caller's clock) a half-open flow was last evicted.
+    syn_evicted_at: Option<u32>,
     conns: Vec<Conns>,
     endpoints: Vec<Endpoint>,
     stats: FlowTableStats,
@@ -302,6 +342,7 @@ impl FlowTable {
             timeouts,
             timeout_of: timeouts.by_state(),
             swept_clean_at: None,
+            syn_evicted_at: None,
             conns: vec![Conns::default(); max_backends as usize],
             endpoints: vec![Endpoint::default(); max_backends as usize],
             stats: FlowTableStats::default(),
@@ -448,11 +489,12 @@ impl FlowTable {
     }
 
     /// Records a packet on a flow: its TCP flags (None for UDP) move the state, and the flow
-    /// becomes the newest of its list.
+    /// becomes the newest of its list. A mid-stream flow seen again in a later second is
+    /// established.
     #[inline(always)]
     pub fn touch(&mut self, slot: u32, tcp_flags: Option<u8>, now: u32) -> FlowState {
         let old = self.slots[slot as usize].state;
-        let new = match tcp_flags {
+        let mut new = match tcp_flags {
             Some(f) => old.after_tcp(f),
             None => old,
         };
@@ -460,6 +502,10 @@ impl FlowTable {
             // Already the newest of its list as far as a one-second clock can tell: the lists
             // stay ordered by last_seen without the six writes of a relink on every packet.
             return new;
+        }
+        if new == FlowState::Midstream {
+            // Here only in a later second than the flow's last packet (or with new flags).
+            new = FlowState::Established;
         }
         self.unlink(slot);
         if old != new {
@@ -487,8 +533,14 @@ impl FlowTable {
         if backend.0 as usize >= self.conns.len() {
             return Err(InsertError::BackendIdTooLarge);
         }
+        let midstream = self.lists[FlowState::Midstream.index()];
+        if state == FlowState::Midstream
+            && midstream.len >= (self.capacity / MIDSTREAM_SHARE).max(1)
+        {
+            self.evict(midstream.head, now);
+        }
         if self.len() as u32 >= self.capacity {
-            self.evict_one();
+            self.evict_one(now);
         }
         self.endpoints[backend.0 as usize] = endpoint;
         let flow = Flow {
@@ -571,7 +623,22 @@ impl FlowTable {
         removed
     }
 
-    fn evict_one(&mut self) {
+    /// Whether half-open flows have been evicted at `now` or within the SYN timeout before:
+    /// a flood has been filling the table, and handshakes lose their entries before they
+    /// complete.
+    #[inline]
+    pub fn syn_flood(&self, now: u32) -> bool {
+        self.syn_evicted_at
+            .is_some_and(|t| now <= t.saturating_add(self.timeout_of[FlowState::Syn.index()]))
+    }
+
+    /// Counts a new flow given a backend by hash during a SYN flood.
+    #[inline]
+    pub fn count_hashed(&mut self) {
+        self.stats.syn_flood_hashed += 1;
+    }
+
+    fn evict_one(&mut self, now: u32) {
         let mut victim = EVICTION_ORDER
             .iter()
             .map(|s| self.lists[s.index()].head)
@@ -595,12 +662,18 @@ impl FlowTable {
             };
         }
         if let Some(v) = victim {
-            if self.slots[v as usize].state == FlowState::Established {
-                self.stats.evicted_established += 1;
-            }
-            self.remove(v);
-            self.stats.evicted += 1;
+            self.evict(v, now);
         }
+    }
+
+    fn evict(&mut self, slot: u32, now: u32) {
+        match self.slots[slot as usize].state {
+            FlowState::Established => self.stats.evicted_established += 1,
+            FlowState::Syn => self.syn_evicted_at = Some(now),
+            _ => {}
+        }
+        self.remove(slot);
+        self.stats.evicted += 1;
     }
 
     /// Removes every flow that `doomed` selects; returns how many. Control-side work (between

@@ -3,7 +3,7 @@
 
 use super::{Action, Ctx, Ip, L4, egress, owner};
 use crate::drop_reason::DropReason;
-use crate::flow::{Endpoint, FlowKey, FlowState, NewFlow};
+use crate::flow::{Endpoint, FlowKey, FlowState, NewFlow, NoFlow};
 use crate::packet::PacketBuf;
 use crate::sched::PickInput;
 use crate::service::ForwardingMode;
@@ -79,21 +79,32 @@ fn new_flow<P: PacketBuf>(
         }
     }
     let state = match l4.tcp_flags {
-        Some(f) => FlowState::for_new_tcp(f).ok_or(DropReason::TcpRstNoFlow)?,
+        Some(f) => FlowState::for_new_tcp(f).map_err(|e| match e {
+            NoFlow::Reset => DropReason::TcpRstNoFlow,
+            NoFlow::ImpossibleFlags => DropReason::TcpBadFlags,
+        })?,
         None => FlowState::Udp,
     };
     let cursor = w
         .cursors
         .get_mut(svc.config.id.0 as usize)
         .ok_or(DropReason::FlowInsertFailed)?;
-    let pick = svc.scheduler.pick(
-        &PickInput {
-            backends: &svc.sched_backends,
-            flow: &key,
-            conns: &w.flows,
-        },
-        cursor,
-    );
+    let pick =
+        if state != FlowState::Udp && !svc.scheduler.is_per_flow() && w.flows.syn_flood(cx.now) {
+            // Half-open flows are being evicted: this SYN's entry may be gone when its ACK
+            // comes, and the ACK must find the same backend from its tuple alone.
+            w.flows.count_hashed();
+            svc.by_hash.pick(key.stable_hash())
+        } else {
+            svc.scheduler.pick(
+                &PickInput {
+                    backends: &svc.sched_backends,
+                    flow: &key,
+                    conns: &w.flows,
+                },
+                cursor,
+            )
+        };
     let b = &svc.config.backends[pick.ok_or(DropReason::NoBackend)?];
     let endpoint = Endpoint {
         addr: crate::flow::addr_bytes(b.address),

@@ -88,6 +88,7 @@ impl WorkerState {
         f.expired.set(s.expired);
         f.evicted.set(s.evicted);
         f.evicted_established.set(s.evicted_established);
+        f.syn_flood_hashed.set(s.syn_flood_hashed);
         f.flushed.set(s.flushed);
         self.traffic.mirrored_snapshot.set(snapshot.epoch);
     }

@@ -52,6 +52,10 @@ impl Scheduler for SourceHash {
     fn pick(&self, input: &PickInput<'_>, _: &mut Cursor) -> Option<usize> {
         self.0.lookup(address_hash(&input.flow.client))
     }
+
+    fn is_per_flow(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -60,6 +64,45 @@ pub struct DestinationHash(pub HashTable);
 impl Scheduler for DestinationHash {
     fn pick(&self, input: &PickInput<'_>, _: &mut Cursor) -> Option<usize> {
         self.0.lookup(address_hash(&input.flow.vip))
+    }
+
+    fn is_per_flow(&self) -> bool {
+        true
+    }
+}
+
+/// A backend for a flow hash in proportion to the weights, with no table: the running sums
+/// of the weights, searched for `hash % total`. What a stateful scheduler's service uses
+/// while a SYN flood evicts half-open flows (a handshake then finds its backend again from
+/// its tuple alone). Not consistent: a change of backends or weights moves most hashes.
+#[derive(Debug, Clone, Default)]
+pub struct WeightedHash {
+    /// `sums[i]`: the weights of backends 0..=i.
+    sums: Vec<u64>,
+}
+
+impl WeightedHash {
+    pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
+        let mut total = 0;
+        let sums = weights
+            .into_iter()
+            .map(|w| {
+                total += u64::from(w);
+                total
+            })
+            .collect();
+        WeightedHash { sums }
+    }
+
+    /// The backend index for `hash`; None when no backend has weight.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<usize> {
+        let total = *self.sums.last()?;
+        if total == 0 {
+            return None;
+        }
+        let point = hash % total;
+        Some(self.sums.partition_point(|&s| s <= point))
     }
 }
 
@@ -132,6 +175,27 @@ mod tests {
         assert_eq!(
             pick(&DestinationHash(HashTable::new(&[0, 0, 0])), &w, &flow(1)),
             None
+        );
+    }
+
+    #[test]
+    fn the_weighted_hash_gives_shares_to_weights_and_nothing_to_weight_zero() {
+        let h = WeightedHash::new([1, 0, 3]);
+        let mut counts = [0u32; 3];
+        for i in 0..40_000u32 {
+            counts[h.pick(flow(i).stable_hash()).unwrap()] += 1;
+        }
+        assert_eq!(counts[1], 0, "weight 0 gets nothing");
+        // shares 1/4 and 3/4 of 40,000, within 2%
+        assert!((9_200..=10_800).contains(&counts[0]), "{counts:?}");
+        assert!((29_200..=30_800).contains(&counts[2]), "{counts:?}");
+        assert_eq!(h.pick(7), h.pick(7), "the same hash, the same backend");
+        assert_eq!(WeightedHash::new([0, 0]).pick(7), None);
+        assert_eq!(WeightedHash::new([]).pick(7), None);
+        // exact on the boundaries: points 0 -> backend 0, 1..=3 -> backend 2
+        assert_eq!(
+            (0..4).map(|p| h.pick(p)).collect::<Vec<_>>(),
+            [0, 2, 2, 2].map(Some)
         );
     }
 }

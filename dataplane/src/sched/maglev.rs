@@ -104,6 +104,10 @@ impl Scheduler for MaglevTable {
     fn pick(&self, input: &PickInput<'_>, _: &mut Cursor) -> Option<usize> {
         self.lookup(input.flow.stable_hash())
     }
+
+    fn is_per_flow(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ mod wrr;
 
 use std::fmt::Debug;
 
-pub use hashing::{DestinationHash, SourceHash};
+pub use hashing::{DestinationHash, SourceHash, WeightedHash};
 pub use least::{LeastConnection, NeverQueue, ShortestExpectedDelay, WeightedLeastConnection};
 pub use maglev::MaglevTable;
 pub use rr::RoundRobin;
@@ -64,6 +64,12 @@ pub trait Scheduler: Send + Sync + Debug {
     /// The index (into `input.backends`) of the backend for a new flow, or None when no
     /// backend may take one.
     fn pick(&self, input: &PickInput<'_>, cursor: &mut Cursor) -> Option<usize>;
+
+    /// True when `pick` gives a flow the same backend every time while the backends and
+    /// weights stay (it hashes the flow, its client or its VIP, and reads no state).
+    fn is_per_flow(&self) -> bool {
+        false
+    }
 }
 
 /// Builds the scheduler of `kind` for `backends` (id string and effective weight, in the

@@ -99,15 +99,128 @@ fn tcp_flags_move_the_state_like_ipvs_input_only_table() {
     assert_eq!(t.touch(s, Some(FIN), 8), FlowState::Closed);
     assert_eq!(
         FlowState::for_new_tcp(RST),
-        None,
+        Err(NoFlow::Reset),
         "a RST never creates a flow"
     );
     assert_eq!(
         FlowState::for_new_tcp(ACK),
-        Some(FlowState::Established),
+        Ok(FlowState::Midstream),
         "mid-stream pickup"
     );
-    assert_eq!(FlowState::for_new_tcp(FIN | ACK), Some(FlowState::Fin));
+    assert_eq!(FlowState::for_new_tcp(FIN | ACK), Ok(FlowState::Fin));
+    for impossible in [
+        SYN | FIN,
+        SYN | RST,
+        SYN | FIN | ACK,
+        0,
+        PSH,
+        0x20, /* URG */
+    ] {
+        assert_eq!(
+            FlowState::for_new_tcp(impossible),
+            Err(NoFlow::ImpossibleFlags),
+            "flags {impossible:#04x}"
+        );
+    }
+}
+
+#[test]
+fn a_midstream_flow_is_established_once_seen_in_a_later_second() {
+    use crate::wire::tcp::{ACK, PSH};
+    let mut t = table(8);
+    let s = add(&mut t, 1, 3, FlowState::Midstream, 10);
+    assert_eq!(
+        t.conns(BackendId(3)),
+        Conns {
+            active: 0,
+            inactive: 1
+        }
+    );
+    assert_eq!(
+        t.touch(s, Some(ACK | PSH), 10),
+        FlowState::Midstream,
+        "same second"
+    );
+    assert_eq!(t.touch(s, Some(ACK), 11), FlowState::Established);
+    assert_eq!(t.count(FlowState::Midstream), 0);
+    assert_eq!(t.count(FlowState::Established), 1);
+    assert_eq!(
+        t.conns(BackendId(3)),
+        Conns {
+            active: 1,
+            inactive: 0
+        }
+    );
+    assert!(t.lookup(&key(1), 11 + 900).is_some(), "established timeout");
+    add(&mut t, 2, 3, FlowState::Midstream, 20);
+    assert!(
+        t.lookup(&key(2), 20 + 900).is_some(),
+        "a quiet mid-stream flow lives as long"
+    );
+    assert!(t.lookup(&key(2), 21 + 900).is_none());
+}
+
+#[test]
+fn an_ack_flood_evicts_midstream_flows_first_and_takes_at_most_a_quarter() {
+    let mut t = table(100);
+    for i in 0..50 {
+        add(&mut t, i, i % 4, FlowState::Established, 0);
+    }
+    for i in 50..60 {
+        add(&mut t, i, 0, FlowState::Syn, 1);
+    }
+    // 10_000 ACKs of tuples never seen: each starts a mid-stream flow
+    for i in 1000..11_000 {
+        add(&mut t, i, 1, FlowState::Midstream, 5);
+    }
+    assert_eq!(
+        t.count(FlowState::Midstream),
+        25,
+        "capped at a quarter of 100"
+    );
+    assert_eq!(t.count(FlowState::Established), 50);
+    assert_eq!(
+        t.count(FlowState::Syn),
+        10,
+        "room was left: nothing else evicted"
+    );
+    assert_eq!(t.stats().evicted, 10_000 - 25);
+    assert_eq!(t.stats().evicted_established, 0);
+    for i in (0..60).chain(10_975..11_000) {
+        assert!(t.lookup(&key(i), 5).is_some(), "flow {i} kept");
+    }
+    // 15 more fill the table; the 15 after evict in the order SYN, closed, FIN, mid-stream.
+    for i in 20_000..20_030 {
+        add(&mut t, i, 2, FlowState::Established, 6);
+    }
+    assert_eq!(t.len(), 100);
+    assert_eq!(t.count(FlowState::Syn), 0, "half-open flows went first");
+    assert_eq!(
+        t.count(FlowState::Midstream),
+        20,
+        "then the oldest mid-stream ones"
+    );
+    assert_eq!(t.count(FlowState::Established), 80);
+    assert_eq!(t.stats().evicted_established, 0);
+    assert!(
+        t.syn_flood(6),
+        "half-open flows were evicted: handshakes may lose entries"
+    );
+}
+
+#[test]
+fn a_syn_flood_is_remembered_for_the_syn_timeout() {
+    let mut t = table(10);
+    for i in 0..10 {
+        add(&mut t, i, 0, FlowState::Syn, 100);
+    }
+    assert!(!t.syn_flood(100), "full, nothing evicted yet");
+    add(&mut t, 10, 0, FlowState::Syn, 100);
+    assert!(t.syn_flood(100));
+    assert!(t.syn_flood(160), "within the SYN timeout (60 s)");
+    assert!(!t.syn_flood(161));
+    t.count_hashed();
+    assert_eq!(t.stats().syn_flood_hashed, 1);
 }
 
 #[test]
@@ -351,7 +464,7 @@ proptest! {
             match o {
                 Op::Insert(k, b, flags) => {
                     if t.lookup(&key(k), now).is_none() {
-                        let state = if flags & 0x80 != 0 { Some(FlowState::Udp) } else { FlowState::for_new_tcp(flags) };
+                        let state = if flags & 0x80 != 0 { Some(FlowState::Udp) } else { FlowState::for_new_tcp(flags).ok() };
                         if let Some(s) = state {
                             t.insert(NewFlow { key: key(k), service: ServiceId(k % 3), backend: BackendId(b), endpoint: ep(b), nat: k % 2 == 0, state: s }, now).unwrap();
                         }
