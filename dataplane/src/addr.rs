@@ -21,6 +21,20 @@ pub fn is_mapped(a: &[u8; 16]) -> bool {
     a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
 }
 
+/// True for a source address no host sends from: IPv4 0.0.0.0/8 ("this network"), 127/8,
+/// multicast 224/4 and 240/4 with the limited broadcast (RFC 1122 3.2.1.3, RFC 1812 5.3.7);
+/// IPv6 `::`, `::1` and ff00::/8 (RFC 4291 2.5.2, 2.5.3, 2.7), and an IPv4-mapped address in an
+/// IPv6 header (RFC 4291 2.5.5.2: never on the wire; Linux drops them too). `a` is a view's
+/// 16-byte form, IPv4 mapped; `v6`: it came in an IPv6 header.
+#[inline]
+pub fn is_martian_source(a: &[u8; 16], v6: bool) -> bool {
+    if is_mapped(a) {
+        v6 || matches!(a[12], 0 | 127 | 224..=255)
+    } else {
+        a[0] == 0xff || a[..15] == [0; 15] && a[15] <= 1
+    }
+}
+
 /// An Ethernet address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);

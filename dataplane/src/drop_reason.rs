@@ -29,6 +29,8 @@ reasons! {
     BadLength = "bad_length": "A length field that does not fit the packet.",
     BadChecksum = "bad_checksum": "The IPv4 header checksum does not verify.",
     NotOurMac = "not_our_mac": "Unicast to another MAC address.",
+    BadSourceMac = "bad_source_mac": "From a broadcast or multicast MAC address, which no station sends from.",
+    MartianSource = "martian_source": "From an address no host sends from (0/8, 127/8, multicast, 240/4, broadcast, ::, ::1, IPv4-mapped in IPv6) or one that is ours (our addresses, a VIP, a connected subnet's broadcast): never answered, forwarded or given a flow.",
     UnknownEtherType = "unknown_ethertype": "Neither IPv4, IPv6 nor ARP.",
     ArpIgnored = "arp_ignored": "ARP that is not a request for one of our addresses or VIPs.",
     IpOptions = "ip_options": "IPv4 with options: rare, often hostile, and they move the transport header.",

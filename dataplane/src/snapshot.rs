@@ -151,6 +151,10 @@ pub struct Snapshot {
     vip_filter: [u64; 4],
     /// Our own addresses, with the interface that holds each.
     local: HashMap<[u8; 16], u16>,
+    /// Addresses that are ours, so never a sender's: our own, the VIPs, and the broadcast
+    /// address of each connected IPv4 subnet; with a Bloom filter like `vip_filter`'s.
+    ours: HashSet<[u8; 16]>,
+    ours_filter: [u64; 4],
     /// Connected prefixes (interface index), longest first.
     connected: Vec<(IpPrefix, u16)>,
     /// Routes, longest prefix first.
@@ -235,6 +239,23 @@ impl Snapshot {
             }
         }
         connected.sort_by_key(|c| std::cmp::Reverse(c.0.len));
+        let broadcasts = connected.iter().filter_map(|(p, _)| match p.addr {
+            IpAddr::V4(a) if p.len <= 30 => Some(addr_bytes(IpAddr::V4(
+                (u32::from(a) | u32::MAX >> p.len).into(),
+            ))),
+            _ => None,
+        });
+        let ours: HashSet<[u8; 16]> = local
+            .keys()
+            .copied()
+            .chain(vips.iter().copied())
+            .chain(broadcasts)
+            .collect();
+        let mut ours_filter = [0u64; 4];
+        for a in &ours {
+            let bit = vip_bit(a);
+            ours_filter[bit / 64] |= 1 << (bit % 64);
+        }
         let mut routes = config.routes;
         routes.sort_by_key(|r| std::cmp::Reverse(r.0.len));
         let neighbors = config
@@ -251,6 +272,8 @@ impl Snapshot {
             by_key,
             vips,
             local,
+            ours,
+            ours_filter,
             connected,
             routes,
             neighbors,
@@ -333,6 +356,19 @@ impl Snapshot {
     #[inline]
     pub fn is_vip(&self, a: &[u8; 16]) -> bool {
         self.vips.contains(a)
+    }
+
+    /// True if a packet from `src` (a view's 16-byte form; `v6`: from an IPv6 header) must be
+    /// neither answered, forwarded nor given a flow: a martian address
+    /// ([`addr::is_martian_source`](crate::addr::is_martian_source)), or one of ours — our
+    /// addresses, a VIP, a connected subnet's broadcast (RFC 1812 5.3.7).
+    #[inline]
+    pub fn is_martian_source(&self, src: &[u8; 16], v6: bool) -> bool {
+        if crate::addr::is_martian_source(src, v6) {
+            return true;
+        }
+        let bit = vip_bit(src);
+        self.ours_filter[bit / 64] & (1 << (bit % 64)) != 0 && self.ours.contains(src)
     }
 
     /// The interface holding `a`, if it is one of our addresses.

@@ -28,6 +28,9 @@ pub(super) fn classify<P: PacketBuf>(
         if dst != itf.mac && !dst.is_multicast() {
             return Err(DropReason::NotOurMac);
         }
+        if eth.src().is_multicast() {
+            return Err(DropReason::BadSourceMac);
+        }
         (eth.header_len(), eth.ethertype())
     };
     // Each family runs its own copy of what follows (`ip_packet` is inlined into both arms):

@@ -155,7 +155,8 @@ fn established_v4_inner<P: PacketBuf>(
         .get_mut(..FAST_HEAD)
         .and_then(|h| h.try_into().ok())
         .ok_or(Fast::Other)?;
-    if h[..6] != itf.mac.0 || h[12..14] != ethernet::ETHERTYPE_IPV4.to_be_bytes() {
+    // To our MAC, from a unicast one (the group bit of the source: its first byte's lowest).
+    if h[..6] != itf.mac.0 || h[6] & 1 != 0 || h[12..14] != ethernet::ETHERTYPE_IPV4.to_be_bytes() {
         return Err(Fast::Other);
     }
     let ip: &[u8; 20] = h[L3..L4].try_into().expect("20 bytes");

@@ -69,6 +69,9 @@ fn new_flow<P: PacketBuf>(
     key: FlowKey,
     svc: &Service,
 ) -> Result<Action, DropReason> {
+    if cx.snap.is_martian_source(&p.ip.src, p.ip.v6) {
+        return Err(DropReason::MartianSource);
+    }
     let mode = svc.config.forwarding;
     let w = &mut *cx.w;
     if mode == ForwardingMode::Nat {

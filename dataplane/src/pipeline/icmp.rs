@@ -24,6 +24,17 @@ pub(super) fn icmp<P: PacketBuf>(
         let m = IcmpMessage::new_checked(&pkt.data()[ip.l4..ip.end()])?;
         (m.msg_type(), m.code())
     };
+    if ip.v6 && ty == icmp::v6::NEIGHBOR_SOLICIT {
+        // Before the source check: duplicate address detection solicits from `::`.
+        return local::neighbor_solicitation(pkt, cx, ip);
+    }
+    if ip.v6 && ty == icmp::v6::NEIGHBOR_ADVERT {
+        return local::neighbor_advertisement(pkt.data(), cx, ip);
+    }
+    if cx.snap.is_martian_source(&ip.src, ip.v6) {
+        // No echo reply to it (a reflector), no error about a flow from it.
+        return Err(DropReason::MartianSource);
+    }
     let echo = if ip.v6 {
         icmp::v6::ECHO_REQUEST
     } else {
@@ -37,12 +48,6 @@ pub(super) fn icmp<P: PacketBuf>(
         let mac = cx.snap.interfaces[usize::from(cx.ingress)].mac;
         respond::echo_reply(pkt.data_mut(), ip, mac);
         return Ok(Action::Reply);
-    }
-    if ip.v6 && ty == icmp::v6::NEIGHBOR_SOLICIT {
-        return local::neighbor_solicitation(pkt, cx, ip);
-    }
-    if ip.v6 && ty == icmp::v6::NEIGHBOR_ADVERT {
-        return local::neighbor_advertisement(pkt.data(), cx, ip);
     }
     let error = if ip.v6 {
         icmp::v6::is_error(ty)
