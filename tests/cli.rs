@@ -223,3 +223,87 @@ fn environment_overrides_are_validated_too() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_refuses_values_of_the_wrong_type_and_stray_variables() {
+    for (from, to, want) in [
+        (
+            "burst = 32",
+            "burst = \"32\"",
+            "FILE: dpdk.burst: invalid type: string \"32\", expected u32\n",
+        ),
+        (
+            "burst = 32",
+            "burst = 3.7",
+            "FILE: dpdk.burst: invalid type: floating point `3.7`, expected u32\n",
+        ),
+        (
+            "port = 80",
+            "port = \"80\"",
+            "FILE: services[0].port: invalid type: string \"80\", expected u16\n",
+        ),
+    ] {
+        assert_eq!(refused(&variant(from, to)), want, "{to}");
+    }
+    let env_check = |var: &str, value: &str| {
+        let out = l4lb()
+            .arg("--check")
+            .env_remove("RUST_LOG")
+            .env(var, value)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let embedded = "l4lb: <embedded conf/l4lb.toml>: ";
+    for (var, value, want) in [
+        (
+            "L4LB_DPDK__BURST",
+            "true",
+            "dpdk.burst: L4LB_DPDK__BURST=\"true\" is not a whole number (digits only)",
+        ),
+        (
+            "L4LB_DPDK__BURST",
+            "1.5",
+            "dpdk.burst: L4LB_DPDK__BURST=\"1.5\" is not a whole number (digits only)",
+        ),
+        (
+            "L4LB_API__TOKEN",
+            "",
+            "api.token: L4LB_API__TOKEN is set but empty: unset it to keep the file's value (an empty value cannot turn a setting such as the API token off)",
+        ),
+    ] {
+        assert_eq!(
+            env_check(var, value),
+            (Some(2), format!("{embedded}{want}\n")),
+            "{var}={value}"
+        );
+    }
+    let (code, stderr) = env_check("L4LB_DPDK_BURST", "abc");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{embedded}L4LB_DPDK_BURST: not a configuration variable"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_refuses_an_api_beyond_loopback_without_a_token_and_what_a_start_cannot_allocate() {
+    assert_eq!(
+        refused(&variant(
+            "listen = \"127.0.0.1:9180\"",
+            "listen = \"198.18.0.1:9180\""
+        )),
+        "FILE: api.token: is required when api.listen (198.18.0.1:9180) is not a loopback address: anyone who reaches it could change the services (set api.allow_unauthenticated = true to serve it without one)\n"
+    );
+    let (code, stderr, _) = check(&variant(
+        "listen = \"127.0.0.1:9180\"",
+        "listen = \"198.18.0.1:9180\"\nallow_unauthenticated = true",
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        refused(&variant("[dpdk]\n", "[dpdk]\nextra_mbufs = 67108864\n")),
+        "FILE: dpdk.extra_mbufs: 67108864 mbufs of about 2368 bytes take 151552 MiB, and EAL has 512 MiB (-m 512 in dpdk.eal_args)\n"
+    );
+}

@@ -59,7 +59,7 @@ fn thousands_of_reloads_under_traffic_lose_no_packet_and_move_no_flow() {
         .map(|f| {
             let mut out = Vec::new();
             PacketBuilder::ethernet2(GW_MAC, PCAP_MAC)
-                .ipv4([198, 18, 0, 50 + f as u8], [198, 18, 0, 100], 64)
+                .ipv4([198, 19, 0, 50 + f as u8], [198, 18, 0, 100], 64)
                 .udp(5000 + f, 53)
                 .write(&mut out, b"query")
                 .unwrap();

@@ -587,7 +587,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         .args(rig.eal(args, &prefix))
         .env_remove("RUST_LOG");
     for (k, _) in std::env::vars() {
-        if k.starts_with("L4LB_") && k.contains("__") {
+        if k.starts_with("L4LB_") {
             cmd.env_remove(k);
         }
     }

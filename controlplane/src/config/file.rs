@@ -115,6 +115,8 @@ pub struct ApiSection {
     pub listen: String,
     pub token: String,
     pub state_file: String,
+    /// Serve the API on an address other than loopback without a token (refused otherwise).
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ApiSection {
@@ -123,6 +125,7 @@ impl Default for ApiSection {
             listen: "127.0.0.1:9180".into(),
             token: String::new(),
             state_file: String::new(),
+            allow_unauthenticated: false,
         }
     }
 }
@@ -211,82 +214,162 @@ impl From<&super::Backend> for BackendSpec {
     }
 }
 
-/// Parses TOML text, then applies `L4LB_<SECTION>__<KEY>` overrides from `env` (lists such as
-/// `L4LB_DPDK__EAL_ARGS` split on spaces). Variables without `__` (like `L4LB_TOKEN`, which the
-/// CLI reads) are not configuration and are left alone.
+/// Variables that start with `L4LB_` but are not configuration: the CLI's, and the commit the
+/// build script records (cargo sets it for `cargo run` and `cargo test` too).
+const NOT_CONFIGURATION: [&str; 3] = ["L4LB_API", "L4LB_TOKEN", "L4LB_GIT_COMMIT"];
+
+/// Parses TOML text strictly (a value of the wrong type is an error, never converted), then
+/// applies `L4LB_<SECTION>__<KEY>` overrides from `env` to the scalar keys of `[dpdk]`,
+/// `[timeouts]` and `[api]`: each value is read as its key's type (lists such as
+/// `L4LB_DPDK__EAL_ARGS` split on spaces). Any other `L4LB_` variable, but for the CLI's
+/// `L4LB_API` and `L4LB_TOKEN`, is an error: a misspelt override must not go unnoticed.
 pub fn parse(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<ConfigFile, FieldError> {
-    let overrides: config::Map<String, String> = env
-        .into_iter()
-        .filter(|(k, _)| {
-            k.strip_prefix("L4LB_")
-                .is_some_and(|rest| rest.contains("__"))
-        })
-        .collect();
-    let from_env = !overrides.is_empty();
-    let built = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix("L4LB")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(" ")
-                .with_list_parse_key("dpdk.eal_args")
-                .source(Some(overrides)),
-        )
-        .build()
-        .map_err(|e| reword(&e.to_string(), from_env))?;
-    built
-        .try_deserialize::<ConfigFile>()
-        .map_err(|e| reword(&e.to_string(), from_env))
+    let mut table: toml::Table = text.parse().map_err(|e| syntax_error(text, &e))?;
+    let from_env = apply_env(&mut table, env)?;
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let mut err = reword(&e.path().to_string(), e.inner().message());
+        if let Some((_, var)) = from_env.iter().find(|(path, _)| *path == err.field) {
+            err.message.push_str(&format!(" (from {var})"));
+        }
+        err
+    })
 }
 
-/// Turns the config crate's "... for key `services[0]port`" into a field path and a message.
-fn reword(message: &str, from_env: bool) -> FieldError {
-    let hint = if from_env {
-        " (the file or an L4LB_ environment variable)"
-    } else {
-        ""
+/// A TOML syntax error, with its line and column.
+fn syntax_error(text: &str, e: &toml::de::Error) -> FieldError {
+    let at = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+    FieldError {
+        field: String::new(),
+        message: format!(
+            "TOML syntax, line {line} column {column}: {}",
+            e.message().trim_end()
+        ),
+    }
+}
+
+/// Applies the overrides in `env` to `table`; returns the field path and variable of each.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<(String, String)>, FieldError> {
+    let sections = [
+        ("dpdk", toml::Table::try_from(DpdkSection::default())),
+        (
+            "timeouts",
+            toml::Table::try_from(TimeoutsSection::default()),
+        ),
+        ("api", toml::Table::try_from(ApiSection::default())),
+    ];
+    let mut applied = Vec::new();
+    let mut vars: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("L4LB_") && !NOT_CONFIGURATION.contains(&k.as_str()))
+        .collect();
+    vars.sort(); // the first error is the same whatever order the environment lists them
+    for (var, raw) in vars {
+        let unknown = |why: &str| FieldError {
+            field: String::new(),
+            message: format!(
+                "{var}: {why} (configuration variables are L4LB_<SECTION>__<KEY>, like L4LB_DPDK__BURST, for the keys of [dpdk], [timeouts] and [api])"
+            ),
+        };
+        let rest = &var["L4LB_".len()..];
+        let Some((section, key)) = rest.split_once("__") else {
+            return Err(unknown("not a configuration variable"));
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let Some(defaults) = sections
+            .iter()
+            .find(|(name, _)| *name == section)
+            .and_then(|(_, t)| t.as_ref().ok())
+        else {
+            return Err(unknown(&format!("no section [{section}] takes overrides")));
+        };
+        let Some(default) = defaults.get(&key) else {
+            return Err(unknown(&format!("[{section}] has no key `{key}`")));
+        };
+        let field = format!("{section}.{key}");
+        let bad = |what: &str| FieldError {
+            field: field.clone(),
+            message: format!("{var}={raw:?} is not {what}"),
+        };
+        let value = match default {
+            toml::Value::Integer(_) => toml::Value::Integer(
+                raw.parse::<i64>()
+                    .ok()
+                    .filter(|_| raw.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| bad("a whole number (digits only)"))?,
+            ),
+            toml::Value::Boolean(_) => toml::Value::Boolean(match raw.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => return Err(bad("true or false")),
+            }),
+            toml::Value::Array(_) => {
+                toml::Value::Array(raw.split_whitespace().map(|a| a.into()).collect())
+            }
+            _ if raw.is_empty() => {
+                return Err(FieldError {
+                    field,
+                    message: format!(
+                        "{var} is set but empty: unset it to keep the file's value (an empty value cannot turn a setting such as the API token off)"
+                    ),
+                });
+            }
+            _ => toml::Value::String(raw.clone()),
+        };
+        let t = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(t) = t else {
+            return Err(FieldError {
+                field: section,
+                message: "is not a table".into(),
+            });
+        };
+        t.insert(key, value);
+        applied.push((field, var));
+    }
+    Ok(applied)
+}
+
+/// serde's error at `path` (`.` for the top) as a field path and a message in our words:
+/// "unknown field" becomes "unknown key", a missing field names its own path.
+fn reword(path: &str, message: &str) -> FieldError {
+    let path = if path == "." { "" } else { path };
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
     };
-    if let Some(rest) = message.strip_prefix("missing configuration field \"") {
-        let field = normalise_path(rest.trim_end_matches('"'));
+    if let Some(rest) = message.strip_prefix("missing field `") {
         return FieldError {
-            field,
-            message: format!("is required{hint}"),
+            field: join(rest.trim_end_matches('`')),
+            message: "is required".into(),
         };
     }
-    let (what, field) = match message.rsplit_once(" for key `") {
-        Some((what, key)) => (what, normalise_path(key.trim_end_matches('`'))),
-        None => (message, String::new()),
-    };
-    let what = match what.strip_prefix("unknown field ") {
-        Some(rest) => format!(
-            "unknown key {}",
-            rest.replacen(", expected", " (expected", 1) + ")"
-        ),
-        None => what.to_string(),
-    };
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        // The path ends with the unknown key: the field is the table that has it.
+        let table = path.rsplit_once('.').map_or("", |(t, _)| t);
+        return FieldError {
+            field: table.to_string(),
+            message: format!(
+                "unknown key {}",
+                rest.replacen(", expected", " (expected", 1) + ")"
+            ),
+        };
+    }
     FieldError {
-        field,
-        message: format!("{what}{hint}"),
+        field: path.to_string(),
+        message: message.to_string(),
     }
-}
-
-/// `services[0]backends[1]port` -> `services[0].backends[1].port`.
-fn normalise_path(key: &str) -> String {
-    let mut out = String::with_capacity(key.len() + 4);
-    let mut prev = None;
-    for c in key.chars() {
-        if prev == Some(']') && c != '[' && c != '.' {
-            out.push('.');
-        }
-        out.push(c);
-        prev = Some(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -320,7 +403,7 @@ mod tests {
     fn wrong_types_and_missing_fields_name_the_field() {
         assert_eq!(
             err("[[services]]\nid = \"a\"\nvip = \"198.18.0.1\"\nport = 70000\n"),
-            "services[0].port: invalid type: 64-bit unsigned integer `70000`, expected an unsigned 16 bit integer"
+            "services[0].port: invalid value: integer `70000`, expected u16"
         );
         assert_eq!(
             err("[[services]]\nid = \"a\"\nport = 80\n"),
@@ -328,7 +411,7 @@ mod tests {
         );
         assert_eq!(
             err("[dpdk]\nburst = \"many\"\n"),
-            "dpdk.burst: invalid type: string \"many\", expected an integer"
+            "dpdk.burst: invalid type: string \"many\", expected u32"
         );
     }
 
@@ -350,16 +433,94 @@ mod tests {
             f.dpdk.idle_sleep_us, 5,
             "keys not overridden keep the file's value"
         );
-        let bad = parse("", [("L4LB_DPDK__BURTS".to_string(), "1".to_string())]).unwrap_err();
-        assert!(
-            bad.to_string().starts_with("dpdk: unknown key `burts`"),
-            "{bad}"
+    }
+
+    fn env_err(text: &str, var: &str, value: &str) -> String {
+        parse(text, [(var.to_string(), value.to_string())])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_refused_never_converted() {
+        for (text, want) in [
+            (
+                "[dpdk]\nburst = \"64\"\n",
+                "dpdk.burst: invalid type: string \"64\", expected u32",
+            ),
+            (
+                "[dpdk]\nburst = 3.7\n",
+                "dpdk.burst: invalid type: floating point `3.7`, expected u32",
+            ),
+            (
+                "[dpdk]\nburst = true\n",
+                "dpdk.burst: invalid type: boolean `true`, expected u32",
+            ),
+            (
+                "[[services]]\nid = \"a\"\nvip = \"198.18.0.1\"\nport = \"80\"\n",
+                "services[0].port: invalid type: string \"80\", expected u16",
+            ),
+            (
+                "[[services]]\nid = \"a\"\nvip = \"198.18.0.1\"\nport = 80\n[[services.backends]]\nid = \"b\"\naddress = \"198.18.1.1\"\nweight = 1.9\n",
+                "services[0].backends[0].weight: invalid type: floating point `1.9`, expected u32",
+            ),
+            (
+                "[[services]]\nid = 7\nvip = \"198.18.0.1\"\nport = 80\n",
+                "services[0].id: invalid type: integer `7`, expected a string",
+            ),
+        ] {
+            assert_eq!(err(text), want, "{text}");
+        }
+        assert_eq!(
+            err("[dpdk]\nburst = = 3\n"),
+            "TOML syntax, line 2 column 9: extra `=`, expected nothing"
+        );
+    }
+
+    #[test]
+    fn an_override_is_read_as_its_keys_type_and_a_stray_variable_is_an_error() {
+        assert_eq!(
+            env_err("", "L4LB_DPDK__BURST", "true"),
+            "dpdk.burst: L4LB_DPDK__BURST=\"true\" is not a whole number (digits only)"
+        );
+        assert_eq!(
+            env_err("", "L4LB_DPDK__BURST", "1.5"),
+            "dpdk.burst: L4LB_DPDK__BURST=\"1.5\" is not a whole number (digits only)"
+        );
+        assert_eq!(
+            env_err("", "L4LB_DPDK__BURST", "99999999999"),
+            "dpdk.burst: invalid value: integer `99999999999`, expected u32 (from L4LB_DPDK__BURST)"
         );
         assert!(
-            bad.to_string()
-                .ends_with("(the file or an L4LB_ environment variable)"),
-            "{bad}"
+            env_err("", "L4LB_DPDK_BURST", "abc")
+                .starts_with("L4LB_DPDK_BURST: not a configuration variable (configuration variables are L4LB_<SECTION>__<KEY>"),
+            "one underscore: {}",
+            env_err("", "L4LB_DPDK_BURST", "abc")
         );
+        assert!(
+            env_err("", "L4LB_DPDK__BURTS", "1")
+                .starts_with("L4LB_DPDK__BURTS: [dpdk] has no key `burts`"),
+            "{}",
+            env_err("", "L4LB_DPDK__BURTS", "1")
+        );
+        assert!(
+            env_err("", "L4LB_SERVICES__ID", "a")
+                .starts_with("L4LB_SERVICES__ID: no section [services] takes overrides"),
+            "{}",
+            env_err("", "L4LB_SERVICES__ID", "a")
+        );
+        assert_eq!(
+            env_err("[api]\ntoken = \"s3cret\"\n", "L4LB_API__TOKEN", ""),
+            "api.token: L4LB_API__TOKEN is set but empty: unset it to keep the file's value (an empty value cannot turn a setting such as the API token off)"
+        );
+        let f = parse(
+            "[api]\ntoken = \"s3cret\"\n",
+            [("L4LB_API__TOKEN".to_string(), "other".to_string())],
+        )
+        .unwrap();
+        assert_eq!(f.api.token, "other");
+        let f = parse("", [("L4LB_TIMEOUTS__UDP".to_string(), "30".to_string())]).unwrap();
+        assert_eq!(f.timeouts.udp, 30);
     }
 
     #[test]
@@ -382,15 +543,5 @@ mod tests {
             ("tcp", "wlc", "nat")
         );
         assert_eq!(s.maglev_table_size, 65537);
-    }
-
-    #[test]
-    fn paths_get_their_dots() {
-        assert_eq!(
-            normalise_path("services[0]backends[12]port"),
-            "services[0].backends[12].port"
-        );
-        assert_eq!(normalise_path("dpdk.burst"), "dpdk.burst");
-        assert_eq!(normalise_path("interfaces[3]"), "interfaces[3]");
     }
 }

@@ -85,6 +85,31 @@ fn is_prime(n: u32) -> bool {
             .all(|d| !n.is_multiple_of(d))
 }
 
+/// Bytes an mbuf takes besides its data room: the rte_mbuf (128), the headroom (128), the
+/// mempool's object header and padding (64).
+const MBUF_OVERHEAD: u64 = 320;
+
+/// The memory EAL may use when the arguments say (`-m MiB` or `--socket-mem a,b,...`), and
+/// the argument that said it.
+fn eal_memory_mib(args: &[String]) -> Option<(u64, String)> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, value) = match a.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_string())),
+            None => (a.as_str(), None),
+        };
+        if flag == "-m" || flag == "--socket-mem" {
+            let value = value.or_else(|| it.next().cloned())?;
+            let mib = value
+                .split(',')
+                .map(|v| v.trim().parse::<u64>().ok())
+                .sum::<Option<u64>>()?;
+            return Some((mib, format!("{flag} {value}")));
+        }
+    }
+    None
+}
+
 /// Validates a whole configuration file. All errors are reported, not just the first.
 pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
     let mut e = Errors(Vec::new());
@@ -117,6 +142,20 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             "dpdk.extra_mbufs",
             format!("{} is more than {}", d.extra_mbufs, 64u32 << 20),
         );
+    } else if let Some((mib, arg)) = eal_memory_mib(&d.eal_args) {
+        // What the extra mbufs alone take of the memory EAL is given (rte_mbuf and mempool
+        // headers, headroom, data room); the rest of the pool needs some too.
+        let per_mbuf = u64::from(d.mbuf_data_room) + MBUF_OVERHEAD;
+        let need = (u64::from(d.extra_mbufs) * per_mbuf).div_ceil(1 << 20);
+        if need >= mib {
+            e.add(
+                "dpdk.extra_mbufs",
+                format!(
+                    "{} mbufs of about {per_mbuf} bytes take {need} MiB, and EAL has {mib} MiB ({arg} in dpdk.eal_args)",
+                    d.extra_mbufs
+                ),
+            );
+        }
     }
     if !(256..=16384).contains(&d.mbuf_data_room) {
         e.add(
@@ -254,6 +293,19 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             )
         }),
     );
+
+    if let Some(l) = listen
+        && !l.ip().is_loopback()
+        && f.api.token.is_empty()
+        && !f.api.allow_unauthenticated
+    {
+        e.add(
+            "api.token",
+            format!(
+                "is required when api.listen ({l}) is not a loopback address: anyone who reaches it could change the services (set api.allow_unauthenticated = true to serve it without one)"
+            ),
+        );
+    }
 
     let services = validate_services(&mut e, &f.services, "services");
     for (i, svc) in services.iter().flatten().enumerate() {

@@ -209,6 +209,44 @@ fn settings_out_of_range_are_refused() {
         ["dpdk.flow_capacity: 4294967295 is more than 268435456 (per worker, about 82 bytes each)"]
     );
     assert!(check(&(BASE.to_string() + "[dpdk]\nflow_capacity = 268435456\n")).is_ok());
+    // The embedded default gives EAL 512 MiB (-m 512): 262144 mbufs of 2368 bytes fit, not 262144 more.
+    assert_eq!(
+        bad("[dpdk]\neal_args = [\"--no-huge\", \"-m\", \"512\"]\nextra_mbufs = 226719\n"),
+        [
+            "dpdk.extra_mbufs: 226719 mbufs of about 2368 bytes take 512 MiB, and EAL has 512 MiB (-m 512 in dpdk.eal_args)"
+        ]
+    );
+    assert!(
+        check(
+            &(BASE.to_string()
+                + "[dpdk]\neal_args = [\"--no-huge\", \"-m\", \"512\"]\nextra_mbufs = 200000\n")
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        bad("[dpdk]\neal_args = [\"--socket-mem=256,256\"]\nextra_mbufs = 67108864\n"),
+        [
+            "dpdk.extra_mbufs: 67108864 mbufs of about 2368 bytes take 151552 MiB, and EAL has 512 MiB (--socket-mem 256,256 in dpdk.eal_args)"
+        ]
+    );
+    assert_eq!(
+        bad("[dpdk]\nextra_mbufs = 67108865\n"),
+        ["dpdk.extra_mbufs: 67108865 is more than 67108864"]
+    );
+    // The API beyond loopback needs a token, or the operator's explicit word.
+    assert_eq!(
+        bad("[api]\nlisten = \"198.18.0.1:9180\"\n"),
+        [
+            "api.token: is required when api.listen (198.18.0.1:9180) is not a loopback address: anyone who reaches it could change the services (set api.allow_unauthenticated = true to serve it without one)"
+        ]
+    );
+    for ok in [
+        "[api]\nlisten = \"198.18.0.1:9180\"\ntoken = \"s3cret\"\n",
+        "[api]\nlisten = \"198.18.0.1:9180\"\nallow_unauthenticated = true\n",
+        "[api]\nlisten = \"[::1]:9180\"\n",
+    ] {
+        assert!(check(&(BASE.to_string() + ok)).is_ok(), "{ok}");
+    }
     assert_eq!(
         bad("[dpdk]\nmbuf_data_room = 100\n"),
         [
