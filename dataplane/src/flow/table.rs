@@ -11,8 +11,8 @@
 //! non-empty list in the order SYN, closed, FIN, mid-stream, then the older of UDP and
 //! established — so a flood of SYNs from new sources evicts other half-open flows, and a flood
 //! of ACKs from new sources (flows that start mid-stream) evicts other mid-stream flows, never
-//! one whose handshake was seen. Mid-stream flows are also capped at a quarter of the table:
-//! past that, a new one evicts the oldest of them even when the table has room.
+//! one whose handshake was seen. Of a full table, mid-stream flows take at most a quarter: past
+//! that, a new one evicts the oldest of them, not a half-open or closing flow.
 //!
 //! A half-open flow evicted before its timeout means a SYN flood: the handshakes of real
 //! clients are evicted too, before their ACK arrives. The table remembers when that last
@@ -45,7 +45,7 @@ pub enum FlowState {
     Established = 4,
     /// Started by a segment with no SYN (after a failover, a restart, or from a spoofed
     /// source): forwarded as established, evicted before any flow whose handshake was seen.
-    /// A packet in a later second than its first makes it established.
+    /// Its second segment makes it established.
     Midstream = 5,
 }
 
@@ -119,6 +119,8 @@ impl FlowState {
         }
         match self {
             Syn if flags & tcp::ACK != 0 => Established,
+            // Its second segment: a spoofed flood sends one per tuple.
+            Midstream => Established,
             s => s,
         }
     }
@@ -489,12 +491,11 @@ impl FlowTable {
     }
 
     /// Records a packet on a flow: its TCP flags (None for UDP) move the state, and the flow
-    /// becomes the newest of its list. A mid-stream flow seen again in a later second is
-    /// established.
+    /// becomes the newest of its list.
     #[inline(always)]
     pub fn touch(&mut self, slot: u32, tcp_flags: Option<u8>, now: u32) -> FlowState {
         let old = self.slots[slot as usize].state;
-        let mut new = match tcp_flags {
+        let new = match tcp_flags {
             Some(f) => old.after_tcp(f),
             None => old,
         };
@@ -502,10 +503,6 @@ impl FlowTable {
             // Already the newest of its list as far as a one-second clock can tell: the lists
             // stay ordered by last_seen without the six writes of a relink on every packet.
             return new;
-        }
-        if new == FlowState::Midstream {
-            // Here only in a later second than the flow's last packet (or with new flags).
-            new = FlowState::Established;
         }
         self.unlink(slot);
         if old != new {
@@ -533,14 +530,16 @@ impl FlowTable {
         if backend.0 as usize >= self.conns.len() {
             return Err(InsertError::BackendIdTooLarge);
         }
-        let midstream = self.lists[FlowState::Midstream.index()];
-        if state == FlowState::Midstream
-            && midstream.len >= (self.capacity / MIDSTREAM_SHARE).max(1)
-        {
-            self.evict(midstream.head, now);
-        }
         if self.len() as u32 >= self.capacity {
-            self.evict_one(now);
+            let midstream = self.lists[FlowState::Midstream.index()];
+            if state == FlowState::Midstream
+                && midstream.len >= (self.capacity / MIDSTREAM_SHARE).max(1)
+            {
+                // It has its share of a full table: it takes from its own kind.
+                self.evict(midstream.head, now);
+            } else {
+                self.evict_one(now);
+            }
         }
         self.endpoints[backend.0 as usize] = endpoint;
         let flow = Flow {
