@@ -43,8 +43,14 @@ pub fn load(path: &Path) -> Result<Option<Vec<Service>>, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(error(path, "", format!("cannot read it: {e}"))),
     };
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    let file: StateFile = serde_path_to_error::deserialize(de).map_err(|e| {
+    parse(&bytes, path).map(Some)
+}
+
+/// The services in the bytes of a state file (`path` names it in errors).
+pub fn parse(bytes: &[u8], path: impl AsRef<Path>) -> Result<Vec<Service>, ConfigError> {
+    let path = path.as_ref();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let file: StateFile = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let at = e.path().to_string();
         error(
             path,
@@ -53,6 +59,13 @@ pub fn load(path: &Path) -> Result<Option<Vec<Service>>, ConfigError> {
                 "{} (a corrupt or foreign file: fix or remove it)",
                 e.inner()
             ),
+        )
+    })?;
+    de.end().map_err(|e| {
+        error(
+            path,
+            "",
+            format!("{e} (a corrupt or foreign file: fix or remove it)"),
         )
     })?;
     if file.format != FORMAT {
@@ -65,12 +78,10 @@ pub fn load(path: &Path) -> Result<Option<Vec<Service>>, ConfigError> {
             ),
         ));
     }
-    validate_service_list(&file.services, "services")
-        .map(Some)
-        .map_err(|errors| ConfigError {
-            source: format!("state file {}", path.display()),
-            errors,
-        })
+    validate_service_list(&file.services, "services").map_err(|errors| ConfigError {
+        source: format!("state file {}", path.display()),
+        errors,
+    })
 }
 
 /// Saves `services` to `path` atomically (see the module comment).

@@ -361,6 +361,19 @@ fn bad_services_are_refused_naming_the_field_and_nothing_changes() {
         "body: malformed JSON: EOF while parsing",
     );
     post("", 400, "body: empty");
+    // A key twice: serde_json would keep the last; which one the sender meant is unknown.
+    post(
+        r#"{"id": "dup", "vip": "198.18.0.60", "port": 80, "port": 81}"#,
+        400,
+        "body: malformed JSON: key `port` appears twice at line 1 column 54",
+    );
+    api.refused(
+        "PATCH",
+        "/api/v1/services/web",
+        Some(r#"{"backends": [{"id": "b1", "address": "198.18.1.10", "weight": 1, "weight": 100}]}"#),
+        400,
+        "body: malformed JSON: key `weight` appears twice",
+    );
     post(
         &service("own", "198.18.0.1", 80),
         422,

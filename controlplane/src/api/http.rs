@@ -247,8 +247,7 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, Reply> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Reply::error(400, "body: empty; a JSON object is expected"));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Reply::error(400, format!("body: malformed JSON: {e}")))
+    super::json::parse(&bytes).map_err(|e| Reply::error(400, format!("body: malformed JSON: {e}")))
 }
 
 #[utoipa::path(get, path = "/api/v1/services", tag = "services", responses((status = 200, description = "Every service", body = [ServiceSpec])))]

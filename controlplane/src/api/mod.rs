@@ -4,6 +4,7 @@
 //! [`crate::controller::Controller`].
 
 pub mod http;
+pub mod json;
 pub mod openapi;
 pub mod stats;
 
