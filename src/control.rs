@@ -82,6 +82,7 @@ pub fn run(
             // Refusals are logged (and counted) by the controller.
             let _ = controller.reload("SIGHUP", false);
         }
+        controller.set_mbufs(frames.pool.size(), frames.pool.in_use());
         controller.tick(Instant::now());
         for f in controller.take_frames() {
             frames.send(f.port, &f.bytes);

@@ -370,7 +370,9 @@ fn bad_services_are_refused_naming_the_field_and_nothing_changes() {
     api.refused(
         "PATCH",
         "/api/v1/services/web",
-        Some(r#"{"backends": [{"id": "b1", "address": "198.18.1.10", "weight": 1, "weight": 100}]}"#),
+        Some(
+            r#"{"backends": [{"id": "b1", "address": "198.18.1.10", "weight": 1, "weight": 100}]}"#,
+        ),
         400,
         "body: malformed JSON: key `weight` appears twice",
     );

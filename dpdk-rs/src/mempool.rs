@@ -58,6 +58,17 @@ impl Mempool {
         unsafe { sys::l4lb_mempool_avail_count(self.raw.as_ptr()) }
     }
 
+    /// Mbufs the pool was created with.
+    pub fn size(&self) -> u32 {
+        // SAFETY: self.raw is a live pool; `size` is set at creation and never changes.
+        unsafe { (*self.raw.as_ptr()).size }
+    }
+
+    /// Mbufs taken from the pool and not yet given back (in queues, rings, bursts).
+    pub fn in_use(&self) -> u32 {
+        self.size().saturating_sub(self.available())
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut sys::rte_mempool {
         self.raw.as_ptr()
     }

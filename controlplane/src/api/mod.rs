@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::config::{BackendSpec, Service, ServiceSpec};
-pub use stats::{FlowSample, Stats, render_metrics};
+pub use stats::{FlowSample, MbufStats, Stats, render_metrics};
 
 /// What the API asks of the control thread.
 #[derive(Debug, Clone, PartialEq)]

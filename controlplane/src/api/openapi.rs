@@ -4,8 +4,8 @@ use serde_json::Value;
 use utoipa::OpenApi;
 
 use super::stats::{
-    ActionStats, BackendStats, FlowSample, FlowStats, PortStats, ServiceStats, Stats, Traffic,
-    WorkerStats,
+    ActionStats, BackendStats, FlowSample, FlowStats, MbufStats, PortStats, ServiceStats, Stats,
+    Traffic, WorkerStats,
 };
 use crate::config::{BackendSpec, ServiceSpec};
 
@@ -36,7 +36,7 @@ use crate::config::{BackendSpec, ServiceSpec};
         super::http::openapi,
     ),
     components(schemas(
-        ServiceSpec, BackendSpec, Stats, PortStats, ActionStats, FlowStats, Traffic, ServiceStats,
+        ServiceSpec, BackendSpec, Stats, PortStats, ActionStats, FlowStats, MbufStats, Traffic, ServiceStats,
         BackendStats, FlowSample, WorkerStats, ErrorBody
     )),
     modifiers(&BearerAuth)

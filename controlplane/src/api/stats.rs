@@ -29,7 +29,16 @@ pub struct Stats {
     /// Every drop reason, with zero for those that never happened.
     pub drops: BTreeMap<String, u64>,
     pub flows: FlowStats,
+    pub mbufs: MbufStats,
     pub services: Vec<ServiceStats>,
+}
+
+/// The packet-buffer pool: its size and the mbufs taken from it (in rx and tx queues, rings,
+/// bursts). Flat under steady traffic; growth without traffic growing is a leak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct MbufStats {
+    pub size: u64,
+    pub in_use: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
@@ -260,6 +269,13 @@ pub fn render_metrics(s: &Stats) -> String {
         worker,
         |w| w.rx_packets,
     );
+    x.family(
+        "mbufs",
+        "gauge",
+        "Packet buffers: the pool's size and those in use.",
+    );
+    x.sample("mbufs", &[("state", "size")], s.mbufs.size);
+    x.sample("mbufs", &[("state", "in_use")], s.mbufs.in_use);
     x.each(
         "worker_flows",
         "gauge",

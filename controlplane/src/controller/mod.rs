@@ -32,7 +32,7 @@ use dataplane::shared::SharedSnapshot;
 use serde_json::{Value, json};
 use tracing::{debug, error, info, warn};
 
-use crate::api::{ApiError, Reply, Request};
+use crate::api::{ApiError, MbufStats, Reply, Request};
 use crate::config::{self, Model};
 use crate::neighbors::{NeighborTable, Timers};
 use crate::publish::{IdError, Limits, Published, Publisher};
@@ -119,6 +119,8 @@ pub struct Controller {
     outbox: Vec<Frame>,
     started: Instant,
     publish_wait: Duration,
+    /// The packet-buffer pool as the control thread last read it.
+    mbufs: MbufStats,
 }
 
 impl Controller {
@@ -143,6 +145,7 @@ impl Controller {
             outbox: Vec::new(),
             started: Instant::now(),
             publish_wait: setup.publish_wait,
+            mbufs: MbufStats::default(),
         })
     }
 
@@ -449,6 +452,15 @@ impl Controller {
     /// Called often (every few ms): the neighbour timers every 100 ms, and a publish when the
     /// learned neighbours changed. Such a publish is not a configuration change: the
     /// configuration epoch stays.
+    /// Records the packet-buffer pool's size and the mbufs taken from it (in queues, rings and
+    /// bursts), for the stats.
+    pub fn set_mbufs(&mut self, size: u32, in_use: u32) {
+        self.mbufs = MbufStats {
+            size: u64::from(size),
+            in_use: u64::from(in_use),
+        };
+    }
+
     pub fn tick(&mut self, now: Instant) {
         if now.duration_since(self.last_tick) >= TICK {
             let (requests, expired) = self.neighbors.tick(now);

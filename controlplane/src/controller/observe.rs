@@ -226,6 +226,7 @@ impl Controller {
                 flushed: flow(|w| w.flows.flushed.get()),
                 syn_flood_hashed: flow(|w| w.flows.syn_flood_hashed.get()),
             },
+            mbufs: self.mbufs,
             services,
         }
     }
