@@ -1,12 +1,13 @@
 //! The OpenAPI 3 description of the API, generated from the handlers and types by utoipa.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::stats::{
     ActionStats, BackendStats, FlowSample, FlowStats, MbufStats, PortStats, ServiceStats, Stats,
     Traffic, WorkerStats,
 };
+use crate::config::file::{ForwardingName, ProtocolName, SchedulerName};
 use crate::config::{BackendSpec, ServiceSpec};
 
 #[derive(OpenApi)]
@@ -37,7 +38,7 @@ use crate::config::{BackendSpec, ServiceSpec};
     ),
     components(schemas(
         ServiceSpec, BackendSpec, Stats, PortStats, ActionStats, FlowStats, MbufStats, Traffic, ServiceStats,
-        BackendStats, FlowSample, WorkerStats, ErrorBody
+        BackendStats, FlowSample, WorkerStats, ErrorBody, ProtocolName, SchedulerName, ForwardingName
     )),
     modifiers(&BearerAuth)
 )]
@@ -65,5 +66,120 @@ impl utoipa::Modify for BearerAuth {
 
 /// The document `GET /api/v1/openapi.json` serves.
 pub fn document() -> Value {
-    serde_json::to_value(Doc::openapi()).expect("the OpenAPI document serialises")
+    let mut doc = serde_json::to_value(Doc::openapi()).expect("the OpenAPI document serialises");
+    complete(&mut doc);
+    doc
+}
+
+/// Adds the answers every route of a kind can give, which the handlers' attributes would
+/// otherwise each repeat: 503 from every route the control thread answers (its queue full, or
+/// stopping), 401 from every route that needs the token, 400 and 413 from every route with a
+/// body, 400 from the flows' query; and says that a merge patch is an object.
+fn complete(doc: &mut Value) {
+    let answer = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        })
+    };
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let secured = op.get("security").is_some();
+            let body = op.get("requestBody").is_some();
+            if method == "patch" {
+                op["requestBody"]["content"]["application/json"]["schema"] =
+                    json!({"type": "object"});
+            }
+            let Some(responses) = op["responses"].as_object_mut() else {
+                continue;
+            };
+            let mut add = |code: &str, description: &str| {
+                responses.entry(code).or_insert_with(|| answer(description));
+            };
+            if path != "/api/v1/version" && path != "/api/v1/openapi.json" {
+                add("503", "The control thread is busy or stopping; try again");
+            }
+            if secured {
+                add("401", "Token missing or wrong");
+            }
+            if body {
+                add("400", "Malformed JSON, or a key given twice");
+                add("413", "Body too large");
+            }
+            if path.ends_with("/flows") {
+                add(
+                    "400",
+                    "An unknown query parameter, or a limit that is not a number",
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_lists_the_answers_of_its_kind_and_the_names_are_enums() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let r = &op["responses"];
+                let has = |code: &str| r.get(code).is_some();
+                if path != "/api/v1/version" && path != "/api/v1/openapi.json" {
+                    assert!(has("503"), "{method} {path}");
+                }
+                if op.get("security").is_some() {
+                    assert!(has("401"), "{method} {path}");
+                }
+                if op.get("requestBody").is_some() {
+                    assert!(has("400") && has("413"), "{method} {path}");
+                }
+            }
+        }
+        let patch = &doc["paths"]["/api/v1/services/{service}"]["patch"];
+        assert_eq!(
+            patch["requestBody"]["content"]["application/json"]["schema"],
+            json!({"type": "object"})
+        );
+        let schemas = &doc["components"]["schemas"];
+        let service = &schemas["ServiceSpec"]["properties"];
+        assert_eq!(service["port"]["minimum"], 1);
+        assert_eq!(service["port"]["maximum"], 65535);
+        assert_eq!(service["id"]["pattern"], "^[A-Za-z0-9._-]{1,64}$");
+        for (field, schema, names) in [
+            ("protocol", "ProtocolName", vec!["tcp", "udp"]),
+            ("forwarding", "ForwardingName", vec!["nat", "dr", "tun"]),
+            (
+                "scheduler",
+                "SchedulerName",
+                vec!["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "maglev"],
+            ),
+        ] {
+            let r = service[field].to_string();
+            assert!(
+                r.contains(&format!("#/components/schemas/{schema}")),
+                "{field}: {r}"
+            );
+            assert_eq!(schemas[schema]["enum"], json!(names), "{schema}");
+        }
+        // Every name the schema offers is one the configuration takes.
+        for name in schemas["SchedulerName"]["enum"].as_array().unwrap() {
+            assert!(
+                name.as_str()
+                    .unwrap()
+                    .parse::<dataplane::service::SchedulerKind>()
+                    .is_ok()
+            );
+        }
+        let backend = &schemas["BackendSpec"]["properties"];
+        assert_eq!(backend["weight"]["maximum"], 65535);
+    }
 }

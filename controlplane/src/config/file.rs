@@ -134,20 +134,59 @@ impl Default for ApiSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub id: String,
     #[serde(default = "default_protocol")]
+    #[schema(value_type = ProtocolName, default = "tcp")]
     pub protocol: String,
+    /// An IPv4 or IPv6 address that can be a VIP (not unspecified, loopback, multicast,
+    /// broadcast, IPv4-mapped, or an interface's own address).
+    #[schema(examples("198.18.0.100", "2001:db8::100"))]
     pub vip: String,
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     #[serde(default = "default_scheduler")]
+    #[schema(value_type = SchedulerName, default = "wlc")]
     pub scheduler: String,
     #[serde(default = "default_forwarding")]
+    #[schema(value_type = ForwardingName, default = "nat")]
     pub forwarding: String,
     /// Maglev lookup-table size, a prime (Maglev paper §3.4: M >= 100 x backends).
     #[serde(default = "default_maglev_table_size")]
+    #[schema(minimum = 2, maximum = 16777213, default = 65537)]
     pub maglev_table_size: u32,
     #[serde(default)]
     pub backends: Vec<BackendSpec>,
+}
+
+/// The names the API and the file take (the schema of the string fields that hold them).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+pub enum ProtocolName {
+    tcp,
+    udp,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+pub enum SchedulerName {
+    rr,
+    wrr,
+    lc,
+    wlc,
+    sed,
+    nq,
+    sh,
+    dh,
+    maglev,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+pub enum ForwardingName {
+    nat,
+    dr,
+    tun,
 }
 
 fn default_protocol() -> String {
@@ -168,12 +207,18 @@ fn default_maglev_table_size() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub id: String,
+    /// An IPv4 or IPv6 address, of the service's family.
+    #[schema(examples("198.18.1.10", "2001:db8:1::10"))]
     pub address: String,
     /// Defaults to the service's port (the only choice for dr and tun).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
+    /// 0 drains the backend (no new flows).
     #[serde(default = "default_weight")]
+    #[schema(minimum = 0, maximum = 65535, default = 1)]
     pub weight: u32,
     #[serde(default = "default_enabled")]
     pub enabled: bool,
