@@ -190,7 +190,9 @@ pub(crate) fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
             format!("{}: is required", join(at, f))
         } else if let Some(rest) = inner.strip_prefix("unknown field `") {
             let (f, expected) = rest.split_once('`').unwrap_or((rest, ""));
-            let field = if at.ends_with(f) {
+            let field = if f.is_empty() {
+                join(at, "\"\"")
+            } else if at.ends_with(f) {
                 at.to_string()
             } else {
                 join(at, f)

@@ -64,6 +64,9 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// What an id of a service or backend is (the validation's rule).
+const ID_PATTERN: &str = r"^[A-Za-z0-9._-]{1,64}$";
+
 /// The document `GET /api/v1/openapi.json` serves.
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(Doc::openapi()).expect("the OpenAPI document serialises");
@@ -82,6 +85,35 @@ fn complete(doc: &mut Value) {
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
         })
     };
+    // The specs refuse unknown keys (serde's deny_unknown_fields); a merge patch of one has the
+    // same keys, none required, and `null` for a key with a default puts the default back.
+    let schemas = &mut doc["components"]["schemas"];
+    let mut patches = serde_json::Map::new();
+    for (name, defaulted) in [
+        (
+            "ServiceSpec",
+            &[
+                "protocol",
+                "scheduler",
+                "forwarding",
+                "maglev_table_size",
+                "backends",
+            ][..],
+        ),
+        ("BackendSpec", &["port", "weight", "enabled"][..]),
+    ] {
+        let spec = &mut schemas[name];
+        spec["additionalProperties"] = json!(false);
+        let mut props = spec["properties"].clone();
+        for key in defaulted {
+            let p = props[*key].take();
+            props[*key] = json!({"oneOf": [p, {"type": "null"}]});
+        }
+        patches.insert(
+            name.to_string(),
+            json!({"type": "object", "properties": props, "additionalProperties": false}),
+        );
+    }
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
@@ -92,9 +124,22 @@ fn complete(doc: &mut Value) {
         for (method, op) in item.iter_mut() {
             let secured = op.get("security").is_some();
             let body = op.get("requestBody").is_some();
-            if method == "patch" {
-                op["requestBody"]["content"]["application/json"]["schema"] =
-                    json!({"type": "object"});
+            if body {
+                set_body_schemas(path, method, op, &patches);
+            }
+            let params = op.get_mut("parameters").and_then(Value::as_array_mut);
+            for p in params.into_iter().flatten() {
+                let example = match p["name"].as_str() {
+                    Some("limit") => {
+                        p["schema"] = json!({"type": "integer", "minimum": 1, "maximum": 10000});
+                        continue;
+                    }
+                    Some("service") => "web",
+                    Some("backend") => "b1",
+                    _ => continue,
+                };
+                p["schema"] = json!({"type": "string", "pattern": ID_PATTERN});
+                p["example"] = json!(example);
             }
             let Some(responses) = op["responses"].as_object_mut() else {
                 continue;
@@ -122,6 +167,33 @@ fn complete(doc: &mut Value) {
     }
 }
 
+/// A merge patch is of its spec's keys; the reload takes no body or `services_from_file`.
+fn set_body_schemas(
+    path: &str,
+    method: &str,
+    op: &mut Value,
+    patches: &serde_json::Map<String, Value>,
+) {
+    let json_body = &mut op["requestBody"]["content"]["application/json"]["schema"];
+    if method == "patch" {
+        let spec = if path.contains("/backends/") {
+            "BackendSpec"
+        } else {
+            "ServiceSpec"
+        };
+        *json_body = patches[spec].clone();
+    }
+    if path == "/api/v1/reload" {
+        // No body (or `null`), or this object.
+        *json_body = json!({
+            "type": ["object", "null"],
+            "properties": {"services_from_file": {"type": "boolean"}},
+            "additionalProperties": false
+        });
+        op["requestBody"]["required"] = json!(false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +203,12 @@ mod tests {
         let doc = document();
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
+                for key in ["parameters", "requestBody"] {
+                    assert!(
+                        op.get(key).is_none_or(|v| !v.is_null()),
+                        "{method} {path}: {key} null"
+                    );
+                }
                 let r = &op["responses"];
                 let has = |code: &str| r.get(code).is_some();
                 if path != "/api/v1/version" && path != "/api/v1/openapi.json" {
@@ -144,10 +222,21 @@ mod tests {
                 }
             }
         }
-        let patch = &doc["paths"]["/api/v1/services/{service}"]["patch"];
+        let patch = &doc["paths"]["/api/v1/services/{service}"]["patch"]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        assert_eq!(patch["type"], "object");
+        assert_eq!(patch["additionalProperties"], false);
+        assert!(
+            patch.get("required").is_none(),
+            "a patch names what it changes"
+        );
         assert_eq!(
-            patch["requestBody"]["content"]["application/json"]["schema"],
-            json!({"type": "object"})
+            patch["properties"]["scheduler"]["oneOf"][1],
+            json!({"type": "null"})
+        );
+        assert!(
+            patch["properties"]["vip"].get("oneOf").is_none(),
+            "vip cannot be removed"
         );
         let schemas = &doc["components"]["schemas"];
         let service = &schemas["ServiceSpec"]["properties"];
