@@ -11,8 +11,9 @@
 //! non-empty list in the order SYN, closed, FIN, mid-stream, then the older of UDP and
 //! established — so a flood of SYNs from new sources evicts other half-open flows, and a flood
 //! of ACKs from new sources (flows that start mid-stream) evicts other mid-stream flows, never
-//! one whose handshake was seen. Of a full table, mid-stream flows take at most a quarter: past
-//! that, a new one evicts the oldest of them, not a half-open or closing flow.
+//! one whose handshake was seen. (No share of the table is kept for them: a failover brings
+//! more real mid-stream flows than any share, and they would evict each other before their
+//! second segment.)
 //!
 //! A half-open flow evicted before its timeout means a SYN flood: the handshakes of real
 //! clients are evicted too, before their ACK arrives. The table remembers when that last
@@ -57,8 +58,6 @@ const EVICTION_ORDER: [FlowState; 4] = [
     FlowState::Fin,
     FlowState::Midstream,
 ];
-/// Mid-stream flows may take this share of the capacity (1 / N).
-const MIDSTREAM_SHARE: u32 = 4;
 
 impl FlowState {
     fn index(self) -> usize {
@@ -531,15 +530,7 @@ impl FlowTable {
             return Err(InsertError::BackendIdTooLarge);
         }
         if self.len() as u32 >= self.capacity {
-            let midstream = self.lists[FlowState::Midstream.index()];
-            if state == FlowState::Midstream
-                && midstream.len >= (self.capacity / MIDSTREAM_SHARE).max(1)
-            {
-                // It has its share of a full table: it takes from its own kind.
-                self.evict(midstream.head, now);
-            } else {
-                self.evict_one(now);
-            }
+            self.evict_one(now);
         }
         self.endpoints[backend.0 as usize] = endpoint;
         let flow = Flow {

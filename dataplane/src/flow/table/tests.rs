@@ -161,56 +161,66 @@ fn a_midstream_flow_is_established_by_its_second_segment() {
 }
 
 #[test]
-fn an_ack_flood_evicts_midstream_flows_first_and_takes_a_quarter_of_a_full_table() {
+fn an_ack_flood_takes_room_and_half_open_flows_then_its_own_kind_never_established_ones() {
     let mut t = table(100);
     for i in 0..50 {
         add(&mut t, i, i % 4, FlowState::Established, 0);
     }
-    for i in 50..100 {
+    for i in 50..80 {
         add(&mut t, i, 0, FlowState::Syn, 1);
     }
-    // 10_000 ACKs of tuples never seen into the full table: each starts a mid-stream flow
+    // 10_000 ACKs of tuples never seen: each starts a mid-stream flow
     for i in 1000..11_000 {
         add(&mut t, i, 1, FlowState::Midstream, 5);
     }
-    assert_eq!(t.count(FlowState::Midstream), 25, "a quarter of 100");
-    assert_eq!(
-        t.count(FlowState::Syn),
-        25,
-        "the half-open flows gave up only that quarter"
-    );
     assert_eq!(t.count(FlowState::Established), 50);
-    assert_eq!(t.stats().evicted, 10_000);
+    assert_eq!(t.count(FlowState::Syn), 0, "half-open flows go first");
+    assert_eq!(
+        t.count(FlowState::Midstream),
+        50,
+        "then the flood's own oldest"
+    );
+    assert_eq!(t.stats().evicted, 10_000 - 20);
     assert_eq!(t.stats().evicted_established, 0);
-    for i in (0..50).chain(75..100).chain(10_975..11_000) {
+    assert!(
+        t.syn_flood(5),
+        "half-open flows were evicted: handshakes are hashed"
+    );
+    for i in (0..50).chain(10_950..11_000) {
         assert!(t.lookup(&key(i), 5).is_some(), "flow {i} kept");
     }
-    // New established flows evict in the order SYN, closed, FIN, mid-stream.
+    // New established flows evict mid-stream ones, oldest first.
     for i in 20_000..20_030 {
         add(&mut t, i, 2, FlowState::Established, 6);
     }
-    assert_eq!(t.count(FlowState::Syn), 0, "half-open flows went first");
-    assert_eq!(
-        t.count(FlowState::Midstream),
-        20,
-        "then the oldest mid-stream ones"
-    );
+    assert_eq!(t.count(FlowState::Midstream), 20);
     assert_eq!(t.count(FlowState::Established), 80);
     assert_eq!(t.stats().evicted_established, 0);
-    assert!(
-        t.syn_flood(6),
-        "half-open flows were evicted: handshakes may lose entries"
-    );
+    assert!(t.lookup(&key(10_979), 6).is_none() && t.lookup(&key(10_980), 6).is_some());
 }
 
 #[test]
-fn with_room_left_midstream_flows_take_it_and_evict_nothing() {
-    // A failover: far more connections than a quarter of the table arrive mid-stream.
+fn midstream_flows_beside_a_syn_churn_stay_until_their_second_segment() {
+    // A failover under SYN load: a table full of half-open flows and more mid-stream flows
+    // than any share would hold; the half-open ones make room.
     let mut t = table(100);
-    for i in 0..90 {
-        add(&mut t, i, 0, FlowState::Midstream, 0);
+    for i in 0..40 {
+        add(&mut t, i, 0, FlowState::Syn, 0);
     }
-    assert_eq!((t.count(FlowState::Midstream), t.stats().evicted), (90, 0));
+    for i in 100..190 {
+        add(&mut t, i, 0, FlowState::Midstream, 1);
+    }
+    assert_eq!(
+        (t.count(FlowState::Midstream), t.count(FlowState::Syn)),
+        (90, 10)
+    );
+    for i in 100..190 {
+        let s = t.lookup(&key(i), 1).expect("kept");
+        assert_eq!(
+            t.touch(s, Some(crate::wire::tcp::ACK), 1),
+            FlowState::Established
+        );
+    }
 }
 
 #[test]
