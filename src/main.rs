@@ -591,6 +591,11 @@ fn report(
         "flows: created={} expired={} evicted={} evicted-established={} flushed={} syn-flood-hashed={}",
         f.created, f.expired, f.evicted, f.evicted_established, f.flushed, f.syn_flood_hashed
     );
+    let c = &stats.closed_ports;
+    println!(
+        "closed-ports: tcp-resets={} port-unreachables={} rate-limited={}",
+        c.tcp_resets, c.port_unreachables, c.rate_limited
+    );
     for line in traffic_report(&stats) {
         println!("{line}");
     }
@@ -627,13 +632,14 @@ fn action_report(counters: &[WorkerCounters]) -> String {
     let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(f).sum::<u64>();
     let dropped: u64 = drop_totals(counters).iter().sum();
     format!(
-        "actions: forwarded={} replied={} consumed={} redirected={} redirect-dropped={} dropped={}",
+        "actions: forwarded={} replied={} consumed={} redirected={} redirect-dropped={} dropped={} held={}",
         sum(|c| c.actions.forwarded.get()),
         sum(|c| c.actions.replied.get()),
         sum(|c| c.actions.consumed.get()),
         sum(|c| c.actions.redirected.get()),
         sum(|c| c.actions.redirect_dropped.get()),
-        dropped
+        dropped,
+        sum(|c| c.actions.held.get()),
     )
 }
 

@@ -1,6 +1,7 @@
-//! Through the real binary: ARP and ICMP echo are answered; fragments, IPv4 options, an unknown
-//! VIP port and malformed headers are dropped and counted by reason; the counters printed at
-//! exit add up (rx = forwarded + replied + dropped).
+//! Through the real binary: ARP and ICMP echo are answered, and UDP to a VIP port without a
+//! service gets ICMP port unreachable; fragments, IPv4 options and malformed headers are
+//! dropped and counted by reason; the counters printed at exit add up (rx = forwarded +
+//! replied + dropped).
 
 mod common;
 
@@ -129,8 +130,8 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
         assert_eq!(g, &want, "gratuitous ARP for {addr:?}");
     }
     let out = sent.frames;
-    // 2 ARP replies, 2 echo replies, 5 forwarded, in input order
-    assert_eq!(out.len(), 9, "{}", done.stdout);
+    // 2 ARP replies, 2 echo replies, 5 forwarded, a port unreachable, in input order
+    assert_eq!(out.len(), 10, "{}", done.stdout);
     for (i, target) in [(0, [198, 18, 0, 100]), (1, [198, 18, 0, 1])] {
         let a = &out[i];
         assert_eq!(&a[0..6], &GW_MAC, "arp reply {i} to the asker");
@@ -168,7 +169,7 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
         assert_eq!(h.payload.slice(), b"ping");
         assert_eq!(&out[i][0..6], &GW_MAC);
     }
-    for (i, f) in out[4..].iter().enumerate() {
+    for (i, f) in out[4..9].iter().enumerate() {
         let h = PacketHeaders::from_ethernet_slice(f).unwrap();
         let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &h.net else {
             panic!()
@@ -176,6 +177,39 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
         assert_eq!(ip.destination, [198, 18, 1, 10], "query {i} to the backend");
         assert_eq!(h.payload.slice(), format!("query {i}").as_bytes());
     }
+
+    // UDP to a port of the VIP without a service: ICMP port unreachable from the VIP, quoting
+    // the datagram's IP packet whole.
+    let closed = udp(5353, b"no such port");
+    let h = PacketHeaders::from_ethernet_slice(&out[9]).unwrap();
+    let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("port unreachable: not IPv4")
+    };
+    assert_eq!((ip.source, ip.destination), (VIP, CLIENT));
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else {
+        panic!("port unreachable: not ICMP")
+    };
+    assert_eq!(
+        icmp.icmp_type,
+        Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
+    );
+    assert_eq!(
+        icmp.checksum,
+        icmp.icmp_type.calc_checksum(h.payload.slice())
+    );
+    assert_eq!(
+        h.payload.slice(),
+        &closed[14..],
+        "the whole datagram quoted"
+    );
+    assert_eq!(&out[9][0..6], &GW_MAC);
+    assert!(
+        done.stdout
+            .contains("closed-ports: tcp-resets=0 port-unreachables=1 rate-limited=0\n"),
+        "{}",
+        done.stdout
+    );
 
     // per service and backend: the five queries are one UDP flow (an inactive connection)
     let bytes: usize = good.iter().map(Vec::len).sum();
@@ -188,17 +222,17 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
 
     // rx = forwarded + replied + dropped, each drop under its reason
     assert_eq!(port_counter(&done.stdout, 0, "rx-packets"), k);
-    assert_eq!(port_counter(&done.stdout, 0, "tx-packets"), 9 + 3);
+    assert_eq!(port_counter(&done.stdout, 0, "tx-packets"), 10 + 3);
     assert!(
         done.stdout.contains(
-            "actions: forwarded=5 replied=4 consumed=0 redirected=0 redirect-dropped=0 dropped=5"
+            "actions: forwarded=5 replied=5 consumed=0 redirected=0 redirect-dropped=0 dropped=4 held=0"
         ),
         "{}",
         done.stdout
     );
     assert!(
         done.stdout
-            .contains("drops: truncated=1 arp_ignored=1 ip_options=1 fragment=1 no_service=1\n"),
+            .contains("drops: truncated=1 arp_ignored=1 ip_options=1 fragment=1\n"),
         "{}",
         done.stdout
     );

@@ -198,6 +198,7 @@ impl Ids {
 pub fn snapshot_config(
     model: &Model,
     learned: &[(IpAddr, MacAddr)],
+    failed: &[IpAddr],
     macs: &[MacAddr],
     workers: u16,
     ids: &mut Ids,
@@ -255,6 +256,8 @@ pub fn snapshot_config(
             services,
             timeouts: model.timeouts,
             workers,
+            failed_neighbors: failed.to_vec(),
+            replies: model.replies,
         },
         released,
     ))
@@ -313,7 +316,7 @@ impl Publisher {
         limits: Limits,
     ) -> Result<Publisher, IdError> {
         let mut ids = Ids::new(limits);
-        let (config, _) = snapshot_config(model, &[], &macs, workers, &mut ids)?;
+        let (config, _) = snapshot_config(model, &[], &[], &macs, workers, &mut ids)?;
         let shared = SharedSnapshot::new(Snapshot::build(config, 1), usize::from(workers));
         Ok(Publisher {
             shared,
@@ -335,11 +338,12 @@ impl Publisher {
         &self,
         model: &Model,
         learned: &[(IpAddr, MacAddr)],
+        failed: &[IpAddr],
     ) -> Result<Prepared, IdError> {
         let started = Instant::now();
         let mut ids = self.ids.clone();
         let (config, released_backends) =
-            snapshot_config(model, learned, &self.macs, self.workers, &mut ids)?;
+            snapshot_config(model, learned, failed, &self.macs, self.workers, &mut ids)?;
         let snapshot = Snapshot::build_after(config, self.epoch + 1, Some(&self.shared.current()));
         Ok(Prepared {
             snapshot,
@@ -400,7 +404,7 @@ mod tests {
     fn ids_stay_across_changes_and_removed_backends_are_released() {
         let base = model(EMBEDDED_DEFAULT);
         let mut ids = Ids::default();
-        let (c1, released) = snapshot_config(&base, &[], &[MAC], 1, &mut ids).unwrap();
+        let (c1, released) = snapshot_config(&base, &[], &[], &[MAC], 1, &mut ids).unwrap();
         assert!(released.is_empty());
         let web = &c1.services[0];
         assert_eq!(
@@ -410,18 +414,25 @@ mod tests {
 
         // weight change: same ids, new generation
         let reweighted = model(&EMBEDDED_DEFAULT.replacen("weight = 1", "weight = 5", 1));
-        let (c2, released) = snapshot_config(&reweighted, &[], &[MAC], 1, &mut ids).unwrap();
+        let (c2, released) = snapshot_config(&reweighted, &[], &[], &[MAC], 1, &mut ids).unwrap();
         assert!(released.is_empty());
         assert_eq!(c2.services[0].backends[0].id, BackendId(0));
         assert_eq!(c2.services[0].generation, web.generation + 1);
         // no change: same generation
-        let (c3, _) = snapshot_config(&reweighted, &[], &[MAC], 1, &mut ids).unwrap();
+        let (c3, _) = snapshot_config(&reweighted, &[], &[], &[MAC], 1, &mut ids).unwrap();
         assert_eq!(c3.services[0].generation, c2.services[0].generation);
 
         // web-2 removed: its id is released (its flows must go)
         let cut = EMBEDDED_DEFAULT.rfind("[[services.backends]]").unwrap();
-        let (c4, released) =
-            snapshot_config(&model(&EMBEDDED_DEFAULT[..cut]), &[], &[MAC], 1, &mut ids).unwrap();
+        let (c4, released) = snapshot_config(
+            &model(&EMBEDDED_DEFAULT[..cut]),
+            &[],
+            &[],
+            &[MAC],
+            1,
+            &mut ids,
+        )
+        .unwrap();
         assert_eq!(released, vec![BackendId(1)]);
         assert_eq!(c4.services[0].backends.len(), 1);
 
@@ -431,7 +442,7 @@ mod tests {
             "198.18.0.12\"\nport = 8080",
             1,
         ));
-        let (c5, released) = snapshot_config(&moved, &[], &[MAC], 1, &mut ids).unwrap();
+        let (c5, released) = snapshot_config(&moved, &[], &[], &[MAC], 1, &mut ids).unwrap();
         assert_eq!(released, vec![BackendId(0)]);
         assert_ne!(c5.services[0].backends[0].id, BackendId(0));
     }
@@ -441,14 +452,17 @@ mod tests {
         let base = model(EMBEDDED_DEFAULT);
         let mut p = Publisher::new(&base, vec![MAC], 1).unwrap();
         let first = Arc::clone(&p.shared().current().services[0].scheduler);
-        p.publish(p.prepare(&base, &[]).unwrap(), Duration::from_millis(10));
+        p.publish(
+            p.prepare(&base, &[], &[]).unwrap(),
+            Duration::from_millis(10),
+        );
         assert!(
             Arc::ptr_eq(&first, &p.shared().current().services[0].scheduler),
             "the same inputs: the Maglev table is not built again"
         );
         let reweighted = model(&EMBEDDED_DEFAULT.replacen("weight = 1", "weight = 5", 1));
         p.publish(
-            p.prepare(&reweighted, &[]).unwrap(),
+            p.prepare(&reweighted, &[], &[]).unwrap(),
             Duration::from_millis(10),
         );
         assert!(!Arc::ptr_eq(
@@ -458,7 +472,7 @@ mod tests {
         let rescheduled = model(&EMBEDDED_DEFAULT.replacen("\"maglev\"", "\"wrr\"", 1));
         let before = Arc::clone(&p.shared().current().services[0].scheduler);
         p.publish(
-            p.prepare(&rescheduled, &[]).unwrap(),
+            p.prepare(&rescheduled, &[], &[]).unwrap(),
             Duration::from_millis(10),
         );
         assert!(!Arc::ptr_eq(
@@ -483,7 +497,7 @@ mod tests {
         other.port = 81;
         two.services.push(other);
         assert_eq!(
-            p.prepare(&two, &[]).unwrap_err(),
+            p.prepare(&two, &[], &[]).unwrap_err(),
             IdError::TooManyServices(1)
         );
         // web-2 replaced by two new backends: 2 + 1 quarantined > 3 ... the first fits (3 ids),
@@ -498,7 +512,7 @@ mod tests {
             swapped.services[0].backends.push(b);
         }
         assert_eq!(
-            p.prepare(&swapped, &[]).unwrap_err(),
+            p.prepare(&swapped, &[], &[]).unwrap_err(),
             IdError::TooManyBackends(3)
         );
         assert_eq!(
@@ -508,7 +522,10 @@ mod tests {
         );
         // One new backend in place of web-2 fits: ids 0 and 2, id 1 quarantined.
         swapped.services[0].backends.truncate(2);
-        let done = p.publish(p.prepare(&swapped, &[]).unwrap(), Duration::from_millis(10));
+        let done = p.publish(
+            p.prepare(&swapped, &[], &[]).unwrap(),
+            Duration::from_millis(10),
+        );
         assert_eq!(done.released_backends, vec![BackendId(1)]);
         let ids: Vec<BackendId> = p.shared().current().services[0]
             .config
@@ -524,7 +541,10 @@ mod tests {
         let base = model(EMBEDDED_DEFAULT);
         let mut p = Publisher::new(&base, vec![MAC], 1).unwrap();
         assert_eq!(p.shared().current().epoch, 1);
-        let done = p.publish(p.prepare(&base, &[]).unwrap(), Duration::from_millis(10));
+        let done = p.publish(
+            p.prepare(&base, &[], &[]).unwrap(),
+            Duration::from_millis(10),
+        );
         assert_eq!(done.epoch, 2);
         assert!(done.live(), "no worker runs, so nothing to wait for");
         assert_eq!(p.shared().current().epoch, 2);

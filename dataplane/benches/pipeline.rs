@@ -96,6 +96,8 @@ fn snapshot_of(scheduler: SchedulerKind, v6: bool) -> Snapshot {
             }],
             timeouts: FlowTimeouts::default(),
             workers: 1,
+            failed_neighbors: Vec::new(),
+            replies: Default::default(),
         },
         1,
     )

@@ -79,6 +79,8 @@ pub struct ServiceCounters {
     pub backends: Box<[TrafficCounters]>,
     /// The worker's flow table, mirrored with the connection counts.
     pub flows: FlowCounters,
+    /// What the worker answered as a host on closed VIP ports.
+    pub closed_ports: ClosedPortCounters,
     /// The snapshot epoch of the last copy-out of the gauges (0: none yet): the control side
     /// trusts a reused id's gauges only from a copy made at its new owner's snapshot or later.
     pub mirrored_snapshot: Counter,
@@ -97,6 +99,15 @@ pub struct FlowCounters {
     pub evicted_established: Counter,
     pub flushed: Counter,
     pub syn_flood_hashed: Counter,
+}
+
+/// Answers to packets for a VIP port without a service (written by the worker as it answers).
+#[derive(Debug, Default)]
+pub struct ClosedPortCounters {
+    pub tcp_resets: Counter,
+    pub port_unreachables: Counter,
+    /// Not answered: over the per-second budget (dropped as `no_service`).
+    pub rate_limited: Counter,
 }
 
 impl ServiceCounters {
@@ -122,6 +133,7 @@ impl ServiceCounters {
                 .map(|_| TrafficCounters::default())
                 .collect(),
             flows: FlowCounters::default(),
+            closed_ports: ClosedPortCounters::default(),
             mirrored_snapshot: Counter::default(),
         }
     }
@@ -178,6 +190,8 @@ pub struct ActionCounters {
     pub redirected: Counter,
     /// Redirected packets the owner's ring had no room for.
     pub redirect_dropped: Counter,
+    /// Held for a next hop being resolved (counted again as forwarded when sent, or as a drop).
+    pub held: Counter,
     /// Indexed by `DropReason as usize`.
     pub drops: [Counter; DropReason::COUNT],
 }
@@ -190,6 +204,7 @@ impl Default for ActionCounters {
             consumed: Counter::default(),
             redirected: Counter::default(),
             redirect_dropped: Counter::default(),
+            held: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
         }
     }

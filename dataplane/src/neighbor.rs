@@ -1,8 +1,9 @@
 //! Neighbour resolution, the dataplane's part: what workers learn from ARP and NDP and which
 //! next hops they could not resolve (as events the control side collects between bursts), and
 //! the frames the control side sends (ARP requests, gratuitous ARP, neighbour solicitations,
-//! unsolicited neighbour advertisements). The table itself and its timers live in the control
-//! plane; the snapshot carries the resolved entries.
+//! unsolicited neighbour advertisements), and the queue in which a worker holds packets for a
+//! next hop being resolved. The table itself and its timers live in the control plane; the
+//! snapshot carries the resolved entries and the failed ones.
 
 use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -32,6 +33,9 @@ pub enum NeighborEvent {
 pub struct NeighborEvents {
     slots: [Cell<Option<NeighborEvent>>; Self::CAPACITY],
     len: Cell<usize>,
+    /// The next hop (and interface) of the last packet that could not be sent because its MAC
+    /// is not known: the worker holds that packet for it.
+    unresolved: Cell<Option<(IpAddr, u16)>>,
 }
 
 impl Default for NeighborEvents {
@@ -39,6 +43,7 @@ impl Default for NeighborEvents {
         NeighborEvents {
             slots: std::array::from_fn(|_| Cell::new(None)),
             len: Cell::new(0),
+            unresolved: Cell::new(None),
         }
     }
 }
@@ -53,6 +58,20 @@ impl NeighborEvents {
             self.slots[n].set(Some(e));
             self.len.set(n + 1);
         }
+    }
+
+    /// A packet for next hop `addr` on `interface` waits for its MAC: the control side is told
+    /// (it resolves it) and the worker learns where to hold the packet.
+    #[inline]
+    pub fn unresolved(&self, addr: IpAddr, interface: u16) {
+        self.push(NeighborEvent::Unresolved { addr, interface });
+        self.unresolved.set(Some((addr, interface)));
+    }
+
+    /// The next hop the last unsendable packet waits for (taken: asked once per packet).
+    #[inline]
+    pub fn take_unresolved(&self) -> Option<(IpAddr, u16)> {
+        self.unresolved.take()
     }
 
     /// Hands every event to `f`, oldest first, and empties the buffer.
@@ -71,6 +90,109 @@ impl NeighborEvents {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What a worker's snapshot says of a held packet's next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Known: send it there.
+    Resolved(MacAddr),
+    /// The control side gave up on it: drop.
+    Failed,
+    /// Still being resolved: keep it.
+    Pending,
+}
+
+/// What became of a held packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Its next hop resolved: send it with this destination MAC out of `interface`.
+    Send { mac: MacAddr, interface: u16 },
+    /// Its next hop failed.
+    Failed,
+    /// Held longer than [`HoldQueue::MAX_HOLD`] without an answer.
+    Expired,
+}
+
+/// Packets waiting for their next hop's MAC, as a host keeps them (Linux's `unres_qlen`):
+/// at most `per_neighbor` for one next hop and `capacity` in all, sent in the order they came
+/// once the address resolves, dropped when it fails or after [`Self::MAX_HOLD`]. Its memory is
+/// taken once, at creation; holding and releasing never allocate.
+#[derive(Debug)]
+pub struct HoldQueue<T> {
+    held: Vec<Held<T>>,
+    per_neighbor: usize,
+}
+
+#[derive(Debug)]
+struct Held<T> {
+    next_hop: IpAddr,
+    interface: u16,
+    since: u32,
+    item: T,
+}
+
+impl<T> HoldQueue<T> {
+    /// Seconds a packet waits at most (the control side fails a neighbour after three
+    /// unanswered requests, a second apart; this only bounds a queue nobody releases).
+    pub const MAX_HOLD: u32 = 5;
+
+    pub fn new(capacity: usize, per_neighbor: usize) -> Self {
+        HoldQueue {
+            held: Vec::with_capacity(capacity),
+            per_neighbor,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Holds `item` for `next_hop` at `now` (seconds); gives it back when the queue is full,
+    /// in all or for that next hop.
+    pub fn hold(&mut self, next_hop: IpAddr, interface: u16, now: u32, item: T) -> Result<(), T> {
+        let full = self.held.len() == self.held.capacity()
+            || self.held.iter().filter(|h| h.next_hop == next_hop).count() >= self.per_neighbor;
+        if full {
+            return Err(item);
+        }
+        self.held.push(Held {
+            next_hop,
+            interface,
+            since: now,
+            item,
+        });
+        Ok(())
+    }
+
+    /// Asks `resolve` about each held packet's next hop and hands those that are done to
+    /// `out`, oldest first; the others stay, in order.
+    pub fn release(
+        &mut self,
+        now: u32,
+        resolve: impl Fn(IpAddr) -> Resolution,
+        mut out: impl FnMut(T, Released),
+    ) {
+        let done = |h: &mut Held<T>| match resolve(h.next_hop) {
+            Resolution::Pending => now.wrapping_sub(h.since) >= Self::MAX_HOLD,
+            _ => true,
+        };
+        for h in self.held.extract_if(.., done) {
+            let r = match resolve(h.next_hop) {
+                Resolution::Resolved(mac) => Released::Send {
+                    mac,
+                    interface: h.interface,
+                },
+                Resolution::Failed => Released::Failed,
+                Resolution::Pending => Released::Expired,
+            };
+            out(h.item, r);
+        }
     }
 }
 
@@ -252,6 +374,58 @@ mod tests {
             "advertisement, router and override, not solicited"
         );
         assert_eq!((b[78], b[79]), (2, 1), "target link-layer option");
+    }
+
+    #[test]
+    fn held_packets_leave_in_order_when_resolved_and_are_dropped_when_failed_or_old() {
+        let (b1, b2, b3): (IpAddr, IpAddr, IpAddr) = (
+            "198.18.1.10".parse().unwrap(),
+            "198.18.1.11".parse().unwrap(),
+            "2001:db8:1::12".parse().unwrap(),
+        );
+        let mut q = HoldQueue::new(6, 3);
+        for i in 0..4 {
+            let r = q.hold(b1, 0, 10, i);
+            assert_eq!(
+                r.is_ok(),
+                i < 3,
+                "three per neighbour, the fourth given back"
+            );
+        }
+        q.hold(b2, 1, 10, 10).unwrap();
+        q.hold(b3, 0, 11, 20).unwrap();
+        q.hold(b2, 1, 12, 11).unwrap();
+        assert_eq!(q.hold(b3, 0, 12, 21), Err(21), "six in all");
+        let mut out = Vec::new();
+        // b1 resolves, b2 is still pending, b3 failed
+        q.release(
+            12,
+            |a| match a {
+                a if a == b1 => Resolution::Resolved(MAC),
+                a if a == b3 => Resolution::Failed,
+                _ => Resolution::Pending,
+            },
+            |t, r| out.push((t, r)),
+        );
+        let send = Released::Send {
+            mac: MAC,
+            interface: 0,
+        };
+        assert_eq!(
+            out,
+            [(0, send), (1, send), (2, send), (20, Released::Failed)]
+        );
+        assert_eq!(q.len(), 2);
+        out.clear();
+        // still pending: the first b2 packet expires after MAX_HOLD, the later one stays
+        q.release(
+            10 + HoldQueue::<u8>::MAX_HOLD,
+            |_| Resolution::Pending,
+            |t, r| out.push((t, r)),
+        );
+        assert_eq!(out, [(10, Released::Expired)]);
+        assert_eq!(q.len(), 1);
+        assert!(q.hold(b1, 0, 16, 5).is_ok(), "room again");
     }
 
     #[test]

@@ -59,6 +59,27 @@ pub struct SnapshotConfig {
     pub timeouts: FlowTimeouts,
     /// Worker lcores sharing the traffic (for NAT flow ownership).
     pub workers: u16,
+    /// Next hops the control side could not resolve (no answer to its requests).
+    pub failed_neighbors: Vec<IpAddr>,
+    pub replies: HostReplies,
+}
+
+/// How the appliance answers, as a host, packets to a VIP that no service takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostReplies {
+    /// TCP to a VIP port without a service: a reset; UDP: ICMP or ICMPv6 port unreachable.
+    pub closed_ports: bool,
+    /// At most this many such answers per worker in each second of its clock.
+    pub per_second: u32,
+}
+
+impl Default for HostReplies {
+    fn default() -> Self {
+        HostReplies {
+            closed_ports: true,
+            per_second: 1000,
+        }
+    }
 }
 
 /// The filter bit of an address: its last four bytes (where VIPs of one network differ),
@@ -109,6 +130,9 @@ pub struct Route {
     pub next_hop: IpAddr,
     /// The next hop's MAC; None while it is not known.
     pub dst_mac: Option<MacAddr>,
+    /// The next hop did not answer the control side's requests: nothing is held for it, and a
+    /// backend behind it takes no new flows.
+    pub failed: bool,
     /// The egress interface's MAC.
     pub src_mac: MacAddr,
     /// The address itself is on a connected prefix (direct routing needs that).
@@ -141,6 +165,7 @@ pub struct Snapshot {
     pub interfaces: Vec<InterfaceConfig>,
     pub services: Vec<Service>,
     pub timeouts: FlowTimeouts,
+    pub replies: HostReplies,
     pub workers: u16,
     by_key: HashMap<ServiceKey, u32>,
     /// Index into `services` per service id (u32::MAX: none).
@@ -160,6 +185,8 @@ pub struct Snapshot {
     /// Routes, longest prefix first.
     routes: Vec<(IpPrefix, IpAddr)>,
     neighbors: HashMap<[u8; 16], MacAddr>,
+    /// Next hops that failed to resolve (never one with a MAC above).
+    failed: HashSet<[u8; 16]>,
     /// Per backend id: its route, resolved once here instead of for every packet.
     backend_routes: Vec<Option<Route>>,
 }
@@ -177,43 +204,10 @@ impl Snapshot {
         epoch: u64,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
-        let mut services = Vec::with_capacity(config.services.len());
         let mut by_key = HashMap::new();
         let mut vips = HashSet::new();
-        for (i, s) in config.services.into_iter().enumerate() {
-            let weights: Vec<(&str, u32)> = s
-                .backends
-                .iter()
-                .map(|b| (b.name.as_str(), if b.enabled { b.weight } else { 0 }))
-                .collect();
-            let reusable = previous.and_then(|p| p.service_by_id(s.id)).filter(|p| {
-                let c = &p.config;
-                c.scheduler == s.scheduler
-                    && c.maglev_table_size == s.maglev_table_size
-                    && c.generation == s.generation
-                    && c.backends.len() == weights.len()
-                    && c.backends.iter().zip(&weights).all(|(b, (name, w))| {
-                        b.name == *name && (if b.enabled { b.weight } else { 0 }) == *w
-                    })
-            });
-            let scheduler = match reusable {
-                Some(p) => Arc::clone(&p.scheduler),
-                None => Arc::from(sched::build(
-                    s.scheduler,
-                    &weights,
-                    s.maglev_table_size,
-                    s.generation,
-                )),
-            };
-            let sched_backends: Vec<SchedBackend> = s
-                .backends
-                .iter()
-                .map(|b| SchedBackend {
-                    id: b.id,
-                    weight: if b.enabled { b.weight } else { 0 },
-                })
-                .collect();
-            let by_hash = sched::WeightedHash::new(sched_backends.iter().map(|b| b.weight));
+        let mut keys = Vec::with_capacity(config.services.len());
+        for (i, s) in config.services.iter().enumerate() {
             let vip = addr_bytes(s.vip);
             let key = ServiceKey {
                 protocol: s.protocol.ip_number(),
@@ -222,13 +216,7 @@ impl Snapshot {
             };
             by_key.insert(key, i as u32);
             vips.insert(vip);
-            services.push(Service {
-                config: s,
-                sched_backends,
-                scheduler,
-                by_hash,
-                key,
-            });
+            keys.push(key);
         }
         let mut local = HashMap::new();
         let mut connected = Vec::new();
@@ -258,16 +246,23 @@ impl Snapshot {
         }
         let mut routes = config.routes;
         routes.sort_by_key(|r| std::cmp::Reverse(r.0.len));
-        let neighbors = config
+        let neighbors: HashMap<[u8; 16], MacAddr> = config
             .neighbors
             .iter()
             .map(|(a, m)| (addr_bytes(*a), *m))
             .collect();
+        let failed = config
+            .failed_neighbors
+            .iter()
+            .map(|a| addr_bytes(*a))
+            .filter(|a| !neighbors.contains_key(a))
+            .collect();
         let mut snap = Snapshot {
             epoch,
             interfaces: config.interfaces,
-            services,
+            services: Vec::with_capacity(config.services.len()),
             timeouts: config.timeouts,
+            replies: config.replies,
             workers: config.workers.max(1),
             by_key,
             vips,
@@ -277,10 +272,71 @@ impl Snapshot {
             connected,
             routes,
             neighbors,
+            failed,
             backend_routes: Vec::new(),
             by_id: Vec::new(),
             vip_filter: [0; 4],
         };
+        let max_id = config
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .map(|b| b.id.0 as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut backend_routes = vec![None; max_id];
+        for b in config.services.iter().flat_map(|s| &s.backends) {
+            backend_routes[b.id.0 as usize] = snap.route(b.address);
+        }
+        for (s, key) in config.services.into_iter().zip(keys) {
+            // A backend takes new flows while it is enabled and its next hop has not failed.
+            let sched_backends: Vec<SchedBackend> = s
+                .backends
+                .iter()
+                .map(|b| {
+                    let failed = backend_routes[b.id.0 as usize].is_some_and(|r| r.failed);
+                    SchedBackend {
+                        id: b.id,
+                        weight: if b.enabled && !failed { b.weight } else { 0 },
+                    }
+                })
+                .collect();
+            let weights: Vec<(&str, u32)> = s
+                .backends
+                .iter()
+                .zip(&sched_backends)
+                .map(|(b, sb)| (b.name.as_str(), sb.weight))
+                .collect();
+            let reusable = previous.and_then(|p| p.service_by_id(s.id)).filter(|p| {
+                let c = &p.config;
+                c.scheduler == s.scheduler
+                    && c.maglev_table_size == s.maglev_table_size
+                    && c.generation == s.generation
+                    && c.backends.len() == weights.len()
+                    && c.backends
+                        .iter()
+                        .zip(&p.sched_backends)
+                        .zip(&weights)
+                        .all(|((b, sb), (name, w))| b.name == *name && sb.weight == *w)
+            });
+            let scheduler = match reusable {
+                Some(p) => Arc::clone(&p.scheduler),
+                None => Arc::from(sched::build(
+                    s.scheduler,
+                    &weights,
+                    s.maglev_table_size,
+                    s.generation,
+                )),
+            };
+            let by_hash = sched::WeightedHash::new(sched_backends.iter().map(|b| b.weight));
+            snap.services.push(Service {
+                config: s,
+                sched_backends,
+                scheduler,
+                by_hash,
+                key,
+            });
+        }
         for (i, svc) in snap.services.iter().enumerate() {
             let id = svc.config.id.0 as usize;
             if snap.by_id.len() <= id {
@@ -291,17 +347,6 @@ impl Snapshot {
         for v in &snap.vips {
             let bit = vip_bit(v);
             snap.vip_filter[bit / 64] |= 1 << (bit % 64);
-        }
-        let max_id = snap
-            .services
-            .iter()
-            .flat_map(|s| &s.config.backends)
-            .map(|b| b.id.0 as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let mut backend_routes = vec![None; max_id];
-        for b in snap.services.iter().flat_map(|s| &s.config.backends) {
-            backend_routes[b.id.0 as usize] = snap.route(b.address);
         }
         snap.backend_routes = backend_routes;
         snap
@@ -315,6 +360,7 @@ impl Snapshot {
             interface,
             next_hop,
             dst_mac: self.neighbor(next_hop),
+            failed: self.failed.contains(&addr_bytes(next_hop)),
             src_mac: itf.mac,
             on_link: next_hop == dst,
             tunnel_src: self.interface_address(interface, dst),
@@ -398,6 +444,17 @@ impl Snapshot {
     #[inline]
     pub fn neighbor(&self, a: IpAddr) -> Option<MacAddr> {
         self.neighbors.get(&addr_bytes(a)).copied()
+    }
+
+    /// What this snapshot says of next hop `a`, for the packets a worker holds for it.
+    pub fn resolution(&self, a: IpAddr) -> crate::neighbor::Resolution {
+        use crate::neighbor::Resolution;
+        let k = addr_bytes(a);
+        match self.neighbors.get(&k) {
+            Some(m) => Resolution::Resolved(*m),
+            None if self.failed.contains(&k) => Resolution::Failed,
+            None => Resolution::Pending,
+        }
     }
 
     /// The first address of the family of `like` on interface `i` (a tunnel's outer source).

@@ -92,6 +92,8 @@ fn snapshot() -> Snapshot {
             services,
             timeouts: FlowTimeouts::default(),
             workers: 1,
+            failed_neighbors: Vec::new(),
+            replies: Default::default(),
         },
         1,
     )

@@ -179,17 +179,30 @@ pub fn is_announcement(f: &[u8]) -> bool {
     arp || na
 }
 
-/// What the appliance sent, its announcements apart.
+/// A request l4lb sends on its own to resolve a next hop: an ARP request (sender and target
+/// differ) or a neighbour solicitation.
+pub fn is_request(f: &[u8]) -> bool {
+    let arp =
+        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 1] && f[28..32] != f[38..42];
+    let ns = f.len() >= 62 && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f[54] == 135;
+    arp || ns
+}
+
+/// What the appliance sent, its announcements and neighbour requests apart.
 pub struct Sent {
     pub frames: Vec<Vec<u8>>,
     pub announcements: Vec<Vec<u8>>,
+    pub requests: Vec<Vec<u8>>,
 }
 
 pub fn split_announcements(frames: Vec<Vec<u8>>) -> Sent {
-    let (announcements, frames) = frames.into_iter().partition(|f| is_announcement(f));
+    let (announcements, frames): (Vec<_>, Vec<_>) =
+        frames.into_iter().partition(|f| is_announcement(f));
+    let (requests, frames) = frames.into_iter().partition(|f| is_request(f));
     Sent {
         frames,
         announcements,
+        requests,
     }
 }
 

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use dataplane::command::{Command, FlowDump};
 use dataplane::counters::WorkerCounters;
+use dataplane::drop_reason::DropReason;
 use dataplane::flow::FlowTableStats;
-use dataplane::neighbor::NeighborEvent;
+use dataplane::neighbor::{HoldQueue, NeighborEvent, Released};
 use dataplane::packet::PacketBuf;
 use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm_burst};
 use dataplane::shared::{Reader, SharedSnapshot};
@@ -64,6 +65,9 @@ const DRAIN_US: u64 = 100;
 const MIRRORS_PER_SECOND: u64 = 10;
 /// Expired flows removed between bursts, at most, per loop iteration.
 const SWEEP_PER_ITERATION: usize = 64;
+/// Packets a worker holds for next hops being resolved: in all, and for one next hop.
+pub const HOLD_CAPACITY: usize = 256;
+const HOLD_PER_NEIGHBOR: usize = 16;
 
 /// Everything one worker owns.
 pub struct Worker<'p> {
@@ -92,6 +96,8 @@ struct Buffers {
     tx: Vec<MbufBurst>,
     redirect: Vec<MbufBurst>,
     dropped: MbufBurst,
+    /// Packets waiting for their next hop's MAC.
+    hold: HoldQueue<dpdk_rs::Mbuf>,
 }
 
 impl Worker<'_> {
@@ -115,7 +121,9 @@ impl Worker<'_> {
                 .map(|_| MbufBurst::new())
                 .collect(),
             dropped: MbufBurst::new(),
+            hold: HoldQueue::new(HOLD_CAPACITY, HOLD_PER_NEIGHBOR),
         };
+        let mut last_release = 0;
         let burst = settings.burst.clamp(1, MAX_BURST);
         let hz = settings.tsc_hz.max(1);
         let drain_cycles = hz / 1_000_000 * DRAIN_US;
@@ -126,9 +134,17 @@ impl Worker<'_> {
             // The clock and the snapshot, once per iteration.
             let tsc = dpdk_rs::rdtsc();
             let now = ((tsc - start) / hz) as u32;
+            let mut changed = false;
             if reader.refresh(shared).epoch != seen_epoch {
                 seen_epoch = reader.snapshot().epoch;
                 self.state.adopt(reader.snapshot());
+                changed = true;
+            }
+            // Held packets go when a snapshot resolves (or fails) their next hop, or grow
+            // old: looked at when the snapshot changes and once a second.
+            if !b.hold.is_empty() && (changed || now != last_release) {
+                self.release_held(&mut b, &reader, counters, now, burst);
+                last_release = now;
             }
             let mut polled = 0;
             for i in 0..self.rx.len() {
@@ -249,6 +265,21 @@ impl Worker<'_> {
                 &mut self.state,
                 now,
             );
+            if a == Action::Drop(DropReason::NeighborUnresolved)
+                && let Some((next_hop, interface)) = self.state.neighbor_events.take_unresolved()
+            {
+                // Rewritten but for its Ethernet header: held until the MAC comes.
+                match b.hold.hold(next_hop, interface, now, m) {
+                    Ok(()) => counters.actions.held.add(1),
+                    Err(m) => {
+                        counters
+                            .actions
+                            .record(&Action::Drop(DropReason::NeighborHoldFull));
+                        let _ = b.dropped.push(m);
+                    }
+                }
+                continue;
+            }
             counters.actions.record(&a);
             let out = match a {
                 Action::Forward { interface, .. } => usize::from(interface),
@@ -287,6 +318,48 @@ impl Worker<'_> {
             counters.actions.redirect_dropped.add(buf.len() as u64);
             buf.clear();
         }
+    }
+
+    /// Sends the held packets whose next hop the snapshot now knows, with its MAC; drops (and
+    /// counts) those whose next hop failed or that waited too long.
+    fn release_held(
+        &mut self,
+        b: &mut Buffers,
+        reader: &Reader,
+        counters: &WorkerCounters,
+        now: u32,
+        burst: usize,
+    ) {
+        let snap = reader.snapshot();
+        let mut hold = std::mem::replace(&mut b.hold, HoldQueue::new(0, 0));
+        hold.release(
+            now,
+            |a| snap.resolution(a),
+            |mut m, r| match r {
+                Released::Send { mac, interface } => {
+                    let itf = usize::from(interface);
+                    let (Some(out), true) = (snap.interfaces.get(itf), itf < b.tx.len()) else {
+                        return;
+                    };
+                    let f = m.data_mut();
+                    f[..6].copy_from_slice(&mac.0);
+                    f[6..12].copy_from_slice(&out.mac.0);
+                    counters.actions.forwarded.add(1);
+                    self.queue(itf, m, &mut b.tx[itf], counters, burst);
+                }
+                Released::Failed => {
+                    counters
+                        .actions
+                        .record(&Action::Drop(DropReason::NeighborFailed));
+                }
+                Released::Expired => {
+                    counters
+                        .actions
+                        .record(&Action::Drop(DropReason::NeighborUnresolved));
+                }
+            },
+        );
+        b.hold = hold;
     }
 
     /// Puts `m` in interface `itf`'s tx buffer (sending the buffer first if it is full, so
@@ -354,6 +427,9 @@ pub struct PoolNeeds {
     pub lcores: u32,
 }
 
+// Each worker may hold this many packets for next hops being resolved.
+const HELD: u32 = HOLD_CAPACITY as u32;
+
 impl PoolNeeds {
     /// Per-lcore mempool cache: DPDK caps it at RTE_MEMPOOL_CACHE_MAX_SIZE (512); 256 is its
     /// examples' choice.
@@ -366,6 +442,7 @@ impl PoolNeeds {
     /// + each worker's rx burst, one tx buffer per port     workers x MAX_BURST x (1 + ports)
     ///   and one redirect buffer per worker                 + workers x workers x MAX_BURST
     /// + packets waiting in inter-worker rings             ring_slots
+    /// + packets held for a next hop being resolved        workers x HOLD_CAPACITY
     /// + what per-lcore caches may hold                    lcores x cache x 1.5
     /// ```
     /// (DPDK flushes a cache above 1.5 x its size), rounded up to 2^k - 1: rte_mempool's ring
@@ -376,7 +453,7 @@ impl PoolNeeds {
         let max = MAX_BURST as u32;
         let bursts = self.workers * max * (1 + self.ports) + self.workers * self.workers * max;
         let caches = self.lcores * self.cache * 3 / 2;
-        let need = rx + tx + bursts + self.ring_slots + caches;
+        let need = rx + tx + bursts + self.ring_slots + self.workers * HELD + caches;
         (need + 1).next_power_of_two() - 1
     }
 }
@@ -398,7 +475,7 @@ mod tests {
             cache: PoolNeeds::CACHE,
             lcores: 2,
         };
-        // 1024 + 1024 + 1x256x2 + 1x1x256 + 0 + 2x256x1.5 = 3584 -> 4095
+        // 1024 + 1024 + 1x256x2 + 1x1x256 + 0 + 1x256 + 2x256x1.5 = 3840 -> 4095
         assert_eq!(needs.pool_size(), 4095);
         let two = PoolNeeds {
             ports: 2,
@@ -409,7 +486,8 @@ mod tests {
             ring_slots: 2048,
             ..needs
         };
-        // 2x2x1024 x2 + 2x256x3 + 2x2x256 + 2048 + 3x384 = 8192 + 1536 + 1024 + 2048 + 1152 = 13952 -> 16383
+        // 2x2x1024 x2 + 2x256x3 + 2x2x256 + 2048 + 2x256 + 3x384
+        //   = 8192 + 1536 + 1024 + 2048 + 512 + 1152 = 14464 -> 16383
         assert_eq!(two.pool_size(), 16383);
     }
 }

@@ -29,8 +29,18 @@ pub struct Stats {
     /// Every drop reason, with zero for those that never happened.
     pub drops: BTreeMap<String, u64>,
     pub flows: FlowStats,
+    pub closed_ports: ClosedPortStats,
     pub mbufs: MbufStats,
     pub services: Vec<ServiceStats>,
+}
+
+/// Answers to packets for a VIP port without a service ([replies]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct ClosedPortStats {
+    pub tcp_resets: u64,
+    pub port_unreachables: u64,
+    /// Not answered, over the per-second budget (counted as no_service drops too).
+    pub rate_limited: u64,
 }
 
 /// The packet-buffer pool: its size and the mbufs taken from it (in rx and tx queues, rings,
@@ -72,6 +82,9 @@ pub struct ActionStats {
     pub consumed: u64,
     pub redirected: u64,
     pub redirect_dropped: u64,
+    /// Held while their next hop was resolved (then forwarded, or dropped as
+    /// neighbor_unresolved or neighbor_failed).
+    pub held: u64,
     pub dropped: u64,
 }
 
@@ -139,6 +152,11 @@ pub struct BackendStats {
     pub port: u16,
     pub weight: u32,
     pub enabled: bool,
+    /// Its next hop's MAC: static, resolved, resolving, failed (no new flows until it
+    /// answers) or unknown (not asked for yet).
+    pub neighbor: String,
+    /// Times its next hop failed to resolve.
+    pub neighbor_failures: u64,
     #[serde(flatten)]
     pub traffic: Traffic,
 }
@@ -322,9 +340,37 @@ pub fn render_metrics(s: &Stats) -> String {
         ("consumed", a.consumed),
         ("redirected", a.redirected),
         ("redirect_dropped", a.redirect_dropped),
+        ("held", a.held),
         ("dropped", a.dropped),
     ] {
         x.sample("packets_total", &[("action", action)], v);
+    }
+    x.family(
+        "closed_port_replies_total",
+        "counter",
+        "Answers to packets for a VIP port without a service: tcp_reset, port_unreachable, and rate_limited (not answered).",
+    );
+    let c = &s.closed_ports;
+    for (kind, v) in [
+        ("tcp_reset", c.tcp_resets),
+        ("port_unreachable", c.port_unreachables),
+        ("rate_limited", c.rate_limited),
+    ] {
+        x.sample("closed_port_replies_total", &[("kind", kind)], v);
+    }
+    x.family(
+        "backend_neighbor_failed",
+        "gauge",
+        "1 while a backend's next hop does not answer ARP/NDP (it takes no new flows), else 0.",
+    );
+    for svc in &s.services {
+        for b in &svc.backends {
+            x.sample(
+                "backend_neighbor_failed",
+                &[("service", &svc.id), ("backend", &b.id)],
+                u8::from(b.neighbor == "failed"),
+            );
+        }
     }
     x.family("drops_total", "counter", "Packets dropped, by reason.");
     for (reason, v) in &s.drops {

@@ -10,6 +10,7 @@ use super::FieldError;
 pub struct ConfigFile {
     pub dpdk: DpdkSection,
     pub timeouts: TimeoutsSection,
+    pub replies: RepliesSection,
     pub interfaces: Vec<InterfaceSpec>,
     pub routes: Vec<RouteSpec>,
     pub neighbors: Vec<NeighborSpec>,
@@ -77,6 +78,25 @@ impl Default for TimeoutsSection {
             tcp_fin: 120,
             tcp_close: 10,
             udp: 300,
+        }
+    }
+}
+
+/// How the appliance answers as a host on a VIP's closed ports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepliesSection {
+    /// TCP to a VIP port without a service gets a reset, UDP an ICMP port unreachable.
+    pub closed_ports: bool,
+    /// At most this many such answers per worker per second.
+    pub closed_ports_per_second: u32,
+}
+
+impl Default for RepliesSection {
+    fn default() -> Self {
+        RepliesSection {
+            closed_ports: true,
+            closed_ports_per_second: 1000,
         }
     }
 }
@@ -308,6 +328,7 @@ fn apply_env(
             "timeouts",
             toml::Table::try_from(TimeoutsSection::default()),
         ),
+        ("replies", toml::Table::try_from(RepliesSection::default())),
         ("api", toml::Table::try_from(ApiSection::default())),
     ];
     let mut applied = Vec::new();
@@ -320,7 +341,7 @@ fn apply_env(
         let unknown = |why: &str| FieldError {
             field: String::new(),
             message: format!(
-                "{var}: {why} (configuration variables are L4LB_<SECTION>__<KEY>, like L4LB_DPDK__BURST, for the keys of [dpdk], [timeouts] and [api])"
+                "{var}: {why} (configuration variables are L4LB_<SECTION>__<KEY>, like L4LB_DPDK__BURST, for the keys of [dpdk], [timeouts], [replies] and [api])"
             ),
         };
         let rest = &var["L4LB_".len()..];

@@ -6,12 +6,15 @@ use std::path::PathBuf;
 pub use dataplane::addr::{IpPrefix, MacAddr};
 pub use dataplane::flow::FlowTimeouts;
 pub use dataplane::service::{ForwardingMode, Protocol, SchedulerKind};
+pub use dataplane::snapshot::HostReplies;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     pub dpdk: DpdkSettings,
     /// Seconds per flow state (the IPVS defaults unless configured).
     pub timeouts: FlowTimeouts,
+    /// Answers on closed VIP ports.
+    pub replies: HostReplies,
     pub interfaces: Vec<Interface>,
     pub routes: Vec<Route>,
     pub neighbors: Vec<Neighbor>,

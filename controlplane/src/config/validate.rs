@@ -183,6 +183,17 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
         }
     }
 
+    let r = &f.replies;
+    if !(1..=1_000_000).contains(&r.closed_ports_per_second) {
+        e.add(
+            "replies.closed_ports_per_second",
+            format!(
+                "{} is not from 1 to 1000000 (closed_ports = false turns the answers off)",
+                r.closed_ports_per_second
+            ),
+        );
+    }
+
     let mut interfaces = Vec::new();
     let mut ports_seen: HashMap<u16, usize> = HashMap::new();
     let mut our_addresses: HashMap<IpAddr, String> = HashMap::new();
@@ -337,6 +348,10 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             tcp_fin: t.tcp_fin,
             tcp_close: t.tcp_close,
             udp: t.udp,
+        },
+        replies: HostReplies {
+            closed_ports: r.closed_ports,
+            per_second: r.closed_ports_per_second,
         },
         interfaces,
         routes,

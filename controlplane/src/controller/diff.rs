@@ -116,6 +116,19 @@ pub fn model(old: &Model, new: &Model) -> Vec<String> {
             out.push(format!("timeouts.{name} {was} -> {is}"));
         }
     }
+    let (a, b) = (&old.replies, &new.replies);
+    if a.closed_ports != b.closed_ports {
+        out.push(format!(
+            "replies.closed_ports {} -> {}",
+            a.closed_ports, b.closed_ports
+        ));
+    }
+    if a.per_second != b.per_second {
+        out.push(format!(
+            "replies.closed_ports_per_second {} -> {}",
+            a.per_second, b.per_second
+        ));
+    }
     let list = |items: Vec<String>| format!("[{}]", items.join(", "));
     if old.routes != new.routes {
         let routes = |m: &Model| {

@@ -29,6 +29,7 @@ use dataplane::command::Command;
 use dataplane::counters::{ServiceCounters, WorkerCounters};
 use dataplane::neighbor::NeighborEvent;
 use dataplane::shared::SharedSnapshot;
+use dataplane::snapshot::Snapshot;
 use serde_json::{Value, json};
 use tracing::{debug, error, info, warn};
 
@@ -107,6 +108,9 @@ pub struct Controller {
     neighbors: NeighborTable,
     /// Learned neighbours changed since the last publish.
     neighbors_changed: bool,
+    /// The next hops of the backends and routes that the snapshot has no MAC for: resolved
+    /// before any packet needs them (recomputed at every publish).
+    wanted: Vec<(IpAddr, u16)>,
     last_tick: Instant,
     /// Counters are kept per numeric id, and ids are reused: what an id had counted when its
     /// present owner got it (keyed by (is a service, id)).
@@ -137,6 +141,7 @@ impl Controller {
             workers: setup.workers,
             neighbors: NeighborTable::new(Timers::default()),
             neighbors_changed: false,
+            wanted: Vec::new(),
             last_tick: Instant::now(),
             baselines: HashMap::new(),
             epoch: 1,
@@ -180,6 +185,19 @@ impl Controller {
     pub fn start(&mut self) {
         let vips = self.vips();
         self.announce(&vips, true);
+        self.wanted = wanted(&self.shared().current(), &self.running);
+        self.resolve_wanted(Instant::now());
+    }
+
+    /// Asks for the next hops the configuration sends to and the snapshot has no MAC for
+    /// (each at most once a second; the table counts the unanswered ones towards failure).
+    fn resolve_wanted(&mut self, now: Instant) {
+        for (addr, interface) in std::mem::take(&mut self.wanted) {
+            if let Some(r) = self.neighbors.unresolved(addr, interface, now) {
+                self.request(r);
+            }
+            self.wanted.push((addr, interface));
+        }
     }
 
     /// Answers one API request; a change is saved and live before the answer.
@@ -209,6 +227,7 @@ impl Controller {
         let next = Model {
             dpdk: r.dpdk.clone(),
             timeouts: r.timeouts,
+            replies: r.replies,
             interfaces: r.interfaces.clone(),
             routes: r.routes.clone(),
             neighbors: r.neighbors.clone(),
@@ -269,9 +288,10 @@ impl Controller {
     /// swapped in, and the workers that lag take it up when they run).
     fn commit(&mut self, next: Model) -> Result<Published, ApiError> {
         let learned = self.neighbors.entries();
+        let failed = self.neighbors.failed();
         let prepared = self
             .publisher
-            .prepare(&next, &learned)
+            .prepare(&next, &learned, &failed)
             .map_err(|e| ApiError::invalid(format!("{e}; nothing changed")))?;
         if let Some(path) = &next.api.state_file {
             state::save(path, &next.services).map_err(|e| {
@@ -312,6 +332,8 @@ impl Controller {
             "published"
         );
         self.neighbors_changed = false;
+        self.wanted = wanted(&self.shared().current(), &self.running);
+        self.resolve_wanted(Instant::now());
         p
     }
 
@@ -436,7 +458,11 @@ impl Controller {
                     // Our own announcements, looped back (or a conflict): never a neighbour.
                     return;
                 }
+                let was_failed = self.neighbors.state(addr) == crate::neighbors::State::Failed;
                 if self.neighbors.learned(addr, mac, interface, now) {
+                    if was_failed {
+                        info!(%addr, %mac, interface, "neighbour answered again after failing");
+                    }
                     info!(%addr, %mac, interface, "neighbour learned");
                     self.neighbors_changed = true;
                 }
@@ -463,16 +489,26 @@ impl Controller {
 
     pub fn tick(&mut self, now: Instant) {
         if now.duration_since(self.last_tick) >= TICK {
+            let failed_before = self.neighbors.failed();
+            // The table's timers first (they retry and fail what is pending), then what the
+            // configuration needs and the table does not have yet.
             let (requests, expired) = self.neighbors.tick(now);
             for r in requests {
                 self.request(r);
+            }
+            self.resolve_wanted(now);
+            for addr in self.neighbors.failed() {
+                if !failed_before.contains(&addr) {
+                    warn!(%addr, "neighbour failed: no answer to {} requests; backends behind it take no new flows until it answers", crate::neighbors::MAX_PROBES);
+                }
             }
             self.neighbors_changed |= expired;
             self.last_tick = now;
         }
         if self.neighbors_changed {
             let learned = self.neighbors.entries();
-            match self.publisher.prepare(&self.running, &learned) {
+            let failed = self.neighbors.failed();
+            match self.publisher.prepare(&self.running, &learned, &failed) {
                 Ok(p) => {
                     self.publish(p);
                 }
@@ -484,6 +520,25 @@ impl Controller {
     fn vips(&self) -> BTreeSet<IpAddr> {
         self.running.services.iter().map(|s| s.vip).collect()
     }
+}
+
+/// The next hops of `model`'s backends and routes that `snap` has no MAC for, with the
+/// interface each is reached on; static neighbours have theirs.
+fn wanted(snap: &Snapshot, model: &Model) -> Vec<(IpAddr, u16)> {
+    let backends = snap
+        .services
+        .iter()
+        .flat_map(|s| s.config.backends.iter())
+        .filter_map(|b| snap.backend_route(b.id).copied());
+    let gateways = model.routes.iter().filter_map(|r| snap.route(r.via));
+    let mut v: Vec<(IpAddr, u16)> = backends
+        .chain(gateways)
+        .filter(|r| r.dst_mac.is_none())
+        .map(|r| (r.next_hop, r.interface))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// The changes of one audit line, "; " between them.

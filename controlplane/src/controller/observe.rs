@@ -21,7 +21,8 @@ use dataplane::snapshot::Snapshot;
 
 use super::Controller;
 use crate::api::stats::{
-    ActionStats, BackendStats, FlowStats, PortStats, ServiceStats, Traffic, WorkerStats,
+    ActionStats, BackendStats, ClosedPortStats, FlowStats, PortStats, ServiceStats, Traffic,
+    WorkerStats,
 };
 use crate::api::{FlowSample, Stats};
 
@@ -134,12 +135,15 @@ impl Controller {
                         let t = id.map_or_else(TrafficTotals::default, |id| {
                             since(traffic, false, id, self.baselines.get(&(false, id)))
                         });
+                        let (neighbor, neighbor_failures) = self.neighbor_of(&snap, b.address);
                         BackendStats {
                             id: b.id.clone(),
                             address: b.address.to_string(),
                             port: b.port,
                             weight: b.weight,
                             enabled: b.enabled,
+                            neighbor,
+                            neighbor_failures,
                             traffic: Traffic::from(t),
                         }
                     })
@@ -208,6 +212,7 @@ impl Controller {
                 consumed: a(|c| c.actions.consumed.get()),
                 redirected: a(|c| c.actions.redirected.get()),
                 redirect_dropped: a(|c| c.actions.redirect_dropped.get()),
+                held: a(|c| c.actions.held.get()),
                 dropped: drops.iter().sum(),
             },
             drops: DropReason::ALL
@@ -226,9 +231,33 @@ impl Controller {
                 flushed: flow(|w| w.flows.flushed.get()),
                 syn_flood_hashed: flow(|w| w.flows.syn_flood_hashed.get()),
             },
+            closed_ports: ClosedPortStats {
+                tcp_resets: flow(|w| w.closed_ports.tcp_resets.get()),
+                port_unreachables: flow(|w| w.closed_ports.port_unreachables.get()),
+                rate_limited: flow(|w| w.closed_ports.rate_limited.get()),
+            },
             mbufs: self.mbufs,
             services,
         }
+    }
+
+    /// The state of the next hop towards `addr`, and how often it failed.
+    fn neighbor_of(&self, snap: &Snapshot, addr: std::net::IpAddr) -> (String, u64) {
+        use crate::neighbors::State;
+        let Some((_, hop)) = snap.next_hop(addr) else {
+            return ("no route".to_string(), 0);
+        };
+        let state = if self.running.neighbors.iter().any(|n| n.address == hop) {
+            "static"
+        } else {
+            match self.neighbors.state(hop) {
+                State::Resolved(_) => "resolved",
+                State::Resolving => "resolving",
+                State::Failed => "failed",
+                State::Unknown => "unknown",
+            }
+        };
+        (state.to_string(), self.neighbors.failures(hop))
     }
 
     /// Up to `limit` live flows of `service`, gathered from the workers (oldest first).

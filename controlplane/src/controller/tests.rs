@@ -528,19 +528,100 @@ fn frames_announce_vips_at_start_and_new_vips_when_added() {
     let mut r = Rig::new(false, Limits::default());
     r.c.start();
     let frames = r.c.take_frames();
-    // The VIP and our address: two gratuitous ARPs on port 0.
-    assert_eq!(frames.len(), 2);
+    // The VIP and our address: two gratuitous ARPs on port 0; then the backends resolved
+    // before any packet needs them: an ARP request for each, from our address.
+    assert_eq!(frames.len(), 4);
     assert!(
         frames
             .iter()
             .all(|f| f.port == 0 && f.bytes[12..14] == [0x08, 0x06])
     );
+    for (f, target) in frames[2..].iter().zip([10, 11]) {
+        assert_eq!(&f.bytes[0..6], &[0xff; 6], "broadcast");
+        assert_eq!(&f.bytes[20..22], &[0, 1], "a request");
+        assert_eq!(&f.bytes[28..32], &[198, 18, 0, 1], "from our address");
+        assert_eq!(&f.bytes[38..42], &[198, 18, 0, target]);
+    }
     assert_eq!(r.call(create_service("dns", 53)).status, 201);
     let frames = r.c.take_frames();
-    assert_eq!(frames.len(), 1, "the new VIP");
     assert_eq!(
-        &frames[0].bytes[28..32],
-        &[198, 18, 0, 101],
-        "ARP sender address"
+        frames.len(),
+        2,
+        "the new backend asked for, the new VIP announced"
     );
+    assert_eq!(&frames[0].bytes[38..42], &[198, 18, 0, 20], "ARP target");
+    assert_eq!(&frames[1].bytes[28..32], &[198, 18, 0, 101], "ARP sender");
+    assert_eq!(&frames[1].bytes[38..42], &[198, 18, 0, 101], "gratuitous");
+}
+
+#[test]
+fn a_backend_whose_neighbour_never_answers_takes_no_new_flows_until_it_does() {
+    let mut r = Rig::new(false, Limits::default());
+    r.c.start();
+    let t0 = Instant::now();
+    let asked = |r: &mut Rig| {
+        r.c.take_frames()
+            .iter()
+            .filter(|f| f.bytes[12..14] == [0x08, 0x06] && f.bytes[28..32] != f.bytes[38..42])
+            .map(|f| f.bytes[41])
+            .collect::<Vec<u8>>()
+    };
+    assert_eq!(asked(&mut r), [10, 11]);
+    // web-1 answers; web-2 never does.
+    r.c.neighbor_event(NeighborEvent::Learned {
+        addr: "198.18.0.10".parse().unwrap(),
+        mac: MacAddr([2, 0, 0, 0, 0, 0x0a]),
+        interface: 0,
+    });
+    let weights = |r: &Rig| {
+        let snap = r.c.shared().current();
+        snap.services[0]
+            .sched_backends
+            .iter()
+            .map(|b| b.weight)
+            .collect::<Vec<u32>>()
+    };
+    let neighbor = |r: &Rig| {
+        r.c.stats().services[0]
+            .backends
+            .iter()
+            .map(|b| (b.neighbor.clone(), b.neighbor_failures))
+            .collect::<Vec<_>>()
+    };
+    for s in 1..=2 {
+        r.c.tick(t0 + Duration::from_millis(1100 * s));
+        assert_eq!(asked(&mut r), [11], "asked again after {s} s");
+        assert_eq!(
+            weights(&r),
+            [1, 1],
+            "still resolving: it takes flows (held)"
+        );
+    }
+    assert_eq!(
+        neighbor(&r),
+        [("resolved".into(), 0), ("resolving".into(), 0)]
+    );
+    r.c.tick(t0 + Duration::from_millis(3300));
+    assert_eq!(asked(&mut r), [11], "a failed neighbour is still asked");
+    assert_eq!(weights(&r), [1, 0], "failed: no new flows");
+    assert_eq!(neighbor(&r), [("resolved".into(), 0), ("failed".into(), 1)]);
+    let snap = r.c.shared().current();
+    assert!(
+        snap.backend_route(snap.services[0].config.backends[1].id)
+            .unwrap()
+            .failed
+    );
+    // It answers: back in the scheduling.
+    r.c.neighbor_event(NeighborEvent::Learned {
+        addr: "198.18.0.11".parse().unwrap(),
+        mac: MacAddr([2, 0, 0, 0, 0, 0x0b]),
+        interface: 0,
+    });
+    r.c.tick(t0 + Duration::from_millis(3400));
+    assert_eq!(weights(&r), [1, 1]);
+    assert_eq!(
+        neighbor(&r),
+        [("resolved".into(), 0), ("resolved".into(), 1)]
+    );
+    assert_eq!(r.c.epoch(), 1, "no configuration change in all this");
 }

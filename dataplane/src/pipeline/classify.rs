@@ -75,7 +75,7 @@ fn ip_packet<P: PacketBuf>(
             return a;
         }
         if cx.snap.is_vip(&ip.dst) {
-            return Err(DropReason::NoService);
+            return local::closed_port(pkt, cx, p, &l4);
         }
     }
     if cx.snap.local_interface(&ip.dst).is_some() {

@@ -10,7 +10,7 @@ use crate::addr::MacAddr;
 use crate::drop_reason::DropReason;
 use crate::flow::addr_from_bytes;
 use crate::forward::{self, IpView, Side};
-use crate::neighbor::{NeighborEvent, NeighborEvents};
+use crate::neighbor::NeighborEvents;
 use crate::packet::PacketBuf;
 use crate::respond;
 use crate::service::{BackendId, ForwardingMode};
@@ -128,25 +128,32 @@ fn tunnel<P: PacketBuf>(
         };
     }
     let src = route.tunnel_src.ok_or(DropReason::NoTunnelSource)?;
-    let dst_mac = next_hop_mac(route, &cx.w.neighbor_events)?;
+    if route.failed {
+        return Err(DropReason::NeighborFailed);
+    }
     if !forward::encapsulate(pkt, l2, ip, src, backend) {
         return Err(DropReason::NoHeadroom);
     }
+    // Encapsulated first: a packet held for the next hop needs only its Ethernet header.
+    let dst_mac = next_hop_mac(route, &cx.w.neighbor_events)?;
     forward::set_l2(pkt.data_mut(), dst_mac, route.src_mac);
     Ok(Action::Forward {
         interface: route.interface,
     })
 }
 
-/// The next hop's MAC; when it is not known, the control side is told (it resolves it) and the
-/// packet is dropped (counted as `neighbor_unresolved`).
+/// The next hop's MAC. When it is not known the control side is told (it resolves it) and the
+/// answer is `neighbor_unresolved`, with the packet rewritten but for its Ethernet header: the
+/// worker holds it until the MAC comes ([`NeighborEvents::take_unresolved`] says for which next
+/// hop). Callers ask only once everything else about the packet is done. A next hop that failed
+/// to resolve holds nothing.
 #[inline(always)]
 pub(super) fn next_hop_mac(route: &Route, events: &NeighborEvents) -> Result<MacAddr, DropReason> {
     route.dst_mac.ok_or_else(|| {
-        events.push(NeighborEvent::Unresolved {
-            addr: route.next_hop,
-            interface: route.interface,
-        });
+        if route.failed {
+            return DropReason::NeighborFailed;
+        }
+        events.unresolved(route.next_hop, route.interface);
         DropReason::NeighborUnresolved
     })
 }

@@ -228,10 +228,6 @@ fn established_v4_inner<P: PacketBuf>(
         };
         return Ok(egress::forward_out_of_line(pkt, &cx, &view, svc, backend));
     };
-    let dst_mac = match egress::next_hop_mac(route, &w.neighbor_events) {
-        Ok(m) => m,
-        Err(r) => return Ok(Action::Drop(r)),
-    };
     // NAT, as `forward::rewrite_endpoint` does it, on fixed offsets.
     let new_addr: [u8; 4] = endpoint.addr[12..].try_into().expect("4 bytes");
     let addr_delta = checksum::delta4(dst4, new_addr);
@@ -249,6 +245,11 @@ fn established_v4_inner<P: PacketBuf>(
         checksum::apply(c, d)
     };
     h[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
+    // Rewritten first: a packet held for its next hop needs only its Ethernet header.
+    let dst_mac = match egress::next_hop_mac(route, &w.neighbor_events) {
+        Ok(m) => m,
+        Err(r) => return Ok(Action::Drop(r)),
+    };
     h[..6].copy_from_slice(&dst_mac.0);
     h[6..12].copy_from_slice(&route.src_mac.0);
     if let Some((s, b)) = w.traffic.of(svc.config.id, backend) {

@@ -1,10 +1,10 @@
 //! What the appliance answers and learns itself: ARP requests and NDP solicitations for its
 //! addresses and VIPs are answered; their senders, and the targets of advertisements, are
-//! reported to the control side as neighbours.
+//! reported to the control side as neighbours. A VIP's closed ports answer as a host's do.
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::{Action, Ctx};
+use super::{Action, Ctx, Ip, L4};
 use crate::addr::MacAddr;
 use crate::drop_reason::DropReason;
 use crate::flow::addr_from_bytes;
@@ -112,5 +112,48 @@ pub(super) fn neighbor_advertisement(
             Ok(Action::Consumed)
         }
         None => Err(DropReason::NdpInvalid),
+    }
+}
+
+/// A TCP segment or UDP datagram to a VIP on a port without a service: a reset or ICMP port
+/// unreachable from the VIP, as a host (and IPVS's director) answers, within the worker's
+/// per-second budget; else dropped as `no_service`. Resets and packets from martian sources
+/// are never answered.
+pub(super) fn closed_port<P: PacketBuf>(
+    pkt: &mut P,
+    cx: &mut Ctx<'_>,
+    p: &Ip,
+    l4: &L4,
+) -> Result<Action, DropReason> {
+    let replies = cx.snap.replies;
+    let ip = &p.ip;
+    if !replies.closed_ports
+        || l4.tcp_flags.is_some_and(|f| f & crate::wire::tcp::RST != 0)
+        || cx.snap.is_martian_source(&ip.src, ip.v6)
+    {
+        return Err(DropReason::NoService);
+    }
+    let counters = &cx.w.traffic.closed_ports;
+    if !cx.w.reply_budget.take(cx.now, replies.per_second) {
+        counters.rate_limited.add(1);
+        return Err(DropReason::NoService);
+    }
+    let vip = addr_from_bytes(ip.dst);
+    let mac = cx.snap.interfaces[usize::from(cx.ingress)].mac;
+    let answered = if l4.tcp_flags.is_some() {
+        respond::tcp_reset(pkt, p.l2, ip, vip, mac) && {
+            counters.tcp_resets.add(1);
+            true
+        }
+    } else {
+        respond::port_unreachable(pkt, p.l2, ip, vip, mac) && {
+            counters.port_unreachables.add(1);
+            true
+        }
+    };
+    if answered {
+        Ok(Action::Reply)
+    } else {
+        Err(DropReason::NoHeadroom)
     }
 }

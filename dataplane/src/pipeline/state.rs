@@ -23,6 +23,34 @@ pub struct WorkerState {
     pub traffic: Arc<ServiceCounters>,
     /// What this burst learned about neighbours, for the control side.
     pub neighbor_events: NeighborEvents,
+    /// Closed-port answers left in the current second.
+    pub(super) reply_budget: ReplyBudget,
+}
+
+/// At most `per_second` answers in each second of the worker's clock (a fixed window: the
+/// clock counts whole seconds).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct ReplyBudget {
+    second: u32,
+    used: u32,
+}
+
+impl ReplyBudget {
+    /// True if one more answer fits in second `now`.
+    #[inline]
+    pub(super) fn take(&mut self, now: u32, per_second: u32) -> bool {
+        if now != self.second {
+            *self = ReplyBudget {
+                second: now,
+                used: 0,
+            };
+        }
+        if self.used >= per_second {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
 }
 
 impl WorkerState {
@@ -53,6 +81,7 @@ impl WorkerState {
             cursors: vec![Cursor::default(); max_services as usize],
             traffic: Arc::new(ServiceCounters::new(max_services, max_backends)),
             neighbor_events: NeighborEvents::default(),
+            reply_budget: ReplyBudget::default(),
         })
     }
 

@@ -401,6 +401,8 @@ pub(super) fn config(workers: u16) -> SnapshotConfig {
         services,
         timeouts: FlowTimeouts::default(),
         workers,
+        failed_neighbors: Vec::new(),
+        replies: Default::default(),
     }
 }
 
@@ -1211,7 +1213,7 @@ fn malformed_and_unwanted_packets_are_dropped_with_their_reason() {
                     L4Spec::Tcp {
                         sport: 1,
                         dport: 9999,
-                        flags: 2,
+                        flags: crate::wire::tcp::RST,
                         payload: b"",
                     },
                 ),
@@ -1684,4 +1686,262 @@ fn a_snapshot_with_new_timeouts_reaches_the_flow_table_when_adopted() {
     assert_eq!(w.flows.timeouts().udp, 30);
     assert!(w.flows.expired_at(slot, 100 + 31));
     assert!(!w.flows.expired_at(slot, 100 + 29));
+}
+
+/// A TCP header without options and its checksum, for the expected resets.
+fn tcp_header(
+    (sport, dport): (u16, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    pseudo: Vec<u8>,
+) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
+    let mut p = pseudo;
+    p.extend_from_slice(&t);
+    let c = csum(&p);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+#[test]
+fn closed_vip_ports_answer_as_a_host_within_the_budget() {
+    use crate::wire::tcp::{ACK, FIN, PSH, RST, SYN};
+    let mut c = config(1);
+    c.replies.per_second = 3;
+    let snap = Snapshot::build(c, 1);
+    let mut w = worker();
+    let answer = |w: &mut WorkerState, f: &[u8], now: u32| {
+        let mut p = OwnedPacket::new(f);
+        let a = process(&mut p, 0, &snap, w, now);
+        (a, p.data().to_vec())
+    };
+    let pseudo4 = |len: u16| {
+        let mut p = v4(VIP).octets().to_vec();
+        p.extend_from_slice(&v4(CLIENT).octets());
+        p.extend_from_slice(&[0, 6]);
+        p.extend_from_slice(&len.to_be_bytes());
+        p
+    };
+    let reply_hdr = V4Hdr {
+        tos: 0,
+        id: 0,
+        ..v4hdr(VIP, CLIENT)
+    };
+    // A SYN: RST+ACK, seq 0, ack = its seq + 1 (the L4Spec's seq is 0x01020304).
+    let syn = frame(
+        OUR_MAC,
+        GW_MAC,
+        &ipv4_packet(
+            v4hdr(CLIENT, VIP),
+            L4Spec::Tcp {
+                sport: 40000,
+                dport: 9999,
+                flags: SYN,
+                payload: b"",
+            },
+        ),
+    );
+    let (a, out) = answer(&mut w, &syn, 7);
+    assert_eq!(a, Action::Reply);
+    let rst = tcp_header((9999, 40000), 0, 0x0102_0305, RST | ACK, pseudo4(20));
+    assert_frame(
+        &out,
+        &frame(GW_MAC, OUR_MAC, &ipv4_raw(reply_hdr, 6, &rst)),
+        "reset to a SYN",
+    );
+    // Data with ACK and FIN: RST, seq = its ack (0x0a0b0c0d), no ACK.
+    let data = frame(
+        OUR_MAC,
+        GW_MAC,
+        &ipv4_packet(
+            v4hdr(CLIENT, VIP),
+            L4Spec::Tcp {
+                sport: 40001,
+                dport: 9999,
+                flags: ACK | PSH | FIN,
+                payload: b"hello",
+            },
+        ),
+    );
+    let (a, out) = answer(&mut w, &data, 7);
+    assert_eq!(a, Action::Reply);
+    let rst = tcp_header((9999, 40001), 0x0a0b_0c0d, 0, RST, pseudo4(20));
+    assert_frame(
+        &out,
+        &frame(GW_MAC, OUR_MAC, &ipv4_raw(reply_hdr, 6, &rst)),
+        "reset to a segment with ACK",
+    );
+    // UDP over IPv6 to a TCP-only port: ICMPv6 port unreachable quoting it whole.
+    let udp6 = ipv6_packet(
+        v6hdr(CLIENT6, VIP6),
+        L4Spec::Udp {
+            sport: 5000,
+            dport: vip_port(Protocol::Tcp, ForwardingMode::Nat),
+            payload: b"query",
+            zero_checksum: false,
+        },
+    );
+    let (a, out) = answer(&mut w, &frame(OUR_MAC, GW_MAC, &udp6), 7);
+    assert_eq!(a, Action::Reply);
+    let mut m = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&udp6);
+    let body = icmp6_body(v6(VIP6), v6(CLIENT6), m);
+    let want = ipv6_raw(
+        V6Hdr {
+            tc: 0,
+            ..v6hdr(VIP6, CLIENT6)
+        },
+        58,
+        &body,
+    );
+    // The flow label of the answer is 0 (ipv6_raw writes 0xbeef).
+    let mut want = frame(GW_MAC, OUR_MAC, &want);
+    want[15..18].fill(0);
+    assert_frame(&out, &want, "ICMPv6 port unreachable");
+    // The budget: three answers in second 7, the fourth dropped and counted.
+    let (a, _) = answer(&mut w, &syn, 7);
+    assert_eq!(a, Action::Drop(DropReason::NoService));
+    assert_eq!(w.traffic.closed_ports.rate_limited.get(), 1);
+    // UDP over IPv4 in the next second: ICMP port unreachable.
+    let udp4 = ipv4_packet(
+        v4hdr(CLIENT, VIP),
+        L4Spec::Udp {
+            sport: 5000,
+            dport: 9999,
+            payload: b"q",
+            zero_checksum: false,
+        },
+    );
+    let (a, out) = answer(&mut w, &frame(OUR_MAC, GW_MAC, &udp4), 8);
+    assert_eq!(a, Action::Reply);
+    let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&udp4);
+    let icmp_hdr = V4Hdr {
+        df: false,
+        ..reply_hdr
+    };
+    assert_frame(
+        &out,
+        &frame(GW_MAC, OUR_MAC, &ipv4_raw(icmp_hdr, 1, &icmp4_body(m))),
+        "ICMP port unreachable",
+    );
+    let t = &w.traffic.closed_ports;
+    assert_eq!((t.tcp_resets.get(), t.port_unreachables.get()), (2, 2));
+    // A reset is never answered; switched off, nothing is.
+    let rst_in = frame(
+        OUR_MAC,
+        GW_MAC,
+        &ipv4_packet(
+            v4hdr(CLIENT, VIP),
+            L4Spec::Tcp {
+                sport: 40002,
+                dport: 9999,
+                flags: RST | ACK,
+                payload: b"",
+            },
+        ),
+    );
+    assert_eq!(
+        answer(&mut w, &rst_in, 9).0,
+        Action::Drop(DropReason::NoService)
+    );
+    let mut c = config(1);
+    c.replies.closed_ports = false;
+    let off = Snapshot::build(c, 2);
+    let mut p = OwnedPacket::new(&syn);
+    assert_eq!(
+        process(&mut p, 0, &off, &mut w, 9),
+        Action::Drop(DropReason::NoService)
+    );
+    assert_eq!(w.traffic.closed_ports.tcp_resets.get(), 2);
+}
+
+#[test]
+fn a_packet_for_an_unresolved_next_hop_is_rewritten_but_for_its_ethernet_header() {
+    // What the worker holds must need only its MAC when the answer comes: NAT (fast path
+    // and general path), and TUN, whose encapsulation comes first.
+    let mut c = config(1);
+    c.neighbors.retain(|(a, _)| a.to_string() != B1);
+    let resolved = Snapshot::build(config(1), 1);
+    let unresolved = Snapshot::build(c.clone(), 2);
+    for mode in [ForwardingMode::Nat, ForwardingMode::Tunnel] {
+        for flags in [crate::wire::tcp::SYN, crate::wire::tcp::ACK] {
+            let (input, _) = client_packet(false, Protocol::Tcp, mode, flags);
+            let mut w = worker();
+            if flags == crate::wire::tcp::ACK {
+                // established first, so that the ACK takes the fast path (NAT)
+                let (syn, _) = client_packet(false, Protocol::Tcp, mode, crate::wire::tcp::SYN);
+                assert!(matches!(
+                    run(&resolved, &mut w, &syn).0,
+                    Action::Forward { .. }
+                ));
+            }
+            let mut w2 = worker();
+            let (want_action, want) = if flags == crate::wire::tcp::ACK {
+                let (syn, _) = client_packet(false, Protocol::Tcp, mode, crate::wire::tcp::SYN);
+                run(&resolved, &mut w2, &syn);
+                run(&resolved, &mut w2, &input)
+            } else {
+                run(&resolved, &mut w2, &input)
+            };
+            assert!(matches!(want_action, Action::Forward { .. }));
+            let (a, got) = run(&unresolved, &mut w, &input);
+            assert_eq!(a, Action::Drop(DropReason::NeighborUnresolved), "{mode:?}");
+            assert_eq!(
+                w.neighbor_events.take_unresolved(),
+                Some((B1.parse().unwrap(), 0)),
+                "{mode:?}: where to hold it"
+            );
+            assert_eq!(got.len(), want.len(), "{mode:?}");
+            assert_eq!(
+                &got[12..],
+                &want[12..],
+                "{mode:?} {flags}: all but the MACs"
+            );
+        }
+    }
+    // A failed next hop holds nothing, and its backend takes no new flows.
+    let mut c2 = c.clone();
+    c2.failed_neighbors = vec![B1.parse().unwrap()];
+    let failed = Snapshot::build(c2, 3);
+    let svc = failed
+        .services
+        .iter()
+        .find(|s| {
+            s.config
+                .backends
+                .iter()
+                .any(|b| b.address.to_string() == B1)
+        })
+        .unwrap();
+    assert!(
+        svc.sched_backends.iter().all(|b| b.weight == 0),
+        "the only backend behind a failed next hop has no weight"
+    );
+    let (input, _) = client_packet(
+        false,
+        Protocol::Tcp,
+        ForwardingMode::Nat,
+        crate::wire::tcp::SYN,
+    );
+    let mut w = worker();
+    assert_eq!(
+        run(&failed, &mut w, &input).0,
+        Action::Drop(DropReason::NoBackend)
+    );
+    assert_eq!(
+        failed.resolution(B1.parse().unwrap()),
+        crate::neighbor::Resolution::Failed
+    );
+    assert_eq!(
+        resolved.resolution(B1.parse().unwrap()),
+        crate::neighbor::Resolution::Resolved(MacAddr(B1_MAC))
+    );
 }

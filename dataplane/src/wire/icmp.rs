@@ -14,6 +14,7 @@ pub mod v4 {
     pub const TIME_EXCEEDED: u8 = 11;
     pub const PARAMETER_PROBLEM: u8 = 12;
     /// Destination unreachable, code 4: fragmentation needed and DF set (RFC 1191).
+    pub const CODE_PORT_UNREACHABLE: u8 = 3;
     pub const CODE_FRAG_NEEDED: u8 = 4;
 
     pub fn is_error(ty: u8) -> bool {
@@ -23,6 +24,7 @@ pub mod v4 {
 
 pub mod v6 {
     pub const DEST_UNREACHABLE: u8 = 1;
+    pub const CODE_PORT_UNREACHABLE: u8 = 4;
     pub const PACKET_TOO_BIG: u8 = 2;
     pub const TIME_EXCEEDED: u8 = 3;
     pub const PARAMETER_PROBLEM: u8 = 4;
