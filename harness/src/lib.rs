@@ -3,6 +3,8 @@
 //! behind, pcap files and pipes (what net_pcap reads and writes), and DPDK's telemetry.
 #![deny(unsafe_code)]
 
+pub mod lab;
+pub mod netns;
 pub mod pcap;
 mod process;
 
