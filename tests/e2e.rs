@@ -1,0 +1,336 @@
+//! End to end: real kernel TCP and UDP stacks on both sides of l4lb, in network namespaces
+//! (`harness::lab`): a client and three backends on one bridge with the appliance on
+//! `net_af_packet`, backends set up for NAT, DR or TUN as an operator would (docs/lab.md).
+//! Every request must succeed, the split must match the scheduler, 100 MB must arrive intact
+//! (SHA-256), closed VIP ports must refuse at once, and the first connection after start must
+//! not wait for a neighbour.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use harness::lab::{self, Lab, Mode, Spec};
+use sha2::{Digest, Sha256};
+
+fn binary(name: &str) -> PathBuf {
+    match name {
+        "l4lb" => PathBuf::from(env!("CARGO_BIN_EXE_l4lb")),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_l4lb-demo")),
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A service section: `name` on `vip:port`, backends b1.. on `port` (their address of the
+/// VIP's family), with `weights`.
+fn service(name: &str, proto: &str, vip: &str, port: u16, sched: &str, mode: Mode, backend_port: u16, weights: &[u32]) -> String {
+    let v6 = vip.contains(':');
+    let mut s = format!(
+        "[[services]]\nid = \"{name}\"\nprotocol = \"{proto}\"\nvip = \"{vip}\"\nport = {port}\nscheduler = \"{sched}\"\nforwarding = \"{}\"\n",
+        mode.name()
+    );
+    for (i, w) in weights.iter().enumerate() {
+        let addr = if v6 { lab::backend6(i) } else { lab::backend4(i) };
+        s.push_str(&format!(
+            "[[services.backends]]\nid = \"b{}\"\naddress = \"{addr}\"\nport = {backend_port}\nweight = {w}\n",
+            i + 1
+        ));
+    }
+    s
+}
+
+/// A lab in `mode` with servers, and l4lb started on `services`.
+fn start(tag: &str, mode: Mode, services: &[String]) -> Lab {
+    let mut lab = Lab::build(&Spec {
+        tag: tag.to_string(),
+        mode,
+        backends: 3,
+        clients: 1,
+        remove_on_signal: true,
+    })
+    .unwrap();
+    lab.start_servers(&binary("l4lb-demo")).unwrap();
+    let mut config = lab.base_config();
+    config.push_str("[api]\nlisten = \"127.0.0.1:9180\"\n\n");
+    for s in services {
+        config.push_str(s);
+        config.push('\n');
+    }
+    lab.start_l4lb(&binary("l4lb"), &config).unwrap();
+    lab
+}
+
+fn vip4(port: u16) -> SocketAddr {
+    (lab::VIP4.parse::<IpAddr>().unwrap(), port).into()
+}
+
+fn vip6(port: u16) -> SocketAddr {
+    (lab::VIP6.parse::<IpAddr>().unwrap(), port).into()
+}
+
+/// `n` HTTP requests from the client, one connection each: answers per backend, and the
+/// failures (with their error).
+fn http(lab: &Lab, to: SocketAddr, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
+    lab.clients[0]
+        .enter(move || {
+            let mut per = BTreeMap::new();
+            let mut failed = Vec::new();
+            for i in 0..n {
+                match lab::http_get(to, "/", TIMEOUT) {
+                    Ok((200, body)) => *per.entry(body.trim().to_string()).or_insert(0) += 1,
+                    Ok((s, body)) => failed.push(format!("request {i}: HTTP {s}: {body}")),
+                    Err(e) => failed.push(format!("request {i}: {e}")),
+                }
+            }
+            (per, failed)
+        })
+        .unwrap()
+}
+
+/// Sends `bytes` of pseudo-random data to the backend's SHA-256 sink through `to`; returns the
+/// local digest and the sink's answer (digest, length, backend).
+fn upload(lab: &Lab, to: SocketAddr, bytes: usize) -> (String, String) {
+    lab.clients[0]
+        .enter(move || {
+            let mut s = TcpStream::connect_timeout(&to, TIMEOUT).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+            s.write_all(b"SHA256\n").unwrap();
+            let mut h = Sha256::new();
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut chunk = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                for c in chunk.chunks_mut(8) {
+                    // xorshift64: data no layer could compress or guess
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+                }
+                let k = left.min(chunk.len());
+                h.update(&chunk[..k]);
+                s.write_all(&chunk[..k]).expect("send");
+                left -= k;
+            }
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).expect("the sink's answer");
+            (format!("{:x}", h.finalize()), answer.trim().to_string())
+        })
+        .unwrap()
+}
+
+fn check_upload(lab: &Lab, to: SocketAddr, bytes: usize) {
+    let t = Instant::now();
+    let (digest, answer) = upload(lab, to, bytes);
+    let mut parts = answer.split_whitespace();
+    assert_eq!(parts.next(), Some(digest.as_str()), "SHA-256 through {to}: {answer}");
+    assert_eq!(parts.next(), Some(bytes.to_string().as_str()), "length: {answer}");
+    eprintln!(
+        "{} MB through {to} to {} in {:.2} s",
+        bytes >> 20,
+        parts.next().unwrap_or("?"),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// The client's TCP retransmissions so far (RetransSegs of /proc/net/snmp in its namespace).
+fn retransmissions(lab: &Lab) -> u64 {
+    let out = lab.clients[0].sh("cat /proc/net/snmp").unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tcp: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let names: Vec<&str> = tcp[0].split_whitespace().collect();
+    let values: Vec<&str> = tcp[1].split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "RetransSegs").unwrap();
+    values[i].parse().unwrap()
+}
+
+fn assert_all_ok(failed: &[String], lab: &Lab) {
+    assert!(
+        failed.is_empty(),
+        "{} failed, the first: {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        lab.l4lb_log()
+    );
+}
+
+#[test]
+fn nat_carries_tcp_and_udp_in_both_families_from_the_first_packet() {
+    let lab = start(
+        "e2e-nat",
+        Mode::Nat,
+        &[
+            service("web", "tcp", lab::VIP4, 80, "rr", Mode::Nat, 8080, &[1, 1, 1]),
+            service("web6", "tcp", lab::VIP6, 80, "rr", Mode::Nat, 8080, &[1, 1, 1]),
+            service("dns", "udp", lab::VIP4, 53, "rr", Mode::Nat, 53, &[1, 1, 1]),
+        ],
+    );
+    // Right after start (no static neighbours): the first query and the first connection to
+    // each backend find their neighbours resolved; nothing is retransmitted.
+    let retrans_before = retransmissions(&lab);
+    let first_udp = lab.clients[0]
+        .enter(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let t = Instant::now();
+            s.send_to(b"first", vip4(53)).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) = s.recv_from(&mut buf).expect("the first query answered, not retried");
+            (String::from_utf8_lossy(&buf[..n]).into_owned(), from, t.elapsed())
+        })
+        .unwrap();
+    assert_eq!(first_udp.0, "b1 first");
+    assert_eq!(first_udp.1, vip4(53), "the answer comes from the VIP");
+    let firsts = lab.clients[0]
+        .enter(|| {
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    let r = lab::http_get(vip4(80), "/", TIMEOUT).map(|(_, b)| b.trim().to_string());
+                    (r.ok(), t.elapsed())
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    for (i, (who, took)) in firsts.iter().enumerate() {
+        assert_eq!(who.as_deref(), Some(format!("b{}", i + 1).as_str()));
+        assert!(*took < Duration::from_millis(200), "first connection to b{}: {took:?}", i + 1);
+        eprintln!("first connection to b{}: {:.1} ms", i + 1, took.as_secs_f64() * 1e3);
+    }
+    eprintln!("first UDP query: {:.1} ms", first_udp.2.as_secs_f64() * 1e3);
+    assert_eq!(retransmissions(&lab) - retrans_before, 0, "no SYN was retransmitted");
+
+    // 997 more over IPv4 (1000 with the first three): round robin splits them exactly.
+    let (per, failed) = http(&lab, vip4(80), 997);
+    assert_all_ok(&failed, &lab);
+    let counts: Vec<usize> = per.values().map(|c| c + 1).collect();
+    assert_eq!(per.keys().collect::<Vec<_>>(), ["b1", "b2", "b3"]);
+    assert_eq!(counts, [334, 333, 333], "rr over 1000 requests");
+
+    // IPv6 VIP and backends.
+    let (per, failed) = http(&lab, vip6(80), 300);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(per.values().copied().collect::<Vec<_>>(), [100, 100, 100]);
+
+    // UDP from many client ports: every answer from the VIP, from the backend rr picks.
+    let answers = lab.clients[0]
+        .enter(|| {
+            (0..300)
+                .map(|i| {
+                    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    s.send_to(format!("q{i}").as_bytes(), vip4(53)).unwrap();
+                    let mut buf = [0u8; 64];
+                    s.recv_from(&mut buf)
+                        .map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+                        .map_err(|e| format!("query {i}: {e}"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let mut per = BTreeMap::<String, usize>::new();
+    for (i, a) in answers.iter().enumerate() {
+        let (text, from) = a.as_ref().unwrap();
+        assert_eq!(*from, vip4(53), "query {i}");
+        let (who, echo) = text.split_once(' ').unwrap();
+        assert_eq!(echo, format!("q{i}"));
+        *per.entry(who.to_string()).or_default() += 1;
+    }
+    assert_eq!(per.values().copied().collect::<Vec<_>>(), [100, 100, 100]);
+
+    check_upload(&lab, vip4(80), 100 << 20);
+    check_upload(&lab, vip6(80), 20 << 20);
+    closed_ports_refuse(&lab);
+}
+
+/// TCP to a VIP port without a service is refused at once (a reset), UDP gets port
+/// unreachable, in both families.
+fn closed_ports_refuse(lab: &Lab) {
+    let results = lab.clients[0]
+        .enter(|| {
+            let mut out = Vec::new();
+            for to in [vip4(81), vip6(81)] {
+                let t = Instant::now();
+                let e = TcpStream::connect_timeout(&to, TIMEOUT).map(|_| ()).unwrap_err();
+                out.push((to, e.kind(), t.elapsed()));
+                let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
+                s.connect(to).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let t = Instant::now();
+                s.send(b"anyone?").unwrap();
+                let e = s.recv(&mut [0u8; 16]).unwrap_err();
+                out.push((to, e.kind(), t.elapsed()));
+            }
+            out
+        })
+        .unwrap();
+    for (to, kind, took) in results {
+        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "{to}");
+        assert!(took < Duration::from_millis(500), "{to}: {took:?}");
+    }
+    let (_, stats) = lab.api_get("/api/v1/stats").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(v["closed_ports"]["tcp_resets"], 2, "{stats}");
+    assert_eq!(v["closed_ports"]["port_unreachables"], 2);
+}
+
+#[test]
+fn direct_routing_splits_by_weight_and_carries_100_mb() {
+    let lab = start(
+        "e2e-dr",
+        Mode::Dr,
+        &[service("web", "tcp", lab::VIP4, 80, "wrr", Mode::Dr, 80, &[1, 2, 3])],
+    );
+    let (per, failed) = http(&lab, vip4(80), 1000);
+    assert_all_ok(&failed, &lab);
+    for (b, want) in [("b1", 1.0 / 6.0), ("b2", 2.0 / 6.0), ("b3", 3.0 / 6.0)] {
+        let share = per[b] as f64 / 1000.0;
+        assert!((share - want).abs() <= 0.02, "{b}: {share} of the requests, want {want:.3} ±0.02: {per:?}");
+    }
+    check_upload(&lab, vip4(80), 100 << 20);
+}
+
+#[test]
+fn tunnels_carry_both_families_and_fit_the_mtu() {
+    let lab = start(
+        "e2e-tun",
+        Mode::Tun,
+        &[
+            service("web", "tcp", lab::VIP4, 80, "maglev", Mode::Tun, 80, &[1, 1, 1]),
+            service("web6", "tcp", lab::VIP6, 80, "maglev", Mode::Tun, 80, &[1, 1, 1]),
+        ],
+    );
+    let (per, failed) = http(&lab, vip4(80), 1000);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(per.len(), 3, "{per:?}");
+    for (b, n) in &per {
+        let share = *n as f64 / 1000.0;
+        assert!((share - 1.0 / 3.0).abs() <= 0.10, "{b}: {share} of the requests: {per:?}");
+    }
+    let (per, failed) = http(&lab, vip6(80), 300);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(per.values().sum::<usize>(), 300);
+    // Full-size segments do not fit in a tunnel on a 1500-byte link: l4lb answers "too big"
+    // and the client's TCP sends smaller ones.
+    check_upload(&lab, vip4(80), 100 << 20);
+    check_upload(&lab, vip6(80), 20 << 20);
+    let (_, stats) = lab.api_get("/api/v1/stats").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(v["actions"]["replied"].as_u64().unwrap() >= 2, "too-big answers: {stats}");
+}
+
+#[allow(dead_code)]
+fn echo_lines(s: TcpStream) -> BufReader<TcpStream> {
+    BufReader::new(s)
+}
+
+#[allow(dead_code)]
+fn read_line(r: &mut impl BufRead) -> String {
+    let mut l = String::new();
+    let _ = r.read_line(&mut l);
+    l
+}
