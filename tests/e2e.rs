@@ -23,16 +23,28 @@ fn binary(name: &str) -> PathBuf {
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A service section: `name` on `vip:port`, backends b1.. on `port` (their address of the
-/// VIP's family), with `weights`.
-fn service(name: &str, proto: &str, vip: &str, port: u16, sched: &str, mode: Mode, backend_port: u16, weights: &[u32]) -> String {
+/// A service section: `name` on `vip:port`, backends b1.. on `backend_port` (their address
+/// of the VIP's family), with `weights`.
+fn service(
+    name: &str,
+    proto: &str,
+    (vip, port): (&str, u16),
+    sched: &str,
+    mode: Mode,
+    backend_port: u16,
+    weights: &[u32],
+) -> String {
     let v6 = vip.contains(':');
     let mut s = format!(
         "[[services]]\nid = \"{name}\"\nprotocol = \"{proto}\"\nvip = \"{vip}\"\nport = {port}\nscheduler = \"{sched}\"\nforwarding = \"{}\"\n",
         mode.name()
     );
     for (i, w) in weights.iter().enumerate() {
-        let addr = if v6 { lab::backend6(i) } else { lab::backend4(i) };
+        let addr = if v6 {
+            lab::backend6(i)
+        } else {
+            lab::backend4(i)
+        };
         s.push_str(&format!(
             "[[services.backends]]\nid = \"b{}\"\naddress = \"{addr}\"\nport = {backend_port}\nweight = {w}\n",
             i + 1
@@ -127,8 +139,16 @@ fn check_upload(lab: &Lab, to: SocketAddr, bytes: usize) {
     let t = Instant::now();
     let (digest, answer) = upload(lab, to, bytes);
     let mut parts = answer.split_whitespace();
-    assert_eq!(parts.next(), Some(digest.as_str()), "SHA-256 through {to}: {answer}");
-    assert_eq!(parts.next(), Some(bytes.to_string().as_str()), "length: {answer}");
+    assert_eq!(
+        parts.next(),
+        Some(digest.as_str()),
+        "SHA-256 through {to}: {answer}"
+    );
+    assert_eq!(
+        parts.next(),
+        Some(bytes.to_string().as_str()),
+        "length: {answer}"
+    );
     eprintln!(
         "{} MB through {to} to {} in {:.2} s",
         bytes >> 20,
@@ -164,9 +184,33 @@ fn nat_carries_tcp_and_udp_in_both_families_from_the_first_packet() {
         "e2e-nat",
         Mode::Nat,
         &[
-            service("web", "tcp", lab::VIP4, 80, "rr", Mode::Nat, 8080, &[1, 1, 1]),
-            service("web6", "tcp", lab::VIP6, 80, "rr", Mode::Nat, 8080, &[1, 1, 1]),
-            service("dns", "udp", lab::VIP4, 53, "rr", Mode::Nat, 53, &[1, 1, 1]),
+            service(
+                "web",
+                "tcp",
+                (lab::VIP4, 80),
+                "rr",
+                Mode::Nat,
+                8080,
+                &[1, 1, 1],
+            ),
+            service(
+                "web6",
+                "tcp",
+                (lab::VIP6, 80),
+                "rr",
+                Mode::Nat,
+                8080,
+                &[1, 1, 1],
+            ),
+            service(
+                "dns",
+                "udp",
+                (lab::VIP4, 53),
+                "rr",
+                Mode::Nat,
+                53,
+                &[1, 1, 1],
+            ),
         ],
     );
     // Right after start (no static neighbours): the first query and the first connection to
@@ -179,8 +223,14 @@ fn nat_carries_tcp_and_udp_in_both_families_from_the_first_packet() {
             let t = Instant::now();
             s.send_to(b"first", vip4(53)).unwrap();
             let mut buf = [0u8; 64];
-            let (n, from) = s.recv_from(&mut buf).expect("the first query answered, not retried");
-            (String::from_utf8_lossy(&buf[..n]).into_owned(), from, t.elapsed())
+            let (n, from) = s
+                .recv_from(&mut buf)
+                .expect("the first query answered, not retried");
+            (
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+                from,
+                t.elapsed(),
+            )
         })
         .unwrap();
     assert_eq!(first_udp.0, "b1 first");
@@ -190,7 +240,8 @@ fn nat_carries_tcp_and_udp_in_both_families_from_the_first_packet() {
             (0..3)
                 .map(|_| {
                     let t = Instant::now();
-                    let r = lab::http_get(vip4(80), "/", TIMEOUT).map(|(_, b)| b.trim().to_string());
+                    let r =
+                        lab::http_get(vip4(80), "/", TIMEOUT).map(|(_, b)| b.trim().to_string());
                     (r.ok(), t.elapsed())
                 })
                 .collect::<Vec<_>>()
@@ -198,11 +249,23 @@ fn nat_carries_tcp_and_udp_in_both_families_from_the_first_packet() {
         .unwrap();
     for (i, (who, took)) in firsts.iter().enumerate() {
         assert_eq!(who.as_deref(), Some(format!("b{}", i + 1).as_str()));
-        assert!(*took < Duration::from_millis(200), "first connection to b{}: {took:?}", i + 1);
-        eprintln!("first connection to b{}: {:.1} ms", i + 1, took.as_secs_f64() * 1e3);
+        assert!(
+            *took < Duration::from_millis(200),
+            "first connection to b{}: {took:?}",
+            i + 1
+        );
+        eprintln!(
+            "first connection to b{}: {:.1} ms",
+            i + 1,
+            took.as_secs_f64() * 1e3
+        );
     }
     eprintln!("first UDP query: {:.1} ms", first_udp.2.as_secs_f64() * 1e3);
-    assert_eq!(retransmissions(&lab) - retrans_before, 0, "no SYN was retransmitted");
+    assert_eq!(
+        retransmissions(&lab) - retrans_before,
+        0,
+        "no SYN was retransmitted"
+    );
 
     // 997 more over IPv4 (1000 with the first three): round robin splits them exactly.
     let (per, failed) = http(&lab, vip4(80), 997);
@@ -255,7 +318,9 @@ fn closed_ports_refuse(lab: &Lab) {
             let mut out = Vec::new();
             for to in [vip4(81), vip6(81)] {
                 let t = Instant::now();
-                let e = TcpStream::connect_timeout(&to, TIMEOUT).map(|_| ()).unwrap_err();
+                let e = TcpStream::connect_timeout(&to, TIMEOUT)
+                    .map(|_| ())
+                    .unwrap_err();
                 out.push((to, e.kind(), t.elapsed()));
                 let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
                 s.connect(to).unwrap();
@@ -283,13 +348,24 @@ fn direct_routing_splits_by_weight_and_carries_100_mb() {
     let lab = start(
         "e2e-dr",
         Mode::Dr,
-        &[service("web", "tcp", lab::VIP4, 80, "wrr", Mode::Dr, 80, &[1, 2, 3])],
+        &[service(
+            "web",
+            "tcp",
+            (lab::VIP4, 80),
+            "wrr",
+            Mode::Dr,
+            80,
+            &[1, 2, 3],
+        )],
     );
     let (per, failed) = http(&lab, vip4(80), 1000);
     assert_all_ok(&failed, &lab);
     for (b, want) in [("b1", 1.0 / 6.0), ("b2", 2.0 / 6.0), ("b3", 3.0 / 6.0)] {
         let share = per[b] as f64 / 1000.0;
-        assert!((share - want).abs() <= 0.02, "{b}: {share} of the requests, want {want:.3} ±0.02: {per:?}");
+        assert!(
+            (share - want).abs() <= 0.02,
+            "{b}: {share} of the requests, want {want:.3} ±0.02: {per:?}"
+        );
     }
     check_upload(&lab, vip4(80), 100 << 20);
 }
@@ -300,8 +376,24 @@ fn tunnels_carry_both_families_and_fit_the_mtu() {
         "e2e-tun",
         Mode::Tun,
         &[
-            service("web", "tcp", lab::VIP4, 80, "maglev", Mode::Tun, 80, &[1, 1, 1]),
-            service("web6", "tcp", lab::VIP6, 80, "maglev", Mode::Tun, 80, &[1, 1, 1]),
+            service(
+                "web",
+                "tcp",
+                (lab::VIP4, 80),
+                "maglev",
+                Mode::Tun,
+                80,
+                &[1, 1, 1],
+            ),
+            service(
+                "web6",
+                "tcp",
+                (lab::VIP6, 80),
+                "maglev",
+                Mode::Tun,
+                80,
+                &[1, 1, 1],
+            ),
         ],
     );
     let (per, failed) = http(&lab, vip4(80), 1000);
@@ -309,7 +401,10 @@ fn tunnels_carry_both_families_and_fit_the_mtu() {
     assert_eq!(per.len(), 3, "{per:?}");
     for (b, n) in &per {
         let share = *n as f64 / 1000.0;
-        assert!((share - 1.0 / 3.0).abs() <= 0.10, "{b}: {share} of the requests: {per:?}");
+        assert!(
+            (share - 1.0 / 3.0).abs() <= 0.10,
+            "{b}: {share} of the requests: {per:?}"
+        );
     }
     let (per, failed) = http(&lab, vip6(80), 300);
     assert_all_ok(&failed, &lab);
@@ -320,17 +415,258 @@ fn tunnels_carry_both_families_and_fit_the_mtu() {
     check_upload(&lab, vip6(80), 20 << 20);
     let (_, stats) = lab.api_get("/api/v1/stats").unwrap();
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    assert!(v["actions"]["replied"].as_u64().unwrap() >= 2, "too-big answers: {stats}");
+    assert!(
+        v["actions"]["replied"].as_u64().unwrap() >= 2,
+        "too-big answers: {stats}"
+    );
 }
 
-#[allow(dead_code)]
-fn echo_lines(s: TcpStream) -> BufReader<TcpStream> {
-    BufReader::new(s)
+/// One connection of the steady load: when it started and ended (from the load's start), the
+/// backend that answered, and what went wrong, if anything.
+#[derive(Debug)]
+struct Conn {
+    start: Duration,
+    end: Duration,
+    backend: Option<String>,
+    error: Option<String>,
 }
 
-#[allow(dead_code)]
-fn read_line(r: &mut impl BufRead) -> String {
-    let mut l = String::new();
-    let _ = r.read_line(&mut l);
-    l
+/// One echo connection through `to`: the backend's name, then `lines` lines a `gap` apart,
+/// each echoed back.
+fn echo_connection(to: SocketAddr, lines: usize, gap: Duration, t0: Instant) -> Conn {
+    let start = t0.elapsed();
+    let mut backend = None;
+    let r = (|| -> std::io::Result<()> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"ECHO\n")?;
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut name = String::new();
+        r.read_line(&mut name)?;
+        if name.is_empty() {
+            return Err(std::io::Error::other("closed before the name"));
+        }
+        backend = Some(name.trim().to_string());
+        for k in 0..lines {
+            std::thread::sleep(gap);
+            let line = format!("line {k}\n");
+            s.write_all(line.as_bytes())?;
+            let mut back = String::new();
+            r.read_line(&mut back)?;
+            if back != line {
+                return Err(std::io::Error::other(format!("echo {back:?} for {line:?}")));
+            }
+        }
+        Ok(())
+    })();
+    Conn {
+        start,
+        end: t0.elapsed(),
+        backend,
+        error: r.err().map(|e| e.to_string()),
+    }
+}
+
+#[test]
+fn live_changes_under_load_break_no_connection_but_a_deleted_backends() {
+    // b1-b3 configured; b4 is added under load.
+    let mut lab = Lab::build(&Spec {
+        tag: "e2e-live".into(),
+        mode: Mode::Nat,
+        backends: 4,
+        clients: 1,
+        remove_on_signal: true,
+    })
+    .unwrap();
+    lab.start_servers(&binary("l4lb-demo")).unwrap();
+    let mut config = lab.base_config();
+    config.push_str("[api]\nlisten = \"127.0.0.1:9180\"\n\n");
+    config.push_str(&service(
+        "web",
+        "tcp",
+        (lab::VIP4, 80),
+        "wrr",
+        Mode::Nat,
+        8080,
+        &[1, 1, 1],
+    ));
+    lab.start_l4lb(&binary("l4lb"), &config).unwrap();
+    let ctl = binary("l4lb").with_file_name("l4lbctl");
+    let b4 = format!("{}:8080", lab::backend4(3));
+    // (seconds into the load, the change)
+    let changes: Vec<(u64, Vec<&str>)> = vec![
+        (3, vec!["add-backend", "web", "b4", "-r", &b4, "-w", "1"]),
+        (6, vec!["edit-backend", "web", "b2", "-w", "0"]),
+        (9, vec!["edit-backend", "web", "b1", "-w", "2"]),
+        (11, vec!["edit-service", "web", "-s", "maglev"]),
+        (14, vec!["edit-backend", "web", "b3", "--disable"]),
+        (17, vec!["delete-backend", "web", "b1"]),
+    ];
+    // 50 new connections a second for 20 s, each echoing ten lines over two seconds.
+    const RATE: u32 = 50;
+    const SECONDS: u32 = 20;
+    let t0 = Instant::now();
+    let (conns, applied) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            lab.clients[0]
+                .enter(move || {
+                    let threads: Vec<_> = (0..RATE * SECONDS)
+                        .map(|i| {
+                            let due = t0 + Duration::from_secs(1) * i / RATE;
+                            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                            std::thread::spawn(move || {
+                                echo_connection(vip4(80), 10, Duration::from_millis(200), t0)
+                            })
+                        })
+                        .collect();
+                    threads
+                        .into_iter()
+                        .map(|t| t.join().unwrap())
+                        .collect::<Vec<Conn>>()
+                })
+                .unwrap()
+        });
+        let mut applied = Vec::new();
+        for (at, args) in &changes {
+            std::thread::sleep(
+                (t0 + Duration::from_secs(*at)).saturating_duration_since(Instant::now()),
+            );
+            let r = lab.in_lb(&ctl, args);
+            applied.push((t0.elapsed(), args.join(" "), r));
+        }
+        (load.join().unwrap(), applied)
+    });
+    for (when, what, r) in &applied {
+        assert!(r.is_ok(), "{what} at {when:?}: {r:?}");
+    }
+    let at = |i: usize| applied[i].0;
+    let deleted = at(5);
+    assert_eq!(conns.len(), (RATE * SECONDS) as usize);
+    let mut broken = 0;
+    for c in &conns {
+        if let Some(e) = &c.error {
+            // Only b1's connections alive when it was deleted may break.
+            let b1_alive =
+                c.backend.as_deref() == Some("b1") && c.start < deleted && c.end >= deleted;
+            assert!(b1_alive, "{c:?} broke (b1 deleted at {deleted:?}): {e}");
+            broken += 1;
+        }
+    }
+    let started = |from: Duration, to: Duration| {
+        conns
+            .iter()
+            .filter(move |c| c.start > from + Duration::from_millis(100) && c.start < to)
+    };
+    let to = |b: &str, from, to_| {
+        started(from, to_)
+            .filter(|c| c.backend.as_deref() == Some(b))
+            .count()
+    };
+    let end = Duration::from_secs(u64::from(SECONDS));
+    assert!(to("b4", at(0), end) > 0, "b4 takes new flows once added");
+    assert_eq!(to("b2", at(1), end), 0, "drained b2 takes no new flows");
+    assert_eq!(to("b3", at(4), end), 0, "disabled b3 takes no new flows");
+    assert_eq!(to("b1", at(5), end), 0, "deleted b1 takes no new flows");
+    let after = started(deleted, end).count();
+    assert!(after > 50, "new connections after the delete: {after}");
+    // Connections established on b2 before the drain carried on (drain keeps flows).
+    assert!(
+        conns.iter().any(|c| c.backend.as_deref() == Some("b2")
+            && c.start < at(1)
+            && c.end > at(1)
+            && c.error.is_none()),
+        "a b2 connection lived through the drain"
+    );
+    eprintln!(
+        "{} connections, {broken} broken (b1's when it was deleted), {after} started after the delete",
+        conns.len()
+    );
+}
+
+#[test]
+fn an_idle_connection_expires_and_its_next_segment_is_scheduled_anew() {
+    // tcp_established = 2 s: a connection idle for 4 s has lost its flow. Its next segment
+    // has no SYN: l4lb schedules it as a mid-stream flow (IPVS with sloppy_tcp = 1 does the
+    // same; with 0 its director answers a reset). Maglev picks the same backend from the
+    // tuple, so the connection carries on; round robin picks the next backend, whose kernel
+    // knows no such connection and resets it.
+    let mut lab = Lab::build(&Spec {
+        tag: "e2e-idle".into(),
+        mode: Mode::Nat,
+        backends: 3,
+        clients: 1,
+        remove_on_signal: true,
+    })
+    .unwrap();
+    lab.start_servers(&binary("l4lb-demo")).unwrap();
+    let mut config = lab.base_config();
+    config.push_str("[timeouts]\ntcp_established = 2\n\n[api]\nlisten = \"127.0.0.1:9180\"\n\n");
+    config.push_str(&service(
+        "web",
+        "tcp",
+        (lab::VIP4, 80),
+        "maglev",
+        Mode::Nat,
+        8080,
+        &[1, 1, 1],
+    ));
+    config.push_str(&service(
+        "web-rr",
+        "tcp",
+        (lab::VIP4, 81),
+        "rr",
+        Mode::Nat,
+        8080,
+        &[1, 1, 1],
+    ));
+    lab.start_l4lb(&binary("l4lb"), &config).unwrap();
+    let (maglev, rr) = lab.clients[0]
+        .enter(|| {
+            let open = |port| {
+                let s = TcpStream::connect_timeout(&vip4(port), TIMEOUT).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let mut w = s.try_clone().unwrap();
+                w.write_all(b"ECHO\n").unwrap();
+                let mut r = BufReader::new(s);
+                let mut name = String::new();
+                r.read_line(&mut name).unwrap();
+                (w, r, name.trim().to_string())
+            };
+            let mut conns = [open(80), open(81)];
+            std::thread::sleep(Duration::from_secs(4));
+            conns
+                .iter_mut()
+                .map(|(w, r, name)| {
+                    let sent = w.write_all(b"after the idle time\n");
+                    let mut back = String::new();
+                    let got = sent.and_then(|_| r.read_line(&mut back));
+                    (name.clone(), got.map(|_| back).map_err(|e| e.kind()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .map(|v| (v[0].clone(), v[1].clone()))
+        .unwrap();
+    assert_eq!(
+        maglev.1,
+        Ok("after the idle time\n".to_string()),
+        "maglev: the same backend carries on"
+    );
+    assert_eq!(rr.0, "b1");
+    assert_eq!(
+        rr.1,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "rr: the next backend resets it"
+    );
+    let (_, stats) = lab.api_get("/api/v1/stats").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(
+        v["flows"]["expired"].as_u64().unwrap() >= 2,
+        "both flows expired: {stats}"
+    );
+    let b2 = &v["services"][1]["backends"][1];
+    assert_eq!(b2["id"], "b2");
+    assert_eq!(
+        b2["new_flows"], 1,
+        "the rr segment went to b2 as a new (mid-stream) flow: {stats}"
+    );
 }

@@ -163,6 +163,11 @@ impl Lab {
         let backends = (0..spec.backends)
             .map(|i| ns(&format!("b{}", i + 1)))
             .collect::<Result<Vec<_>, _>>()?;
+        // Named after the lab, so that `ps` shows which lab an l4lb belongs to.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let lab = Lab {
             l4lb: None,
             servers: Vec::new(),
@@ -172,7 +177,7 @@ impl Lab {
             clients,
             backends,
             switch,
-            dir: tempfile::tempdir().map_err(|e| e.to_string())?,
+            dir,
         };
         lab.cable()?;
         Ok(lab)
@@ -288,7 +293,13 @@ impl Lab {
                 udp.extend([VIP4.to_string(), VIP6.to_string()]);
             }
             let mut cmd = b.command(program);
-            cmd.args(["serve", "--name", &format!("b{}", i + 1)]);
+            cmd.args([
+                "serve",
+                "--lab",
+                &self.prefix,
+                "--name",
+                &format!("b{}", i + 1),
+            ]);
             for a in &udp {
                 cmd.args(["--udp", a]);
             }
@@ -301,7 +312,7 @@ impl Lab {
             if self.mode == Mode::Tun {
                 let child = b
                     .command(program)
-                    .arg("decap")
+                    .args(["decap", "--lab", &self.prefix])
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
                     .spawn()

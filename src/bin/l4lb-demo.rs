@@ -52,6 +52,9 @@ enum Sub {
     /// with `SHA256` gets the SHA-256 of everything after that line once the client shuts its
     /// side. UDP answers `<name> <payload>`.
     Serve {
+        /// The lab it belongs to (shown in `ps`, nothing else).
+        #[arg(long)]
+        lab: Option<String>,
         #[arg(long)]
         name: String,
         #[arg(long)]
@@ -59,14 +62,18 @@ enum Sub {
     },
     /// Receives IPIP (IP protocol 4) and IPv6-in-IPv6 (next header 41) and hands each inner
     /// packet to the local stack, as the kernel's tunnel drivers would.
-    Decap,
+    Decap {
+        /// The lab it belongs to (shown in `ps`, nothing else).
+        #[arg(long)]
+        lab: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Some(Sub::Serve { name, udp }) => serve(&name, &udp),
-        Some(Sub::Decap) => decap(),
+        Some(Sub::Serve { name, udp, .. }) => serve(&name, &udp),
+        Some(Sub::Decap { .. }) => decap(),
         None => demo(&cli),
     };
     match r {
