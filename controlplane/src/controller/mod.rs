@@ -488,6 +488,7 @@ impl Controller {
     }
 
     pub fn tick(&mut self, now: Instant) {
+        let mut newly_failed = Vec::new();
         if now.duration_since(self.last_tick) >= TICK {
             let failed_before = self.neighbors.failed();
             // The table's timers first (they retry and fail what is pending), then what the
@@ -499,7 +500,8 @@ impl Controller {
             self.resolve_wanted(now);
             for addr in self.neighbors.failed() {
                 if !failed_before.contains(&addr) {
-                    warn!(%addr, "neighbour failed: no answer to {} requests; backends behind it take no new flows until it answers", crate::neighbors::MAX_PROBES);
+                    warn!(%addr, "neighbour failed: no answer to {} requests; backends behind it take no new flows until it answers, and their flows are removed", crate::neighbors::MAX_PROBES);
+                    newly_failed.push(addr);
                 }
             }
             self.neighbors_changed |= expired;
@@ -513,6 +515,30 @@ impl Controller {
                     self.publish(p);
                 }
                 Err(e) => error!("publishing the learned neighbours failed: {e}"),
+            }
+        }
+        if !newly_failed.is_empty() {
+            self.flush_behind(&newly_failed);
+        }
+    }
+
+    /// Removes the flows of the backends whose next hop is in `hops`: nothing reaches them, and
+    /// a retransmitted SYN of a connection that picked one is then scheduled anew (to a backend
+    /// that answers) instead of waiting in vain.
+    fn flush_behind(&mut self, hops: &[IpAddr]) {
+        let snap = self.shared().current();
+        for s in &snap.services {
+            for b in &s.config.backends {
+                let behind = snap
+                    .backend_route(b.id)
+                    .is_some_and(|r| hops.contains(&r.next_hop));
+                if behind {
+                    info!(service = %s.config.name, backend = %b.name, "flows removed: its neighbour failed");
+                    for w in &self.workers.commands {
+                        let _ =
+                            w.send_timeout(Command::FlushBackend(b.id), Duration::from_millis(100));
+                    }
+                }
             }
         }
     }

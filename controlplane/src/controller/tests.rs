@@ -601,9 +601,24 @@ fn a_backend_whose_neighbour_never_answers_takes_no_new_flows_until_it_does() {
         neighbor(&r),
         [("resolved".into(), 0), ("resolving".into(), 0)]
     );
+    while r._commands.try_recv().is_ok() {}
     r.c.tick(t0 + Duration::from_millis(3300));
     assert_eq!(asked(&mut r), [11], "a failed neighbour is still asked");
     assert_eq!(weights(&r), [1, 0], "failed: no new flows");
+    let web2 = r.c.shared().current().services[0].config.backends[1].id;
+    let flushed: Vec<_> = r
+        ._commands
+        .try_iter()
+        .filter_map(|c| match c {
+            Command::FlushBackend(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        flushed,
+        [web2],
+        "its flows are removed (a SYN retried is scheduled anew)"
+    );
     assert_eq!(neighbor(&r), [("resolved".into(), 0), ("failed".into(), 1)]);
     let snap = r.c.shared().current();
     assert!(
