@@ -84,15 +84,21 @@ fn vip6(port: u16) -> SocketAddr {
     (lab::VIP6.parse::<IpAddr>().unwrap(), port).into()
 }
 
-/// `n` HTTP requests from the client, one connection each: answers per backend, and the
-/// failures (with their error).
-fn http(lab: &Lab, to: SocketAddr, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
+/// `n` HTTP requests from the client, one connection each from its own port (`first_port`,
+/// the next, ...): answers per backend, and the failures (with their error).
+fn http(
+    lab: &Lab,
+    to: SocketAddr,
+    n: usize,
+    first_port: u16,
+) -> (BTreeMap<String, usize>, Vec<String>) {
     lab.clients[0]
         .enter(move || {
             let mut per = BTreeMap::new();
             let mut failed = Vec::new();
             for i in 0..n {
-                match lab::http_get(to, "/", TIMEOUT) {
+                let port = Some(first_port + i as u16);
+                match lab::http_get_from(to, port, "/", TIMEOUT) {
                     Ok((200, body)) => *per.entry(body.trim().to_string()).or_insert(0) += 1,
                     Ok((s, body)) => failed.push(format!("request {i}: HTTP {s}: {body}")),
                     Err(e) => failed.push(format!("request {i}: {e}")),
@@ -270,7 +276,7 @@ fn nat_carries_tcp_and_udp_in_both_families_from_the_first_packet() {
     );
 
     // 997 more over IPv4 (1000 with the first three): round robin splits them exactly.
-    let (per, failed) = http(&lab, vip4(80), 997);
+    let (per, failed) = http(&lab, vip4(80), 997, 20000);
     assert_all_ok(&failed, &lab);
     let counts: Vec<usize> = per.values().map(|c| c + 1).collect();
     assert_eq!(per.keys().collect::<Vec<_>>(), ["b1", "b2", "b3"]);
@@ -285,7 +291,7 @@ fn nat_carries_tcp_and_udp_in_both_families_from_the_first_packet() {
     );
 
     // IPv6 VIP and backends.
-    let (per, failed) = http(&lab, vip6(80), 300);
+    let (per, failed) = http(&lab, vip6(80), 300, 22000);
     assert_all_ok(&failed, &lab);
     assert_eq!(per.values().copied().collect::<Vec<_>>(), [100, 100, 100]);
 
@@ -294,7 +300,8 @@ fn nat_carries_tcp_and_udp_in_both_families_from_the_first_packet() {
         .enter(|| {
             (0..300)
                 .map(|i| {
-                    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                    // A port of its own: one used before would meet its earlier flow.
+                    let s = UdpSocket::bind(("0.0.0.0", 30000 + i as u16)).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                     s.send_to(format!("q{i}").as_bytes(), vip4(53)).unwrap();
                     let mut buf = [0u8; 64];
@@ -368,7 +375,7 @@ fn direct_routing_splits_by_weight_and_carries_100_mb() {
             &[1, 2, 3],
         )],
     );
-    let (per, failed) = http(&lab, vip4(80), 1000);
+    let (per, failed) = http(&lab, vip4(80), 1000, 20000);
     assert_all_ok(&failed, &lab);
     for (b, want) in [("b1", 1.0 / 6.0), ("b2", 2.0 / 6.0), ("b3", 3.0 / 6.0)] {
         let share = per[b] as f64 / 1000.0;
@@ -406,7 +413,7 @@ fn tunnels_carry_both_families_and_fit_the_mtu() {
             ),
         ],
     );
-    let (per, failed) = http(&lab, vip4(80), 1000);
+    let (per, failed) = http(&lab, vip4(80), 1000, 20000);
     assert_all_ok(&failed, &lab);
     assert_eq!(per.len(), 3, "{per:?}");
     for (b, n) in &per {
@@ -416,7 +423,7 @@ fn tunnels_carry_both_families_and_fit_the_mtu() {
             "{b}: {share} of the requests: {per:?}"
         );
     }
-    let (per, failed) = http(&lab, vip6(80), 300);
+    let (per, failed) = http(&lab, vip6(80), 300, 22000);
     assert_all_ok(&failed, &lab);
     assert_eq!(per.values().sum::<usize>(), 300);
     // Full-size segments do not fit in a tunnel on a 1500-byte link: l4lb answers "too big"

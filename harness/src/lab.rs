@@ -424,8 +424,34 @@ impl Drop for Lab {
 
 /// A GET over HTTP/1.1 with `Connection: close`: the status and the body.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    http_get_from(addr, None, path, timeout)
+}
+
+/// [`http_get`] from local port `port` (None: one the kernel picks). A test that counts flows
+/// gives each connection a port of its own: a port the kernel picks again may meet the flow
+/// of its previous connection, still kept in its closing state, and its backend.
+pub fn http_get_from(
+    addr: SocketAddr,
+    port: Option<u16>,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let mut s = match port {
+        None => std::net::TcpStream::connect_timeout(&addr, timeout)?,
+        Some(p) => {
+            use socket2::{Domain, Socket, Type};
+            let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            sock.set_reuse_address(true)?;
+            let local: SocketAddr = match addr {
+                SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, p).into(),
+                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, p).into(),
+            };
+            sock.bind(&local.into())?;
+            sock.connect_timeout(&addr.into(), timeout)?;
+            sock.into()
+        }
+    };
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let host = match addr.ip() {

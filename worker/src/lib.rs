@@ -331,6 +331,8 @@ impl Worker<'_> {
         burst: usize,
     ) {
         let snap = reader.snapshot();
+        // Taken out while it hands packets to the tx buffers beside it (an empty queue in its
+        // place holds no memory: nothing is allocated).
         let mut hold = std::mem::replace(&mut b.hold, HoldQueue::new(0, 0));
         hold.release(
             now,
@@ -339,6 +341,8 @@ impl Worker<'_> {
                 Released::Send { mac, interface } => {
                     let itf = usize::from(interface);
                     let (Some(out), true) = (snap.interfaces.get(itf), itf < b.tx.len()) else {
+                        // The interface is gone from the configuration: freed, and counted.
+                        counters.actions.record(&Action::Drop(DropReason::NoRoute));
                         return;
                     };
                     let f = m.data_mut();

@@ -16,15 +16,21 @@ use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ipv6;
 
 /// ARP for one of our addresses or VIPs: a request is answered; a request or a reply teaches
-/// us the sender (RFC 826's merge, limited to packets addressed to us and senders on the link).
+/// us the sender (on the link). ARP for others only updates a sender we know (RFC 826).
 pub(super) fn arp(frame: &mut [u8], l2: usize, cx: &Ctx<'_>) -> Result<Action, DropReason> {
     let arp = ArpPacket::new_checked(&frame[l2..])?;
     let target = crate::flow::addr_bytes(IpAddr::V4(arp.target_ip()));
     let ours = cx.snap.local_interface(&target) == Some(cx.ingress) || cx.snap.is_vip(&target);
+    let sender = IpAddr::V4(arp.sender_ip());
     if !ours {
+        // RFC 826's merge: a sender already in the table is updated whoever it asks for (a
+        // neighbour that moved, or announces itself with a gratuitous ARP).
+        if cx.snap.neighbor(sender).is_some() {
+            learn(cx, sender, arp.sender_mac());
+        }
         return Err(DropReason::ArpIgnored);
     }
-    learn(cx, IpAddr::V4(arp.sender_ip()), arp.sender_mac());
+    learn(cx, sender, arp.sender_mac());
     match arp.operation() {
         arp::OP_REQUEST => {
             let mac = cx.snap.interfaces[usize::from(cx.ingress)].mac;

@@ -883,6 +883,30 @@ fn arp_requests_for_our_addresses_and_vips_are_answered() {
         run(&snap, &mut w, &request([198, 18, 0, 99])).0,
         Action::Drop(DropReason::ArpIgnored)
     );
+    // RFC 826's merge: the gateway (known) asking for someone else updates its entry with the
+    // MAC it now sends from; an unknown sender asking for someone else teaches nothing.
+    events(&w);
+    let mut moved = request([198, 18, 0, 99]);
+    moved[22..28].copy_from_slice(&[2, 0, 0, 0, 0, 0xfd]);
+    assert_eq!(
+        run(&snap, &mut w, &moved).0,
+        Action::Drop(DropReason::ArpIgnored)
+    );
+    assert_eq!(
+        events(&w),
+        [crate::neighbor::NeighborEvent::Learned {
+            addr: "198.18.0.254".parse().unwrap(),
+            mac: MacAddr([2, 0, 0, 0, 0, 0xfd]),
+            interface: 0,
+        }]
+    );
+    let mut stranger = request([198, 18, 0, 99]);
+    stranger[28..32].copy_from_slice(&[198, 18, 0, 77]);
+    assert_eq!(
+        run(&snap, &mut w, &stranger).0,
+        Action::Drop(DropReason::ArpIgnored)
+    );
+    assert_eq!(events(&w), []);
 }
 
 #[test]
