@@ -31,7 +31,7 @@ fn snapshot() -> &'static Snapshot {
             services: 16,
             backends: 64,
         });
-        let (cfg, _) = snapshot_config(&model, &[], &macs, 2, &mut ids).expect("ids");
+        let (cfg, _) = snapshot_config(&model, &[], &[], &macs, 2, &mut ids).expect("ids");
         Snapshot::build(cfg, 1)
     })
 }
