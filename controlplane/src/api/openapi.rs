@@ -4,8 +4,8 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::stats::{
-    ActionStats, BackendStats, FlowSample, FlowStats, MbufStats, PortStats, ServiceStats, Stats,
-    Traffic, WorkerStats,
+    ActionStats, BackendStats, ClosedPortStats, FlowSample, FlowStats, MbufStats, PortStats,
+    ServiceStats, Stats, Traffic, WorkerStats,
 };
 use crate::config::file::{ForwardingName, ProtocolName, SchedulerName};
 use crate::config::{BackendSpec, ServiceSpec};
@@ -37,7 +37,7 @@ use crate::config::{BackendSpec, ServiceSpec};
         super::http::openapi,
     ),
     components(schemas(
-        ServiceSpec, BackendSpec, Stats, PortStats, ActionStats, FlowStats, MbufStats, Traffic, ServiceStats,
+        ServiceSpec, BackendSpec, Stats, PortStats, ActionStats, FlowStats, ClosedPortStats, MbufStats, Traffic, ServiceStats,
         BackendStats, FlowSample, WorkerStats, ErrorBody, ProtocolName, SchedulerName, ForwardingName
     )),
     modifiers(&BearerAuth)
@@ -239,6 +239,21 @@ mod tests {
             "vip cannot be removed"
         );
         let schemas = &doc["components"]["schemas"];
+        assert!(
+            schemas["Stats"]["properties"]["closed_ports"]
+                .to_string()
+                .contains("#/components/schemas/ClosedPortStats"),
+            "{}",
+            schemas["Stats"]
+        );
+        assert!(schemas["ClosedPortStats"]["properties"]["tcp_resets"].is_object());
+        assert!(
+            schemas["BackendStats"]
+                .to_string()
+                .contains("\"neighbor_failures\""),
+            "{}",
+            schemas["BackendStats"]
+        );
         let service = &schemas["ServiceSpec"]["properties"];
         assert_eq!(service["port"]["minimum"], 1);
         assert_eq!(service["port"]["maximum"], 65535);
