@@ -57,17 +57,23 @@ fn service(
 
 /// A lab in `mode` with servers, and l4lb started on `services`.
 fn start(tag: &str, mode: Mode, services: &[String]) -> Lab {
+    start_with(tag, mode, 3, "", services)
+}
+
+/// [`start`] with `backends` backends and `sections` (TOML) before `[api]`.
+fn start_with(tag: &str, mode: Mode, backends: usize, sections: &str, services: &[String]) -> Lab {
     let mut lab = Lab::build(&Spec {
         tag: tag.to_string(),
         mode,
-        backends: 3,
+        backends,
         clients: 1,
         remove_on_signal: true,
     })
     .unwrap();
     lab.start_servers(&binary("l4lb-demo")).unwrap();
     let mut config = lab.base_config();
-    config.push_str("[api]\nlisten = \"127.0.0.1:9180\"\n\n");
+    config.push_str(sections);
+    config.push_str("\n[api]\nlisten = \"127.0.0.1:9180\"\n\n");
     for s in services {
         config.push_str(s);
         config.push('\n');
@@ -487,27 +493,21 @@ fn echo_connection(to: SocketAddr, lines: usize, gap: Duration, t0: Instant) -> 
 #[test]
 fn live_changes_under_load_break_no_connection_but_a_deleted_backends() {
     // b1-b3 configured; b4 is added under load.
-    let mut lab = Lab::build(&Spec {
-        tag: "e2e-live".into(),
-        mode: Mode::Nat,
-        backends: 4,
-        clients: 1,
-        remove_on_signal: true,
-    })
-    .unwrap();
-    lab.start_servers(&binary("l4lb-demo")).unwrap();
-    let mut config = lab.base_config();
-    config.push_str("[api]\nlisten = \"127.0.0.1:9180\"\n\n");
-    config.push_str(&service(
-        "web",
-        "tcp",
-        (lab::VIP4, 80),
-        "wrr",
+    let lab = start_with(
+        "e2e-live",
         Mode::Nat,
-        8080,
-        &[1, 1, 1],
-    ));
-    lab.start_l4lb(&binary("l4lb"), &config).unwrap();
+        4,
+        "",
+        &[service(
+            "web",
+            "tcp",
+            (lab::VIP4, 80),
+            "wrr",
+            Mode::Nat,
+            8080,
+            &[1, 1, 1],
+        )],
+    );
     let ctl = binary("l4lb").with_file_name("l4lbctl");
     let b4 = format!("{}:8080", lab::backend4(3));
     // (seconds into the load, the change)
@@ -611,36 +611,32 @@ fn an_idle_connection_expires_and_its_next_segment_is_scheduled_anew() {
     // same; with 0 its director answers a reset). Maglev picks the same backend from the
     // tuple, so the connection carries on; round robin picks the next backend, whose kernel
     // knows no such connection and resets it.
-    let mut lab = Lab::build(&Spec {
-        tag: "e2e-idle".into(),
-        mode: Mode::Nat,
-        backends: 3,
-        clients: 1,
-        remove_on_signal: true,
-    })
-    .unwrap();
-    lab.start_servers(&binary("l4lb-demo")).unwrap();
-    let mut config = lab.base_config();
-    config.push_str("[timeouts]\ntcp_established = 2\n\n[api]\nlisten = \"127.0.0.1:9180\"\n\n");
-    config.push_str(&service(
-        "web",
-        "tcp",
-        (lab::VIP4, 80),
-        "maglev",
+    let lab = start_with(
+        "e2e-idle",
         Mode::Nat,
-        8080,
-        &[1, 1, 1],
-    ));
-    config.push_str(&service(
-        "web-rr",
-        "tcp",
-        (lab::VIP4, 81),
-        "rr",
-        Mode::Nat,
-        8080,
-        &[1, 1, 1],
-    ));
-    lab.start_l4lb(&binary("l4lb"), &config).unwrap();
+        3,
+        "[timeouts]\ntcp_established = 2\n",
+        &[
+            service(
+                "web",
+                "tcp",
+                (lab::VIP4, 80),
+                "maglev",
+                Mode::Nat,
+                8080,
+                &[1, 1, 1],
+            ),
+            service(
+                "web-rr",
+                "tcp",
+                (lab::VIP4, 81),
+                "rr",
+                Mode::Nat,
+                8080,
+                &[1, 1, 1],
+            ),
+        ],
+    );
     let (maglev, rr) = lab.clients[0]
         .enter(|| {
             let open = |port| {
@@ -697,17 +693,6 @@ fn a_backend_whose_neighbour_never_answers_is_taken_out_and_its_clients_go_elsew
     // b1-b3 answer; "gone" (198.18.1.99) is configured but nobody has that address. Its
     // first connections are held, then (three unanswered ARP requests, ~3 s) it fails: its
     // flows go, it takes no new ones, and the clients' retried SYNs reach live backends.
-    let mut lab = Lab::build(&Spec {
-        tag: "e2e-gone".into(),
-        mode: Mode::Nat,
-        backends: 3,
-        clients: 1,
-        remove_on_signal: true,
-    })
-    .unwrap();
-    lab.start_servers(&binary("l4lb-demo")).unwrap();
-    let mut config = lab.base_config();
-    config.push_str("[api]\nlisten = \"127.0.0.1:9180\"\n\n");
     let mut web = service(
         "web",
         "tcp",
@@ -718,8 +703,7 @@ fn a_backend_whose_neighbour_never_answers_is_taken_out_and_its_clients_go_elsew
         &[1, 1, 1],
     );
     web.push_str("[[services.backends]]\nid = \"gone\"\naddress = \"198.18.1.99\"\nport = 8080\n");
-    config.push_str(&web);
-    lab.start_l4lb(&binary("l4lb"), &config).unwrap();
+    let lab = start_with("e2e-gone", Mode::Nat, 3, "", &[web]);
     let t0 = Instant::now();
     let answers = lab.clients[0]
         .enter(move || {

@@ -194,7 +194,7 @@ fn icmp_error<P: PacketBuf>(
     let f = pkt.data_mut();
     set_l2(f, peer_mac, mac);
     let icmp_len = 8 + quote;
-    let v6_addrs = emit_ip_to(f, l2, from, &client, icmp_len);
+    let v6_addrs = emit_ip(f, l2, from, &client, icmp_len, None);
     icmp::Repr {
         msg_type,
         code,
@@ -245,16 +245,6 @@ fn emit_ip(
             Some((src, dst))
         }
     }
-}
-
-fn emit_ip_to(
-    f: &mut [u8],
-    l2: usize,
-    from: IpAddr,
-    to: &[u8; 16],
-    icmp_len: usize,
-) -> Option<(Ipv6Addr, Ipv6Addr)> {
-    emit_ip(f, l2, from, to, icmp_len, None)
 }
 
 /// Replaces a TCP segment to a port nobody serves with the reset a host sends (RFC 9293
