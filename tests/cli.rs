@@ -74,7 +74,7 @@ fn dpdk_version() -> String {
 }
 
 #[test]
-fn check_accepts_the_shipped_config_and_the_embedded_default() {
+fn check_accepts_the_shipped_configs_and_the_embedded_default() {
     let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/l4lb.toml");
     let out = l4lb()
         .arg("--check")
@@ -94,6 +94,23 @@ fn check_accepts_the_shipped_config_and_the_embedded_default() {
             "{}: configuration is valid: 1 interface(s), 1 service(s), 2 backend(s)\n",
             conf.display()
         )
+    );
+    // The demo's configuration (l4lb-demo embeds it) is valid as it is shipped.
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/demo.toml");
+    let out = l4lb()
+        .arg("--check")
+        .arg("--config")
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "{}: configuration is valid: 1 interface(s), 1 service(s), 3 backend(s)\n",
+            demo.display()
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let out = l4lb().arg("--check").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
