@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 mod control;
+mod kernel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +26,7 @@ use dpdk_rs::{
     TxQueue,
 };
 use tracing::{info, warn};
-use worker::{LoopSettings, PoolNeeds, Worker};
+use worker::{KernelQueues, LoopSettings, PoolNeeds, Worker};
 
 /// Exit status for a configuration or usage error (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
@@ -234,8 +235,14 @@ fn signals() -> Result<Signals, String> {
 
 /// The mbuf pool, sized for every holder (see `PoolNeeds`) plus `[dpdk] extra_mbufs`.
 fn mbuf_pool(eal: &Eal, model: &Model, n_workers: usize, lcores: usize) -> Result<Mempool, String> {
+    // A kernel interface is one more port with a queue pair per worker.
+    let kernels = model
+        .interfaces
+        .iter()
+        .filter(|i| i.kernel.is_some())
+        .count();
     let needs = PoolNeeds {
-        ports: model.interfaces.len() as u32,
+        ports: (model.interfaces.len() + kernels) as u32,
         rx_queues_per_port: n_workers as u32,
         tx_queues_per_port: n_workers as u32,
         rx_desc: u32::from(model.dpdk.rx_desc),
@@ -327,6 +334,7 @@ struct WorkerParts {
 /// each other worker (in the order of `ring_pairs`), and worker 0 takes the control frames.
 fn assemble_workers<'p>(
     ports: &'p mut [Port],
+    kernel_ports: &'p mut [Option<Port>],
     rings: &'p mut [Ring],
     control: RingConsumer<'p>,
     parts: WorkerParts,
@@ -341,6 +349,16 @@ fn assemble_workers<'p>(
         }
         for (w, q) in txq.into_iter().enumerate() {
             tx[w].push(q);
+        }
+    }
+    let mut kernel: Vec<Vec<Option<KernelQueues<'_>>>> = (0..n)
+        .map(|_| (0..kernel_ports.len()).map(|_| None).collect())
+        .collect();
+    for (interface, port) in kernel_ports.iter_mut().enumerate() {
+        let Some(port) = port else { continue };
+        let (rxq, txq) = port.take_queues().expect("queues are taken once");
+        for (w, (rx, tx)) in rxq.into_iter().zip(txq).enumerate() {
+            kernel[w][interface] = Some(KernelQueues { rx, tx });
         }
     }
     let mut to: Vec<Vec<Option<RingProducer<'_>>>> =
@@ -362,19 +380,23 @@ fn assemble_workers<'p>(
         .zip(tx)
         .zip(to.into_iter().zip(from))
         .zip(states.into_iter().zip(commands))
+        .zip(kernel)
         .enumerate()
-        .map(|(w, (((rx, tx), (to, from)), (state, commands)))| Worker {
-            index: w,
-            rx,
-            tx,
-            to_workers: to,
-            from_workers: from,
-            interface_of_port: interface_of_port.clone(),
-            state,
-            commands,
-            control_frames: if w == 0 { control.take() } else { None },
-            neighbor_events: events.clone(),
-        })
+        .map(
+            |(w, ((((rx, tx), (to, from)), (state, commands)), kernel))| Worker {
+                index: w,
+                rx,
+                tx,
+                to_workers: to,
+                from_workers: from,
+                interface_of_port: interface_of_port.clone(),
+                state,
+                commands,
+                control_frames: if w == 0 { control.take() } else { None },
+                neighbor_events: events.clone(),
+                kernel,
+            },
+        )
         .collect()
 }
 
@@ -402,6 +424,21 @@ fn run(
     let n_workers = lcores.len().max(1);
     let pool = mbuf_pool(&eal, model, n_workers, lcores.len())?;
     let mut ports = start_ports(&eal, model, n_workers, &pool)?;
+    let mut kernel_ports: Vec<Option<Port>> = Vec::with_capacity(ports.len());
+    for (i, (itf, port)) in model.interfaces.iter().zip(&ports).enumerate() {
+        kernel_ports.push(match &itf.kernel {
+            Some(k) => Some(kernel::start(
+                &eal,
+                model,
+                i,
+                k,
+                MacAddr(port.mac_address()),
+                n_workers,
+                &pool,
+            )?),
+            None => None,
+        });
+    }
     let mut rings: Vec<Ring> = ring_pairs(n_workers)
         .map(|(a, b)| Ring::new(&eal, &format!("l4lb_redirect_{a}_{b}"), RING_SLOTS, None))
         .collect::<Result<_, _>>()
@@ -489,7 +526,13 @@ fn run(
             interface_of_port,
             events: events_tx,
         };
-        let workers = assemble_workers(&mut ports, &mut rings, control_consumer, parts);
+        let workers = assemble_workers(
+            &mut ports,
+            &mut kernel_ports,
+            &mut rings,
+            control_consumer,
+            parts,
+        );
         let (shared, counters) = (&shared, &counters);
         let mut jobs: Vec<_> = workers
             .into_iter()
@@ -557,6 +600,8 @@ fn run(
     info!("stopping");
 
     // The workers have stopped and copied out their last counts.
+    // The kernel interfaces go with their ports (net_tap removes its device on close).
+    drop(kernel_ports);
     report(ports, &counters, &controller, elapsed);
     Ok(())
 }
@@ -632,7 +677,7 @@ fn action_report(counters: &[WorkerCounters]) -> String {
     let sum = |f: fn(&WorkerCounters) -> u64| counters.iter().map(f).sum::<u64>();
     let dropped: u64 = drop_totals(counters).iter().sum();
     format!(
-        "actions: forwarded={} replied={} consumed={} redirected={} redirect-dropped={} dropped={} held={}",
+        "actions: forwarded={} replied={} consumed={} redirected={} redirect-dropped={} dropped={} held={} to-kernel={} to-kernel-dropped={} from-kernel={}",
         sum(|c| c.actions.forwarded.get()),
         sum(|c| c.actions.replied.get()),
         sum(|c| c.actions.consumed.get()),
@@ -640,6 +685,9 @@ fn action_report(counters: &[WorkerCounters]) -> String {
         sum(|c| c.actions.redirect_dropped.get()),
         dropped,
         sum(|c| c.actions.held.get()),
+        sum(|c| c.actions.to_kernel.get()),
+        sum(|c| c.actions.to_kernel_dropped.get()),
+        sum(|c| c.actions.from_kernel.get()),
     )
 }
 

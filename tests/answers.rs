@@ -225,7 +225,7 @@ fn arp_and_echo_are_answered_and_every_drop_has_its_reason() {
     assert_eq!(port_counter(&done.stdout, 0, "tx-packets"), 10 + 3);
     assert!(
         done.stdout.contains(
-            "actions: forwarded=5 replied=5 consumed=0 redirected=0 redirect-dropped=0 dropped=4 held=0"
+            "actions: forwarded=5 replied=5 consumed=0 redirected=0 redirect-dropped=0 dropped=4 held=0 to-kernel=0 to-kernel-dropped=0 from-kernel=0"
         ),
         "{}",
         done.stdout

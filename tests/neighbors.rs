@@ -103,7 +103,7 @@ fn an_unknown_backend_mac_is_resolved_by_arp_and_learned() {
     );
     assert!(
         done.stdout
-            .contains("actions: forwarded=2 replied=0 consumed=1 redirected=0 redirect-dropped=0 dropped=200000 held=1\n"),
+            .contains("actions: forwarded=2 replied=0 consumed=1 redirected=0 redirect-dropped=0 dropped=200000 held=1 to-kernel=0 to-kernel-dropped=0 from-kernel=0\n"),
         "the first query held, the ARP reply taken in:\n{}",
         done.stdout
     );

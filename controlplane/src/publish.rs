@@ -245,6 +245,7 @@ pub fn snapshot_config(
                     mac: *mac,
                     addresses: i.addresses.clone(),
                     mtu: i.mtu,
+                    kernel: i.kernel.is_some(),
                 })
                 .collect(),
             routes: model.routes.iter().map(|r| (r.prefix, r.via)).collect(),

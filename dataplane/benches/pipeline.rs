@@ -79,6 +79,7 @@ fn snapshot_of(scheduler: SchedulerKind, v6: bool) -> Snapshot {
                 mac: MacAddr(OUR_MAC),
                 addresses,
                 mtu: 1500,
+                kernel: false,
             }],
             routes: vec![route],
             neighbors,

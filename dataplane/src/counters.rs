@@ -192,6 +192,11 @@ pub struct ActionCounters {
     pub redirect_dropped: Counter,
     /// Held for a next hop being resolved (counted again as forwarded when sent, or as a drop).
     pub held: Counter,
+    /// Handed to the kernel interface, and the kernel's frames sent out of the port.
+    pub to_kernel: Counter,
+    pub from_kernel: Counter,
+    /// For the kernel, but its queue took no more (at most a burst per loop iteration).
+    pub to_kernel_dropped: Counter,
     /// Indexed by `DropReason as usize`.
     pub drops: [Counter; DropReason::COUNT],
 }
@@ -205,6 +210,9 @@ impl Default for ActionCounters {
             redirected: Counter::default(),
             redirect_dropped: Counter::default(),
             held: Counter::default(),
+            to_kernel: Counter::default(),
+            from_kernel: Counter::default(),
+            to_kernel_dropped: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
         }
     }
@@ -218,6 +226,7 @@ impl ActionCounters {
             Action::Reply => self.replied.add(1),
             Action::Consumed => self.consumed.add(1),
             Action::Redirect(_) => self.redirected.add(1),
+            Action::Kernel => self.to_kernel.add(1),
             Action::Drop(r) => self.drops[*r as usize].add(1),
         }
     }

@@ -21,6 +21,10 @@ pub struct InterfaceConfig {
     pub mac: MacAddr,
     pub addresses: Vec<IpPrefix>,
     pub mtu: u16,
+    /// A kernel interface stands beside the port (`kernel_interface`): what the packet path
+    /// does not handle itself goes there ([`Action::Kernel`](crate::pipeline::Action::Kernel))
+    /// instead of being dropped.
+    pub kernel: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -83,6 +83,7 @@ fn snapshot() -> Snapshot {
                     "198.18.1.1/24".parse().unwrap(),
                 ],
                 mtu: 1500,
+                kernel: false,
             }],
             routes: vec![(
                 "0.0.0.0/0".parse().unwrap(),
@@ -196,7 +197,7 @@ fn the_packet_path_does_not_allocate() {
                 actions[match a {
                     Action::Forward { .. } => 0,
                     Action::Reply => 1,
-                    Action::Drop(_) | Action::Consumed => 2,
+                    Action::Drop(_) | Action::Consumed | Action::Kernel => 2,
                     Action::Redirect(_) => 3,
                 }] += 1;
             }

@@ -36,8 +36,8 @@ pub use error::{DpdkError, Result};
 pub use mbuf::{Drain, MAX_BURST, Mbuf, MbufBurst, MbufMut};
 pub use mempool::Mempool;
 pub use port::{
-    LinkStatus, Port, PortConfig, PortId, PortStats, RxQueue, TxQueue, port_count,
-    stats as port_stats,
+    LinkStatus, Port, PortConfig, PortId, PortStats, RxQueue, TxQueue, create_vdev,
+    link as port_link, port_count, stats as port_stats,
 };
 pub use ring::{Ring, RingConsumer, RingProducer};
 

@@ -20,6 +20,43 @@ pub fn port_count(_eal: &Eal) -> u16 {
     unsafe { sys::rte_eth_dev_count_avail() }
 }
 
+/// Creates a virtual device after EAL start (`rte_eal_hotplug_add` on the vdev bus, which is
+/// `rte_vdev_init` without linking the bus library), e.g. `net_tap_l4lb0` with
+/// `iface=l4lb0,mac=02:00:00:00:00:01`, and returns its port id. The device goes away when
+/// its port is closed.
+pub fn create_vdev(_eal: &Eal, name: &str, args: &str) -> Result<PortId> {
+    let c = |s: &str| {
+        std::ffi::CString::new(s)
+            .map_err(|_| DpdkError::usage("rte_eal_hotplug_add", format!("{s:?} holds a NUL byte")))
+    };
+    let (bus, cname, cargs) = (c("vdev")?, c(name)?, c(args)?);
+    // SAFETY: EAL is initialised (we hold an &Eal); the strings are NUL-terminated and live
+    // for the call, which copies them.
+    check("rte_eal_hotplug_add", unsafe {
+        sys::rte_eal_hotplug_add(bus.as_ptr(), cname.as_ptr(), cargs.as_ptr())
+    })?;
+    let mut id: PortId = 0;
+    // SAFETY: cname is NUL-terminated; id is a writable u16.
+    check("rte_eth_dev_get_port_by_name", unsafe {
+        sys::rte_eth_dev_get_port_by_name(cname.as_ptr(), &mut id)
+    })?;
+    Ok(id)
+}
+
+/// The link of a port by id, without waiting; safe from any thread while lcores poll it.
+pub fn link(id: PortId) -> Result<LinkStatus> {
+    let mut link = sys::rte_eth_link::default();
+    // SAFETY: link is writable; an invalid id is answered with -ENODEV.
+    check("rte_eth_link_get_nowait", unsafe {
+        sys::rte_eth_link_get_nowait(id, &mut link)
+    })?;
+    Ok(LinkStatus {
+        up: link.link_status() != 0,
+        speed_mbps: link.link_speed,
+        full_duplex: link.link_duplex() != 0,
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortConfig {
     pub rx_queues: u16,
@@ -242,16 +279,7 @@ impl Port {
     }
 
     pub fn link(&self) -> Result<LinkStatus> {
-        let mut link = sys::rte_eth_link::default();
-        // SAFETY: id is valid; link is writable.
-        check("rte_eth_link_get_nowait", unsafe {
-            sys::rte_eth_link_get_nowait(self.id, &mut link)
-        })?;
-        Ok(LinkStatus {
-            up: link.link_status() != 0,
-            speed_mbps: link.link_speed,
-            full_duplex: link.link_duplex() != 0,
-        })
+        link(self.id)
     }
 
     pub fn stats(&self) -> Result<PortStats> {

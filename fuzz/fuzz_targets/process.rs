@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(usize::from(interface) < snap.interfaces.len())
             }
             Action::Redirect(o) => assert!(o < snap.workers && o != w.index),
+            Action::Kernel => assert!(snap.interfaces.iter().any(|i| i.kernel)),
             Action::Reply | Action::Consumed | Action::Drop(_) => {}
         }
         assert!(p.data().len() >= 14.min(frame.len()));

@@ -215,8 +215,15 @@ impl Lab {
             ns.sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
             ns.ip("link set eth0 up")?;
         }
-        // The appliance's side: no addresses, no IPv6 of its own; l4lb owns the port.
+        // The appliance's side: no addresses, no IPv6 of its own; l4lb owns the port. Its
+        // kernel must not take part either (a NIC bound to DPDK is not the kernel's): once l4lb
+        // gives its kernel interface the appliance's addresses, the veth would otherwise
+        // deliver, forward and answer ARP beside the dataplane. Strict reverse-path filtering
+        // drops whatever arrives on it (its sources are routed through the kernel interface),
+        // and it neither answers nor asks ARP.
         self.lb.sysctl("net.ipv6.conf.eth0.disable_ipv6", "1")?;
+        self.lb.sysctl("net.ipv4.conf.eth0.rp_filter", "1")?;
+        self.lb.ip("link set eth0 arp off")?;
         for (i, c) in self.clients.iter().enumerate() {
             c.ip(&format!("addr add {}/24 dev eth0", client4(i)))?;
             c.ip(&format!("addr add {}/64 dev eth0 nodad", client6(i)))?;
@@ -329,6 +336,40 @@ impl Lab {
                 return Err(format!("the server in {} does not listen", b.name()));
             }
         }
+        Ok(())
+    }
+
+    /// Starts `program serve --name NAME` (HTTP on ports 80 and 8080) in the lab's namespace
+    /// `ns` (e.g. `lb`, `c1`), stopped with the lab; returns once it listens.
+    pub fn serve_in(&mut self, ns: &str, program: &Path, name: &str) -> Result<(), String> {
+        let ns = std::mem::ManuallyDrop::new(Namespace::adopt(&format!("{}-{ns}", self.prefix)));
+        let child = ns
+            .command(program)
+            .args(["serve", "--lab", &self.prefix, "--name", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("{program:?} serve: {e}"))?;
+        self.servers.push(child);
+        if wait_until(Duration::from_secs(10), || {
+            ns.sh("ss -Hltn 'sport = :8080' | grep -q .").is_ok()
+        }) {
+            Ok(())
+        } else {
+            Err(format!("the server in {} does not listen", ns.name()))
+        }
+    }
+
+    /// Turns on routing in the appliance's kernel (for transit through its kernel interface),
+    /// as on an IPVS director; never through the veth l4lb owns, and without ICMP redirects
+    /// (one-armed routing would send them to every host).
+    pub fn route_in_appliance(&self) -> Result<(), String> {
+        self.lb.sysctl("net.ipv4.ip_forward", "1")?;
+        self.lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        self.lb.sysctl("net.ipv4.conf.eth0.forwarding", "0")?;
+        self.lb.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+        self.lb
+            .sysctl("net.ipv4.conf.default.send_redirects", "0")?;
         Ok(())
     }
 

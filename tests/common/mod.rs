@@ -2,6 +2,7 @@
 //! process or an EAL runtime folder behind, pcap files, packets, and DPDK telemetry.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod lab;
 pub mod packet;
 
 /// pcap files and pipes (`harness::pcap`); `write` fails the test if it cannot write.

@@ -88,6 +88,15 @@ pub struct Worker<'p> {
     pub control_frames: Option<RingConsumer<'p>>,
     /// Where neighbour events go (the control side's table).
     pub neighbor_events: crossbeam_channel::Sender<NeighborEvent>,
+    /// Per interface, this worker's queues of the kernel interface beside it (if any).
+    pub kernel: Vec<Option<KernelQueues<'p>>>,
+}
+
+/// A worker's queue pair on a kernel interface (the exception path): what `process` hands to
+/// the kernel is written there, what the kernel sends is read there and goes out of the port.
+pub struct KernelQueues<'p> {
+    pub rx: RxQueue<'p>,
+    pub tx: TxQueue<'p>,
 }
 
 /// Buffers of the loop, kept together so that they are allocated once, before it starts.
@@ -96,6 +105,9 @@ struct Buffers {
     tx: Vec<MbufBurst>,
     redirect: Vec<MbufBurst>,
     dropped: MbufBurst,
+    /// Per interface, what goes to its kernel interface in this loop iteration (one burst at
+    /// most: each packet costs the TAP device a write).
+    kernel: Vec<MbufBurst>,
     /// Packets waiting for their next hop's MAC.
     hold: HoldQueue<dpdk_rs::Mbuf>,
 }
@@ -121,6 +133,7 @@ impl Worker<'_> {
                 .map(|_| MbufBurst::new())
                 .collect(),
             dropped: MbufBurst::new(),
+            kernel: (0..self.tx.len()).map(|_| MbufBurst::new()).collect(),
             hold: HoldQueue::new(HOLD_CAPACITY, HOLD_PER_NEIGHBOR),
         };
         let mut last_release = 0;
@@ -178,6 +191,7 @@ impl Worker<'_> {
                     self.process_burst(&mut b, &reader, counters, now, burst);
                 }
             }
+            polled += self.exchange_with_kernel(&mut b, counters, burst);
             if tsc - last_drain >= drain_cycles {
                 for itf in 0..b.tx.len() {
                     self.flush(itf, &mut b.tx[itf], counters);
@@ -280,6 +294,22 @@ impl Worker<'_> {
                 }
                 continue;
             }
+            if a == Action::Kernel {
+                let itf = usize::from(port_interface);
+                match b.kernel.get_mut(itf) {
+                    Some(k) if self.kernel.get(itf).is_some_and(Option::is_some) => {
+                        if let Err(m) = k.push(m) {
+                            counters.actions.to_kernel_dropped.add(1);
+                            let _ = b.dropped.push(m);
+                        }
+                    }
+                    _ => {
+                        counters.actions.to_kernel_dropped.add(1);
+                        let _ = b.dropped.push(m);
+                    }
+                }
+                continue;
+            }
             counters.actions.record(&a);
             let out = match a {
                 Action::Forward { interface, .. } => usize::from(interface),
@@ -293,7 +323,7 @@ impl Worker<'_> {
                     }
                     continue;
                 }
-                Action::Drop(_) | Action::Consumed => usize::MAX,
+                Action::Drop(_) | Action::Consumed | Action::Kernel => usize::MAX,
             };
             if out < b.tx.len() {
                 self.queue(out, m, &mut b.tx[out], counters, burst);
@@ -318,6 +348,43 @@ impl Worker<'_> {
             counters.actions.redirect_dropped.add(buf.len() as u64);
             buf.clear();
         }
+    }
+
+    /// The exception path, once per loop iteration: what this iteration's bursts handed to
+    /// the kernel is written to its interfaces (what they do not take is counted), and at most
+    /// one burst of what the kernel sent is read from each and goes out of its port. Returns
+    /// how many packets it read.
+    fn exchange_with_kernel(
+        &mut self,
+        b: &mut Buffers,
+        counters: &WorkerCounters,
+        burst: usize,
+    ) -> usize {
+        let mut read = 0;
+        for itf in 0..self.kernel.len() {
+            let Some(k) = self.kernel[itf].as_mut() else {
+                continue;
+            };
+            let out = &mut b.kernel[itf];
+            if !out.is_empty() {
+                let n = out.len() as u64;
+                k.tx.tx_burst(out);
+                let left = out.len() as u64;
+                counters.actions.to_kernel.add(n - left);
+                counters.actions.to_kernel_dropped.add(left);
+                out.clear();
+            }
+            let n = k.rx.rx_burst(&mut b.rx, burst);
+            if n == 0 {
+                continue;
+            }
+            read += n;
+            counters.actions.from_kernel.add(n as u64);
+            for m in b.rx.drain() {
+                self.queue(itf, m, &mut b.tx[itf], counters, burst);
+            }
+        }
+        read
     }
 
     /// Sends the held packets whose next hop the snapshot now knows, with its MAC; drops (and

@@ -86,6 +86,11 @@ pub struct ActionStats {
     /// neighbor_unresolved or neighbor_failed).
     pub held: u64,
     pub dropped: u64,
+    /// Handed to the kernel interfaces (the exception path), and what they did not take.
+    pub to_kernel: u64,
+    pub to_kernel_dropped: u64,
+    /// Sent out of the ports for the kernel interfaces.
+    pub from_kernel: u64,
 }
 
 /// The flow tables of all workers (copied out by the workers ten times a second).
@@ -342,6 +347,9 @@ pub fn render_metrics(s: &Stats) -> String {
         ("redirect_dropped", a.redirect_dropped),
         ("held", a.held),
         ("dropped", a.dropped),
+        ("to_kernel", a.to_kernel),
+        ("to_kernel_dropped", a.to_kernel_dropped),
+        ("from_kernel", a.from_kernel),
     ] {
         x.sample("packets_total", &[("action", action)], v);
     }

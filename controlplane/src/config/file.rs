@@ -109,6 +109,13 @@ pub struct InterfaceSpec {
     pub addresses: Vec<String>,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// A kernel interface of this name beside the port (the exception path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_interface: Option<String>,
+    /// "auto" (virtio-user over vhost-net where the kernel has it, else TAP), "tap" or
+    /// "virtio_user".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_driver: Option<String>,
 }
 
 fn default_mtu() -> u16 {

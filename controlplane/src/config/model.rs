@@ -39,6 +39,38 @@ pub struct Interface {
     pub port: u16,
     pub addresses: Vec<IpPrefix>,
     pub mtu: u16,
+    /// The kernel interface beside the port (the exception path), if configured.
+    pub kernel: Option<KernelInterface>,
+}
+
+/// A kernel network interface l4lb creates beside a port: what the packet path does not
+/// handle goes to it, and what the kernel sends there goes out of the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelInterface {
+    pub name: String,
+    pub driver: KernelDriver,
+}
+
+/// What backs a kernel interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelDriver {
+    /// virtio-user over vhost-net when `/dev/vhost-net` exists, else TAP.
+    Auto,
+    /// DPDK's `net_tap`: a TAP device (each packet a read or write of the device).
+    Tap,
+    /// DPDK's `net_virtio_user` over the kernel's vhost-net (rings shared with a kernel
+    /// thread: DPDK's recommended exception path).
+    VirtioUser,
+}
+
+impl KernelDriver {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelDriver::Auto => "auto",
+            KernelDriver::Tap => "tap",
+            KernelDriver::VirtioUser => "virtio_user",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

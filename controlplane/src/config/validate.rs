@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::FieldError;
-use super::file::{BackendSpec, ConfigFile, ServiceSpec};
+use super::file::{BackendSpec, ConfigFile, InterfaceSpec, ServiceSpec};
 use super::model::*;
 
 /// The largest burst the dataplane's fixed arrays hold.
@@ -62,6 +62,65 @@ fn usable_vip(a: IpAddr) -> Result<IpAddr, String> {
         Some(w) => Err(format!("{a} is {w}, not a VIP")),
         None => Ok(a),
     }
+}
+
+/// `interfaces[i].kernel_interface` and `kernel_driver`: a name the kernel takes for a network
+/// interface (1 to 15 bytes, no `/`, space or `:`; not `.` or `..`), one per interface.
+fn kernel_interface(
+    e: &mut Errors,
+    i: usize,
+    itf: &InterfaceSpec,
+    seen: &mut HashMap<String, usize>,
+) -> Option<KernelInterface> {
+    let driver = match itf.kernel_driver.as_deref() {
+        None | Some("auto") => KernelDriver::Auto,
+        Some("tap") => KernelDriver::Tap,
+        Some("virtio_user") => KernelDriver::VirtioUser,
+        Some(other) => {
+            e.add(
+                format!("interfaces[{i}].kernel_driver"),
+                format!("{other:?} is not one of \"auto\", \"tap\", \"virtio_user\""),
+            );
+            KernelDriver::Auto
+        }
+    };
+    let Some(name) = itf.kernel_interface.as_deref() else {
+        if itf.kernel_driver.is_some() {
+            e.add(
+                format!("interfaces[{i}].kernel_driver"),
+                "given without kernel_interface (the name of the kernel interface)",
+            );
+        }
+        return None;
+    };
+    let field = format!("interfaces[{i}].kernel_interface");
+    let bad = if name.is_empty() || name.len() > 15 {
+        Some("is not 1 to 15 bytes long (the kernel's IFNAMSIZ)")
+    } else if name == "." || name == ".." {
+        Some("is not a name the kernel allows")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        Some("has a character other than letters, digits, '-', '_' and '.'")
+    } else {
+        None
+    };
+    if let Some(why) = bad {
+        e.add(field, format!("{name:?} {why}"));
+        return None;
+    }
+    if let Some(first) = seen.insert(name.to_string(), i) {
+        e.add(
+            field,
+            format!("{name:?} is already interfaces[{first}].kernel_interface"),
+        );
+        return None;
+    }
+    Some(KernelInterface {
+        name: name.to_string(),
+        driver,
+    })
 }
 
 fn family(a: IpAddr) -> &'static str {
@@ -197,6 +256,7 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
     let mut interfaces = Vec::new();
     let mut ports_seen: HashMap<u16, usize> = HashMap::new();
     let mut our_addresses: HashMap<IpAddr, String> = HashMap::new();
+    let mut kernel_names: HashMap<String, usize> = HashMap::new();
     if f.interfaces.is_empty() {
         e.add(
             "interfaces",
@@ -235,10 +295,12 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
                 addresses.push(p);
             }
         }
+        let kernel = kernel_interface(&mut e, i, itf, &mut kernel_names);
         interfaces.push(Interface {
             port: itf.port,
             addresses,
             mtu: itf.mtu,
+            kernel,
         });
     }
 

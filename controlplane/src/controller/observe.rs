@@ -214,6 +214,9 @@ impl Controller {
                 redirect_dropped: a(|c| c.actions.redirect_dropped.get()),
                 held: a(|c| c.actions.held.get()),
                 dropped: drops.iter().sum(),
+                to_kernel: a(|c| c.actions.to_kernel.get()),
+                to_kernel_dropped: a(|c| c.actions.to_kernel_dropped.get()),
+                from_kernel: a(|c| c.actions.from_kernel.get()),
             },
             drops: DropReason::ALL
                 .iter()

@@ -52,7 +52,7 @@ pub(super) fn classify<P: PacketBuf>(
             };
             ip_packet(pkt, cx, &p, no_flow)
         }
-        _ => Err(DropReason::UnknownEtherType),
+        _ => cx.kernel_or(DropReason::UnknownEtherType),
     }
 }
 
@@ -69,7 +69,14 @@ fn ip_packet<P: PacketBuf>(
     if is_icmp(ip) {
         return icmp::icmp(pkt, cx, p);
     }
-    let l4 = parse_l4(pkt.data(), ip)?;
+    let l4 = match parse_l4(pkt.data(), ip) {
+        Ok(l4) => l4,
+        // Another protocol to us or through us (OSPF, GRE, ESP ...) is the kernel's.
+        Err(DropReason::UnsupportedProtocol) if !cx.snap.is_vip(&ip.dst) => {
+            return cx.kernel_or(DropReason::UnsupportedProtocol);
+        }
+        Err(e) => return Err(e),
+    };
     if cx.snap.maybe_vip(&ip.dst) {
         if let Some(a) = flow::to_vip(pkt, cx, p, &l4, no_flow) {
             return a;
@@ -79,7 +86,7 @@ fn ip_packet<P: PacketBuf>(
         }
     }
     if cx.snap.local_interface(&ip.dst).is_some() {
-        return Err(DropReason::LocalUnsupported);
+        return cx.kernel_or(DropReason::LocalUnsupported);
     }
     // Not for us: the reply of a NAT flow, from a backend to a client?
     nat::reply(pkt, cx, ip, &l4)

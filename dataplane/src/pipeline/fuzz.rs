@@ -48,6 +48,7 @@ fn check(snap: &Snapshot, w: &mut WorkerState, frame: &[u8], now: u32) {
     match process(&mut p, 0, snap, w, now) {
         Action::Forward { interface, .. } => assert!((interface as usize) < snap.interfaces.len()),
         Action::Redirect(o) => assert!(o < snap.workers && o != w.index),
+        Action::Kernel => assert!(snap.interfaces[0].kernel),
         Action::Reply | Action::Consumed | Action::Drop(_) => {}
     }
     assert!(p.data().len() >= 14.min(frame.len()));

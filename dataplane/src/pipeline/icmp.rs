@@ -43,7 +43,8 @@ pub(super) fn icmp<P: PacketBuf>(
     if ty == echo && code == 0 {
         let for_us = cx.snap.is_vip(&ip.dst) || cx.snap.local_interface(&ip.dst).is_some();
         if !for_us {
-            return Err(DropReason::NotForUs);
+            // Through us: the kernel's to route.
+            return cx.kernel_or(DropReason::NotForUs);
         }
         let mac = cx.snap.interfaces[usize::from(cx.ingress)].mac;
         respond::echo_reply(pkt.data_mut(), ip, mac);
@@ -54,10 +55,22 @@ pub(super) fn icmp<P: PacketBuf>(
     } else {
         icmp::v4::is_error(ty)
     };
+    let vip = cx.snap.is_vip(&ip.dst);
     if !error {
-        return Err(DropReason::IcmpUnsupported);
+        // Router advertisements, multicast listener reports, echo replies to the kernel's
+        // pings ...: the kernel's, unless they are to a VIP.
+        return if vip {
+            Err(DropReason::IcmpUnsupported)
+        } else {
+            cx.kernel_or(DropReason::IcmpUnsupported)
+        };
     }
-    error_about_flow(pkt, cx, p)
+    match error_about_flow(pkt, cx, p) {
+        // An error about one of the kernel's own connections (a probe's port unreachable, a
+        // path MTU for its TCP) or about transit traffic.
+        Err(DropReason::IcmpNoFlow) if !vip => cx.kernel_or(DropReason::IcmpNoFlow),
+        r => r,
+    }
 }
 
 /// An ICMP error quoting a packet of one of our flows.

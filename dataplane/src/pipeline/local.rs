@@ -28,7 +28,7 @@ pub(super) fn arp(frame: &mut [u8], l2: usize, cx: &Ctx<'_>) -> Result<Action, D
         if cx.snap.neighbor(sender).is_some() {
             learn(cx, sender, arp.sender_mac());
         }
-        return Err(DropReason::ArpIgnored);
+        return cx.kernel_or(DropReason::ArpIgnored);
     }
     learn(cx, sender, arp.sender_mac());
     match arp.operation() {
@@ -37,7 +37,7 @@ pub(super) fn arp(frame: &mut [u8], l2: usize, cx: &Ctx<'_>) -> Result<Action, D
             respond::arp_reply(frame, l2, mac);
             Ok(Action::Reply)
         }
-        arp::OP_REPLY => Ok(Action::Consumed),
+        arp::OP_REPLY => cx.consumed(),
         _ => Err(DropReason::ArpIgnored),
     }
 }
@@ -91,7 +91,8 @@ pub(super) fn neighbor_solicitation<P: PacketBuf>(
     let target: [u8; 16] = body[8..24].try_into().expect("16");
     let ours = cx.snap.local_interface(&target) == Some(cx.ingress) || cx.snap.is_vip(&target);
     if !ours {
-        return Err(DropReason::ArpIgnored);
+        // For the kernel's own addresses (its link-local one) or someone else's.
+        return cx.kernel_or(DropReason::ArpIgnored);
     }
     if let Some(m) = ndp_link_option(&body[24..], 1) {
         learn(cx, addr_from_bytes(ip.src), m);
@@ -115,7 +116,7 @@ pub(super) fn neighbor_advertisement(
     match ndp_link_option(&body[24..], 2) {
         Some(m) => {
             learn(cx, IpAddr::V6(target), m);
-            Ok(Action::Consumed)
+            cx.consumed()
         }
         None => Err(DropReason::NdpInvalid),
     }

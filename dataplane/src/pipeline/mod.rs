@@ -51,6 +51,10 @@ pub enum Action {
     Drop(DropReason),
     /// It belongs to another worker's flow table (NAT ownership): hand it over unchanged.
     Redirect(u16),
+    /// Not the packet path's business, and the interface it came in on has a kernel interface
+    /// beside it: hand it, unchanged, to the kernel (management traffic to our addresses,
+    /// transit traffic, ARP and NDP the kernel needs, ICMP we do not answer).
+    Kernel,
 }
 
 /// What every stage of one packet's processing shares.
@@ -61,6 +65,27 @@ pub(crate) struct Ctx<'a> {
     pub ingress: u16,
     /// The flow table's clock (seconds).
     pub now: u32,
+}
+
+impl Ctx<'_> {
+    /// What the packet path does not handle: to the kernel when the ingress interface has a
+    /// kernel interface, else dropped as `reason`.
+    #[inline]
+    pub(crate) fn kernel_or(&self, reason: DropReason) -> Result<Action, DropReason> {
+        match self.snap.interfaces.get(usize::from(self.ingress)) {
+            Some(i) if i.kernel => Ok(Action::Kernel),
+            _ => Err(reason),
+        }
+    }
+
+    /// Taken in by the packet path (an ARP reply, a neighbour advertisement): the kernel, when
+    /// there is one, needs it as well (it may have asked).
+    #[inline]
+    pub(crate) fn consumed(&self) -> Result<Action, DropReason> {
+        Ok(self
+            .kernel_or(DropReason::ArpIgnored)
+            .unwrap_or(Action::Consumed))
+    }
 }
 
 /// The parsed description of an IP packet (Katran's `packet_description`): where its

@@ -28,9 +28,10 @@ pub(super) fn reply<P: PacketBuf>(
         client_port: l4.dport,
     };
     let flows = &mut cx.w.flows;
-    let slot = flows
-        .lookup_reply(&rk, cx.now)
-        .ok_or(DropReason::NotForUs)?;
+    let Some(slot) = flows.lookup_reply(&rk, cx.now) else {
+        // Transit: the kernel routes it, if there is one and its forwarding is on.
+        return cx.kernel_or(DropReason::NotForUs);
+    };
     flows.touch(slot, l4.tcp_flags, cx.now);
     let (service, backend, vip, vip_port) = {
         let f = flows.get(slot);

@@ -383,6 +383,7 @@ pub(super) fn config(workers: u16) -> SnapshotConfig {
             .map(|s| s.parse::<IpPrefix>().unwrap())
             .collect(),
             mtu: 1500,
+            kernel: false,
         }],
         routes: vec![
             (
@@ -1967,5 +1968,201 @@ fn a_packet_for_an_unresolved_next_hop_is_rewritten_but_for_its_ethernet_header(
     assert_eq!(
         resolved.resolution(B1.parse().unwrap()),
         crate::neighbor::Resolution::Resolved(MacAddr(B1_MAC))
+    );
+}
+
+// ---------------------------------------------------------------- the kernel exception path
+
+/// What the packet path does not handle goes, unchanged, to the kernel interface when there is
+/// one (and is dropped as before when there is not); what it handles stays its own.
+#[test]
+fn what_the_packet_path_does_not_handle_goes_to_the_kernel_unchanged() {
+    let plain = Snapshot::build(config(1), 1);
+    let mut with = config(1);
+    with.interfaces[0].kernel = true;
+    let kernel = Snapshot::build(with, 1);
+    let tcp = |dport| L4Spec::Tcp {
+        sport: 40001,
+        dport,
+        flags: crate::wire::tcp::SYN,
+        payload: b"",
+    };
+    let udp = |dport| L4Spec::Udp {
+        sport: 40001,
+        dport,
+        payload: b"q",
+        zero_checksum: false,
+    };
+    // The port unreachable a backend sends about the kernel's own UDP probe.
+    let probe = ipv4_packet(v4hdr("198.18.1.1", B1), udp(53));
+    let mut unreachable = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    unreachable.extend_from_slice(&probe[..28]);
+    let mut arp_reply = eth(OUR_MAC, B1_MAC, 0x0806);
+    arp_reply.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    arp_reply.extend_from_slice(&B1_MAC);
+    arp_reply.extend_from_slice(&[198, 18, 1, 10]);
+    arp_reply.extend_from_slice(&OUR_MAC);
+    arp_reply.extend_from_slice(&[198, 18, 1, 1]);
+    let mut arp_other = eth([0xff; 6], B1_MAC, 0x0806);
+    arp_other.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp_other.extend_from_slice(&B1_MAC);
+    arp_other.extend_from_slice(&[198, 18, 1, 10]);
+    arp_other.extend_from_slice(&[0; 6]);
+    arp_other.extend_from_slice(&[198, 18, 1, 77]);
+    let echo_reply = icmp4_body(vec![0, 0, 0, 0, 0x12, 0x34, 0, 1, b'p']);
+    let echo = icmp4_body(vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p']);
+    let router_advert = icmp6_body(
+        v6("2001:db8:1::fe"),
+        v6("ff02::1"),
+        vec![134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    let mut ra = v6hdr("2001:db8:1::fe", "ff02::1");
+    ra.hop = 255;
+    let cases: Vec<(&str, Vec<u8>, Action)> = vec![
+        (
+            "TCP to our own address (SSH)",
+            frame(
+                OUR_MAC,
+                GW_MAC,
+                &ipv4_packet(v4hdr(CLIENT, "198.18.0.1"), tcp(22)),
+            ),
+            Action::Drop(DropReason::LocalUnsupported),
+        ),
+        (
+            "UDP to our own IPv6 address (SNMP)",
+            frame(
+                OUR_MAC,
+                GW6_MAC,
+                &ipv6_packet(v6hdr(CLIENT6, "2001:db8:1::1"), udp(161)),
+            ),
+            Action::Drop(DropReason::LocalUnsupported),
+        ),
+        (
+            "transit TCP from a backend to a host that is not a VIP",
+            frame(
+                OUR_MAC,
+                B1_MAC,
+                &ipv4_packet(v4hdr(B1, "198.18.0.50"), tcp(80)),
+            ),
+            Action::Drop(DropReason::NotForUs),
+        ),
+        (
+            "transit ping",
+            frame(
+                OUR_MAC,
+                B1_MAC,
+                &ipv4_raw(v4hdr(B1, "198.18.0.50"), 1, &echo),
+            ),
+            Action::Drop(DropReason::NotForUs),
+        ),
+        (
+            "GRE to our own address",
+            frame(
+                OUR_MAC,
+                GW_MAC,
+                &ipv4_raw(v4hdr(CLIENT, "198.18.0.1"), 47, &[0, 0, 8, 0]),
+            ),
+            Action::Drop(DropReason::UnsupportedProtocol),
+        ),
+        (
+            "an echo reply to the kernel's ping",
+            frame(
+                OUR_MAC,
+                B1_MAC,
+                &ipv4_raw(v4hdr(B1, "198.18.1.1"), 1, &echo_reply),
+            ),
+            Action::Drop(DropReason::IcmpUnsupported),
+        ),
+        (
+            "port unreachable about the kernel's probe",
+            frame(
+                OUR_MAC,
+                B1_MAC,
+                &ipv4_raw(v4hdr(B1, "198.18.1.1"), 1, &icmp4_body(unreachable)),
+            ),
+            Action::Drop(DropReason::IcmpNoFlow),
+        ),
+        (
+            "a router advertisement",
+            frame(
+                [0x33, 0x33, 0, 0, 0, 1],
+                GW6_MAC,
+                &ipv6_raw(ra, 58, &router_advert),
+            ),
+            Action::Drop(DropReason::IcmpUnsupported),
+        ),
+        (
+            "an ARP reply (learned, and the kernel may have asked)",
+            arp_reply,
+            Action::Consumed,
+        ),
+        (
+            "an ARP request for another host",
+            arp_other,
+            Action::Drop(DropReason::ArpIgnored),
+        ),
+        (
+            "LLDP",
+            {
+                let mut f = eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], GW_MAC, 0x88cc);
+                f.extend_from_slice(&[0; 46]);
+                f
+            },
+            Action::Drop(DropReason::UnknownEtherType),
+        ),
+    ];
+    for (case, input, without) in &cases {
+        let mut w = worker();
+        assert_eq!(run(&plain, &mut w, input).0, *without, "{case}, no kernel");
+        let mut w = worker();
+        let (a, out) = run(&kernel, &mut w, input);
+        assert_eq!(a, Action::Kernel, "{case}");
+        assert_frame(&out, input, case);
+    }
+    // The packet path's own business stays its own with a kernel interface.
+    let mut w = worker();
+    let ping_us = frame(
+        OUR_MAC,
+        GW_MAC,
+        &ipv4_raw(v4hdr(CLIENT, "198.18.0.1"), 1, &echo),
+    );
+    assert_eq!(
+        run(&kernel, &mut w, &ping_us).0,
+        Action::Reply,
+        "echo to us"
+    );
+    let (syn, _) = client_packet(
+        false,
+        Protocol::Tcp,
+        ForwardingMode::Nat,
+        crate::wire::tcp::SYN,
+    );
+    assert_eq!(
+        run(&kernel, &mut w, &syn).0,
+        Action::Forward { interface: 0 },
+        "a new flow to a VIP"
+    );
+    let closed = frame(OUR_MAC, GW_MAC, &ipv4_packet(v4hdr(CLIENT, VIP), tcp(9)));
+    assert_eq!(
+        run(&kernel, &mut w, &closed).0,
+        Action::Reply,
+        "a closed VIP port"
+    );
+    let gre_vip = frame(
+        OUR_MAC,
+        GW_MAC,
+        &ipv4_raw(v4hdr(CLIENT, VIP), 47, &[0, 0, 8, 0]),
+    );
+    assert_eq!(
+        run(&kernel, &mut w, &gre_vip).0,
+        Action::Drop(DropReason::UnsupportedProtocol),
+        "another protocol to a VIP"
+    );
+    let mut other_mac = syn.clone();
+    other_mac[5] = 0x77;
+    assert_eq!(
+        run(&kernel, &mut w, &other_mac).0,
+        Action::Drop(DropReason::NotOurMac),
+        "unicast to another MAC"
     );
 }

@@ -373,3 +373,69 @@ fn addresses_that_cannot_be_a_vip_are_refused() {
     assert!(with_vip("198.18.0.100").is_ok());
     assert!(with_vip("2001:db8:1::100").is_ok());
 }
+
+#[test]
+fn a_kernel_interface_needs_a_name_the_kernel_takes_once() {
+    let at = "port = 0\n";
+    let m = check(&BASE.replacen(at, "port = 0\nkernel_interface = \"l4lb0\"\n", 1)).unwrap();
+    assert_eq!(
+        m.interfaces[0].kernel,
+        Some(KernelInterface {
+            name: "l4lb0".into(),
+            driver: KernelDriver::Auto
+        })
+    );
+    let m = check(&BASE.replacen(
+        at,
+        "port = 0\nkernel_interface = \"mgmt.1\"\nkernel_driver = \"tap\"\n",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        m.interfaces[0].kernel.as_ref().unwrap().driver,
+        KernelDriver::Tap
+    );
+    assert_eq!(check(BASE).unwrap().interfaces[0].kernel, None);
+    for (line, error) in [
+        (
+            "kernel_interface = \"\"",
+            "interfaces[0].kernel_interface: \"\" is not 1 to 15 bytes long (the kernel's IFNAMSIZ)",
+        ),
+        (
+            "kernel_interface = \"a-name-too-long-x\"",
+            "interfaces[0].kernel_interface: \"a-name-too-long-x\" is not 1 to 15 bytes long (the kernel's IFNAMSIZ)",
+        ),
+        (
+            "kernel_interface = \"eth 0\"",
+            "interfaces[0].kernel_interface: \"eth 0\" has a character other than letters, digits, '-', '_' and '.'",
+        ),
+        (
+            "kernel_interface = \"a/b\"",
+            "interfaces[0].kernel_interface: \"a/b\" has a character other than letters, digits, '-', '_' and '.'",
+        ),
+        (
+            "kernel_interface = \"..\"",
+            "interfaces[0].kernel_interface: \"..\" is not a name the kernel allows",
+        ),
+        (
+            "kernel_interface = \"l4lb0\"\nkernel_driver = \"kni\"",
+            "interfaces[0].kernel_driver: \"kni\" is not one of \"auto\", \"tap\", \"virtio_user\"",
+        ),
+        (
+            "kernel_driver = \"tap\"",
+            "interfaces[0].kernel_driver: given without kernel_interface (the name of the kernel interface)",
+        ),
+    ] {
+        assert_eq!(
+            errors_of(at, &format!("port = 0\n{line}\n")),
+            [error],
+            "{line}"
+        );
+    }
+    let two = BASE.replacen(at, "port = 0\nkernel_interface = \"l4lb0\"\n", 1)
+        + "[[interfaces]]\nport = 1\nkernel_interface = \"l4lb0\"\n";
+    assert_eq!(
+        check(&two).unwrap_err(),
+        ["interfaces[1].kernel_interface: \"l4lb0\" is already interfaces[0].kernel_interface"]
+    );
+}
