@@ -1,16 +1,18 @@
 //! The control thread (an ordinary thread, never an lcore): a select loop that hands API
-//! calls, SIGHUP, the workers' neighbour events and the clock to the [`Controller`], the one
-//! writer of the configuration, and copies the frames it asks for into mbufs for the worker
-//! that sends them.
+//! calls, SIGHUP, the workers' neighbour events, health probes' results and the clock to the
+//! [`Controller`], the one writer of the configuration, and copies the frames it asks for into
+//! mbufs for the worker that sends them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use controlplane::api::http::{Call, CallQueues};
 use controlplane::controller::Controller;
+use controlplane::health::Prober;
 use crossbeam_channel::Receiver;
 use dataplane::neighbor::NeighborEvent;
 use dpdk_rs::{MbufBurst, Mempool, RingProducer};
+use tracing::error;
 
 /// Frames of the control side (ARP, NDP) into the ring that worker 0 sends from.
 pub struct FrameRing<'a> {
@@ -46,9 +48,22 @@ pub fn run(
     done: &AtomicBool,
 ) {
     controller.start();
+    // The health probes run on a thread of their own and report here.
+    let (probe_tx, probe_rx) = crossbeam_channel::bounded(4096);
+    let prober = match Prober::spawn(probe_tx) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            error!("cannot start the health-check thread: {e}; no backend is probed");
+            None
+        }
+    };
     // A channel whose senders are all gone is replaced by one that never delivers.
-    let (mut events, mut reads, mut changes) =
-        (events.clone(), calls.reads.clone(), calls.changes.clone());
+    let (mut events, mut reads, mut changes, mut probes) = (
+        events.clone(),
+        calls.reads.clone(),
+        calls.changes.clone(),
+        probe_rx,
+    );
     let answer = |controller: &mut Controller, c: Call| {
         let reply = controller.handle(c.request);
         let _ = c.reply.send(reply);
@@ -76,6 +91,10 @@ pub fn run(
                 Ok(c) => answer(controller, c),
                 Err(_) => reads = crossbeam_channel::never(),
             },
+            recv(probes) -> r => match r {
+                Ok(r) => controller.probe_result(r),
+                Err(_) => probes = crossbeam_channel::never(),
+            },
             default(Duration::from_millis(1)) => {}
         }
         if reload.swap(false, Ordering::Relaxed) {
@@ -86,6 +105,9 @@ pub fn run(
         controller.tick(Instant::now());
         for f in controller.take_frames() {
             frames.send(f.port, &f.bytes);
+        }
+        if let (Some(p), Some(t)) = (&prober, controller.take_targets()) {
+            p.set(t);
         }
     }
 }

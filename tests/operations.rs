@@ -2,9 +2,11 @@
 //! the kernel exception path (management traffic to the appliance's own addresses, transit
 //! traffic routed by its kernel), active health checks, `/healthz`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
-use harness::lab::{self, Mode};
+use harness::lab::{self, Lab, Mode, time_until};
 
 mod common;
 use common::lab::{TIMEOUT, assert_all_ok, binary, http, service, start_with, vip4};
@@ -131,4 +133,264 @@ fn the_kernel_path_carries_management_and_transit_traffic_beside_the_vips() {
         lab.lb.sh("ip link show l4k-kpath").is_err(),
         "the kernel interface outlived l4lb"
     );
+}
+
+// ---------------------------------------------------------------- health checks
+
+/// Probe timings of the health-check tests: a failed backend is out after FALL probes, so
+/// within FALL x INTERVAL (plus one probe's TIMEOUT when the backend does not answer at all).
+const INTERVAL_MS: u64 = 300;
+const TIMEOUT_MS: u64 = 200;
+const RISE: u64 = 2;
+const FALL: u64 = 2;
+/// What two labs on two CPUs add to those bounds (the control thread, the API call).
+const SLACK: Duration = Duration::from_millis(1500);
+
+/// `svc` with a health check (`check`: the inline table's keys besides the timings) and
+/// `extra` service keys.
+fn checked(svc: String, check: &str, extra: &str) -> String {
+    let line = format!(
+        "health_check = {{ {check}, interval_ms = {INTERVAL_MS}, timeout_ms = {TIMEOUT_MS}, rise = {RISE}, fall = {FALL} }}\n{extra}"
+    );
+    let at = "forwarding = \"nat\"\n";
+    assert!(svc.contains(at));
+    svc.replacen(at, &format!("{at}{line}"), 1)
+}
+
+/// Backend `i`'s health in the stats of the first service.
+fn health(lab: &Lab, i: usize) -> serde_json::Value {
+    stats(lab)["services"][0]["backends"][i]["health"].clone()
+}
+
+/// How long until backend `i` is `state` (None: not within 15 s).
+fn until_state(lab: &Lab, i: usize, state: &str) -> Option<Duration> {
+    time_until(Duration::from_secs(15), || health(lab, i)["state"] == state)
+}
+
+/// Waits until every backend of the first service has had `RISE` good probes.
+fn all_probed(lab: &Lab, n: usize) {
+    let probed = time_until(Duration::from_secs(15), || {
+        (0..n).all(|i| health(lab, i)["probes_ok"].as_u64().unwrap_or(0) >= RISE)
+    });
+    assert!(probed.is_some(), "{}\n{}", stats(lab), lab.l4lb_log());
+}
+
+fn per(pairs: &[(&str, usize)]) -> std::collections::BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[test]
+fn a_backend_whose_server_stops_or_whose_link_goes_down_leaves_rotation_and_comes_back() {
+    let svc = checked(
+        service(
+            "web",
+            "tcp",
+            (lab::VIP4, 80),
+            "rr",
+            Mode::Nat,
+            8080,
+            &[1, 1, 1],
+        ),
+        "type = \"tcp\"",
+        "",
+    );
+    let mut lab = start_with("hc", Mode::Nat, 3, &kernel_interface("l4k-hc"), &[svc]);
+    all_probed(&lab, 3);
+    let h = health(&lab, 1);
+    assert_eq!(
+        (h["state"].as_str(), h["check"].as_str()),
+        (Some("up"), Some("tcp")),
+        "{h}"
+    );
+    let (got, failed) = http(&lab, vip4(80), 30, 31000);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(got, per(&[("b1", 10), ("b2", 10), ("b3", 10)]));
+
+    let down_within = Duration::from_millis(FALL * INTERVAL_MS + TIMEOUT_MS) + SLACK;
+    let up_within = Duration::from_millis(RISE * INTERVAL_MS + TIMEOUT_MS) + SLACK;
+    // b2's server stops: its port refuses, and it leaves rotation.
+    lab.stop_server(1);
+    let took = until_state(&lab, 1, "down").expect("b2 goes down");
+    assert!(
+        took <= down_within,
+        "down after {took:?}, more than {down_within:?}"
+    );
+    let h = health(&lab, 1);
+    assert!(
+        h["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{h}"
+    );
+    let (got, failed) = http(&lab, vip4(80), 30, 31100);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(
+        got,
+        per(&[("b1", 15), ("b3", 15)]),
+        "every new request succeeds"
+    );
+    let list = lab
+        .in_lb(&binary("l4lbctl"), &["list"])
+        .expect("l4lbctl list");
+    let b2 = list
+        .lines()
+        .find(|l| l.contains("(id b2)"))
+        .unwrap_or_default();
+    let refused = format!(
+        "tcp: tcp connect to {}:8080: Connection refused",
+        lab::backend4(1)
+    );
+    assert!(b2.contains(" DOWN ") && b2.contains(&refused), "{list}");
+    let (_, metrics) = lab.api_get("/metrics").unwrap();
+    assert!(
+        metrics.contains("l4lb_backend_up{service=\"web\",backend=\"b2\"} 0\n")
+            && metrics.contains("l4lb_backend_up{service=\"web\",backend=\"b1\"} 1\n"),
+        "{metrics}"
+    );
+
+    // It starts again: back within rise x interval.
+    lab.restart_server(&binary("l4lb-demo"), 1).unwrap();
+    let took = until_state(&lab, 1, "up").expect("b2 comes back");
+    assert!(
+        took <= up_within,
+        "up after {took:?}, more than {up_within:?}"
+    );
+    let (got, failed) = http(&lab, vip4(80), 30, 31200);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(got, per(&[("b1", 10), ("b2", 10), ("b3", 10)]));
+
+    // Its link goes down (the switch port): nothing answers, not even ARP.
+    lab.switch.ip("link set b3 down").unwrap();
+    let took = until_state(&lab, 2, "down").expect("b3 goes down");
+    assert!(
+        took <= down_within,
+        "down after {took:?}, more than {down_within:?}"
+    );
+    let (got, failed) = http(&lab, vip4(80), 30, 31300);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(
+        got,
+        per(&[("b1", 15), ("b2", 15)]),
+        "every new request succeeds"
+    );
+    lab.switch.ip("link set b3 up").unwrap();
+    let took = until_state(&lab, 2, "up").expect("b3 comes back");
+    assert!(
+        took <= up_within + Duration::from_secs(1),
+        "up after {took:?}"
+    );
+    let (got, failed) = http(&lab, vip4(80), 30, 31400);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(got, per(&[("b1", 10), ("b2", 10), ("b3", 10)]));
+
+    let h = health(&lab, 2);
+    assert_eq!(h["transitions"].as_u64(), Some(2), "{h}");
+    let log = lab.l4lb_log();
+    for line in [
+        "backend down: 2 tcp probes failed in a row",
+        "backend up: 2 tcp probes succeeded in a row",
+        "flows removed: the backend is down",
+    ] {
+        assert_eq!(log.matches(line).count(), 2, "{line}:\n{log}");
+    }
+    let done = lab.stop_l4lb().expect("l4lb stops");
+    assert!(done.status.success(), "{}", done.stderr);
+}
+
+/// An ECHO connection to `to` from the lab's client: the stream and the backend's name.
+fn echo(lab: &Lab, to: SocketAddr) -> (TcpStream, String) {
+    lab.clients[0]
+        .enter(move || {
+            let s = TcpStream::connect_timeout(&to, TIMEOUT).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            (&s).write_all(b"ECHO\n").unwrap();
+            let mut name = String::new();
+            BufReader::new(&s).read_line(&mut name).unwrap();
+            (s, name.trim().to_string())
+        })
+        .unwrap()
+}
+
+/// Sends a line on an ECHO connection: what came back (an error as text).
+fn echoed(s: &TcpStream, line: &str) -> String {
+    if let Err(e) = (&*s).write_all(format!("{line}\n").as_bytes()) {
+        return format!("error: {e}");
+    }
+    let mut back = String::new();
+    match BufReader::new(s).read_line(&mut back) {
+        Ok(0) => "closed".into(),
+        Ok(_) => back.trim().to_string(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// A listener on port 9000 in backend `i` (the health check's port): dropping it fails the
+/// check while the backend's server goes on.
+fn check_port(lab: &Lab, i: usize) -> TcpListener {
+    lab.backends[i]
+        .enter(|| TcpListener::bind(("0.0.0.0", 9000)))
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn inhibit_keeps_a_failed_backends_connections_and_remove_ends_them() {
+    let svc = checked(
+        service(
+            "web",
+            "tcp",
+            (lab::VIP4, 80),
+            "rr",
+            Mode::Nat,
+            8080,
+            &[1, 1],
+        ),
+        "type = \"tcp\", port = 9000",
+        "on_down = \"inhibit\"\n",
+    );
+    let mut lab = start_with("hci", Mode::Nat, 2, &kernel_interface("l4k-hci"), &[svc]);
+    let mut ports = vec![Some(check_port(&lab, 0)), Some(check_port(&lab, 1))];
+    all_probed(&lab, 2);
+    let (conn, name) = echo(&lab, vip4(80));
+    let i = usize::from(name == "b2");
+    assert_eq!(echoed(&conn, "before"), "before");
+    ports[i] = None;
+    until_state(&lab, i, "down").expect("the check fails");
+    assert_eq!(
+        echoed(&conn, "after"),
+        "after",
+        "on_down = inhibit: the established connection goes on"
+    );
+    let (got, failed) = http(&lab, vip4(80), 10, 32000);
+    assert_all_ok(&failed, &lab);
+    let other = if i == 0 { "b2" } else { "b1" };
+    assert_eq!(got, per(&[(other, 10)]), "no new connection to {name}");
+
+    // Back, then on_down = remove: a failure ends the connections.
+    ports[i] = Some(check_port(&lab, i));
+    until_state(&lab, i, "up").expect("the check succeeds again");
+    let patch = lab
+        .lb
+        .sh(
+            "curl -sS -o /dev/null -w '%{http_code}' -X PATCH -H 'content-type: application/json' \
+             -d '{\"on_down\": \"remove\"}' http://127.0.0.1:9180/api/v1/services/web",
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&patch.stdout), "200");
+    let (conn, name) = echo(&lab, vip4(80));
+    let i = usize::from(name == "b2");
+    assert_eq!(echoed(&conn, "before"), "before");
+    ports[i] = None;
+    until_state(&lab, i, "down").expect("the check fails");
+    // Its flow is gone: the next segment is a new flow to the other backend, which resets it.
+    let after = echoed(&conn, "after");
+    assert!(after.starts_with("error") || after == "closed", "{after}");
+    let (got, failed) = http(&lab, vip4(80), 10, 32100);
+    assert_all_ok(&failed, &lab);
+    let other = if i == 0 { "b2" } else { "b1" };
+    assert_eq!(got, per(&[(other, 10)]));
+    drop(ports);
+    let done = lab.stop_l4lb().expect("l4lb stops");
+    assert!(done.status.success(), "{}", done.stderr);
 }

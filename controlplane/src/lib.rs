@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod health;
 pub mod neighbors;
 pub mod publish;
 pub mod state;

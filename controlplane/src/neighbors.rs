@@ -40,6 +40,8 @@ struct Pending {
     /// When a worker or the configuration last needed it (forgotten after `expiry` without).
     needed: Instant,
     failed: bool,
+    /// When it last went from resolving to failed.
+    failed_at: Option<Instant>,
 }
 
 /// What the table knows of one address.
@@ -145,6 +147,7 @@ impl NeighborTable {
                         tries: 1,
                         needed: now,
                         failed: false,
+                        failed_at: None,
                     },
                 );
                 Some(request)
@@ -171,6 +174,7 @@ impl NeighborTable {
             }
             if p.tries >= MAX_PROBES && !p.failed {
                 p.failed = true;
+                p.failed_at = Some(now);
                 *self.failures.entry(*addr).or_default() += 1;
                 changed = true;
             }
@@ -225,6 +229,14 @@ impl NeighborTable {
             Some(_) => State::Resolving,
             None => State::Unknown,
         }
+    }
+
+    /// Since when `addr` has failed (None: it has not).
+    pub fn failed_since(&self, addr: IpAddr) -> Option<Instant> {
+        self.pending
+            .get(&addr)
+            .filter(|p| p.failed)
+            .and_then(|p| p.failed_at)
     }
 
     /// How many times `addr` failed to resolve.

@@ -176,11 +176,17 @@ impl Ids {
         Ok(released)
     }
 
-    fn generation(&mut self, id: ServiceId, s: &Service) -> u64 {
+    fn generation(&mut self, id: ServiceId, s: &Service, down: &Down) -> u64 {
         let shape: Vec<BackendShape> = s
             .backends
             .iter()
-            .map(|b| (b.id.clone(), b.weight, b.enabled))
+            .map(|b| {
+                (
+                    b.id.clone(),
+                    b.weight,
+                    b.enabled && !down.contains(&s.id, &b.id),
+                )
+            })
             .collect();
         let e = self.generations.entry(id).or_insert((0, Vec::new()));
         if e.0 == 0 || e.1 != shape {
@@ -191,6 +197,53 @@ impl Ids {
     }
 }
 
+/// The name the sorry backend has in the snapshot, the flow samples and the counters (no
+/// backend id can be it: ids take neither parentheses nor spaces).
+pub const SORRY: &str = "(sorry)";
+
+/// The backends a health check or the operator's health source holds down: they take no new
+/// flows (their weight is 0 in the snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Down(HashMap<String, std::collections::HashSet<String>>);
+
+impl Down {
+    pub fn insert(&mut self, service: &str, backend: &str) {
+        self.0
+            .entry(service.to_string())
+            .or_default()
+            .insert(backend.to_string());
+    }
+
+    pub fn contains(&self, service: &str, backend: &str) -> bool {
+        self.0.get(service).is_some_and(|b| b.contains(backend))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The services as the snapshot holds them: a service's sorry backend is one more backend,
+/// named [`SORRY`].
+fn with_sorry(services: &[Service]) -> Vec<Service> {
+    services
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            if let Some((address, port)) = s.sorry {
+                s.backends.push(crate::config::Backend {
+                    id: SORRY.to_string(),
+                    address,
+                    port,
+                    weight: 1,
+                    enabled: true,
+                });
+            }
+            s
+        })
+        .collect()
+}
+
 /// Builds the snapshot input for `model` with stable ids; `macs` are the ports' MAC addresses
 /// in the order of `model.interfaces`; `learned` are dynamic neighbours (the configuration's
 /// static ones come after them, and the snapshot keeps the last entry of an address, so static
@@ -199,13 +252,14 @@ pub fn snapshot_config(
     model: &Model,
     learned: &[(IpAddr, MacAddr)],
     failed: &[IpAddr],
+    down: &Down,
     macs: &[MacAddr],
     workers: u16,
     ids: &mut Ids,
 ) -> Result<(SnapshotConfig, Vec<BackendId>), IdError> {
-    let released = ids.assign(&model.services)?;
-    let services = model
-        .services
+    let with_sorry = with_sorry(&model.services);
+    let released = ids.assign(&with_sorry)?;
+    let services = with_sorry
         .iter()
         .map(|s| {
             let id = ids.services[&s.id];
@@ -227,10 +281,11 @@ pub fn snapshot_config(
                         address: b.address,
                         port: b.port,
                         weight: b.weight,
-                        enabled: b.enabled,
+                        enabled: b.enabled && !down.contains(&s.id, &b.id),
+                        sorry: b.id == SORRY,
                     })
                     .collect(),
-                generation: ids.generation(id, s),
+                generation: ids.generation(id, s, down),
             }
         })
         .collect();
@@ -317,7 +372,8 @@ impl Publisher {
         limits: Limits,
     ) -> Result<Publisher, IdError> {
         let mut ids = Ids::new(limits);
-        let (config, _) = snapshot_config(model, &[], &[], &macs, workers, &mut ids)?;
+        let (config, _) =
+            snapshot_config(model, &[], &[], &Down::default(), &macs, workers, &mut ids)?;
         let shared = SharedSnapshot::new(Snapshot::build(config, 1), usize::from(workers));
         Ok(Publisher {
             shared,
@@ -340,11 +396,19 @@ impl Publisher {
         model: &Model,
         learned: &[(IpAddr, MacAddr)],
         failed: &[IpAddr],
+        down: &Down,
     ) -> Result<Prepared, IdError> {
         let started = Instant::now();
         let mut ids = self.ids.clone();
-        let (config, released_backends) =
-            snapshot_config(model, learned, failed, &self.macs, self.workers, &mut ids)?;
+        let (config, released_backends) = snapshot_config(
+            model,
+            learned,
+            failed,
+            down,
+            &self.macs,
+            self.workers,
+            &mut ids,
+        )?;
         let snapshot = Snapshot::build_after(config, self.epoch + 1, Some(&self.shared.current()));
         Ok(Prepared {
             snapshot,
@@ -405,7 +469,8 @@ mod tests {
     fn ids_stay_across_changes_and_removed_backends_are_released() {
         let base = model(EMBEDDED_DEFAULT);
         let mut ids = Ids::default();
-        let (c1, released) = snapshot_config(&base, &[], &[], &[MAC], 1, &mut ids).unwrap();
+        let (c1, released) =
+            snapshot_config(&base, &[], &[], &Down::default(), &[MAC], 1, &mut ids).unwrap();
         assert!(released.is_empty());
         let web = &c1.services[0];
         assert_eq!(
@@ -415,12 +480,14 @@ mod tests {
 
         // weight change: same ids, new generation
         let reweighted = model(&EMBEDDED_DEFAULT.replacen("weight = 1", "weight = 5", 1));
-        let (c2, released) = snapshot_config(&reweighted, &[], &[], &[MAC], 1, &mut ids).unwrap();
+        let (c2, released) =
+            snapshot_config(&reweighted, &[], &[], &Down::default(), &[MAC], 1, &mut ids).unwrap();
         assert!(released.is_empty());
         assert_eq!(c2.services[0].backends[0].id, BackendId(0));
         assert_eq!(c2.services[0].generation, web.generation + 1);
         // no change: same generation
-        let (c3, _) = snapshot_config(&reweighted, &[], &[], &[MAC], 1, &mut ids).unwrap();
+        let (c3, _) =
+            snapshot_config(&reweighted, &[], &[], &Down::default(), &[MAC], 1, &mut ids).unwrap();
         assert_eq!(c3.services[0].generation, c2.services[0].generation);
 
         // web-2 removed: its id is released (its flows must go)
@@ -429,6 +496,7 @@ mod tests {
             &model(&EMBEDDED_DEFAULT[..cut]),
             &[],
             &[],
+            &Down::default(),
             &[MAC],
             1,
             &mut ids,
@@ -443,7 +511,8 @@ mod tests {
             "198.18.0.12\"\nport = 8080",
             1,
         ));
-        let (c5, released) = snapshot_config(&moved, &[], &[], &[MAC], 1, &mut ids).unwrap();
+        let (c5, released) =
+            snapshot_config(&moved, &[], &[], &Down::default(), &[MAC], 1, &mut ids).unwrap();
         assert_eq!(released, vec![BackendId(0)]);
         assert_ne!(c5.services[0].backends[0].id, BackendId(0));
     }
@@ -454,7 +523,7 @@ mod tests {
         let mut p = Publisher::new(&base, vec![MAC], 1).unwrap();
         let first = Arc::clone(&p.shared().current().services[0].scheduler);
         p.publish(
-            p.prepare(&base, &[], &[]).unwrap(),
+            p.prepare(&base, &[], &[], &Down::default()).unwrap(),
             Duration::from_millis(10),
         );
         assert!(
@@ -463,7 +532,7 @@ mod tests {
         );
         let reweighted = model(&EMBEDDED_DEFAULT.replacen("weight = 1", "weight = 5", 1));
         p.publish(
-            p.prepare(&reweighted, &[], &[]).unwrap(),
+            p.prepare(&reweighted, &[], &[], &Down::default()).unwrap(),
             Duration::from_millis(10),
         );
         assert!(!Arc::ptr_eq(
@@ -473,7 +542,7 @@ mod tests {
         let rescheduled = model(&EMBEDDED_DEFAULT.replacen("\"maglev\"", "\"wrr\"", 1));
         let before = Arc::clone(&p.shared().current().services[0].scheduler);
         p.publish(
-            p.prepare(&rescheduled, &[], &[]).unwrap(),
+            p.prepare(&rescheduled, &[], &[], &Down::default()).unwrap(),
             Duration::from_millis(10),
         );
         assert!(!Arc::ptr_eq(
@@ -498,7 +567,7 @@ mod tests {
         other.port = 81;
         two.services.push(other);
         assert_eq!(
-            p.prepare(&two, &[], &[]).unwrap_err(),
+            p.prepare(&two, &[], &[], &Down::default()).unwrap_err(),
             IdError::TooManyServices(1)
         );
         // web-2 replaced by two new backends: 2 + 1 quarantined > 3 ... the first fits (3 ids),
@@ -513,7 +582,7 @@ mod tests {
             swapped.services[0].backends.push(b);
         }
         assert_eq!(
-            p.prepare(&swapped, &[], &[]).unwrap_err(),
+            p.prepare(&swapped, &[], &[], &Down::default()).unwrap_err(),
             IdError::TooManyBackends(3)
         );
         assert_eq!(
@@ -524,7 +593,7 @@ mod tests {
         // One new backend in place of web-2 fits: ids 0 and 2, id 1 quarantined.
         swapped.services[0].backends.truncate(2);
         let done = p.publish(
-            p.prepare(&swapped, &[], &[]).unwrap(),
+            p.prepare(&swapped, &[], &[], &Down::default()).unwrap(),
             Duration::from_millis(10),
         );
         assert_eq!(done.released_backends, vec![BackendId(1)]);
@@ -543,7 +612,7 @@ mod tests {
         let mut p = Publisher::new(&base, vec![MAC], 1).unwrap();
         assert_eq!(p.shared().current().epoch, 1);
         let done = p.publish(
-            p.prepare(&base, &[], &[]).unwrap(),
+            p.prepare(&base, &[], &[], &Down::default()).unwrap(),
             Duration::from_millis(10),
         );
         assert_eq!(done.epoch, 2);

@@ -289,7 +289,10 @@ fn services_are_listed_created_changed_and_deleted_and_live_at_once() {
                "scheduler": "maglev", "forwarding": "nat", "maglev_table_size": 65537,
                "backends": [
                  {"id": "web-1", "address": "198.18.0.10", "port": 8080, "weight": 1, "enabled": true},
-                 {"id": "web-2", "address": "198.18.0.11", "port": 8080, "weight": 1, "enabled": true}]})
+                 {"id": "web-2", "address": "198.18.0.11", "port": 8080, "weight": 1, "enabled": true}],
+               "health_check": {"type": "none", "port": null, "path": "/", "expect_status": 200,
+                                "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
+               "on_down": "remove", "sorry_backend": null})
     );
     assert_eq!(api.get("/api/v1/services/web"), (200, list[0].clone()));
 

@@ -44,6 +44,7 @@ fn snapshot_of(scheduler: SchedulerKind, v6: bool) -> Snapshot {
             port: 8080,
             weight: 1,
             enabled: true,
+            sorry: false,
         })
         .collect::<Vec<_>>();
     let neighbors = backends

@@ -35,6 +35,8 @@ pub struct BackendConfig {
     pub port: u16,
     pub weight: u32,
     pub enabled: bool,
+    /// The sorry backend: it takes new flows only while no other backend of the service does.
+    pub sorry: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,8 +295,9 @@ impl Snapshot {
             backend_routes[b.id.0 as usize] = snap.route(b.address);
         }
         for (s, key) in config.services.into_iter().zip(keys) {
-            // A backend takes new flows while it is enabled and its next hop has not failed.
-            let sched_backends: Vec<SchedBackend> = s
+            // A backend takes new flows while it is enabled and its next hop has not failed; the sorry
+            // backend only while no other one does.
+            let mut sched_backends: Vec<SchedBackend> = s
                 .backends
                 .iter()
                 .map(|b| {
@@ -305,6 +308,16 @@ impl Snapshot {
                     }
                 })
                 .collect();
+            let others_up = s
+                .backends
+                .iter()
+                .zip(&sched_backends)
+                .any(|(b, sb)| !b.sorry && sb.weight > 0);
+            for (b, sb) in s.backends.iter().zip(sched_backends.iter_mut()) {
+                if b.sorry && others_up {
+                    sb.weight = 0;
+                }
+            }
             let weights: Vec<(&str, u32)> = s
                 .backends
                 .iter()

@@ -55,6 +55,7 @@ fn snapshot() -> Snapshot {
                     port: 1000 + s as u16,
                     weight: 1 + b,
                     enabled: true,
+                    sorry: false,
                 })
                 .collect(),
             generation: 1,

@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use controlplane::config;
-use controlplane::publish::{Ids, Limits, snapshot_config};
+use controlplane::publish::{Down, Ids, Limits, snapshot_config};
 use dataplane::addr::MacAddr;
 use dataplane::packet::{OwnedPacket, PacketBuf};
 use dataplane::pipeline::{Action, WorkerState, process, warm_burst};
@@ -31,7 +31,8 @@ fn snapshot() -> &'static Snapshot {
             services: 16,
             backends: 64,
         });
-        let (cfg, _) = snapshot_config(&model, &[], &[], &macs, 2, &mut ids).expect("ids");
+        let (cfg, _) =
+            snapshot_config(&model, &[], &[], &Down::default(), &macs, 2, &mut ids).expect("ids");
         Snapshot::build(cfg, 1)
     })
 }

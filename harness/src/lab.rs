@@ -114,6 +114,8 @@ fn unregister(name: &str) {
 pub struct Lab {
     /// The appliance, when started (dropped first: it runs in `lb`).
     l4lb: Option<Process>,
+    /// Each backend's `serve` (None while stopped).
+    backend_servers: Vec<Option<Child>>,
     servers: Vec<Child>,
     prefix: String,
     pub mode: Mode,
@@ -170,6 +172,7 @@ impl Lab {
             .map_err(|e| e.to_string())?;
         let lab = Lab {
             l4lb: None,
+            backend_servers: Vec::new(),
             servers: Vec::new(),
             prefix,
             mode: spec.mode,
@@ -294,30 +297,11 @@ impl Lab {
     /// ports 80 and 8080, UDP on 53, see the demo binary) and, for TUN, `program decap`;
     /// returns once each listens.
     pub fn start_servers(&mut self, program: &Path) -> Result<(), String> {
-        for (i, b) in self.backends.iter().enumerate() {
-            let mut udp = vec![backend4(i), backend6(i)];
-            if self.mode != Mode::Nat {
-                udp.extend([VIP4.to_string(), VIP6.to_string()]);
-            }
-            let mut cmd = b.command(program);
-            cmd.args([
-                "serve",
-                "--lab",
-                &self.prefix,
-                "--name",
-                &format!("b{}", i + 1),
-            ]);
-            for a in &udp {
-                cmd.args(["--udp", a]);
-            }
-            let child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| format!("{program:?} serve: {e}"))?;
-            self.servers.push(child);
+        for i in 0..self.backends.len() {
+            let child = self.spawn_server(program, i)?;
+            self.backend_servers.push(Some(child));
             if self.mode == Mode::Tun {
-                let child = b
+                let child = self.backends[i]
                     .command(program)
                     .args(["decap", "--lab", &self.prefix])
                     .stdout(Stdio::null())
@@ -327,16 +311,59 @@ impl Lab {
                 self.servers.push(child);
             }
         }
-        for b in &self.backends {
-            let listening = wait_until(Duration::from_secs(10), || {
-                b.sh("ss -Hltn 'sport = :8080' | grep -q .").is_ok()
-                    && b.sh("ss -Hlun 'sport = :53' | grep -q .").is_ok()
-            });
-            if !listening {
-                return Err(format!("the server in {} does not listen", b.name()));
-            }
+        (0..self.backends.len()).try_for_each(|i| self.wait_listening(i))
+    }
+
+    /// `program serve` in backend `i`.
+    fn spawn_server(&self, program: &Path, i: usize) -> Result<Child, String> {
+        let mut udp = vec![backend4(i), backend6(i)];
+        if self.mode != Mode::Nat {
+            udp.extend([VIP4.to_string(), VIP6.to_string()]);
         }
-        Ok(())
+        let mut cmd = self.backends[i].command(program);
+        cmd.args([
+            "serve",
+            "--lab",
+            &self.prefix,
+            "--name",
+            &format!("b{}", i + 1),
+        ]);
+        for a in &udp {
+            cmd.args(["--udp", a]);
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("{program:?} serve: {e}"))
+    }
+
+    fn wait_listening(&self, i: usize) -> Result<(), String> {
+        let b = &self.backends[i];
+        let listening = wait_until(Duration::from_secs(10), || {
+            b.sh("ss -Hltn 'sport = :8080' | grep -q .").is_ok()
+                && b.sh("ss -Hlun 'sport = :53' | grep -q .").is_ok()
+        });
+        if listening {
+            Ok(())
+        } else {
+            Err(format!("the server in {} does not listen", b.name()))
+        }
+    }
+
+    /// Kills backend `i`'s server (its connections are reset, its ports closed).
+    pub fn stop_server(&mut self, i: usize) {
+        if let Some(mut c) = self.backend_servers.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts backend `i`'s server again (after [`Lab::stop_server`]); returns once it listens.
+    pub fn restart_server(&mut self, program: &Path, i: usize) -> Result<(), String> {
+        self.stop_server(i);
+        let child = self.spawn_server(program, i)?;
+        self.backend_servers[i] = Some(child);
+        self.wait_listening(i)
     }
 
     /// Starts `program serve --name NAME` (HTTP on ports 80 and 8080) in the lab's namespace
@@ -445,7 +472,11 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         drop(self.l4lb.take());
-        for c in &mut self.servers {
+        for c in self
+            .servers
+            .iter_mut()
+            .chain(self.backend_servers.iter_mut().flatten())
+        {
             let _ = c.kill();
             let _ = c.wait();
         }

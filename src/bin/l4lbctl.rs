@@ -461,8 +461,9 @@ fn list_table(stats: &Value, services: &[Value]) -> String {
             } else {
                 ""
             };
+            let health = health_text(&b["health"]);
             out.push_str(&format!(
-                "  -> {:<28} {:<7} {:<6} {:<10} {:<10} (id {}){flag}\n",
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<10} (id {}){flag}{health}\n",
                 endpoint(s(&b["address"]), n(&b["port"])),
                 forward_name(s(&svc["forwarding"])),
                 n(&b["weight"]),
@@ -473,6 +474,25 @@ fn list_table(stats: &Value, services: &[Value]) -> String {
         }
     }
     out.trim_end().to_string()
+}
+
+/// A backend's health after its row: nothing for an unchecked backend that is up, else
+/// ` up 35s (tcp)` or ` DOWN 4s (tcp: <the last error>)`.
+fn health_text(h: &Value) -> String {
+    let check = s(&h["check"]);
+    let down = s(&h["state"]) == "down";
+    if check == "none" && !down {
+        return String::new();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let age = (now - h["since_unix"].as_f64().unwrap_or(now)).max(0.0) as u64;
+    let why = match h["last_error"].as_str() {
+        Some(e) if down => format!("{check}: {e}"),
+        _ => check.to_string(),
+    };
+    format!(" {} {age}s ({why})", if down { "DOWN" } else { "up" })
 }
 
 fn stats_text(v: &Value) -> String {

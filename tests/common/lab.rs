@@ -11,6 +11,7 @@ use harness::lab::{self, Lab, Mode, Spec};
 pub fn binary(name: &str) -> PathBuf {
     match name {
         "l4lb" => PathBuf::from(env!("CARGO_BIN_EXE_l4lb")),
+        "l4lbctl" => PathBuf::from(env!("CARGO_BIN_EXE_l4lbctl")),
         _ => PathBuf::from(env!("CARGO_BIN_EXE_l4lb-demo")),
     }
 }

@@ -4,11 +4,13 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::stats::{
-    ActionStats, BackendStats, ClosedPortStats, FlowSample, FlowStats, MbufStats, PortStats,
-    ServiceStats, Stats, Traffic, WorkerStats,
+    ActionStats, BackendStats, ClosedPortStats, FlowSample, FlowStats, HealthStats, MbufStats,
+    PortStats, ServiceStats, Stats, Traffic, WorkerStats,
 };
-use crate::config::file::{ForwardingName, ProtocolName, SchedulerName};
-use crate::config::{BackendSpec, ServiceSpec};
+use crate::config::file::{
+    ForwardingName, HealthCheckName, OnDownName, ProtocolName, SchedulerName,
+};
+use crate::config::{BackendSpec, HealthCheckSpec, ServiceSpec, SorryBackendSpec};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,7 +40,8 @@ use crate::config::{BackendSpec, ServiceSpec};
     ),
     components(schemas(
         ServiceSpec, BackendSpec, Stats, PortStats, ActionStats, FlowStats, ClosedPortStats, MbufStats, Traffic, ServiceStats,
-        BackendStats, FlowSample, WorkerStats, ErrorBody, ProtocolName, SchedulerName, ForwardingName
+        BackendStats, HealthStats, FlowSample, WorkerStats, ErrorBody, ProtocolName, SchedulerName, ForwardingName,
+        HealthCheckSpec, SorryBackendSpec, HealthCheckName, OnDownName
     )),
     modifiers(&BearerAuth)
 )]
@@ -98,9 +101,14 @@ fn complete(doc: &mut Value) {
                 "forwarding",
                 "maglev_table_size",
                 "backends",
+                "health_check",
+                "on_down",
+                "sorry_backend",
             ][..],
         ),
         ("BackendSpec", &["port", "weight", "enabled"][..]),
+        ("HealthCheckSpec", &[][..]),
+        ("SorryBackendSpec", &["port"][..]),
     ] {
         let spec = &mut schemas[name];
         spec["additionalProperties"] = json!(false);
@@ -285,5 +293,27 @@ mod tests {
         }
         let backend = &schemas["BackendSpec"]["properties"];
         assert_eq!(backend["weight"]["maximum"], 65535);
+        let check = &schemas["HealthCheckSpec"];
+        assert_eq!(check["additionalProperties"], false);
+        assert!(
+            check.get("required").is_none(),
+            "every key has a default: {check}"
+        );
+        assert!(
+            check["properties"]["type"]
+                .to_string()
+                .contains("#/components/schemas/HealthCheckName")
+        );
+        assert_eq!(
+            schemas["HealthCheckName"]["enum"],
+            json!(["tcp", "http", "udp", "none"])
+        );
+        assert_eq!(schemas["OnDownName"]["enum"], json!(["remove", "inhibit"]));
+        assert!(
+            schemas["BackendStats"]
+                .to_string()
+                .contains("#/components/schemas/HealthStats")
+        );
+        assert!(schemas["HealthStats"]["properties"]["since_unix"].is_object());
     }
 }

@@ -162,8 +162,27 @@ pub struct BackendStats {
     pub neighbor: String,
     /// Times its next hop failed to resolve.
     pub neighbor_failures: u64,
+    pub health: HealthStats,
     #[serde(flatten)]
     pub traffic: Traffic,
+}
+
+/// Whether a backend takes new flows as far as its health goes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct HealthStats {
+    /// up, or down: its service's health check failed `fall` times in a row (and has not
+    /// succeeded `rise` times since), or its next hop does not answer ARP/NDP.
+    pub state: String,
+    /// The service's check: tcp, http, udp or none.
+    pub check: String,
+    /// Since when it is in that state (Unix time, seconds).
+    pub since_unix: f64,
+    /// Why it is down, or what its last failed probe said.
+    pub last_error: Option<String>,
+    pub probes_ok: u64,
+    pub probes_failed: u64,
+    /// Times the check took it down or brought it back.
+    pub transitions: u64,
 }
 
 /// One live flow, as `GET /api/v1/services/{id}/flows` lists it.
@@ -378,6 +397,46 @@ pub fn render_metrics(s: &Stats) -> String {
                 &[("service", &svc.id), ("backend", &b.id)],
                 u8::from(b.neighbor == "failed"),
             );
+        }
+    }
+    x.family(
+        "backend_up",
+        "gauge",
+        "1 while a backend is up as far as its health goes (checks and neighbour), else 0.",
+    );
+    x.family(
+        "backend_health_since_timestamp_seconds",
+        "gauge",
+        "When a backend's health state last changed (Unix time).",
+    );
+    x.family(
+        "backend_health_probes_total",
+        "counter",
+        "Health probes of a backend, by result (ok, failed).",
+    );
+    x.family(
+        "backend_health_transitions_total",
+        "counter",
+        "Times a backend's health check took it down or brought it back.",
+    );
+    for svc in &s.services {
+        for b in &svc.backends {
+            let l = [("service", svc.id.as_str()), ("backend", b.id.as_str())];
+            let h = &b.health;
+            x.sample("backend_up", &l, u8::from(h.state == "up"));
+            x.sample(
+                "backend_health_since_timestamp_seconds",
+                &l,
+                format!("{:.3}", h.since_unix),
+            );
+            for (result, v) in [("ok", h.probes_ok), ("failed", h.probes_failed)] {
+                x.sample(
+                    "backend_health_probes_total",
+                    &[l[0], l[1], ("result", result)],
+                    v,
+                );
+            }
+            x.sample("backend_health_transitions_total", &l, h.transitions);
         }
     }
     x.family("drops_total", "counter", "Packets dropped, by reason.");

@@ -184,6 +184,94 @@ pub struct ServiceSpec {
     pub maglev_table_size: u32,
     #[serde(default)]
     pub backends: Vec<BackendSpec>,
+    /// Active health checks of the backends (none by default).
+    #[serde(default)]
+    pub health_check: HealthCheckSpec,
+    /// What happens to a backend's flows when it goes down: `remove` (they are removed, so
+    /// clients reconnect to another backend) or `inhibit` (kept; only new flows avoid it, as
+    /// keepalived's inhibit_on_failure).
+    #[serde(default = "default_on_down")]
+    #[schema(value_type = OnDownName, default = "remove")]
+    pub on_down: String,
+    /// Takes new flows while every backend is down (keepalived's sorry_server).
+    #[serde(default)]
+    pub sorry_backend: Option<SorryBackendSpec>,
+}
+
+/// A service's health check: one probe per backend every `interval_ms`, from the appliance's
+/// own stack (through the kernel interface when there is one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckSpec {
+    /// tcp: a connection is accepted; http: a GET of `path` answers `expect_status`; udp: a
+    /// datagram draws no ICMP port unreachable (a reply counts as up at once); none: no checks.
+    #[serde(rename = "type")]
+    #[schema(value_type = HealthCheckName, default = "none")]
+    pub kind: String,
+    /// The port probed; defaults to each backend's port.
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: Option<u16>,
+    /// http: the path asked for.
+    #[schema(default = "/")]
+    pub path: String,
+    /// http: the status that means up.
+    #[schema(minimum = 100, maximum = 599, default = 200)]
+    pub expect_status: u16,
+    #[schema(minimum = 100, maximum = 3600000, default = 2000)]
+    pub interval_ms: u64,
+    /// At most `interval_ms`.
+    #[schema(minimum = 10, default = 1000)]
+    pub timeout_ms: u64,
+    /// Successes in a row that bring a down backend back.
+    #[schema(minimum = 1, maximum = 100, default = 2)]
+    pub rise: u32,
+    /// Failures in a row that take an up backend out.
+    #[schema(minimum = 1, maximum = 100, default = 3)]
+    pub fall: u32,
+}
+
+impl Default for HealthCheckSpec {
+    fn default() -> Self {
+        HealthCheckSpec {
+            kind: "none".into(),
+            port: None,
+            path: "/".into(),
+            expect_status: 200,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// The backend that takes new flows while every other one is down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SorryBackendSpec {
+    /// An IPv4 or IPv6 address, of the service's family.
+    #[schema(examples("198.18.1.250"))]
+    pub address: String,
+    /// Defaults to the service's port (the only choice for dr and tun).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: Option<u16>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+pub enum HealthCheckName {
+    tcp,
+    http,
+    udp,
+    none,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+pub enum OnDownName {
+    remove,
+    inhibit,
 }
 
 /// The names the API and the file take (the schema of the string fields that hold them).
@@ -225,6 +313,9 @@ fn default_scheduler() -> String {
 }
 fn default_forwarding() -> String {
     "nat".into()
+}
+fn default_on_down() -> String {
+    "remove".into()
 }
 fn default_maglev_table_size() -> u32 {
     65537
@@ -270,6 +361,34 @@ impl From<&super::Service> for ServiceSpec {
             forwarding: s.forwarding.to_string(),
             maglev_table_size: s.maglev_table_size,
             backends: s.backends.iter().map(BackendSpec::from).collect(),
+            health_check: HealthCheckSpec::from(&s.health),
+            on_down: s.on_down.name().into(),
+            sorry_backend: s.sorry.map(|(a, p)| SorryBackendSpec {
+                address: a.to_string(),
+                port: Some(p),
+            }),
+        }
+    }
+}
+
+impl From<&super::HealthCheck> for HealthCheckSpec {
+    fn from(h: &super::HealthCheck) -> Self {
+        let (path, expect_status) = match &h.kind {
+            super::CheckKind::Http {
+                path,
+                expect_status,
+            } => (path.clone(), *expect_status),
+            _ => ("/".to_string(), 200),
+        };
+        HealthCheckSpec {
+            kind: h.kind.name().into(),
+            port: h.port,
+            path,
+            expect_status,
+            interval_ms: h.interval.as_millis() as u64,
+            timeout_ms: h.timeout.as_millis() as u64,
+            rise: h.rise,
+            fall: h.fall,
         }
     }
 }

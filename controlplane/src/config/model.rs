@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use dataplane::addr::{IpPrefix, MacAddr};
 pub use dataplane::flow::FlowTimeouts;
@@ -102,6 +103,73 @@ pub struct Service {
     pub forwarding: ForwardingMode,
     pub maglev_table_size: u32,
     pub backends: Vec<Backend>,
+    pub health: HealthCheck,
+    pub on_down: OnDown,
+    /// Address and port of the backend that takes new flows while every other one is down.
+    pub sorry: Option<(IpAddr, u16)>,
+}
+
+/// How a service's backends are checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// The port probed (None: each backend's own).
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            kind: CheckKind::None,
+            port: None,
+            interval: Duration::from_millis(2000),
+            timeout: Duration::from_millis(1000),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    None,
+    Tcp,
+    Http { path: String, expect_status: u16 },
+    Udp,
+}
+
+impl CheckKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Udp => "udp",
+        }
+    }
+}
+
+/// What happens to the flows of a backend that goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDown {
+    /// Removed: clients reconnect, to another backend.
+    #[default]
+    Remove,
+    /// Kept: only new flows avoid the backend (weight 0, keepalived's inhibit_on_failure).
+    Inhibit,
+}
+
+impl OnDown {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnDown::Remove => "remove",
+            OnDown::Inhibit => "inhibit",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

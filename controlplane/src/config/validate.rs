@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::FieldError;
-use super::file::{BackendSpec, ConfigFile, InterfaceSpec, ServiceSpec};
+use super::file::{BackendSpec, ConfigFile, HealthCheckSpec, InterfaceSpec, ServiceSpec};
 use super::model::*;
 
 /// The largest burst the dataplane's fixed arrays hold.
@@ -544,6 +544,31 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         );
     }
     let backends = validate_backends(e, &s.backends, at, vip, s.port, forwarding);
+    let health = health_check(e, &s.health_check, &join(at, "health_check"));
+    let on_down = match s.on_down.as_str() {
+        "remove" => Some(OnDown::Remove),
+        "inhibit" => Some(OnDown::Inhibit),
+        other => {
+            e.add(
+                join(at, "on_down"),
+                format!("{other:?} is not remove or inhibit"),
+            );
+            None
+        }
+    };
+    let sorry = s.sorry_backend.as_ref().and_then(|b| {
+        let at = join(at, "sorry_backend");
+        let address = endpoint(e, &at, &b.address, b.port, vip, s.port, forwarding)?;
+        if let Some(bs) = &backends
+            && let Some(j) = bs.iter().position(|x| (x.address, x.port) == address)
+        {
+            e.add(
+                at,
+                format!("{} port {} is backends[{j}]", address.0, address.1),
+            );
+        }
+        Some(address)
+    });
     if e.0.len() != before {
         return None;
     }
@@ -556,7 +581,128 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         forwarding: forwarding?,
         maglev_table_size: m,
         backends: backends?,
+        health: health?,
+        on_down: on_down?,
+        sorry,
     })
+}
+
+/// `health_check`: its type, and timings a prober can keep (a timeout within the interval).
+fn health_check(e: &mut Errors, h: &HealthCheckSpec, at: &str) -> Option<HealthCheck> {
+    let before = e.0.len();
+    let kind = match h.kind.as_str() {
+        "none" => Some(CheckKind::None),
+        "tcp" => Some(CheckKind::Tcp),
+        "udp" => Some(CheckKind::Udp),
+        "http" => {
+            if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                e.add(
+                    join(at, "path"),
+                    format!(
+                        "{:?} is not a path (it starts with / and has no spaces or control characters)",
+                        h.path
+                    ),
+                );
+            }
+            if !(100..=599).contains(&h.expect_status) {
+                e.add(
+                    join(at, "expect_status"),
+                    format!("{} is not an HTTP status (100 to 599)", h.expect_status),
+                );
+            }
+            Some(CheckKind::Http {
+                path: h.path.clone(),
+                expect_status: h.expect_status,
+            })
+        }
+        other => {
+            e.add(
+                join(at, "type"),
+                format!("{other:?} is not tcp, http, udp or none"),
+            );
+            None
+        }
+    };
+    if h.port == Some(0) {
+        e.add(join(at, "port"), "0 is not a port (1 to 65535)");
+    }
+    if !(100..=3_600_000).contains(&h.interval_ms) {
+        e.add(
+            join(at, "interval_ms"),
+            format!("{} is not from 100 to 3600000", h.interval_ms),
+        );
+    }
+    if h.timeout_ms < 10 || h.timeout_ms > h.interval_ms {
+        e.add(
+            join(at, "timeout_ms"),
+            format!(
+                "{} is not from 10 to interval_ms ({})",
+                h.timeout_ms, h.interval_ms
+            ),
+        );
+    }
+    for (name, v) in [("rise", h.rise), ("fall", h.fall)] {
+        if !(1..=100).contains(&v) {
+            e.add(join(at, name), format!("{v} is not from 1 to 100"));
+        }
+    }
+    (e.0.len() == before).then(|| HealthCheck {
+        kind: kind.expect("checked"),
+        port: h.port,
+        interval: std::time::Duration::from_millis(h.interval_ms),
+        timeout: std::time::Duration::from_millis(h.timeout_ms),
+        rise: h.rise,
+        fall: h.fall,
+    })
+}
+
+/// A backend's address and port (`at.address`, `at.port`): of the vip's family, not the vip,
+/// and the service's port where the forwarding mode cannot change it.
+fn endpoint(
+    e: &mut Errors,
+    at: &str,
+    address: &str,
+    port: Option<u16>,
+    vip: Option<IpAddr>,
+    service_port: u16,
+    forwarding: Option<ForwardingMode>,
+) -> Option<(IpAddr, u16)> {
+    let before = e.0.len();
+    let address = e.parse(format!("{at}.address"), ip(address));
+    if let (Some(a), Some(v)) = (address, vip) {
+        if a.is_ipv4() != v.is_ipv4() {
+            e.add(
+                format!("{at}.address"),
+                format!(
+                    "{a} is {}, the service's vip {v} is {}",
+                    family(a),
+                    family(v)
+                ),
+            );
+        } else if a == v {
+            e.add(
+                format!("{at}.address"),
+                format!("{a} is the service's own vip"),
+            );
+        }
+    }
+    let p = port.unwrap_or(service_port);
+    // An inherited 0 is the service's error, reported there.
+    if port == Some(0) {
+        e.add(format!("{at}.port"), "0 is not a port (1 to 65535)");
+    } else if port.is_some()
+        && p != service_port
+        && let Some(mode @ (ForwardingMode::DirectRouting | ForwardingMode::Tunnel)) = forwarding
+    {
+        e.add(
+            format!("{at}.port"),
+            format!("{p} differs from the service port {service_port}; {mode} forwarding cannot change ports (leave it out or use nat)"),
+        );
+    }
+    if e.0.len() != before {
+        return None;
+    }
+    Some((address?, p))
 }
 
 fn validate_backends(
@@ -584,45 +730,14 @@ fn validate_backends(
                 ),
             );
         }
-        let address = e.parse(format!("{at}.address"), ip(&b.address));
-        if let (Some(a), Some(v)) = (address, vip) {
-            if a.is_ipv4() != v.is_ipv4() {
-                e.add(
-                    format!("{at}.address"),
-                    format!(
-                        "{a} is {}, the service's vip {v} is {}",
-                        family(a),
-                        family(v)
-                    ),
-                );
-            } else if a == v {
-                e.add(
-                    format!("{at}.address"),
-                    format!("{a} is the service's own vip"),
-                );
-            }
-        }
-        let port = b.port.unwrap_or(service_port);
-        // An inherited 0 is the service's error, reported there.
-        if b.port == Some(0) {
-            e.add(format!("{at}.port"), "0 is not a port (1 to 65535)");
-        } else if b.port.is_some()
-            && port != service_port
-            && let Some(mode @ (ForwardingMode::DirectRouting | ForwardingMode::Tunnel)) =
-                forwarding
-        {
-            e.add(
-                format!("{at}.port"),
-                format!("{port} differs from the service port {service_port}; {mode} forwarding cannot change ports (leave it out or use nat)"),
-            );
-        }
+        let address = endpoint(e, &at, &b.address, b.port, vip, service_port, forwarding);
         if b.weight > MAX_WEIGHT {
             e.add(
                 format!("{at}.weight"),
                 format!("{} is not from 0 to {MAX_WEIGHT}", b.weight),
             );
         }
-        if let Some(a) = address
+        if let Some((a, port)) = address
             && port != 0
             && let Some(first) = endpoints.insert((a, port), j)
         {
@@ -634,7 +749,7 @@ fn validate_backends(
                 ),
             );
         }
-        if let Some(address) = address {
+        if let Some((address, port)) = address {
             backends.push(Backend {
                 id: b.id.clone(),
                 address,

@@ -15,7 +15,8 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// `key old -> new` for every top-level field that differs (but `skip`).
+/// `key old -> new` for every field that differs (but `skip`); the fields of an object that
+/// is one on both sides by their path: `health_check.type none -> tcp`.
 fn fields(old: &Value, new: &Value, skip: &str) -> Vec<String> {
     let (Value::Object(o), Value::Object(n)) = (old, new) else {
         return vec![format!("{} -> {}", text(old), text(new))];
@@ -24,12 +25,19 @@ fn fields(old: &Value, new: &Value, skip: &str) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .filter_map(|k| {
+        .flat_map(|k| {
             let (a, b) = (
                 o.get(k).unwrap_or(&Value::Null),
                 n.get(k).unwrap_or(&Value::Null),
             );
-            (a != b).then(|| format!("{k} {} -> {}", text(a), text(b)))
+            match (a, b) {
+                _ if a == b => Vec::new(),
+                (Value::Object(_), Value::Object(_)) => fields(a, b, "")
+                    .into_iter()
+                    .map(|f| format!("{k}.{f}"))
+                    .collect(),
+                _ => vec![format!("{k} {} -> {}", summary(a, &[]), summary(b, &[]))],
+            }
         })
         .collect()
 }
@@ -42,7 +50,10 @@ fn summary(v: &Value, skip: &[&str]) -> String {
     let parts: Vec<String> = m
         .iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
-        .map(|(k, v)| format!("{k} {}", text(v)))
+        .map(|(k, v)| match v {
+            Value::Object(_) => format!("{k} {}", summary(v, &[])),
+            _ => format!("{k} {}", text(v)),
+        })
         .collect();
     format!("({})", parts.join(", "))
 }
@@ -58,10 +69,18 @@ pub fn services(old: &[Service], new: &[Service]) -> Vec<String> {
     for n in new {
         let Some(s) = old.iter().find(|s| s.id == n.id) else {
             let backends: Vec<&str> = n.backends.iter().map(|b| b.id.as_str()).collect();
+            // Health settings only when there are checks, a sorry backend only when set.
+            let mut skip = vec!["id", "backends"];
+            if n.health.kind == crate::config::CheckKind::None {
+                skip.extend(["health_check", "on_down"]);
+            }
+            if n.sorry.is_none() {
+                skip.push("sorry_backend");
+            }
             out.push(format!(
                 "service {} added {} with backends [{}]",
                 n.id,
-                summary(&spec_json(n), &["id", "backends"]),
+                summary(&spec_json(n), &skip),
                 backends.join(", ")
             ));
             continue;

@@ -34,7 +34,8 @@ use serde_json::{Value, json};
 use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiError, MbufStats, Reply, Request};
-use crate::config::{self, Model};
+use crate::config::{self, CheckKind, Model, OnDown};
+use crate::health::{BackendHealth, ProbeResult, Target, Tracker, Transition};
 use crate::neighbors::{NeighborTable, Timers};
 use crate::publish::{IdError, Limits, Published, Publisher};
 use crate::state;
@@ -125,6 +126,15 @@ pub struct Controller {
     publish_wait: Duration,
     /// The packet-buffer pool as the control thread last read it.
     mbufs: MbufStats,
+    /// The health of the checked backends.
+    health: Tracker,
+    /// A backend went up or down since the last publish.
+    health_changed: bool,
+    /// The probe targets, when they changed and the prober has not been told yet.
+    targets: Option<Vec<Target>>,
+    /// Backends that went down with `on_down = "remove"`: their flows are removed once the
+    /// snapshot without them is live.
+    to_flush: Vec<(String, String)>,
 }
 
 impl Controller {
@@ -151,7 +161,80 @@ impl Controller {
             started: Instant::now(),
             publish_wait: setup.publish_wait,
             mbufs: MbufStats::default(),
+            health: Tracker::default(),
+            health_changed: false,
+            targets: None,
+            to_flush: Vec::new(),
         })
+        .map(|mut c| {
+            c.refresh_targets();
+            c
+        })
+    }
+
+    /// The probe targets of the running configuration, handed to the tracker (and, through
+    /// [`Self::take_targets`], to the prober) when they changed.
+    fn refresh_targets(&mut self) {
+        let targets: Vec<Target> = self
+            .running
+            .services
+            .iter()
+            .filter(|s| s.health.kind != CheckKind::None)
+            .flat_map(|s| {
+                s.backends.iter().map(move |b| Target {
+                    service: s.id.clone(),
+                    backend: b.id.clone(),
+                    address: b.address,
+                    port: s.health.port.unwrap_or(b.port),
+                    check: s.health.clone(),
+                })
+            })
+            .collect();
+        let down_before = self.health.down();
+        self.health.set_targets(&targets, SystemTime::now());
+        self.health_changed |= self.health.down() != down_before;
+        self.targets = Some(targets);
+    }
+
+    /// The probe targets, when they changed since the last call.
+    pub fn take_targets(&mut self) -> Option<Vec<Target>> {
+        self.targets.take()
+    }
+
+    /// One probe's outcome: a backend that crosses its service's `fall` or `rise` goes down
+    /// or up (logged), and the next tick publishes it.
+    pub fn probe_result(&mut self, r: ProbeResult) {
+        let Some(t) = self.health.record(&r, SystemTime::now()) else {
+            return;
+        };
+        let (service, backend) = (&r.target.service, &r.target.backend);
+        let Some(s) = self.running.services.iter().find(|s| s.id == *service) else {
+            return;
+        };
+        let check = &s.health;
+        match t {
+            Transition::Down => {
+                let flows = match s.on_down {
+                    OnDown::Remove => "its flows are removed",
+                    OnDown::Inhibit => "its flows are kept (on_down = inhibit)",
+                };
+                warn!(target: "l4lb::health", %service, %backend, error = r.error.as_deref().unwrap_or(""),
+                    "backend down: {} {} probes failed in a row; no new flows, {flows}", check.fall, check.kind.name());
+                if s.on_down == OnDown::Remove {
+                    self.to_flush.push((service.clone(), backend.clone()));
+                }
+            }
+            Transition::Up => {
+                info!(target: "l4lb::health", %service, %backend,
+                    "backend up: {} {} probes succeeded in a row; it takes new flows again", check.rise, check.kind.name());
+            }
+        }
+        self.health_changed = true;
+    }
+
+    /// A checked backend's health (None: not checked).
+    pub fn health(&self, service: &str, backend: &str) -> Option<&BackendHealth> {
+        self.health.get(service, backend)
     }
 
     pub fn shared(&self) -> &Arc<SharedSnapshot> {
@@ -291,7 +374,7 @@ impl Controller {
         let failed = self.neighbors.failed();
         let prepared = self
             .publisher
-            .prepare(&next, &learned, &failed)
+            .prepare(&next, &learned, &failed, &self.health.down())
             .map_err(|e| ApiError::invalid(format!("{e}; nothing changed")))?;
         if let Some(path) = &next.api.state_file {
             state::save(path, &next.services).map_err(|e| {
@@ -308,6 +391,7 @@ impl Controller {
         let p = self.publish(prepared);
         self.running = next;
         self.epoch += 1;
+        self.refresh_targets();
         let new: BTreeSet<IpAddr> = self.vips().difference(&vips_before).copied().collect();
         self.announce(&new, false);
         Ok(p)
@@ -332,6 +416,7 @@ impl Controller {
             "published"
         );
         self.neighbors_changed = false;
+        self.health_changed = false;
         self.wanted = wanted(&self.shared().current(), &self.running);
         self.resolve_wanted(Instant::now());
         p
@@ -507,18 +592,48 @@ impl Controller {
             self.neighbors_changed |= expired;
             self.last_tick = now;
         }
-        if self.neighbors_changed {
+        if self.neighbors_changed || self.health_changed {
             let learned = self.neighbors.entries();
             let failed = self.neighbors.failed();
-            match self.publisher.prepare(&self.running, &learned, &failed) {
+            let down = self.health.down();
+            match self
+                .publisher
+                .prepare(&self.running, &learned, &failed, &down)
+            {
                 Ok(p) => {
                     self.publish(p);
                 }
-                Err(e) => error!("publishing the learned neighbours failed: {e}"),
+                Err(e) => {
+                    error!("publishing the learned neighbours and backend health failed: {e}")
+                }
             }
         }
         if !newly_failed.is_empty() {
             self.flush_behind(&newly_failed);
+        }
+        if !self.to_flush.is_empty() && !self.health_changed {
+            self.flush_down();
+        }
+    }
+
+    /// Removes the flows of the backends that went down with `on_down = "remove"`, now that
+    /// the snapshot gives them no new flows.
+    fn flush_down(&mut self) {
+        let snap = self.shared().current();
+        for (service, backend) in std::mem::take(&mut self.to_flush) {
+            let id = snap
+                .services
+                .iter()
+                .filter(|s| s.config.name == service)
+                .flat_map(|s| &s.config.backends)
+                .find(|b| b.name == backend)
+                .map(|b| b.id);
+            if let Some(id) = id {
+                info!(target: "l4lb::health", %service, %backend, "flows removed: the backend is down");
+                for w in &self.workers.commands {
+                    let _ = w.send_timeout(Command::FlushBackend(id), Duration::from_millis(100));
+                }
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use dataplane::command::{Command, FlowDump};
 use dataplane::counters::{
@@ -21,8 +21,8 @@ use dataplane::snapshot::Snapshot;
 
 use super::Controller;
 use crate::api::stats::{
-    ActionStats, BackendStats, ClosedPortStats, FlowStats, PortStats, ServiceStats, Traffic,
-    WorkerStats,
+    ActionStats, BackendStats, ClosedPortStats, FlowStats, HealthStats, PortStats, ServiceStats,
+    Traffic, WorkerStats,
 };
 use crate::api::{FlowSample, Stats};
 
@@ -136,6 +136,7 @@ impl Controller {
                             since(traffic, false, id, self.baselines.get(&(false, id)))
                         });
                         let (neighbor, neighbor_failures) = self.neighbor_of(&snap, b.address);
+                        let health = self.health_of(&snap, s, b);
                         BackendStats {
                             id: b.id.clone(),
                             address: b.address.to_string(),
@@ -144,6 +145,7 @@ impl Controller {
                             enabled: b.enabled,
                             neighbor,
                             neighbor_failures,
+                            health,
                             traffic: Traffic::from(t),
                         }
                     })
@@ -245,6 +247,47 @@ impl Controller {
     }
 
     /// The state of the next hop towards `addr`, and how often it failed.
+    /// A backend's health: its check's state, unless its next hop has failed (then down).
+    fn health_of(
+        &self,
+        snap: &Snapshot,
+        s: &crate::config::Service,
+        b: &crate::config::Backend,
+    ) -> HealthStats {
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let ago = |i: Instant| SystemTime::now() - i.elapsed();
+        let checked = self.health.get(&s.id, &b.id);
+        let mut h = HealthStats {
+            state: "up".into(),
+            check: s.health.kind.name().into(),
+            since_unix: unix(ago(self.started)),
+            ..HealthStats::default()
+        };
+        if let Some(c) = checked {
+            h.state = if c.up { "up" } else { "down" }.into();
+            h.since_unix = unix(c.since);
+            h.last_error = c.last_error.clone();
+            h.probes_ok = c.probes_ok;
+            h.probes_failed = c.probes_failed;
+            h.transitions = c.transitions;
+        }
+        if h.state == "up"
+            && let Some((_, hop)) = snap.next_hop(b.address)
+            && let Some(at) = self.neighbors.failed_since(hop)
+        {
+            h.state = "down".into();
+            h.since_unix = unix(ago(at));
+            h.last_error = Some(format!(
+                "next hop {hop} does not answer {}",
+                if hop.is_ipv4() { "ARP" } else { "NDP" }
+            ));
+        }
+        h
+    }
+
     fn neighbor_of(&self, snap: &Snapshot, addr: std::net::IpAddr) -> (String, u64) {
         use crate::neighbors::State;
         let Some((_, hop)) = snap.next_hop(addr) else {

@@ -620,6 +620,13 @@ fn a_backend_whose_neighbour_never_answers_takes_no_new_flows_until_it_does() {
         "its flows are removed (a SYN retried is scheduled anew)"
     );
     assert_eq!(neighbor(&r), [("resolved".into(), 0), ("failed".into(), 1)]);
+    let health = |r: &Rig, i: usize| r.c.stats().services[0].backends[i].health.clone();
+    assert_eq!(
+        (health(&r, 1).state.as_str(), health(&r, 1).last_error.as_deref()),
+        ("down", Some("next hop 198.18.0.11 does not answer ARP")),
+        "a failed neighbour counts as down, checks or not"
+    );
+    assert_eq!(health(&r, 0).state, "up");
     let snap = r.c.shared().current();
     assert!(
         snap.backend_route(snap.services[0].config.backends[1].id)
@@ -639,4 +646,166 @@ fn a_backend_whose_neighbour_never_answers_takes_no_new_flows_until_it_does() {
         [("resolved".into(), 0), ("resolved".into(), 1)]
     );
     assert_eq!(r.c.epoch(), 1, "no configuration change in all this");
+}
+
+#[test]
+fn health_checks_take_backends_out_and_back_and_the_sorry_backend_covers_when_all_are_down() {
+    let mut r = Rig::new(false, Limits::default());
+    r.c.start();
+    for last in [0x0a, 0x0b, 0x0c] {
+        r.c.neighbor_event(NeighborEvent::Learned {
+            addr: format!("198.18.0.{last}").parse().unwrap(),
+            mac: MacAddr([2, 0, 0, 0, 0, last]),
+            interface: 0,
+        });
+    }
+    let mut now = Instant::now();
+    let mut tick = |r: &mut Rig| {
+        now += Duration::from_millis(10);
+        r.c.tick(now);
+    };
+    tick(&mut r);
+    assert_eq!(r.c.take_targets(), Some(Vec::new()), "no checks yet");
+    let reply = r.call(Request::PatchService {
+        service: "web".into(),
+        body: json!({"health_check": {"type": "tcp", "port": 9000, "rise": 2, "fall": 2},
+                     "sorry_backend": {"address": "198.18.0.12", "port": 8080}}),
+    });
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert!(
+        r.c.audit().last().unwrap().contains(
+            "service web: health_check.fall 3 -> 2, health_check.port null -> 9000, health_check.type none -> tcp, sorry_backend null -> (address 198.18.0.12, port 8080): ok"
+        ),
+        "{:?}",
+        r.c.audit().last()
+    );
+    let targets = r.c.take_targets().expect("the prober is told");
+    assert_eq!(
+        targets
+            .iter()
+            .map(|t| (t.backend.as_str(), t.address.to_string(), t.port))
+            .collect::<Vec<_>>(),
+        [
+            ("web-1", "198.18.0.10".to_string(), 9000),
+            ("web-2", "198.18.0.11".to_string(), 9000)
+        ],
+        "the sorry backend is not probed"
+    );
+    assert_eq!(r.c.take_targets(), None, "told once");
+    let weights = |r: &Rig| {
+        let snap = r.c.shared().current();
+        let s = &snap.services[0];
+        s.config
+            .backends
+            .iter()
+            .zip(&s.sched_backends)
+            .map(|(b, sb)| (b.name.clone(), sb.weight))
+            .collect::<Vec<_>>()
+    };
+    let w = |a: u32, b: u32, sorry: u32| {
+        vec![
+            ("web-1".to_string(), a),
+            ("web-2".to_string(), b),
+            ("(sorry)".to_string(), sorry),
+        ]
+    };
+    assert_eq!(weights(&r), w(1, 1, 0), "the sorry backend waits");
+    let result = |t: &Target, error: Option<&str>| ProbeResult {
+        target: t.clone(),
+        error: error.map(str::to_string),
+    };
+    let flushed = |r: &Rig| {
+        r._commands
+            .try_iter()
+            .filter_map(|c| match c {
+                Command::FlushBackend(id) => Some(id),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let health = |r: &Rig, i: usize| r.c.stats().services[0].backends[i].health.clone();
+    flushed(&r);
+
+    r.c.probe_result(result(&targets[0], Some("refused")));
+    tick(&mut r);
+    assert_eq!(weights(&r), w(1, 1, 0), "one failure of two");
+    r.c.probe_result(result(&targets[0], Some("refused again")));
+    tick(&mut r);
+    assert_eq!(weights(&r), w(0, 1, 0), "fall = 2: down");
+    let web1 = r.c.shared().current().services[0].config.backends[0].id;
+    assert_eq!(flushed(&r), [web1], "on_down = remove: its flows go");
+    let h = health(&r, 0);
+    assert_eq!(
+        (
+            h.state.as_str(),
+            h.check.as_str(),
+            h.last_error.as_deref(),
+            h.probes_failed,
+            h.transitions
+        ),
+        ("down", "tcp", Some("refused again"), 2, 1)
+    );
+    assert_eq!(health(&r, 1).state, "up");
+
+    r.c.probe_result(result(&targets[1], Some("timeout")));
+    r.c.probe_result(result(&targets[1], Some("timeout")));
+    tick(&mut r);
+    assert_eq!(
+        weights(&r),
+        w(0, 0, 1),
+        "every backend down: the sorry backend"
+    );
+    let web2 = r.c.shared().current().services[0].config.backends[1].id;
+    assert_eq!(flushed(&r), [web2]);
+
+    r.c.probe_result(result(&targets[0], None));
+    tick(&mut r);
+    assert_eq!(weights(&r), w(0, 0, 1), "one success of two");
+    r.c.probe_result(result(&targets[0], None));
+    tick(&mut r);
+    assert_eq!(
+        weights(&r),
+        w(1, 0, 0),
+        "rise = 2: back, and the sorry backend steps aside"
+    );
+    assert_eq!(health(&r, 0).state, "up");
+    assert!(flushed(&r).is_empty(), "coming back removes nothing");
+
+    // inhibit: down again, flows kept
+    let reply = r.call(Request::PatchService {
+        service: "web".into(),
+        body: json!({"on_down": "inhibit"}),
+    });
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        r.c.take_targets(),
+        Some(targets.clone()),
+        "the same targets"
+    );
+    assert_eq!(
+        health(&r, 0).state,
+        "up",
+        "the state is kept across changes"
+    );
+    assert_eq!(health(&r, 1).state, "down");
+    r.c.probe_result(result(&targets[0], Some("refused")));
+    r.c.probe_result(result(&targets[0], Some("refused")));
+    tick(&mut r);
+    assert_eq!(weights(&r), w(0, 0, 1));
+    assert!(flushed(&r).is_empty(), "on_down = inhibit keeps the flows");
+
+    // checks off: everything up again
+    let reply = r.call(Request::PatchService {
+        service: "web".into(),
+        body: json!({"health_check": {"type": "none"}}),
+    });
+    assert_eq!(reply.status, 200);
+    tick(&mut r);
+    assert_eq!(weights(&r), w(1, 1, 0));
+    assert_eq!(r.c.take_targets(), Some(Vec::new()));
+    let metrics = crate::api::render_metrics(&r.c.stats());
+    assert!(
+        metrics.contains("l4lb_backend_up{service=\"web\",backend=\"web-1\"} 1\n"),
+        "{metrics}"
+    );
 }

@@ -325,6 +325,7 @@ fn backend(id: u32, name: &str, addr: &str, port: u16) -> BackendConfig {
         port,
         weight: 1,
         enabled: true,
+        sorry: false,
     }
 }
 

@@ -439,3 +439,104 @@ fn a_kernel_interface_needs_a_name_the_kernel_takes_once() {
         ["interfaces[1].kernel_interface: \"l4lb0\" is already interfaces[0].kernel_interface"]
     );
 }
+
+#[test]
+fn health_checks_on_down_and_the_sorry_backend_are_checked_field_by_field() {
+    let at = "scheduler = \"maglev\"\n";
+    let m = check(&BASE.replacen(
+        at,
+        "scheduler = \"maglev\"\non_down = \"inhibit\"\nsorry_backend = { address = \"198.18.0.99\" }\n\
+         health_check = { type = \"http\", path = \"/ready\", expect_status = 204, port = 9000, interval_ms = 500, timeout_ms = 200, rise = 1, fall = 2 }\n",
+        1,
+    ))
+    .unwrap();
+    let web = &m.services[0];
+    assert_eq!(
+        web.health,
+        HealthCheck {
+            kind: CheckKind::Http {
+                path: "/ready".into(),
+                expect_status: 204
+            },
+            port: Some(9000),
+            interval: std::time::Duration::from_millis(500),
+            timeout: std::time::Duration::from_millis(200),
+            rise: 1,
+            fall: 2,
+        }
+    );
+    assert_eq!(web.on_down, OnDown::Inhibit);
+    assert_eq!(web.sorry, Some(("198.18.0.99".parse().unwrap(), 80)));
+    let d = &check(BASE).unwrap().services[0];
+    assert_eq!(
+        (&d.health, d.on_down, d.sorry),
+        (&HealthCheck::default(), OnDown::Remove, None),
+        "no checks, remove, no sorry backend by default"
+    );
+    for (line, error) in [
+        (
+            "health_check = { type = \"icmp\" }",
+            "services[0].health_check.type: \"icmp\" is not tcp, http, udp or none",
+        ),
+        (
+            "health_check = { type = \"http\", path = \"ready\" }",
+            "services[0].health_check.path: \"ready\" is not a path (it starts with / and has no spaces or control characters)",
+        ),
+        (
+            "health_check = { type = \"http\", expect_status = 99 }",
+            "services[0].health_check.expect_status: 99 is not an HTTP status (100 to 599)",
+        ),
+        (
+            "health_check = { type = \"tcp\", port = 0 }",
+            "services[0].health_check.port: 0 is not a port (1 to 65535)",
+        ),
+        (
+            "health_check = { type = \"tcp\", interval_ms = 50, timeout_ms = 20 }",
+            "services[0].health_check.interval_ms: 50 is not from 100 to 3600000",
+        ),
+        (
+            "health_check = { type = \"tcp\", interval_ms = 1000, timeout_ms = 1500 }",
+            "services[0].health_check.timeout_ms: 1500 is not from 10 to interval_ms (1000)",
+        ),
+        (
+            "health_check = { type = \"tcp\", rise = 0 }",
+            "services[0].health_check.rise: 0 is not from 1 to 100",
+        ),
+        (
+            "health_check = { type = \"tcp\", fall = 101 }",
+            "services[0].health_check.fall: 101 is not from 1 to 100",
+        ),
+        (
+            "health_check = { type = \"tcp\", every = 3 }",
+            "services[0].health_check: unknown key `every` (expected one of `type`, `port`, `path`, `expect_status`, `interval_ms`, `timeout_ms`, `rise`, `fall`)",
+        ),
+        (
+            "on_down = \"drain\"",
+            "services[0].on_down: \"drain\" is not remove or inhibit",
+        ),
+        (
+            "sorry_backend = { address = \"2001:db8::99\" }",
+            "services[0].sorry_backend.address: 2001:db8::99 is IPv6, the service's vip 198.18.0.100 is IPv4",
+        ),
+        (
+            "sorry_backend = { address = \"198.18.0.10\", port = 8080 }",
+            "services[0].sorry_backend: 198.18.0.10 port 8080 is backends[0]",
+        ),
+    ] {
+        let errors = errors_of(at, &format!("{at}{line}\n"));
+        assert_eq!(errors.len(), 1, "{line}: {errors:?}");
+        assert!(errors[0].contains(error), "{line}: {errors:?}");
+    }
+    // dr cannot send the sorry backend to another port
+    let dr = "forwarding = \"dr\"\n";
+    let errors = errors_of(
+        dr,
+        &format!("{dr}sorry_backend = {{ address = \"2001:db8:1::99\", port = 5353 }}\n"),
+    );
+    assert_eq!(
+        errors,
+        [
+            "services[1].sorry_backend.port: 5353 differs from the service port 53; dr forwarding cannot change ports (leave it out or use nat)"
+        ]
+    );
+}
