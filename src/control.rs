@@ -37,6 +37,9 @@ impl FrameRing<'_> {
     }
 }
 
+/// How often the ports' links are read (for /healthz).
+const LINKS_EVERY: Duration = Duration::from_millis(500);
+
 /// Runs until `done`: events and API calls as they come, reloads when asked, the controller's
 /// timers every millisecond or so.
 pub fn run(
@@ -68,7 +71,17 @@ pub fn run(
         let reply = controller.handle(c.request);
         let _ = c.reply.send(reply);
     };
+    let ports = controller.ports();
+    let mut links_read = Instant::now() - LINKS_EVERY;
     while !done.load(Ordering::Relaxed) {
+        if links_read.elapsed() >= LINKS_EVERY {
+            let links: Vec<(u16, bool)> = ports
+                .iter()
+                .map(|&p| (p, dpdk_rs::port_link(p).is_ok_and(|l| l.up)))
+                .collect();
+            controller.set_links(&links);
+            links_read = Instant::now();
+        }
         // Changes first: however many reads wait, a change is not held up behind them.
         while let Ok(c) = changes.try_recv() {
             answer(controller, c);

@@ -60,6 +60,15 @@ struct Cli {
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
 
+    /// Log lines as text (for people) or as JSON objects, one per line (for log shippers).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// Test hook: AFTER_MS:FOR_MS makes worker 0 stop polling for FOR_MS, AFTER_MS after the
+    /// start (what /healthz reports then).
+    #[arg(long, value_name = "AFTER_MS:FOR_MS", hide = true, value_parser = stall_arg)]
+    test_stall_worker: Option<(u64, u64)>,
+
     /// EAL arguments; when given they replace `[dpdk] eal_args` of the configuration.
     #[arg(last = true, value_name = "EAL ARGS")]
     eal_args: Vec<String>,
@@ -111,18 +120,42 @@ fn version_json() -> serde_json::Value {
     })
 }
 
-fn init_logging(level: Option<&str>) -> Result<(), String> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn stall_arg(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not AFTER_MS:FOR_MS"))?;
+    let ms = |x: &str| {
+        x.parse::<u64>()
+            .map_err(|_| format!("{x:?} is not a number of milliseconds"))
+    };
+    Ok((ms(a)?, ms(b)?))
+}
+
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).map_err(|e| format!("--log-level {l:?}: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object a line: timestamp, level, target, fields (the message among them).
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     Ok(())
 }
 
@@ -135,7 +168,7 @@ fn main() -> ExitCode {
         println!("{}", version_text());
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = init_logging(cli.log_level.as_deref()) {
+    if let Err(e) = init_logging(cli.log_level.as_deref(), cli.log_format) {
         eprintln!("l4lb: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -185,7 +218,10 @@ fn main() -> ExitCode {
     } else {
         cli.eal_args.clone()
     };
-    match run(&model, &eal_args, cli.config.as_deref()) {
+    let stall = cli
+        .test_stall_worker
+        .map(|(after, d)| (Duration::from_millis(after), Duration::from_millis(d)));
+    match run(&model, &eal_args, cli.config.as_deref(), stall) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("l4lb: {e}");
@@ -405,6 +441,7 @@ fn run(
     model: &Model,
     eal_args: &[String],
     config_path: Option<&std::path::Path>,
+    test_stall: Option<(Duration, Duration)>,
 ) -> Result<(), String> {
     let signals = signals()?;
     let stop = &*signals.stop;
@@ -511,6 +548,7 @@ fn run(
         idle_sleep: (model.dpdk.idle_sleep_us > 0)
             .then(|| Duration::from_micros(model.dpdk.idle_sleep_us)),
         tsc_hz: dpdk_rs::tsc_hz(),
+        test_stall,
     };
     let (events_tx, events_rx) = crossbeam_channel::bounded::<NeighborEvent>(4096);
     let mut interface_of_port = vec![u16::MAX; usize::from(dpdk_rs::port_count(&eal))];

@@ -324,3 +324,38 @@ fn check_refuses_an_api_beyond_loopback_without_a_token_and_what_a_start_cannot_
         "FILE: dpdk.extra_mbufs: 67108864 mbufs of about 2368 bytes take 151552 MiB, and EAL has 512 MiB (-m 512 in dpdk.eal_args)\n"
     );
 }
+
+#[test]
+fn log_format_json_writes_one_object_a_line() {
+    // An EAL argument EAL refuses: l4lb logs that it starts EAL, then fails.
+    let prefix = "l4lb-cli-logjson";
+    let out = l4lb()
+        .args(["--log-format", "json", "--log-level", "info", "--"])
+        .args(["--no-huge", "--no-pci", &format!("--file-prefix={prefix}")])
+        .arg("--no-such-eal-option")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let first = lines.first().unwrap_or_else(|| panic!("no JSON line: {stderr}"));
+    assert_eq!(first["level"], "INFO", "{first}");
+    assert_eq!(first["target"], "l4lb", "{first}");
+    assert_eq!(first["message"], "starting EAL", "{first}");
+    assert!(first["args"].as_str().unwrap().contains("--no-such-eal-option"));
+    assert!(first["timestamp"].as_str().unwrap().ends_with('Z'), "{first}");
+
+    let out = l4lb().args(["--log-format", "xml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid value 'xml' for '--log-format <FORMAT>'")
+            && stderr.contains("[possible values: text, json]"),
+        "{stderr}"
+    );
+}

@@ -394,3 +394,83 @@ fn inhibit_keeps_a_failed_backends_connections_and_remove_ends_them() {
     let done = lab.stop_l4lb().expect("l4lb stops");
     assert!(done.status.success(), "{}", done.stderr);
 }
+
+// ---------------------------------------------------------------- /healthz
+
+/// `/healthz`: the status and the body.
+fn healthz(lab: &Lab) -> (u16, serde_json::Value) {
+    let (status, body) = lab.api_get("/healthz").unwrap();
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+/// How long until `/healthz` answers `status` (None: not within 15 s); the last body.
+fn until_healthz(lab: &Lab, status: u16) -> (Option<Duration>, serde_json::Value) {
+    let mut last = serde_json::Value::Null;
+    let took = time_until(Duration::from_secs(15), || {
+        let (s, body) = healthz(lab);
+        last = body;
+        s == status
+    });
+    (took, last)
+}
+
+#[test]
+fn healthz_turns_503_with_the_reason_while_a_worker_stalls_or_the_link_is_down() {
+    let mut lab = Lab::build(&lab::Spec {
+        tag: "hz".into(),
+        mode: Mode::Nat,
+        backends: 1,
+        clients: 1,
+        remove_on_signal: true,
+    })
+    .unwrap();
+    lab.start_servers(&binary("l4lb-demo")).unwrap();
+    // A second port, a TAP: net_af_packet (port 0) reports its link up whatever the veth
+    // does (DPDK 22.11), net_tap reads its interface's flags.
+    let af_packet = "\"--vdev=net_af_packet0,iface=eth0\"";
+    let base = lab.base_config();
+    assert!(base.contains(af_packet), "{base}");
+    let config = format!(
+        "{}[[interfaces]]\nport = 1\naddresses = [\"198.18.9.1/24\"]\n\n[api]\nlisten = \"127.0.0.1:9180\"\n\n{}",
+        base.replace(
+            af_packet,
+            &format!("{af_packet}, \"--vdev=net_tap_hz,iface=l4hz-link\"")
+        ),
+        service("web", "tcp", (lab::VIP4, 80), "rr", Mode::Nat, 8080, &[1])
+    );
+    // Worker 0 stops polling for 3 s, 2 s after it started.
+    lab.start_l4lb_with(
+        &binary("l4lb"),
+        &config,
+        &["--test-stall-worker", "2000:3000"],
+    )
+    .unwrap();
+    let (took, body) = until_healthz(&lab, 503);
+    assert!(took.is_some(), "never 503: {body}\n{}", lab.l4lb_log());
+    assert_eq!(body["status"], "unhealthy");
+    let reasons = body["reasons"].to_string();
+    assert!(reasons.contains("worker 0 has not reported for"), "{body}");
+    let (took, body) = until_healthz(&lab, 200);
+    assert!(took.is_some(), "never 200 again: {body}");
+    assert_eq!(body["status"], "ok");
+    let log = lab.l4lb_log();
+    assert!(log.contains("worker has not reported for"), "{log}");
+    assert!(log.contains("worker reports again after"), "{log}");
+
+    // A port's link goes down, then up.
+    lab.lb.ip("link set l4hz-link down").unwrap();
+    let (took, body) = until_healthz(&lab, 503);
+    assert!(took.is_some(), "never 503: {body}\n{}", lab.l4lb_log());
+    assert_eq!(
+        body["reasons"],
+        serde_json::json!(["port 1 (net_tap_hz): link down"])
+    );
+    lab.lb.ip("link set l4hz-link up").unwrap();
+    let (took, body) = until_healthz(&lab, 200);
+    assert!(took.is_some(), "never 200 again: {body}");
+    let (got, failed) = http(&lab, vip4(80), 10, 33000);
+    assert_all_ok(&failed, &lab);
+    assert_eq!(got, per(&[("b1", 10)]));
+    let done = lab.stop_l4lb().expect("l4lb stops");
+    assert!(done.status.success(), "{}", done.stderr);
+}

@@ -84,6 +84,8 @@ pub struct ServiceCounters {
     /// The snapshot epoch of the last copy-out of the gauges (0: none yet): the control side
     /// trusts a reused id's gauges only from a copy made at its new owner's snapshot or later.
     pub mirrored_snapshot: Counter,
+    /// Copy-outs made (ten a second while the worker runs): the control side's sign of life.
+    pub heartbeats: Counter,
 }
 
 /// A copy of one worker's flow-table size and statistics, for the control side.
@@ -135,6 +137,7 @@ impl ServiceCounters {
             flows: FlowCounters::default(),
             closed_ports: ClosedPortCounters::default(),
             mirrored_snapshot: Counter::default(),
+            heartbeats: Counter::default(),
         }
     }
 }

@@ -403,10 +403,23 @@ impl Lab {
     /// Writes `config` and starts l4lb (`binary`) in the appliance's namespace; returns once
     /// its API answers.
     pub fn start_l4lb(&mut self, binary: &Path, config: &str) -> Result<(), String> {
+        self.start_l4lb_with(binary, config, &[])
+    }
+
+    /// [`Lab::start_l4lb`] with more arguments for l4lb (before the configuration's).
+    pub fn start_l4lb_with(
+        &mut self,
+        binary: &Path,
+        config: &str,
+        args: &[&str],
+    ) -> Result<(), String> {
         let path = self.dir.path().join("l4lb.toml");
         std::fs::write(&path, config).map_err(|e| e.to_string())?;
         let mut cmd = self.lb.command(binary);
-        cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+        cmd.args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info");
         let p = Process::spawn(cmd, &self.prefix).map_err(|e| format!("{binary:?}: {e}"))?;
         self.l4lb = Some(p);
         let up = wait_until(Duration::from_secs(30), || {

@@ -57,6 +57,8 @@ pub struct LoopSettings {
     pub idle_sleep: Option<Duration>,
     /// TSC cycles per second (`dpdk_rs::tsc_hz()`).
     pub tsc_hz: u64,
+    /// Test hook: worker 0 stops polling for the second duration, the first after its start.
+    pub test_stall: Option<(Duration, Duration)>,
 }
 
 /// Flush partly filled tx buffers after this long (DPDK's examples use ~100 µs).
@@ -143,7 +145,11 @@ impl Worker<'_> {
         let start = dpdk_rs::rdtsc();
         let mut last_drain = start;
         let mut last_mirror = start;
+        let mut stall_done = false;
         while !stop.load(Ordering::Relaxed) {
+            let stall = settings
+                .test_stall
+                .filter(|_| self.index == 0 && !stall_done);
             // The clock and the snapshot, once per iteration.
             let tsc = dpdk_rs::rdtsc();
             let now = ((tsc - start) / hz) as u32;
@@ -230,6 +236,12 @@ impl Worker<'_> {
             if tsc - last_mirror >= hz / MIRRORS_PER_SECOND {
                 self.state.mirror_connections(reader.snapshot());
                 last_mirror = tsc;
+                if let Some((after, stall)) = stall
+                    && (tsc - start) / (hz / 1000).max(1) >= after.as_millis() as u64
+                {
+                    std::thread::sleep(stall);
+                    stall_done = true;
+                }
             }
             if polled == 0
                 && let Some(d) = settings.idle_sleep

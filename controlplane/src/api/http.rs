@@ -425,7 +425,10 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     call(&app, &headers, Request::Metrics).await
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "observe", responses((status = 200, description = "The control thread answers", body = Value)))]
+#[utoipa::path(get, path = "/healthz", tag = "observe", responses(
+    (status = 200, description = "Healthy: the control thread answers, every worker reports, every port's link is up and the last publish reached every worker", body = Value),
+    (status = 503, description = "Unhealthy: `reasons` lists why (a worker that stopped reporting, a port whose link is down, a publish that failed)", body = Value)
+))]
 async fn health(State(app): State<App>, headers: HeaderMap) -> Response {
     call(&app, &headers, Request::Health).await
 }

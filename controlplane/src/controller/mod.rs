@@ -135,7 +135,18 @@ pub struct Controller {
     /// Backends that went down with `on_down = "remove"`: their flows are removed once the
     /// snapshot without them is live.
     to_flush: Vec<(String, String)>,
+    /// Per worker: its heartbeat count when it last moved, when, and whether it is overdue.
+    beats: Vec<(u64, Instant, bool)>,
+    /// The ports whose link is down (DPDK port ids).
+    links_down: BTreeSet<u16>,
+    /// Why the last publish did not reach every worker, and the epoch that clears it once
+    /// every worker has it (None: it did).
+    publish_error: Option<(u64, String)>,
 }
+
+/// A worker whose heartbeat has not moved for this long has stopped (it beats ten times a
+/// second).
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 impl Controller {
     /// Publishes the first snapshot of `model`; the workers read it through [`Self::shared`].
@@ -165,6 +176,9 @@ impl Controller {
             health_changed: false,
             targets: None,
             to_flush: Vec::new(),
+            beats: Vec::new(),
+            links_down: BTreeSet::new(),
+            publish_error: None,
         })
         .map(|mut c| {
             c.refresh_targets();
@@ -230,6 +244,89 @@ impl Controller {
             }
         }
         self.health_changed = true;
+    }
+
+    /// The ports (DPDK port ids) whose link /healthz watches.
+    pub fn ports(&self) -> Vec<u16> {
+        self.interfaces.iter().map(|i| i.port).collect()
+    }
+
+    /// The links of the ports as DPDK reports them: a change is logged, and a link down makes
+    /// /healthz answer 503.
+    pub fn set_links(&mut self, links: &[(u16, bool)]) {
+        for &(port, up) in links {
+            let name = self
+                .interfaces
+                .iter()
+                .find(|i| i.port == port)
+                .map_or("", |i| i.name.as_str());
+            if up && self.links_down.remove(&port) {
+                info!(port, name, "link up");
+            } else if !up && self.links_down.insert(port) {
+                warn!(port, name, "link down");
+            }
+        }
+    }
+
+    /// Why the appliance is not healthy (empty: it is): a worker that stopped reporting, a
+    /// port whose link is down, a publish that did not reach every worker.
+    pub fn unhealthy(&self, now: Instant) -> Vec<String> {
+        let mut reasons = Vec::new();
+        for (i, (beats, since, _)) in self.beats.iter().enumerate() {
+            let quiet = now.saturating_duration_since(*since);
+            if *beats > 0 && quiet >= STALLED_AFTER {
+                reasons.push(format!(
+                    "worker {i} has not reported for {} ms",
+                    quiet.as_millis()
+                ));
+            }
+        }
+        for port in &self.links_down {
+            let name = self
+                .interfaces
+                .iter()
+                .find(|i| i.port == *port)
+                .map_or("", |i| i.name.as_str());
+            reasons.push(format!("port {port} ({name}): link down"));
+        }
+        if let Some((epoch, e)) = &self.publish_error
+            && !self.shared().all_seen(*epoch)
+        {
+            reasons.push(e.clone());
+        }
+        reasons
+    }
+
+    /// The workers' heartbeats, looked at every tick; a worker that stops and one that
+    /// starts again are logged.
+    fn watch_workers(&mut self, now: Instant) {
+        let traffic = &self.workers.traffic;
+        self.beats.resize(traffic.len(), (0, now, false));
+        for (i, (w, (beats, since, stalled))) in
+            traffic.iter().zip(self.beats.iter_mut()).enumerate()
+        {
+            let b = w.heartbeats.get();
+            let quiet = now.duration_since(*since);
+            if b == *beats {
+                if b > 0 && quiet >= STALLED_AFTER && !*stalled {
+                    *stalled = true;
+                    error!(
+                        worker = i,
+                        "worker has not reported for {} ms",
+                        quiet.as_millis()
+                    );
+                }
+                continue;
+            }
+            if *stalled {
+                info!(
+                    worker = i,
+                    "worker reports again after {} ms",
+                    quiet.as_millis()
+                );
+            }
+            (*beats, *since, *stalled) = (b, now, false);
+        }
     }
 
     /// A checked backend's health (None: not checked).
@@ -402,6 +499,15 @@ impl Controller {
     fn publish(&mut self, prepared: crate::publish::Prepared) -> Published {
         let owners_before = observe::owners(&self.shared().current());
         let p = self.publisher.publish(prepared, self.publish_wait);
+        self.publish_error = (!p.live()).then(|| {
+            (
+                p.epoch,
+                format!(
+                    "snapshot {} was not taken up by worker(s) {:?} within {:?}",
+                    p.epoch, p.lagging, self.publish_wait
+                ),
+            )
+        });
         self.rebase(&owners_before, p.epoch);
         for id in &p.released_backends {
             for w in &self.workers.commands {
@@ -591,6 +697,7 @@ impl Controller {
             }
             self.neighbors_changed |= expired;
             self.last_tick = now;
+            self.watch_workers(now);
         }
         if self.neighbors_changed || self.health_changed {
             let learned = self.neighbors.entries();
@@ -604,7 +711,9 @@ impl Controller {
                     self.publish(p);
                 }
                 Err(e) => {
-                    error!("publishing the learned neighbours and backend health failed: {e}")
+                    error!("publishing the learned neighbours and backend health failed: {e}");
+                    // Cleared by the next publish (u64::MAX: never seen before that).
+                    self.publish_error = Some((u64::MAX, format!("the last publish failed: {e}")));
                 }
             }
         }

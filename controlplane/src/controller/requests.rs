@@ -127,10 +127,17 @@ impl Controller {
                 body: Body::Metrics(render_metrics(&self.stats())),
                 location: None,
             },
-            Request::Health => Reply::json(
-                200,
-                json!({ "status": "ok", "services": self.running.services.len() }),
-            ),
+            Request::Health => {
+                let reasons = self.unhealthy(std::time::Instant::now().max(self.last_tick));
+                if reasons.is_empty() {
+                    Reply::json(
+                        200,
+                        json!({ "status": "ok", "services": self.running.services.len() }),
+                    )
+                } else {
+                    Reply::json(503, json!({ "status": "unhealthy", "reasons": reasons }))
+                }
+            }
             Request::Audit => {
                 Reply::json(200, json!({ "entries": self.audit().collect::<Vec<_>>() }))
             }

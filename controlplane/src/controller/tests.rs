@@ -622,7 +622,10 @@ fn a_backend_whose_neighbour_never_answers_takes_no_new_flows_until_it_does() {
     assert_eq!(neighbor(&r), [("resolved".into(), 0), ("failed".into(), 1)]);
     let health = |r: &Rig, i: usize| r.c.stats().services[0].backends[i].health.clone();
     assert_eq!(
-        (health(&r, 1).state.as_str(), health(&r, 1).last_error.as_deref()),
+        (
+            health(&r, 1).state.as_str(),
+            health(&r, 1).last_error.as_deref()
+        ),
         ("down", Some("next hop 198.18.0.11 does not answer ARP")),
         "a failed neighbour counts as down, checks or not"
     );
@@ -808,4 +811,39 @@ fn health_checks_take_backends_out_and_back_and_the_sorry_backend_covers_when_al
         metrics.contains("l4lb_backend_up{service=\"web\",backend=\"web-1\"} 1\n"),
         "{metrics}"
     );
+}
+
+#[test]
+fn healthz_names_a_stalled_worker_and_a_link_down_and_recovers() {
+    let mut r = Rig::new(false, Limits::default());
+    r.c.start();
+    let t0 = Instant::now();
+    let health = |r: &mut Rig| {
+        let reply = r.call(Request::Health);
+        let Body::Json(v) = reply.body else {
+            panic!("json")
+        };
+        (reply.status, v)
+    };
+    r.c.tick(t0 + Duration::from_millis(100));
+    assert_eq!(health(&mut r).0, 200, "a worker that never beat is not judged");
+    r.traffic.heartbeats.add(1);
+    r.c.tick(t0 + Duration::from_millis(200));
+    r.c.tick(t0 + Duration::from_millis(1100));
+    assert_eq!(health(&mut r).0, 200, "quiet for 0.9 s: fine");
+    r.c.tick(t0 + Duration::from_millis(1300));
+    let (status, v) = health(&mut r);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["status"], "unhealthy");
+    r.traffic.heartbeats.add(1);
+    r.c.tick(t0 + Duration::from_millis(1400));
+    assert_eq!(health(&mut r).0, 200, "it beats again");
+    r.c.set_links(&[(0, false)]);
+    let (status, v) = health(&mut r);
+    assert_eq!(
+        (status, v["reasons"].clone()),
+        (503, json!(["port 0 (test0): link down"]))
+    );
+    r.c.set_links(&[(0, true)]);
+    assert_eq!(health(&mut r).0, 200);
 }

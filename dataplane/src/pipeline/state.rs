@@ -109,6 +109,7 @@ impl WorkerState {
                 t.inactive.set(u64::from(c.inactive));
             }
         }
+        self.traffic.heartbeats.add(1);
         let (f, s) = (&self.traffic.flows, self.flows.stats());
         f.entries.set(self.flows.len() as u64);
         f.capacity.set(u64::from(self.flows.capacity()));
