@@ -137,6 +137,25 @@ fn stall_arg(s: &str) -> Result<(u64, u64), String> {
     Ok((ms(a)?, ms(b)?))
 }
 
+/// Tells systemd (`Type=notify`) how the start or the stop goes, when it asked: a datagram to
+/// `$NOTIFY_SOCKET` (a path, or an abstract name written `@name`). Without it, nothing.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
+    if let Err(e) = sent {
+        warn!("cannot tell systemd {state:?} on {path}: {e}");
+    }
+}
+
 fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
@@ -608,6 +627,7 @@ fn run(
                 })
                 .map_err(|e| format!("cannot start the API thread: {e}"))?;
             info!("REST API listening on http://{api_address}");
+            notify_systemd("READY=1");
             let result = if lcores.is_empty() {
                 let work = jobs.pop().expect("one worker");
                 work();
@@ -636,6 +656,7 @@ fn run(
     }
     let elapsed = started.elapsed();
     info!("stopping");
+    notify_systemd("STOPPING=1");
 
     // The workers have stopped and copied out their last counts.
     // The kernel interfaces go with their ports (net_tap removes its device on close).

@@ -343,12 +343,22 @@ fn log_format_json_writes_one_object_a_line() {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
-    let first = lines.first().unwrap_or_else(|| panic!("no JSON line: {stderr}"));
+    let first = lines
+        .first()
+        .unwrap_or_else(|| panic!("no JSON line: {stderr}"));
     assert_eq!(first["level"], "INFO", "{first}");
     assert_eq!(first["target"], "l4lb", "{first}");
     assert_eq!(first["message"], "starting EAL", "{first}");
-    assert!(first["args"].as_str().unwrap().contains("--no-such-eal-option"));
-    assert!(first["timestamp"].as_str().unwrap().ends_with('Z'), "{first}");
+    assert!(
+        first["args"]
+            .as_str()
+            .unwrap()
+            .contains("--no-such-eal-option")
+    );
+    assert!(
+        first["timestamp"].as_str().unwrap().ends_with('Z'),
+        "{first}"
+    );
 
     let out = l4lb().args(["--log-format", "xml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -357,5 +367,90 @@ fn log_format_json_writes_one_object_a_line() {
         stderr.contains("invalid value 'xml' for '--log-format <FORMAT>'")
             && stderr.contains("[possible values: text, json]"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn every_example_passes_check_and_uses_the_kernel_path() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["one-arm-dr.toml", "tun.toml", "two-arm-nat.toml"]);
+    for name in names {
+        let path = dir.join(&name);
+        let out = l4lb()
+            .arg("--check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            stdout.contains("configuration is valid"),
+            "{name}: {stdout}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("kernel_interface = "), "{name}");
+        assert!(text.contains("health_check = "), "{name}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/l4lb.service"))
+            .unwrap();
+    for line in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "AssertPathIsMountPoint=/dev/hugepages",
+        "AssertPathExists=/dev/vfio/vfio",
+        "ExecStartPre=/usr/bin/l4lb --check --config /etc/l4lb/l4lb.toml",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line}");
+    }
+    // systemd-analyze checks that the programs exist: the built one stands in for
+    // /usr/bin/l4lb, nothing else changes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l4lb.service");
+    let binary = env!("CARGO_BIN_EXE_l4lb");
+    std::fs::write(&path, unit.replace("/usr/bin/l4lb", binary)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("l4lb.service"),
+        "no complaint about the unit: {stderr}"
+    );
+    // A unit with a mistake is refused: the check can fail.
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/l4lb", binary)
+            .replace("Type=notify", "Type=notyfy"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Failed to parse service type"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

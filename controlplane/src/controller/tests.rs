@@ -826,7 +826,11 @@ fn healthz_names_a_stalled_worker_and_a_link_down_and_recovers() {
         (reply.status, v)
     };
     r.c.tick(t0 + Duration::from_millis(100));
-    assert_eq!(health(&mut r).0, 200, "a worker that never beat is not judged");
+    assert_eq!(
+        health(&mut r).0,
+        200,
+        "a worker that never beat is not judged"
+    );
     r.traffic.heartbeats.add(1);
     r.c.tick(t0 + Duration::from_millis(200));
     r.c.tick(t0 + Duration::from_millis(1100));
