@@ -263,10 +263,7 @@ async fn probe(t: &Target) -> Result<(), String> {
             .await
             .map(drop)
             .map_err(|e| format!("tcp connect to {to}: {e}")),
-        CheckKind::Http {
-            path,
-            expect_status,
-        } => http(to, path, *expect_status).await,
+        CheckKind::Http => http(to, &t.check.path, t.check.expect_status).await,
         CheckKind::Udp => udp(to).await,
     }
 }
@@ -466,10 +463,8 @@ mod tests {
             address: open.ip(),
             port,
             check: HealthCheck {
-                kind: CheckKind::Http {
-                    path: "/ready".into(),
-                    expect_status: 200,
-                },
+                kind: CheckKind::Http,
+                path: "/ready".into(),
                 ..HealthCheck::default()
             },
             ..target("a", 0)

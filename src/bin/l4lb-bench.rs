@@ -897,7 +897,9 @@ fn main() -> ExitCode {
     }
     if args.in_netns.is_some() {
         // A new namespace has its loopback down: the API listens there.
-        let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+        let _ = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -67,7 +67,32 @@ impl Appliance {
         eal: &[String],
         env: &[(&str, &str)],
     ) -> Appliance {
-        let mut cmd = l4lb();
+        Appliance::spawn(l4lb(), config, prefix, eal, env)
+    }
+
+    /// Starts it inside network namespace `ns` (`ip netns exec` becomes l4lb: same pid).
+    pub fn start_in(
+        ns: &harness::netns::Namespace,
+        config: &Path,
+        prefix: &str,
+        eal: &[String],
+    ) -> Appliance {
+        Appliance::spawn(
+            ns.command(env!("CARGO_BIN_EXE_l4lb")),
+            config,
+            prefix,
+            eal,
+            &[],
+        )
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        config: &Path,
+        prefix: &str,
+        eal: &[String],
+        env: &[(&str, &str)],
+    ) -> Appliance {
         cmd.arg("--config")
             .arg(config)
             .arg("--")

@@ -373,18 +373,11 @@ impl From<&super::Service> for ServiceSpec {
 
 impl From<&super::HealthCheck> for HealthCheckSpec {
     fn from(h: &super::HealthCheck) -> Self {
-        let (path, expect_status) = match &h.kind {
-            super::CheckKind::Http {
-                path,
-                expect_status,
-            } => (path.clone(), *expect_status),
-            _ => ("/".to_string(), 200),
-        };
         HealthCheckSpec {
             kind: h.kind.name().into(),
             port: h.port,
-            path,
-            expect_status,
+            path: h.path.clone(),
+            expect_status: h.expect_status,
             interval_ms: h.interval.as_millis() as u64,
             timeout_ms: h.timeout.as_millis() as u64,
             rise: h.rise,

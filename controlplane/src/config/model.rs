@@ -115,6 +115,10 @@ pub struct HealthCheck {
     pub kind: CheckKind,
     /// The port probed (None: each backend's own).
     pub port: Option<u16>,
+    /// http: the path asked for and the status that means up (kept, and checked, whatever the
+    /// type: an operator's value is never dropped).
+    pub path: String,
+    pub expect_status: u16,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -126,6 +130,8 @@ impl Default for HealthCheck {
         HealthCheck {
             kind: CheckKind::None,
             port: None,
+            path: "/".into(),
+            expect_status: 200,
             interval: Duration::from_millis(2000),
             timeout: Duration::from_millis(1000),
             rise: 2,
@@ -138,7 +144,7 @@ impl Default for HealthCheck {
 pub enum CheckKind {
     None,
     Tcp,
-    Http { path: String, expect_status: u16 },
+    Http,
     Udp,
 }
 
@@ -147,7 +153,7 @@ impl CheckKind {
         match self {
             CheckKind::None => "none",
             CheckKind::Tcp => "tcp",
-            CheckKind::Http { .. } => "http",
+            CheckKind::Http => "http",
             CheckKind::Udp => "udp",
         }
     }

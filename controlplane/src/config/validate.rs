@@ -594,27 +594,7 @@ fn health_check(e: &mut Errors, h: &HealthCheckSpec, at: &str) -> Option<HealthC
         "none" => Some(CheckKind::None),
         "tcp" => Some(CheckKind::Tcp),
         "udp" => Some(CheckKind::Udp),
-        "http" => {
-            if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                e.add(
-                    join(at, "path"),
-                    format!(
-                        "{:?} is not a path (it starts with / and has no spaces or control characters)",
-                        h.path
-                    ),
-                );
-            }
-            if !(100..=599).contains(&h.expect_status) {
-                e.add(
-                    join(at, "expect_status"),
-                    format!("{} is not an HTTP status (100 to 599)", h.expect_status),
-                );
-            }
-            Some(CheckKind::Http {
-                path: h.path.clone(),
-                expect_status: h.expect_status,
-            })
-        }
+        "http" => Some(CheckKind::Http),
         other => {
             e.add(
                 join(at, "type"),
@@ -623,6 +603,22 @@ fn health_check(e: &mut Errors, h: &HealthCheckSpec, at: &str) -> Option<HealthC
             None
         }
     };
+    // Checked whatever the type: they are kept, and a later change of type uses them.
+    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        e.add(
+            join(at, "path"),
+            format!(
+                "{:?} is not a path (it starts with / and has no spaces or control characters)",
+                h.path
+            ),
+        );
+    }
+    if !(100..=599).contains(&h.expect_status) {
+        e.add(
+            join(at, "expect_status"),
+            format!("{} is not an HTTP status (100 to 599)", h.expect_status),
+        );
+    }
     if h.port == Some(0) {
         e.add(join(at, "port"), "0 is not a port (1 to 65535)");
     }
@@ -649,6 +645,8 @@ fn health_check(e: &mut Errors, h: &HealthCheckSpec, at: &str) -> Option<HealthC
     (e.0.len() == before).then(|| HealthCheck {
         kind: kind.expect("checked"),
         port: h.port,
+        path: h.path.clone(),
+        expect_status: h.expect_status,
         interval: std::time::Duration::from_millis(h.interval_ms),
         timeout: std::time::Duration::from_millis(h.timeout_ms),
         rise: h.rise,

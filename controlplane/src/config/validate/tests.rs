@@ -454,11 +454,10 @@ fn health_checks_on_down_and_the_sorry_backend_are_checked_field_by_field() {
     assert_eq!(
         web.health,
         HealthCheck {
-            kind: CheckKind::Http {
-                path: "/ready".into(),
-                expect_status: 204
-            },
+            kind: CheckKind::Http,
             port: Some(9000),
+            path: "/ready".into(),
+            expect_status: 204,
             interval: std::time::Duration::from_millis(500),
             timeout: std::time::Duration::from_millis(200),
             rise: 1,
@@ -485,6 +484,14 @@ fn health_checks_on_down_and_the_sorry_backend_are_checked_field_by_field() {
         (
             "health_check = { type = \"http\", expect_status = 99 }",
             "services[0].health_check.expect_status: 99 is not an HTTP status (100 to 599)",
+        ),
+        (
+            "health_check = { type = \"none\", expect_status = 99 }",
+            "services[0].health_check.expect_status: 99 is not an HTTP status (100 to 599)",
+        ),
+        (
+            "health_check = { type = \"tcp\", path = \"x y\" }",
+            "services[0].health_check.path: \"x y\" is not a path",
         ),
         (
             "health_check = { type = \"tcp\", port = 0 }",
