@@ -179,6 +179,7 @@ fn per(pairs: &[(&str, usize)]) -> std::collections::BTreeMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
+/// An HTTP check (GET / answered 200) through the kernel path; the inhibit test below uses tcp.
 #[test]
 fn a_backend_whose_server_stops_or_whose_link_goes_down_leaves_rotation_and_comes_back() {
     let svc = checked(
@@ -191,7 +192,7 @@ fn a_backend_whose_server_stops_or_whose_link_goes_down_leaves_rotation_and_come
             8080,
             &[1, 1, 1],
         ),
-        "type = \"tcp\"",
+        "type = \"http\", path = \"/\", expect_status = 200",
         "",
     );
     let mut lab = start_with("hc", Mode::Nat, 3, &kernel_interface("l4k-hc"), &[svc]);
@@ -199,7 +200,7 @@ fn a_backend_whose_server_stops_or_whose_link_goes_down_leaves_rotation_and_come
     let h = health(&lab, 1);
     assert_eq!(
         (h["state"].as_str(), h["check"].as_str()),
-        (Some("up"), Some("tcp")),
+        (Some("up"), Some("http")),
         "{h}"
     );
     let (got, failed) = http(&lab, vip4(80), 30, 31000);
@@ -238,7 +239,7 @@ fn a_backend_whose_server_stops_or_whose_link_goes_down_leaves_rotation_and_come
         .find(|l| l.contains("(id b2)"))
         .unwrap_or_default();
     let refused = format!(
-        "tcp: tcp connect to {}:8080: Connection refused",
+        "http: http connect to {}:8080: Connection refused",
         lab::backend4(1)
     );
     assert!(b2.contains(" DOWN ") && b2.contains(&refused), "{list}");
@@ -288,8 +289,8 @@ fn a_backend_whose_server_stops_or_whose_link_goes_down_leaves_rotation_and_come
     assert_eq!(h["transitions"].as_u64(), Some(2), "{h}");
     let log = lab.l4lb_log();
     for line in [
-        "backend down: 2 tcp probes failed in a row",
-        "backend up: 2 tcp probes succeeded in a row",
+        "backend down: 2 http probes failed in a row",
+        "backend up: 2 http probes succeeded in a row",
         "flows removed: the backend is down",
     ] {
         assert_eq!(log.matches(line).count(), 2, "{line}:\n{log}");
