@@ -242,13 +242,13 @@ async fn probe_loop(t: Target, offset: Duration, results: Sender<ProbeResult>) {
             )),
         };
         debug!(service = %t.service, backend = %t.backend, ?error, "probe");
-        if results
-            .send(ProbeResult {
-                target: t.clone(),
-                error,
-            })
-            .is_err()
-        {
+        // Never block the probe thread: a result the control thread has no room for is
+        // dropped (the next probe counts instead); a closed channel ends the task.
+        let r = ProbeResult {
+            target: t.clone(),
+            error,
+        };
+        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = results.try_send(r) {
             return;
         }
     }
