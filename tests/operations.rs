@@ -475,3 +475,38 @@ fn healthz_turns_503_with_the_reason_while_a_worker_stalls_or_the_link_is_down()
     let done = lab.stop_l4lb().expect("l4lb stops");
     assert!(done.status.success(), "{}", done.stderr);
 }
+
+#[test]
+fn a_udp_check_sees_the_port_unreachable_of_a_stopped_server_through_the_kernel_path() {
+    let svc = checked(
+        service("dns", "udp", (lab::VIP4, 53), "rr", Mode::Nat, 53, &[1, 1]),
+        "type = \"udp\"",
+        "",
+    );
+    let mut lab = start_with("hcu", Mode::Nat, 2, &kernel_interface("l4k-hcu"), &[svc]);
+    all_probed(&lab, 2);
+    assert_eq!(health(&lab, 1)["check"], "udp");
+    // The server stops: its port answers ICMP port unreachable, which reaches the probe's
+    // socket through the dataplane and the kernel interface.
+    lab.stop_server(1);
+    let took = until_state(&lab, 1, "down").expect("b2 goes down");
+    let within = Duration::from_millis(FALL * INTERVAL_MS + TIMEOUT_MS) + SLACK;
+    assert!(took <= within, "down after {took:?}, more than {within:?}");
+    let h = health(&lab, 1);
+    assert!(
+        h["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{h}"
+    );
+    assert_eq!(
+        health(&lab, 0)["state"],
+        "up",
+        "b1 answers (or stays silent): up"
+    );
+    lab.restart_server(&binary("l4lb-demo"), 1).unwrap();
+    until_state(&lab, 1, "up").expect("b2 comes back");
+    let done = lab.stop_l4lb().expect("l4lb stops");
+    assert!(done.status.success(), "{}", done.stderr);
+}
