@@ -255,17 +255,28 @@ impl Controller {
     /// /healthz answer 503.
     pub fn set_links(&mut self, links: &[(u16, bool)]) {
         for &(port, up) in links {
-            let name = self
-                .interfaces
-                .iter()
-                .find(|i| i.port == port)
-                .map_or("", |i| i.name.as_str());
-            if up && self.links_down.remove(&port) {
-                info!(port, name, "link up");
-            } else if !up && self.links_down.insert(port) {
-                warn!(port, name, "link down");
+            let changed = if up {
+                self.links_down.remove(&port)
+            } else {
+                self.links_down.insert(port)
+            };
+            if changed {
+                let name = self.port_name(port);
+                if up {
+                    info!(port, name, "link up");
+                } else {
+                    warn!(port, name, "link down");
+                }
             }
         }
+    }
+
+    /// The DPDK device name of port `port` ("" if it is not one of ours).
+    fn port_name(&self, port: u16) -> &str {
+        self.interfaces
+            .iter()
+            .find(|i| i.port == port)
+            .map_or("", |i| i.name.as_str())
     }
 
     /// Why the appliance is not healthy (empty: it is): a worker that stopped reporting, a
@@ -281,12 +292,8 @@ impl Controller {
                 ));
             }
         }
-        for port in &self.links_down {
-            let name = self
-                .interfaces
-                .iter()
-                .find(|i| i.port == *port)
-                .map_or("", |i| i.name.as_str());
+        for &port in &self.links_down {
+            let name = self.port_name(port);
             reasons.push(format!("port {port} ({name}): link down"));
         }
         if let Some((epoch, e)) = &self.publish_error
