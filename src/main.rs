@@ -521,6 +521,12 @@ fn run(
             })
         })
         .collect::<Result<_, _>>()?;
+    // The backends' connection limits count every worker's connections.
+    let mut states = states;
+    let board = Arc::new(dataplane::sched::ConnBoard::new(n_workers, MAX_BACKENDS));
+    for (i, s) in states.iter_mut().enumerate() {
+        s.flows.join_board(Arc::clone(&board), i);
+    }
     let (command_senders, command_receivers): (Vec<_>, Vec<_>) = (0..n_workers)
         .map(|_| crossbeam_channel::bounded(1024))
         .unzip();

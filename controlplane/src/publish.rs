@@ -17,7 +17,7 @@ use dataplane::addr::MacAddr;
 use dataplane::service::{BackendId, ServiceId};
 use dataplane::shared::SharedSnapshot;
 use dataplane::snapshot::{
-    BackendConfig, InterfaceConfig, ServiceConfig, Snapshot, SnapshotConfig,
+    BackendConfig, InterfaceConfig, ServiceConfig, ServiceOptions, Snapshot, SnapshotConfig,
 };
 
 use crate::config::{Model, Service};
@@ -237,6 +237,8 @@ fn with_sorry(services: &[Service]) -> Vec<Service> {
                     port,
                     weight: 1,
                     enabled: true,
+                    upper_threshold: 0,
+                    lower_threshold: 0,
                 });
             }
             s
@@ -272,6 +274,12 @@ pub fn snapshot_config(
                 scheduler: s.scheduler,
                 forwarding: s.forwarding,
                 maglev_table_size: s.maglev_table_size,
+                options: ServiceOptions {
+                    flags: s.scheduler_flags,
+                    one_packet: s.one_packet,
+                    allow: s.allow.clone(),
+                    deny: s.deny.clone(),
+                },
                 backends: s
                     .backends
                     .iter()
@@ -283,6 +291,8 @@ pub fn snapshot_config(
                         weight: b.weight,
                         enabled: b.enabled && !down.contains(&s.id, &b.id),
                         sorry: b.id == SORRY,
+                        upper_threshold: b.upper_threshold,
+                        lower_threshold: b.lower_threshold,
                     })
                     .collect(),
                 generation: ids.generation(id, s, down),

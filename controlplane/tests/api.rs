@@ -287,9 +287,12 @@ fn services_are_listed_created_changed_and_deleted_and_live_at_once() {
         list[0],
         json!({"id": "web", "protocol": "tcp", "vip": "198.18.0.100", "port": 80,
                "scheduler": "maglev", "forwarding": "nat", "maglev_table_size": 65537,
+               "scheduler_flags": [], "one_packet": false, "allow": [], "deny": [],
                "backends": [
-                 {"id": "web-1", "address": "198.18.0.10", "port": 8080, "weight": 1, "enabled": true},
-                 {"id": "web-2", "address": "198.18.0.11", "port": 8080, "weight": 1, "enabled": true}],
+                 {"id": "web-1", "address": "198.18.0.10", "port": 8080, "weight": 1, "enabled": true,
+                  "upper_threshold": 0, "lower_threshold": 0},
+                 {"id": "web-2", "address": "198.18.0.11", "port": 8080, "weight": 1, "enabled": true,
+                  "upper_threshold": 0, "lower_threshold": 0}],
                "health_check": {"type": "none", "port": null, "path": "/", "expect_status": 200,
                                 "interval_ms": 2000, "timeout_ms": 1000, "rise": 2, "fall": 3},
                "on_down": "remove", "sorry_backend": null})
@@ -564,7 +567,8 @@ fn backends_are_added_drained_and_removed_and_bad_ones_refused() {
     assert_eq!(loc.as_deref(), Some("/api/v1/services/web/backends/web-3"));
     assert_eq!(
         v,
-        json!({"id": "web-3", "address": "198.18.0.12", "port": 80, "weight": 1, "enabled": true}),
+        json!({"id": "web-3", "address": "198.18.0.12", "port": 80, "weight": 1, "enabled": true,
+               "upper_threshold": 0, "lower_threshold": 0}),
         "the port defaults to the service's"
     );
     let snap = api.shared.current();

@@ -45,6 +45,8 @@ fn snapshot_of(scheduler: SchedulerKind, v6: bool) -> Snapshot {
             weight: 1,
             enabled: true,
             sorry: false,
+            upper_threshold: 0,
+            lower_threshold: 0,
         })
         .collect::<Vec<_>>();
     let neighbors = backends
@@ -93,6 +95,7 @@ fn snapshot_of(scheduler: SchedulerKind, v6: bool) -> Snapshot {
                 scheduler,
                 forwarding: ForwardingMode::Nat,
                 maglev_table_size: 65537,
+                options: Default::default(),
                 backends,
                 generation: 1,
             }],

@@ -38,6 +38,7 @@ reasons! {
     UnsupportedProtocol = "unsupported_protocol": "To a VIP, neither TCP, UDP nor ICMP.",
     NoService = "no_service": "To a VIP, but no service on that protocol and port.",
     NoBackend = "no_backend": "The service has no backend that takes new flows.",
+    ClientDenied = "client_denied": "A new flow from a client the service's allow or deny list refuses.",
     NotForUs = "not_for_us": "Not to our addresses or VIPs, and not the reply of a NAT flow.",
     LocalUnsupported = "local_unsupported": "To one of our own addresses, and not something we answer.",
     IcmpUnsupported = "icmp_unsupported": "An ICMP message we neither answer nor forward.",

@@ -41,7 +41,66 @@ pub enum SchedulerKind {
     NeverQueue,
     SourceHash,
     DestinationHash,
+    /// Maglev hashing the whole tuple, as Katran does.
     Maglev,
+    /// The same Maglev table hashing what IPVS's mh hashes: the client's address, and its
+    /// port with the `mh-port` flag.
+    MaglevIpvs,
+    /// IPVS's fo: the available backend of the highest weight.
+    WeightedFailover,
+    /// IPVS's ovf: the available backend of the highest weight whose active connections do not
+    /// exceed its weight.
+    WeightedOverflow,
+    /// IPVS's twos: two backends drawn at random in proportion to their weights, the less
+    /// loaded one.
+    TwoChoices,
+}
+
+/// The flags of the hashing schedulers (ipvsadm `-b`): what sh and mh hash, and whether a
+/// client whose backend is overloaded goes to another one (`*-fallback`) or is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SchedFlags {
+    pub sh_fallback: bool,
+    pub sh_port: bool,
+    pub mh_fallback: bool,
+    pub mh_port: bool,
+}
+
+impl SchedFlags {
+    pub const NAMES: &'static [&'static str] =
+        &["sh-fallback", "sh-port", "mh-fallback", "mh-port"];
+
+    /// Sets the flag of that name.
+    pub fn set(&mut self, name: &str) -> Result<(), UnknownName> {
+        match name {
+            "sh-fallback" => self.sh_fallback = true,
+            "sh-port" => self.sh_port = true,
+            "mh-fallback" => self.mh_fallback = true,
+            "mh-port" => self.mh_port = true,
+            _ => {
+                return Err(UnknownName {
+                    given: name.to_string(),
+                    expected: Self::NAMES,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The names of the flags set, in [`NAMES`](Self::NAMES) order.
+    pub fn names(self) -> Vec<&'static str> {
+        let on = [
+            self.sh_fallback,
+            self.sh_port,
+            self.mh_fallback,
+            self.mh_port,
+        ];
+        Self::NAMES
+            .iter()
+            .zip(on)
+            .filter_map(|(n, on)| on.then_some(*n))
+            .collect()
+    }
 }
 
 /// A name that did not parse, with the names that would have.
@@ -99,6 +158,10 @@ named!(SchedulerKind {
     SourceHash = "sh",
     DestinationHash = "dh",
     Maglev = "maglev",
+    MaglevIpvs = "mh",
+    WeightedFailover = "fo",
+    WeightedOverflow = "ovf",
+    TwoChoices = "twos",
 });
 
 impl Protocol {
@@ -127,12 +190,20 @@ mod tests {
         let e = "fastest".parse::<SchedulerKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "\"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev"
+            "\"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev, mh, fo, ovf, twos"
         );
         assert_eq!(
             "TCP".parse::<Protocol>().unwrap_err().expected,
             &["tcp", "udp"]
         );
         assert_eq!(Protocol::Udp.ip_number(), 17);
+        let mut f = SchedFlags::default();
+        f.set("mh-port").unwrap();
+        f.set("sh-fallback").unwrap();
+        assert_eq!(f.names(), ["sh-fallback", "mh-port"]);
+        assert_eq!(
+            f.set("sh-ports").unwrap_err().to_string(),
+            "\"sh-ports\" is not one of sh-fallback, sh-port, mh-fallback, mh-port"
+        );
     }
 }

@@ -11,7 +11,7 @@ use hashbrown::{HashMap, HashSet};
 use crate::addr::{IpPrefix, MacAddr};
 use crate::flow::{FlowTimeouts, addr_bytes};
 use crate::sched::{self, SchedBackend, Scheduler};
-use crate::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
+use crate::service::{BackendId, ForwardingMode, Protocol, SchedFlags, SchedulerKind, ServiceId};
 
 /// An interface as the packet path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,21 @@ pub struct BackendConfig {
     pub enabled: bool,
     /// The sorry backend: it takes new flows only while no other backend of the service does.
     pub sorry: bool,
+    /// Connection limits (ipvsadm `-x`, `-y`; 0: none): see [`crate::sched::ConnBoard`].
+    pub upper_threshold: u32,
+    pub lower_threshold: u32,
+}
+
+/// What a service does beyond scheduling and forwarding.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceOptions {
+    /// The sh and mh flags.
+    pub flags: SchedFlags,
+    /// UDP: every datagram is scheduled on its own and no flow is kept (ipvsadm `--ops`).
+    pub one_packet: bool,
+    /// Clients that may open flows (empty: all) and those that may not (deny wins).
+    pub allow: Vec<IpPrefix>,
+    pub deny: Vec<IpPrefix>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +64,7 @@ pub struct ServiceConfig {
     pub scheduler: SchedulerKind,
     pub forwarding: ForwardingMode,
     pub maglev_table_size: u32,
+    pub options: ServiceOptions,
     pub backends: Vec<BackendConfig>,
     /// Changes whenever backends or weights change (round-robin cursors restart on it).
     pub generation: u64,
@@ -117,9 +133,35 @@ pub struct Service {
     /// kinds): a backend a handshake's ACK finds again from its tuple alone.
     pub by_hash: sched::WeightedHash,
     key: ServiceKey,
+    /// `options.allow` and `options.deny` as (network, mask) of the 16-byte form.
+    allow: Box<[(u128, u128)]>,
+    deny: Box<[(u128, u128)]>,
+}
+
+/// A prefix as (network, mask) of the 16-byte form (IPv4 mapped).
+fn prefix_bits(p: &IpPrefix) -> (u128, u128) {
+    let len = u32::from(p.len) + if p.addr.is_ipv4() { 96 } else { 0 };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
+    (u128::from_be_bytes(addr_bytes(p.addr)) & mask, mask)
 }
 
 impl Service {
+    /// The service's allow and deny lists let `client` open a flow (deny wins; an empty allow
+    /// list allows every client).
+    #[inline]
+    pub fn admits(&self, client: &[u8; 16]) -> bool {
+        if self.allow.is_empty() && self.deny.is_empty() {
+            return true;
+        }
+        let a = u128::from_be_bytes(*client);
+        let within = |l: &[(u128, u128)]| l.iter().any(|&(net, mask)| a & mask == net);
+        (self.allow.is_empty() || within(&self.allow)) && !within(&self.deny)
+    }
+
     /// True if a flow with `key` is one of this service's.
     #[inline]
     pub fn matches(&self, key: &crate::flow::FlowKey) -> bool {
@@ -195,6 +237,9 @@ pub struct Snapshot {
     failed: HashSet<[u8; 16]>,
     /// Per backend id: its route, resolved once here instead of for every packet.
     backend_routes: Vec<Option<Route>>,
+    /// The backends of one-packet NAT services, by (protocol, address, port): their replies
+    /// find no flow and are translated back from this (service index, backend).
+    one_packet_replies: HashMap<(u8, [u8; 16], u16), (u32, BackendId)>,
 }
 
 impl Snapshot {
@@ -280,6 +325,7 @@ impl Snapshot {
             neighbors,
             failed,
             backend_routes: Vec::new(),
+            one_packet_replies: HashMap::new(),
             by_id: Vec::new(),
             vip_filter: [0; 4],
         };
@@ -327,6 +373,7 @@ impl Snapshot {
             let reusable = previous.and_then(|p| p.service_by_id(s.id)).filter(|p| {
                 let c = &p.config;
                 c.scheduler == s.scheduler
+                    && c.options.flags == s.options.flags
                     && c.maglev_table_size == s.maglev_table_size
                     && c.generation == s.generation
                     && c.backends.len() == weights.len()
@@ -340,13 +387,23 @@ impl Snapshot {
                 Some(p) => Arc::clone(&p.scheduler),
                 None => Arc::from(sched::build(
                     s.scheduler,
+                    s.options.flags,
                     &weights,
                     s.maglev_table_size,
                     s.generation,
                 )),
             };
             let by_hash = sched::WeightedHash::new(sched_backends.iter().map(|b| b.weight));
+            if s.options.one_packet && s.forwarding == ForwardingMode::Nat {
+                for b in &s.backends {
+                    snap.one_packet_replies
+                        .entry((key.protocol, addr_bytes(b.address), b.port))
+                        .or_insert((snap.services.len() as u32, b.id));
+                }
+            }
             snap.services.push(Service {
+                allow: s.options.allow.iter().map(prefix_bits).collect(),
+                deny: s.options.deny.iter().map(prefix_bits).collect(),
                 config: s,
                 sched_backends,
                 scheduler,
@@ -409,6 +466,22 @@ impl Snapshot {
     pub fn service_by_id(&self, id: ServiceId) -> Option<&Service> {
         let i = *self.by_id.get(id.0 as usize)?;
         self.services.get(i as usize)
+    }
+
+    /// The one-packet NAT service and backend whose endpoint (`protocol`, `addr`, `port`) sent a
+    /// reply that no flow knows.
+    #[inline]
+    pub fn one_packet_reply(
+        &self,
+        protocol: u8,
+        addr: &[u8; 16],
+        port: u16,
+    ) -> Option<(&Service, BackendId)> {
+        if self.one_packet_replies.is_empty() {
+            return None;
+        }
+        let &(i, b) = self.one_packet_replies.get(&(protocol, *addr, port))?;
+        Some((&self.services[i as usize], b))
     }
 
     #[inline]

@@ -47,6 +47,7 @@ fn snapshot() -> Snapshot {
             scheduler: *scheduler,
             forwarding: *forwarding,
             maglev_table_size: 251,
+            options: Default::default(),
             backends: (0..4)
                 .map(|b| BackendConfig {
                     id: BackendId(s as u32 * 4 + b),
@@ -56,6 +57,8 @@ fn snapshot() -> Snapshot {
                     weight: 1 + b,
                     enabled: true,
                     sorry: false,
+                    upper_threshold: 0,
+                    lower_threshold: 0,
                 })
                 .collect(),
             generation: 1,

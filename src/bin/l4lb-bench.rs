@@ -444,6 +444,15 @@ fn measure(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The ports exist before forwarding starts (testpmd's --auto-start comes after them): the
+    // warm-up counts from the first packet received, so a slow start on a loaded machine is not
+    // measured as a rate of zero.
+    while ports(prefix).is_some_and(|p| p[0].ipackets == 0) {
+        if !proc_.is_running() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_secs_f64(args.warmup));
     at_start();
     let start = ports(prefix).ok_or_else(|| format!("{label}: telemetry went away"))?;

@@ -272,7 +272,10 @@ mod tests {
             (
                 "scheduler",
                 "SchedulerName",
-                vec!["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "maglev"],
+                vec![
+                    "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "maglev", "mh", "fo", "ovf",
+                    "twos",
+                ],
             ),
         ] {
             let r = service[field].to_string();

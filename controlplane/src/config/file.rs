@@ -175,6 +175,22 @@ pub struct ServiceSpec {
     #[serde(default = "default_scheduler")]
     #[schema(value_type = SchedulerName, default = "wlc")]
     pub scheduler: String,
+    /// The sh and mh flags (ipvsadm `-b`): `sh-port` and `mh-port` hash the client's port
+    /// too; `sh-fallback` and `mh-fallback` send a client whose backend is overloaded to
+    /// another one instead of refusing it.
+    #[serde(default)]
+    #[schema(value_type = Vec<SchedulerFlagName>)]
+    pub scheduler_flags: Vec<String>,
+    /// udp: every datagram is scheduled on its own and no flow is kept (ipvsadm `--ops`).
+    #[serde(default)]
+    pub one_packet: bool,
+    /// Client prefixes that may open flows (CIDR, of the vip's family; empty: every client).
+    #[serde(default)]
+    #[schema(examples(json!(["198.18.0.0/24"])))]
+    pub allow: Vec<String>,
+    /// Client prefixes that may not (a client in both lists is denied).
+    #[serde(default)]
+    pub deny: Vec<String>,
     #[serde(default = "default_forwarding")]
     #[schema(value_type = ForwardingName, default = "nat")]
     pub forwarding: String,
@@ -294,6 +310,23 @@ pub enum SchedulerName {
     sh,
     dh,
     maglev,
+    mh,
+    fo,
+    ovf,
+    twos,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum SchedulerFlagName {
+    #[schema(rename = "sh-fallback")]
+    ShFallback,
+    #[schema(rename = "sh-port")]
+    ShPort,
+    #[schema(rename = "mh-fallback")]
+    MhFallback,
+    #[schema(rename = "mh-port")]
+    MhPort,
 }
 
 #[derive(utoipa::ToSchema)]
@@ -340,6 +373,16 @@ pub struct BackendSpec {
     pub weight: u32,
     #[serde(default = "default_enabled")]
     pub enabled: bool,
+    /// No new flows while the backend has this many connections (active and inactive, on all
+    /// workers; ipvsadm `-x`); 0: no limit.
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub upper_threshold: u32,
+    /// New flows again once below this many (ipvsadm `-y`); 0: below three quarters of
+    /// `upper_threshold`, as IPVS.
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub lower_threshold: u32,
 }
 
 fn default_weight() -> u32 {
@@ -358,6 +401,15 @@ impl From<&super::Service> for ServiceSpec {
             vip: s.vip.to_string(),
             port: s.port,
             scheduler: s.scheduler.to_string(),
+            scheduler_flags: s
+                .scheduler_flags
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            one_packet: s.one_packet,
+            allow: s.allow.iter().map(ToString::to_string).collect(),
+            deny: s.deny.iter().map(ToString::to_string).collect(),
             forwarding: s.forwarding.to_string(),
             maglev_table_size: s.maglev_table_size,
             backends: s.backends.iter().map(BackendSpec::from).collect(),
@@ -394,6 +446,8 @@ impl From<&super::Backend> for BackendSpec {
             port: Some(b.port),
             weight: b.weight,
             enabled: b.enabled,
+            upper_threshold: b.upper_threshold,
+            lower_threshold: b.lower_threshold,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 pub use dataplane::addr::{IpPrefix, MacAddr};
 pub use dataplane::flow::FlowTimeouts;
-pub use dataplane::service::{ForwardingMode, Protocol, SchedulerKind};
+pub use dataplane::service::{ForwardingMode, Protocol, SchedFlags, SchedulerKind};
 pub use dataplane::snapshot::HostReplies;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +100,11 @@ pub struct Service {
     pub vip: IpAddr,
     pub port: u16,
     pub scheduler: SchedulerKind,
+    pub scheduler_flags: SchedFlags,
+    pub one_packet: bool,
+    /// Client prefixes that may open flows (empty: all), and those that may not.
+    pub allow: Vec<IpPrefix>,
+    pub deny: Vec<IpPrefix>,
     pub forwarding: ForwardingMode,
     pub maglev_table_size: u32,
     pub backends: Vec<Backend>,
@@ -185,4 +190,7 @@ pub struct Backend {
     pub port: u16,
     pub weight: u32,
     pub enabled: bool,
+    /// Connection limits (0: none).
+    pub upper_threshold: u32,
+    pub lower_threshold: u32,
 }

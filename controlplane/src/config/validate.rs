@@ -463,6 +463,9 @@ fn validate_services(e: &mut Errors, specs: &[ServiceSpec], path: &str) -> Optio
     let before = e.0.len();
     let mut ids: HashMap<&str, usize> = HashMap::new();
     let mut endpoints: HashMap<(Protocol, IpAddr, u16), usize> = HashMap::new();
+    // One-packet NAT services keep no flow: a reply finds its service by the backend's
+    // endpoint, which must then name one service only.
+    let mut one_packet: HashMap<(Protocol, IpAddr, u16), usize> = HashMap::new();
     let mut services = Vec::new();
     for (i, s) in specs.iter().enumerate() {
         let at = format!("{path}[{i}]");
@@ -483,6 +486,24 @@ fn validate_services(e: &mut Errors, specs: &[ServiceSpec], path: &str) -> Optio
                     svc.protocol, svc.vip, s.port, specs[first].id
                 ),
             );
+        }
+        if let Some(svc) = &service
+            && svc.one_packet
+            && svc.forwarding == ForwardingMode::Nat
+        {
+            for (j, b) in svc.backends.iter().enumerate() {
+                if let Some(first) = one_packet.insert((svc.protocol, b.address, b.port), i)
+                    && first != i
+                {
+                    e.add(
+                        format!("{at}.backends[{j}]"),
+                        format!(
+                            "{} port {} is also a backend of the one-packet nat service {path}[{first}] ({:?}): its replies could not tell the services apart",
+                            b.address, b.port, specs[first].id
+                        ),
+                    );
+                }
+            }
         }
         services.extend(service);
     }
@@ -536,6 +557,15 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
             .parse::<ForwardingMode>()
             .map_err(|x| x.to_string()),
     );
+    let scheduler_flags = scheduler_flags(e, &s.scheduler_flags, scheduler, at);
+    if s.one_packet && protocol == Some(Protocol::Tcp) {
+        e.add(
+            join(at, "one_packet"),
+            "is for udp services (ipvsadm --ops): a TCP connection needs its flow",
+        );
+    }
+    let allow = client_prefixes(e, &s.allow, &join(at, "allow"), vip);
+    let deny = client_prefixes(e, &s.deny, &join(at, "deny"), vip);
     let m = s.maglev_table_size;
     if !is_prime(m) || m > MAX_MAGLEV_TABLE_SIZE || (m as usize) < s.backends.len() {
         e.add(
@@ -578,6 +608,10 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         vip: vip?,
         port: s.port,
         scheduler: scheduler?,
+        scheduler_flags: scheduler_flags?,
+        one_packet: s.one_packet,
+        allow: allow?,
+        deny: deny?,
         forwarding: forwarding?,
         maglev_table_size: m,
         backends: backends?,
@@ -585,6 +619,91 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         on_down: on_down?,
         sorry,
     })
+}
+
+/// `scheduler_flags`: known names, each for the scheduler it belongs to.
+fn scheduler_flags(
+    e: &mut Errors,
+    names: &[String],
+    scheduler: Option<SchedulerKind>,
+    at: &str,
+) -> Option<SchedFlags> {
+    let before = e.0.len();
+    let mut flags = SchedFlags::default();
+    for (i, name) in names.iter().enumerate() {
+        let field = join(at, &format!("scheduler_flags[{i}]"));
+        if let Err(x) = flags.set(name) {
+            e.add(field, x.to_string());
+            continue;
+        }
+        let Some(kind) = scheduler else { continue };
+        let fits = match name.as_str() {
+            "sh-fallback" | "sh-port" => kind == SchedulerKind::SourceHash,
+            "mh-fallback" => matches!(kind, SchedulerKind::MaglevIpvs | SchedulerKind::Maglev),
+            _ => kind == SchedulerKind::MaglevIpvs,
+        };
+        if !fits {
+            let why = if name == "mh-port" && kind == SchedulerKind::Maglev {
+                " (maglev hashes the whole tuple, the port with it; mh hashes the address only unless mh-port)".to_string()
+            } else {
+                format!(" (the scheduler is {kind})")
+            };
+            e.add(
+                field,
+                format!("{name} is a flag of the {} scheduler{why}", &name[..2]),
+            );
+        }
+    }
+    (e.0.len() == before).then_some(flags)
+}
+
+/// At most this many prefixes in an `allow` or a `deny` list (each new flow reads the lists).
+pub const MAX_CLIENT_PREFIXES: usize = 256;
+
+/// `allow` and `deny`: prefixes of the vip's family (a bare address is one host).
+fn client_prefixes(
+    e: &mut Errors,
+    list: &[String],
+    at: &str,
+    vip: Option<IpAddr>,
+) -> Option<Vec<IpPrefix>> {
+    let before = e.0.len();
+    if list.len() > MAX_CLIENT_PREFIXES {
+        e.add(
+            at,
+            format!("{} prefixes; at most {MAX_CLIENT_PREFIXES}", list.len()),
+        );
+    }
+    let mut out = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        let field = format!("{at}[{i}]");
+        let parsed = if text.contains('/') {
+            text.parse::<IpPrefix>()
+        } else {
+            ip(text).map(|a| IpPrefix {
+                addr: a,
+                len: IpPrefix::max_len(a),
+            })
+        };
+        let Some(p) = e.parse(field.clone(), parsed) else {
+            continue;
+        };
+        if let Some(v) = vip
+            && v.is_ipv4() != p.addr.is_ipv4()
+        {
+            e.add(
+                field,
+                format!(
+                    "{text} is {}, the service's vip {v} is {}",
+                    family(p.addr),
+                    family(v)
+                ),
+            );
+            continue;
+        }
+        out.push(p.network());
+    }
+    (e.0.len() == before).then_some(out)
 }
 
 /// `health_check`: its type, and timings a prober can keep (a timeout within the interval).
@@ -747,6 +866,20 @@ fn validate_backends(
                 ),
             );
         }
+        if b.lower_threshold > 0 && b.upper_threshold == 0 {
+            e.add(
+                format!("{at}.lower_threshold"),
+                "needs an upper_threshold (new flows stop at the upper one and start again below the lower one)",
+            );
+        } else if b.lower_threshold > b.upper_threshold {
+            e.add(
+                format!("{at}.lower_threshold"),
+                format!(
+                    "{} is above the upper_threshold {}",
+                    b.lower_threshold, b.upper_threshold
+                ),
+            );
+        }
         if let Some((address, port)) = address {
             backends.push(Backend {
                 id: b.id.clone(),
@@ -754,6 +887,8 @@ fn validate_backends(
                 port,
                 weight: b.weight,
                 enabled: b.enabled,
+                upper_threshold: b.upper_threshold,
+                lower_threshold: b.lower_threshold,
             });
         }
     }

@@ -42,6 +42,27 @@ fn fields(old: &Value, new: &Value, skip: &str) -> Vec<String> {
         .collect()
 }
 
+/// Keys an added object shows only when they are set (not empty, false or 0): what most
+/// services and backends leave alone.
+const SHOWN_WHEN_SET: [&str; 6] = [
+    "scheduler_flags",
+    "one_packet",
+    "allow",
+    "deny",
+    "upper_threshold",
+    "lower_threshold",
+];
+
+fn unset(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => a.is_empty(),
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_u64() == Some(0),
+        Value::Null => true,
+        _ => false,
+    }
+}
+
 /// A whole object in one parenthesis: `(address 198.18.0.12, port 8080, weight 1)`.
 fn summary(v: &Value, skip: &[&str]) -> String {
     let Value::Object(m) = v else {
@@ -50,6 +71,7 @@ fn summary(v: &Value, skip: &[&str]) -> String {
     let parts: Vec<String> = m
         .iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
+        .filter(|(k, v)| !(SHOWN_WHEN_SET.contains(&k.as_str()) && unset(v)))
         .map(|(k, v)| match v {
             Value::Object(_) => format!("{k} {}", summary(v, &[])),
             _ => format!("{k} {}", text(v)),

@@ -25,7 +25,9 @@
 
 use super::FlowKey;
 use super::index::{FlowIndex, KeyHasher};
-use crate::sched::{ConnSource, Conns};
+use std::sync::Arc;
+
+use crate::sched::{ConnBoard, ConnSource, Conns};
 use crate::service::{BackendId, ServiceId};
 use crate::wire::tcp;
 
@@ -253,6 +255,10 @@ pub struct FlowTable {
     /// When (the caller's clock) a half-open flow was last evicted.
     syn_evicted_at: Option<u32>,
     conns: Vec<Conns>,
+    /// The connection counts every worker shares for the backends' limits, and this table's
+    /// row in it.
+    board: Arc<ConnBoard>,
+    board_row: usize,
     endpoints: Vec<Endpoint>,
     stats: FlowTableStats,
 }
@@ -345,6 +351,8 @@ impl FlowTable {
             swept_clean_at: None,
             syn_evicted_at: None,
             conns: vec![Conns::default(); max_backends as usize],
+            board: Arc::new(ConnBoard::new(1, max_backends)),
+            board_row: 0,
             endpoints: vec![Endpoint::default(); max_backends as usize],
             stats: FlowTableStats::default(),
         })
@@ -565,6 +573,7 @@ impl FlowTable {
             debug_assert!(added);
         }
         self.count_in(backend, state);
+        self.bind(backend, true);
         self.link_tail(slot);
         self.stats.created += 1;
         Ok(slot)
@@ -580,6 +589,7 @@ impl FlowTable {
                 .remove(self.hash_reply(&self.reply_key_of(&f)), slot);
         }
         self.count_out(f.backend, f.state);
+        self.bind(f.backend, false);
         self.unlink(slot);
         let e = &mut self.slots[slot as usize];
         e.next = self.free;
@@ -707,6 +717,34 @@ impl FlowTable {
         })
     }
 
+    /// A flow of `b` created (`bound`) or removed: the shared board learns this table's count.
+    #[inline]
+    fn bind(&self, b: BackendId, bound: bool) {
+        let c = self.conns[b.0 as usize];
+        self.board
+            .record(self.board_row, b, c.active + c.inactive, bound);
+    }
+
+    /// Joins the board every worker shares, as its row `row` (before the first flow).
+    pub fn join_board(&mut self, board: Arc<ConnBoard>, row: usize) {
+        debug_assert!(self.is_empty());
+        self.board = board;
+        self.board_row = row;
+    }
+
+    /// Where backend `b` is (what [`endpoint`](Self::endpoint) answers), for a packet sent to
+    /// it without a flow (one-packet scheduling).
+    #[inline]
+    pub fn set_endpoint(&mut self, b: BackendId, endpoint: Endpoint) {
+        if let Some(e) = self.endpoints.get_mut(b.0 as usize) {
+            *e = endpoint;
+        }
+    }
+
+    pub fn board(&self) -> &ConnBoard {
+        &self.board
+    }
+
     fn count_in(&mut self, b: BackendId, s: FlowState) {
         let c = &mut self.conns[b.0 as usize];
         if s.is_active() {
@@ -770,6 +808,11 @@ impl ConnSource for FlowTable {
             .get(backend.0 as usize)
             .copied()
             .unwrap_or_default()
+    }
+
+    #[inline]
+    fn overloaded(&self, backend: BackendId) -> bool {
+        self.board.overloaded(backend)
     }
 }
 

@@ -199,6 +199,11 @@ fn established_v4_inner<P: PacketBuf>(
         return Err(Fast::Other); // the general path's lookup removes it
     }
     let f = w.flows.get(slot);
+    if let Some(flags) = tcp_flags
+        && super::flow::reuses_tuple(flags, f.state)
+    {
+        return Err(Fast::Other); // a new connection on a closing flow's tuple
+    }
     let backend = f.backend;
     let svc = snap
         .service_by_id(f.service)

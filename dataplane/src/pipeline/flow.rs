@@ -1,5 +1,11 @@
 //! A client's packet to a VIP: its service and its flow. An established flow keeps its
-//! backend; a new one asks the service's scheduler and is kept in the flow table.
+//! backend; a new one asks the service's scheduler and is kept in the flow table (but for a
+//! one-packet service's datagrams, each scheduled on its own).
+//!
+//! A SYN that reuses the tuple of a flow that is closing (FIN or RST seen) is a new
+//! connection: the old flow goes and the SYN is scheduled at once, as IPVS's conn_reuse_mode
+//! wants it (without IPVS's dropped first SYN, which costs the client a one-second
+//! retransmission).
 
 use super::{Action, Ctx, Ip, L4, egress, owner};
 use crate::drop_reason::DropReason;
@@ -8,6 +14,7 @@ use crate::packet::PacketBuf;
 use crate::sched::PickInput;
 use crate::service::ForwardingMode;
 use crate::snapshot::{Service, ServiceKey};
+use crate::wire::tcp;
 
 /// Flow-table sweeping done along with each new flow, so expiry keeps up with creation.
 const SWEEP_PER_NEW_FLOW: usize = 4;
@@ -35,11 +42,15 @@ pub(super) fn to_vip<P: PacketBuf>(
         .then(|| cx.w.flows.lookup(&key, cx.now))
         .flatten()
     {
-        let (service, backend) = {
+        let (service, backend, state) = {
             let f = cx.w.flows.get(slot);
-            (f.service, f.backend)
+            (f.service, f.backend, f.state)
         };
         match cx.snap.service_by_id(service).filter(|s| s.matches(&key)) {
+            // A new connection on the tuple of one that is closing: scheduled afresh.
+            Some(_) if l4.tcp_flags.is_some_and(|f| reuses_tuple(f, state)) => {
+                cx.w.flows.remove(slot);
+            }
             Some(svc) => {
                 cx.w.flows.touch(slot, l4.tcp_flags, cx.now);
                 return Some(egress::forward_to_backend(
@@ -59,6 +70,13 @@ pub(super) fn to_vip<P: PacketBuf>(
     Some(new_flow(pkt, cx, p, l4, key, svc))
 }
 
+/// A segment with these `flags` on a flow in `state` opens a new connection on its tuple: a SYN
+/// without ACK after a FIN or a RST.
+#[inline(always)]
+pub(super) fn reuses_tuple(flags: u8, state: FlowState) -> bool {
+    flags & (tcp::SYN | tcp::ACK) == tcp::SYN && matches!(state, FlowState::Fin | FlowState::Closed)
+}
+
 /// Client to VIP, first packet of a flow: the scheduler picks a backend and the flow is kept.
 #[inline(always)]
 fn new_flow<P: PacketBuf>(
@@ -71,6 +89,9 @@ fn new_flow<P: PacketBuf>(
 ) -> Result<Action, DropReason> {
     if cx.snap.is_martian_source(&p.ip.src, p.ip.v6) {
         return Err(DropReason::MartianSource);
+    }
+    if !svc.admits(&key.client) {
+        return Err(DropReason::ClientDenied);
     }
     let mode = svc.config.forwarding;
     let w = &mut *cx.w;
@@ -113,6 +134,16 @@ fn new_flow<P: PacketBuf>(
         addr: crate::flow::addr_bytes(b.address),
         port: b.port,
     };
+    if state == FlowState::Udp && svc.config.options.one_packet {
+        w.flows.set_endpoint(b.id, endpoint);
+        // Scheduled on its own; no flow is kept (NAT replies find the service by their
+        // source, `Snapshot::one_packet_reply`).
+        if let Some((s, c)) = w.traffic.of(svc.config.id, b.id) {
+            s.new_flows.add(1);
+            c.new_flows.add(1);
+        }
+        return egress::forward_to_backend(pkt, cx, p.l2, &p.ip, svc, b.id);
+    }
     w.flows.sweep(cx.now, SWEEP_PER_NEW_FLOW);
     let new = NewFlow {
         key,

@@ -28,14 +28,23 @@ pub(super) fn reply<P: PacketBuf>(
         client_port: l4.dport,
     };
     let flows = &mut cx.w.flows;
-    let Some(slot) = flows.lookup_reply(&rk, cx.now) else {
-        // Transit: the kernel routes it, if there is one and its forwarding is on.
-        return cx.kernel_or(DropReason::NotForUs);
-    };
-    flows.touch(slot, l4.tcp_flags, cx.now);
-    let (service, backend, vip, vip_port) = {
-        let f = flows.get(slot);
-        (f.service, f.backend, f.key.vip, f.key.vip_port)
+    let (service, backend, vip, vip_port) = match flows.lookup_reply(&rk, cx.now) {
+        Some(slot) => {
+            flows.touch(slot, l4.tcp_flags, cx.now);
+            let f = flows.get(slot);
+            (f.service, f.backend, f.key.vip, f.key.vip_port)
+        }
+        None => match cx.snap.one_packet_reply(ip.proto, &ip.src, l4.sport) {
+            // A one-packet service keeps no flow: its backend's endpoint names it.
+            Some((svc, b)) => (
+                svc.config.id,
+                b,
+                crate::flow::addr_bytes(svc.config.vip),
+                svc.config.port,
+            ),
+            // Transit: the kernel routes it, if there is one and its forwarding is on.
+            None => return cx.kernel_or(DropReason::NotForUs),
+        },
     };
     let len = pkt.data().len();
     forward::rewrite_endpoint(

@@ -86,11 +86,17 @@ impl WorkerState {
     }
 
     /// Takes up what a new snapshot changes of the worker's own state: the flow timeouts (a
-    /// reload of `[timeouts]`), from the next expiry check on. Called when the snapshot
+    /// reload of `[timeouts]`), from the next expiry check on, and the backends' connection
+    /// limits. Called when the snapshot
     /// changes, between bursts.
     pub fn adopt(&mut self, snapshot: &Snapshot) {
         if self.flows.timeouts() != snapshot.timeouts {
             self.flows.set_timeouts(snapshot.timeouts);
+        }
+        // The backends' connection limits (every worker writes the same values).
+        let board = self.flows.board();
+        for b in snapshot.services.iter().flat_map(|s| &s.config.backends) {
+            board.set_limits(b.id, b.upper_threshold, b.lower_threshold);
         }
     }
 

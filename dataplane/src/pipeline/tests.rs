@@ -326,6 +326,8 @@ fn backend(id: u32, name: &str, addr: &str, port: u16) -> BackendConfig {
         weight: 1,
         enabled: true,
         sorry: false,
+        upper_threshold: 0,
+        lower_threshold: 0,
     }
 }
 
@@ -363,6 +365,7 @@ pub(super) fn config(workers: u16) -> SnapshotConfig {
                     scheduler: SchedulerKind::RoundRobin,
                     forwarding: mode,
                     maglev_table_size: 251,
+                    options: Default::default(),
                     backends: vec![b],
                     generation: 1,
                 });

@@ -6,9 +6,69 @@
 //! shares exact to one bucket, and only backends that take new flows are in it.
 
 use super::{Cursor, PickInput, Scheduler};
-use crate::flow::address_hash;
+use crate::flow::{FlowKey, address_hash};
+use crate::hash::{fmix64, seed, stable_hash};
 
 const BUCKETS: usize = 4096;
+
+/// What a hashing scheduler hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashOf {
+    /// The client's address (IPVS's sh and mh).
+    Client,
+    /// The client's address and port (`sh-port`, `mh-port`).
+    ClientAndPort,
+    /// The whole tuple (Katran's Maglev).
+    Tuple,
+}
+
+/// How a hashing scheduler (sh, mh, maglev) reads a flow, and what it does when the backend
+/// hashed to may not take it (overloaded): refuse the flow, as IPVS does, or with `fallback`
+/// (`sh-fallback`, `mh-fallback`) hash again with a growing offset until an available backend
+/// comes up, as IPVS's `ip_vs_sh_get_fallback` and `ip_vs_mh_get_fallback` do (at most one
+/// try per slot of the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashed {
+    pub what: HashOf,
+    pub fallback: bool,
+}
+
+impl Hashed {
+    #[inline]
+    pub fn hash(self, flow: &FlowKey) -> u64 {
+        match self.what {
+            HashOf::Client => address_hash(&flow.client),
+            HashOf::ClientAndPort => {
+                let mut b = [0u8; 18];
+                b[..16].copy_from_slice(&flow.client);
+                b[16..].copy_from_slice(&flow.client_port.to_be_bytes());
+                stable_hash(seed::ADDRESS, &b)
+            }
+            HashOf::Tuple => flow.stable_hash(),
+        }
+    }
+
+    /// The backend for the flow, given a table's `lookup` of `slots` slots.
+    #[inline]
+    pub fn pick(
+        self,
+        input: &PickInput<'_>,
+        slots: usize,
+        lookup: impl Fn(u64) -> Option<usize>,
+    ) -> Option<usize> {
+        let h = self.hash(input.flow);
+        let first = lookup(h)?;
+        if input.available(first) {
+            return Some(first);
+        }
+        if !self.fallback || !input.any_available() {
+            return None;
+        }
+        (1..=slots as u64).find_map(|offset| {
+            lookup(fmix64(h.wrapping_add(offset))).filter(|&i| input.available(i))
+        })
+    }
+}
 
 #[derive(Debug)]
 pub struct HashTable {
@@ -46,11 +106,11 @@ impl HashTable {
 }
 
 #[derive(Debug)]
-pub struct SourceHash(pub HashTable);
+pub struct SourceHash(pub HashTable, pub Hashed);
 
 impl Scheduler for SourceHash {
     fn pick(&self, input: &PickInput<'_>, _: &mut Cursor) -> Option<usize> {
-        self.0.lookup(address_hash(&input.flow.client))
+        self.1.pick(input, BUCKETS, |h| self.0.lookup(h))
     }
 
     fn is_per_flow(&self) -> bool {
@@ -63,7 +123,10 @@ pub struct DestinationHash(pub HashTable);
 
 impl Scheduler for DestinationHash {
     fn pick(&self, input: &PickInput<'_>, _: &mut Cursor) -> Option<usize> {
-        self.0.lookup(address_hash(&input.flow.vip))
+        // IPVS's dh has no fallback: an overloaded backend refuses the flow.
+        self.0
+            .lookup(address_hash(&input.flow.vip))
+            .filter(|&i| input.available(i))
     }
 
     fn is_per_flow(&self) -> bool {
@@ -108,22 +171,105 @@ impl WeightedHash {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Counts, backends, flow};
+    use super::super::testing::{Counts, backends, counts, flow};
     use super::super::{Cursor, PickInput, Scheduler};
     use super::*;
     use crate::flow::FlowKey;
-    use std::collections::HashMap;
 
     fn pick(s: &dyn Scheduler, weights: &[u32], f: &FlowKey) -> Option<usize> {
+        pick_with(s, weights, f, &Counts::default())
+    }
+
+    fn pick_with(s: &dyn Scheduler, weights: &[u32], f: &FlowKey, c: &Counts) -> Option<usize> {
         let b = backends(weights);
         s.pick(
             &PickInput {
                 backends: &b,
                 flow: f,
-                conns: &Counts(HashMap::new()),
+                conns: c,
             },
             &mut Cursor::default(),
         )
+    }
+
+    const CLIENT: Hashed = Hashed {
+        what: HashOf::Client,
+        fallback: false,
+    };
+
+    fn sh(w: &[u32], hashed: Hashed) -> SourceHash {
+        SourceHash(HashTable::new(w), hashed)
+    }
+
+    #[test]
+    fn sh_port_hashes_the_port_too() {
+        let w = [1, 1, 1, 1];
+        let s = sh(
+            &w,
+            Hashed {
+                what: HashOf::ClientAndPort,
+                fallback: false,
+            },
+        );
+        let f = flow(5);
+        let backends: std::collections::HashSet<_> = (0..64u16)
+            .map(|p| {
+                let mut g = f;
+                g.client_port = 2000 + p;
+                pick(&s, &w, &g).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            backends.len(),
+            4,
+            "64 ports of one client reach every backend"
+        );
+        assert_eq!(pick(&s, &w, &f), pick(&s, &w, &f));
+    }
+
+    #[test]
+    fn an_overloaded_backend_refuses_its_clients_unless_they_fall_back() {
+        let w = [1, 1, 1];
+        let strict = sh(&w, CLIENT);
+        let lenient = sh(
+            &w,
+            Hashed {
+                what: HashOf::Client,
+                fallback: true,
+            },
+        );
+        let mut moved = 0;
+        for i in 0..300 {
+            let f = flow(i);
+            let home = pick(&strict, &w, &f).unwrap() as u32;
+            let over = counts(&[], &[home]);
+            assert_eq!(
+                pick_with(&strict, &w, &f, &over),
+                None,
+                "IPVS: no fallback, no backend"
+            );
+            let other = pick_with(&lenient, &w, &f, &over).unwrap();
+            assert_ne!(other as u32, home);
+            assert_eq!(
+                pick_with(&lenient, &w, &f, &over),
+                Some(other),
+                "the fallback is a function of the client"
+            );
+            // Other clients keep their backends.
+            let g = flow(i + 1000);
+            let g_home = pick(&strict, &w, &g).unwrap();
+            if g_home as u32 != home {
+                assert_eq!(pick_with(&lenient, &w, &g, &over), Some(g_home));
+                moved += 1;
+            }
+        }
+        assert!(moved > 0);
+        let all = counts(&[], &[0, 1, 2]);
+        assert_eq!(
+            pick_with(&lenient, &w, &flow(1), &all),
+            None,
+            "nothing available"
+        );
     }
 
     #[test]
@@ -140,8 +286,8 @@ mod tests {
     #[test]
     fn a_source_keeps_its_backend_whatever_its_port_and_across_rebuilds() {
         let w = [1, 1, 1, 1];
-        let a = SourceHash(HashTable::new(&w));
-        let b = SourceHash(HashTable::new(&w));
+        let a = sh(&w, CLIENT);
+        let b = sh(&w, CLIENT);
         let mut seen = [0usize; 4];
         for i in 0..2000 {
             let mut f = flow(i);

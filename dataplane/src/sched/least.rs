@@ -1,5 +1,6 @@
 //! The connection-counting schedulers, as IPVS defines them (ip_vs_lc/wlc/sed/nq.c). Ties go
-//! to the first backend in list order. Backends of weight 0 are never picked.
+//! to the first backend in list order. Backends of weight 0, and overloaded ones, are never
+//! picked.
 //!
 //! - lc:  least overhead, where overhead = active x 256 + inactive (ip_vs_dest_conn_overhead)
 //! - wlc: least overhead / weight
@@ -8,7 +9,8 @@
 
 use super::{Conns, PickInput, Scheduler};
 
-fn overhead(c: Conns) -> i64 {
+/// IPVS's `ip_vs_dest_conn_overhead`.
+pub(super) fn overhead(c: Conns) -> i64 {
     (i64::from(c.active) << 8) + i64::from(c.inactive)
 }
 
@@ -20,7 +22,7 @@ fn expected_delay(c: Conns) -> i64 {
 fn least_per_weight(input: &PickInput<'_>, cost: fn(Conns) -> i64) -> Option<usize> {
     let mut best: Option<(usize, i64, i64)> = None; // (index, cost, weight)
     for (i, b) in input.backends.iter().enumerate() {
-        if b.weight == 0 {
+        if !input.available(i) {
             continue;
         }
         let (c, w) = (cost(input.conns.conns(b.id)), i64::from(b.weight));
@@ -39,7 +41,7 @@ impl Scheduler for LeastConnection {
     fn pick(&self, input: &PickInput<'_>, _: &mut super::Cursor) -> Option<usize> {
         let mut best: Option<(usize, i64)> = None;
         for (i, b) in input.backends.iter().enumerate() {
-            if b.weight == 0 {
+            if !input.available(i) {
                 continue;
             }
             let c = overhead(input.conns.conns(b.id));
@@ -77,36 +79,21 @@ impl Scheduler for NeverQueue {
         let idle = input
             .backends
             .iter()
-            .position(|b| b.weight > 0 && input.conns.conns(b.id).active == 0);
+            .enumerate()
+            .position(|(i, b)| input.available(i) && input.conns.conns(b.id).active == 0);
         idle.or_else(|| least_per_weight(input, expected_delay))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Counts, backends, flow};
+    use super::super::testing::{backends, counts, flow};
     use super::super::{Cursor, PickInput, Scheduler};
     use super::*;
-    use crate::service::BackendId;
-    use std::collections::HashMap;
 
     fn pick(s: &dyn Scheduler, weights: &[u32], conns: &[(u32, u32)]) -> Option<usize> {
         let b = backends(weights);
-        let counts = Counts(
-            conns
-                .iter()
-                .enumerate()
-                .map(|(i, (a, n))| {
-                    (
-                        BackendId(i as u32),
-                        Conns {
-                            active: *a,
-                            inactive: *n,
-                        },
-                    )
-                })
-                .collect::<HashMap<_, _>>(),
-        );
+        let counts = counts(conns, &[]);
         s.pick(
             &PickInput {
                 backends: &b,

@@ -10,6 +10,7 @@
 //! order, whatever order the configuration lists them in, and the hash is [`crate::hash`]. Two
 //! appliances (or two runs) with the same backends pick the same backend for the same flow.
 
+use super::hashing::{HashOf, Hashed};
 use super::{Cursor, PickInput, Scheduler};
 use crate::hash::{seed, stable_hash};
 
@@ -18,7 +19,14 @@ pub struct MaglevTable {
     /// Backend index (into the list given to `build`) per slot; empty when no backend takes
     /// new flows.
     slots: Vec<u32>,
+    /// What a pick hashes (the whole tuple unless [`hashing`](Self::hashing) says otherwise).
+    hashed: Hashed,
 }
+
+const TUPLE: Hashed = Hashed {
+    what: HashOf::Tuple,
+    fallback: false,
+};
 
 impl MaglevTable {
     /// Builds the table for `backends` (id, weight) with `m` slots (`m` prime). Backends of
@@ -26,7 +34,10 @@ impl MaglevTable {
     pub fn build(backends: &[(&str, u32)], m: u32) -> MaglevTable {
         let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].1 > 0).collect();
         if order.is_empty() || m == 0 {
-            return MaglevTable { slots: Vec::new() };
+            return MaglevTable {
+                slots: Vec::new(),
+                hashed: TUPLE,
+            };
         }
         order.sort_unstable_by(|&a, &b| backends[a].0.cmp(backends[b].0));
         let m64 = u64::from(m);
@@ -71,7 +82,15 @@ impl MaglevTable {
                 }
             }
         }
-        MaglevTable { slots }
+        MaglevTable {
+            slots,
+            hashed: TUPLE,
+        }
+    }
+
+    /// The table picking by `hashed` (IPVS's mh and its flags).
+    pub fn hashing(self, hashed: Hashed) -> Self {
+        MaglevTable { hashed, ..self }
     }
 
     pub fn size(&self) -> usize {
@@ -102,7 +121,8 @@ impl MaglevTable {
 
 impl Scheduler for MaglevTable {
     fn pick(&self, input: &PickInput<'_>, _: &mut Cursor) -> Option<usize> {
-        self.lookup(input.flow.stable_hash())
+        self.hashed
+            .pick(input, self.slots.len(), |h| self.lookup(h))
     }
 
     fn is_per_flow(&self) -> bool {

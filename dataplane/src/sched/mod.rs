@@ -3,24 +3,31 @@
 //! every worker with that worker's own [`Cursor`] (round-robin positions) and connection counts.
 //!
 //! Weights are effective weights: 0 for a drained (weight 0) or disabled backend, which then
-//! gets no new flow from any scheduler.
+//! gets no new flow from any scheduler. Neither does an overloaded one (at its upper
+//! connection threshold, [`ConnBoard`]): every scheduler skips it, as IPVS's do.
 
+mod failover;
 mod hashing;
 mod least;
 mod maglev;
+mod overload;
 mod rr;
+mod twos;
 mod wrr;
 
 use std::fmt::Debug;
 
-pub use hashing::{DestinationHash, SourceHash, WeightedHash};
+pub use failover::{WeightedFailover, WeightedOverflow};
+pub use hashing::{DestinationHash, Hashed, SourceHash, WeightedHash};
 pub use least::{LeastConnection, NeverQueue, ShortestExpectedDelay, WeightedLeastConnection};
 pub use maglev::MaglevTable;
+pub use overload::ConnBoard;
 pub use rr::RoundRobin;
+pub use twos::TwoChoices;
 pub use wrr::WeightedRoundRobin;
 
 use crate::flow::FlowKey;
-use crate::service::{BackendId, SchedulerKind};
+use crate::service::{BackendId, SchedFlags, SchedulerKind};
 
 /// What a scheduler knows of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +45,15 @@ pub struct Conns {
     pub inactive: u32,
 }
 
-/// Where the least-connection schedulers read the counts (the worker's flow table).
+/// Where the least-connection schedulers read the counts (the worker's flow table), and every
+/// scheduler the overload flags.
 pub trait ConnSource {
     fn conns(&self, backend: BackendId) -> Conns;
+
+    /// At its upper connection threshold: no new flows.
+    fn overloaded(&self, _backend: BackendId) -> bool {
+        false
+    }
 }
 
 /// One worker's mutable scheduling state for one service. `generation` tells it when the
@@ -52,12 +65,28 @@ pub struct Cursor {
     pub position: Option<usize>,
     /// wrr: the current weight (IPVS's mark->cw).
     pub current_weight: i64,
+    /// twos: the state of the worker's random numbers (0 until the first pick seeds it).
+    pub random: u64,
 }
 
 pub struct PickInput<'a> {
     pub backends: &'a [SchedBackend],
     pub flow: &'a FlowKey,
     pub conns: &'a dyn ConnSource,
+}
+
+impl PickInput<'_> {
+    /// Backend `i` may take a new flow: a weight above 0 and not overloaded.
+    #[inline]
+    pub fn available(&self, i: usize) -> bool {
+        let b = &self.backends[i];
+        b.weight > 0 && !self.conns.overloaded(b.id)
+    }
+
+    /// Some backend may take a new flow.
+    pub fn any_available(&self) -> bool {
+        (0..self.backends.len()).any(|i| self.available(i))
+    }
 }
 
 pub trait Scheduler: Send + Sync + Debug {
@@ -73,14 +102,22 @@ pub trait Scheduler: Send + Sync + Debug {
 }
 
 /// Builds the scheduler of `kind` for `backends` (id string and effective weight, in the
-/// service's order). `generation` must change whenever the backends or weights change.
+/// service's order), with the sh/mh `flags`. `generation` must change whenever the backends or
+/// weights change.
 pub fn build(
     kind: SchedulerKind,
+    flags: SchedFlags,
     backends: &[(&str, u32)],
     maglev_size: u32,
     generation: u64,
 ) -> Box<dyn Scheduler> {
     let weights: Vec<u32> = backends.iter().map(|b| b.1).collect();
+    let mh = |hashed| {
+        Box::new(MaglevTable::build(backends, maglev_size).hashing(Hashed {
+            fallback: flags.mh_fallback,
+            ..hashed
+        }))
+    };
     match kind {
         SchedulerKind::RoundRobin => Box::new(RoundRobin { generation }),
         SchedulerKind::WeightedRoundRobin => {
@@ -90,11 +127,37 @@ pub fn build(
         SchedulerKind::WeightedLeastConnection => Box::new(WeightedLeastConnection),
         SchedulerKind::ShortestExpectedDelay => Box::new(ShortestExpectedDelay),
         SchedulerKind::NeverQueue => Box::new(NeverQueue),
-        SchedulerKind::SourceHash => Box::new(SourceHash(hashing::HashTable::new(&weights))),
+        SchedulerKind::SourceHash => Box::new(SourceHash(
+            hashing::HashTable::new(&weights),
+            Hashed {
+                what: if flags.sh_port {
+                    hashing::HashOf::ClientAndPort
+                } else {
+                    hashing::HashOf::Client
+                },
+                fallback: flags.sh_fallback,
+            },
+        )),
         SchedulerKind::DestinationHash => {
             Box::new(DestinationHash(hashing::HashTable::new(&weights)))
         }
-        SchedulerKind::Maglev => Box::new(MaglevTable::build(backends, maglev_size)),
+        // Katran's Maglev: the whole tuple (for one service, the client's address and port).
+        SchedulerKind::Maglev => mh(Hashed {
+            what: hashing::HashOf::Tuple,
+            fallback: false,
+        }),
+        // IPVS's mh: the client's address, and its port with mh-port.
+        SchedulerKind::MaglevIpvs => mh(Hashed {
+            what: if flags.mh_port {
+                hashing::HashOf::ClientAndPort
+            } else {
+                hashing::HashOf::Client
+            },
+            fallback: false,
+        }),
+        SchedulerKind::WeightedFailover => Box::new(WeightedFailover),
+        SchedulerKind::WeightedOverflow => Box::new(WeightedOverflow),
+        SchedulerKind::TwoChoices => Box::new(TwoChoices),
     }
 }
 
@@ -103,12 +166,30 @@ pub(crate) mod testing {
     use super::*;
     use std::collections::HashMap;
 
-    pub struct Counts(pub HashMap<BackendId, Conns>);
+    /// Connection counts, and the backends that are overloaded.
+    #[derive(Default)]
+    pub struct Counts(pub HashMap<BackendId, Conns>, pub Vec<BackendId>);
 
     impl ConnSource for Counts {
         fn conns(&self, b: BackendId) -> Conns {
             self.0.get(&b).copied().unwrap_or_default()
         }
+
+        fn overloaded(&self, b: BackendId) -> bool {
+            self.1.contains(&b)
+        }
+    }
+
+    /// Counts (active, inactive) per backend index, and the indexes that are overloaded.
+    pub fn counts(conns: &[(u32, u32)], overloaded: &[u32]) -> Counts {
+        Counts(
+            conns
+                .iter()
+                .enumerate()
+                .map(|(i, &(active, inactive))| (BackendId(i as u32), Conns { active, inactive }))
+                .collect(),
+            overloaded.iter().map(|&i| BackendId(i)).collect(),
+        )
     }
 
     pub fn backends(weights: &[u32]) -> Vec<SchedBackend> {
@@ -135,7 +216,7 @@ pub(crate) mod testing {
     /// Picks `n` times with the same cursor and no connections, for sequence tests.
     pub fn sequence(s: &dyn Scheduler, weights: &[u32], n: usize) -> Vec<Option<usize>> {
         let b = backends(weights);
-        let counts = Counts(HashMap::new());
+        let counts = Counts::default();
         let mut cursor = Cursor::default();
         let f = flow(0);
         (0..n)

@@ -1,5 +1,5 @@
 //! Round robin, as IPVS's ip_vs_rr: the next backend after the last one picked that has a
-//! weight above 0.
+//! weight above 0 and is not overloaded.
 
 use super::{Cursor, PickInput, Scheduler};
 
@@ -21,7 +21,7 @@ impl Scheduler for RoundRobin {
         let start = cursor.position.map_or(0, |p| p + 1);
         let found = (0..n)
             .map(|i| (start + i) % n)
-            .find(|&i| input.backends[i].weight > 0)?;
+            .find(|&i| input.available(i))?;
         cursor.position = Some(found);
         Some(found)
     }

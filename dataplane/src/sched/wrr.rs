@@ -47,6 +47,7 @@ impl Scheduler for WeightedRoundRobin {
                 generation: self.generation,
                 position: None,
                 current_weight: cw,
+                random: cursor.random,
             };
         }
         if self.mw == 0 {
@@ -65,7 +66,9 @@ impl Scheduler for WeightedRoundRobin {
                 next = 0;
                 continue;
             }
-            if i64::from(b[next].weight) >= cursor.current_weight {
+            if i64::from(b[next].weight) >= cursor.current_weight
+                && !input.conns.overloaded(b[next].id)
+            {
                 cursor.position = Some(next);
                 return Some(next);
             }

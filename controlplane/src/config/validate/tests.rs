@@ -146,7 +146,7 @@ fn unknown_scheduler_and_forwarding_mode_list_the_choices() {
     assert_eq!(
         errors_of("scheduler = \"maglev\"", "scheduler = \"fastest\""),
         [
-            "services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev"
+            "services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev, mh, fo, ovf, twos"
         ]
     );
     assert_eq!(
@@ -188,7 +188,7 @@ fn every_error_is_reported_not_only_the_first() {
             "dpdk.burst: 0 is not from 1 to 256",
             "timeouts.udp: must be at least 1 second",
             "services[0].port: 0 is not a port (1 to 65535)",
-            "services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev",
+            "services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev, mh, fo, ovf, twos",
         ]
     );
 }
@@ -546,4 +546,98 @@ fn health_checks_on_down_and_the_sorry_backend_are_checked_field_by_field() {
             "services[1].sorry_backend.port: 5353 differs from the service port 53; dr forwarding cannot change ports (leave it out or use nat)"
         ]
     );
+}
+
+#[test]
+fn scheduler_flags_thresholds_one_packet_and_client_lists_are_checked_field_by_field() {
+    let m = check(
+        &BASE
+            .replacen(
+                "scheduler = \"maglev\"\n",
+                "scheduler = \"sh\"\nscheduler_flags = [\"sh-port\", \"sh-fallback\"]\n\
+                 allow = [\"198.18.0.0/16\", \"198.18.5.7\"]\ndeny = [\"198.18.9.0/24\"]\n",
+                1,
+            )
+            .replacen(
+                "port = 8080\n",
+                "port = 8080\nupper_threshold = 10\nlower_threshold = 5\n",
+                1,
+            )
+            .replacen(
+                "forwarding = \"dr\"\n",
+                "forwarding = \"dr\"\none_packet = true\n",
+                1,
+            ),
+    )
+    .unwrap();
+    let web = &m.services[0];
+    assert_eq!(web.scheduler_flags.names(), ["sh-fallback", "sh-port"]);
+    assert_eq!(
+        web.allow
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["198.18.0.0/16", "198.18.5.7/32"]
+    );
+    assert_eq!(web.deny[0].to_string(), "198.18.9.0/24");
+    assert_eq!(
+        (
+            web.backends[0].upper_threshold,
+            web.backends[0].lower_threshold
+        ),
+        (10, 5)
+    );
+    assert!(m.services[1].one_packet && !web.one_packet);
+    assert_eq!(
+        "mh".parse::<SchedulerKind>(),
+        Ok(SchedulerKind::MaglevIpvs),
+        "IPVS's name for Maglev"
+    );
+    let svc = "scheduler = \"maglev\"\n";
+    for (line, error) in [
+        (
+            "scheduler = \"sh\"\nscheduler_flags = [\"sh-prot\"]\n",
+            "services[0].scheduler_flags[0]: \"sh-prot\" is not one of sh-fallback, sh-port, mh-fallback, mh-port",
+        ),
+        (
+            "scheduler = \"rr\"\nscheduler_flags = [\"sh-port\"]\n",
+            "services[0].scheduler_flags[0]: sh-port is a flag of the sh scheduler (the scheduler is rr)",
+        ),
+        (
+            "scheduler = \"maglev\"\nscheduler_flags = [\"mh-port\"]\n",
+            "services[0].scheduler_flags[0]: mh-port is a flag of the mh scheduler (maglev hashes the whole tuple",
+        ),
+        (
+            "scheduler = \"maglev\"\none_packet = true\n",
+            "services[0].one_packet: is for udp services (ipvsadm --ops)",
+        ),
+        (
+            "scheduler = \"maglev\"\nallow = [\"2001:db8::/32\"]\n",
+            "services[0].allow[0]: 2001:db8::/32 is IPv6, the service's vip 198.18.0.100 is IPv4",
+        ),
+        (
+            "scheduler = \"maglev\"\ndeny = [\"198.18.0.0/33\"]\n",
+            "services[0].deny[0]: prefix length \"33\" is not a number from 0 to 32",
+        ),
+        (
+            "scheduler = \"maglev\"\ndeny = [\"ten.0.0.0/8\"]\n",
+            "services[0].deny[0]: \"ten.0.0.0\" is not an IP address",
+        ),
+    ] {
+        let e = errors_of(svc, line);
+        assert!(e.len() == 1 && e[0].starts_with(error), "{line}: {e:?}");
+    }
+    for (line, error) in [
+        (
+            "port = 8080\nlower_threshold = 5\n",
+            "services[0].backends[0].lower_threshold: needs an upper_threshold",
+        ),
+        (
+            "port = 8080\nupper_threshold = 4\nlower_threshold = 5\n",
+            "services[0].backends[0].lower_threshold: 5 is above the upper_threshold 4",
+        ),
+    ] {
+        let e = errors_of("port = 8080\n", line);
+        assert!(e.len() == 1 && e[0].starts_with(error), "{line}: {e:?}");
+    }
 }
