@@ -315,3 +315,170 @@ fn ipvs_orders_thresholds_one_packet_udp_client_lists_and_connection_reuse() {
         frames.len() as u64
     );
 }
+
+/// The Internet checksum of `data` (RFC 1071), computed here apart from the dataplane's.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[test]
+fn gue_and_gre_tunnels_and_both_families_in_either_carry_the_packet_unchanged() {
+    let mut c = String::from(
+        "[dpdk]\nidle_sleep_us = 100\nrx_desc = 256\ntx_desc = 256\nflow_capacity = 1024\n\
+         [[interfaces]]\nport = 0\naddresses = [\"198.18.0.1/24\", \"198.18.1.1/24\", \"2001:db8::1/64\", \"2001:db8:1::1/64\"]\n\
+         [[neighbors]]\naddress = \"198.18.1.10\"\nmac = \"02:00:00:00:01:0a\"\n\
+         [[neighbors]]\naddress = \"2001:db8:1::10\"\nmac = \"02:00:00:00:01:0b\"\n",
+    );
+    // (port, vip, tunnel lines, backend)
+    let cases = [
+        (
+            2001,
+            "198.18.0.100",
+            "tunnel = \"gue\"\ntunnel_port = 6080\n",
+            "198.18.1.10",
+        ),
+        (2002, "198.18.0.100", "tunnel = \"gre\"\n", "198.18.1.10"),
+        (2003, "2001:db8::100", "", "198.18.1.10"),
+        (2004, "198.18.0.100", "", "2001:db8:1::10"),
+        (
+            2005,
+            "198.18.0.100",
+            "tunnel = \"gue\"\ntunnel_port = 6081\n",
+            "2001:db8:1::10",
+        ),
+        (2006, "2001:db8::100", "tunnel = \"gre\"\n", "198.18.1.10"),
+    ];
+    for (port, vip, lines, backend) in cases {
+        c += &format!(
+            "[[services]]\nid = \"t{port}\"\nprotocol = \"udp\"\nvip = \"{vip}\"\nport = {port}\nforwarding = \"tun\"\n{lines}\
+             [[services.backends]]\nid = \"b\"\naddress = \"{backend}\"\n"
+        );
+    }
+    let client6 = [0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+    let vip6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let frames: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|(port, vip, _, _)| {
+            let b = PacketBuilder::ethernet2(GW_MAC, PCAP_MAC);
+            let b = if vip.contains(':') {
+                b.ipv6(client6, vip6, 64)
+            } else {
+                b.ipv4([198, 19, 0, 9], VIP, 64)
+            };
+            let mut out = Vec::new();
+            b.udp(47000, *port).write(&mut out, &[0x5a; 100]).unwrap();
+            out
+        })
+        .collect();
+    let (done, sent) = run_pcap("tunnels", &c, &frames, "0");
+    assert_eq!(sent.frames.len(), frames.len(), "{}", done.stdout);
+    let v4_src = [198, 18, 0, 1];
+    let v6_src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let v6_dst = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    for (i, (out, input)) in sent.frames.iter().zip(&frames).enumerate() {
+        let (port, vip, lines, backend) = cases[i];
+        let inner = &input[14..];
+        let inner_v6 = vip.contains(':');
+        let outer_v6 = backend.contains(':');
+        assert_eq!(
+            out[..6],
+            [2, 0, 0, 0, 1, if outer_v6 { 0x0b } else { 0x0a }]
+        );
+        assert_eq!(out[6..12], PCAP_MAC);
+        assert_eq!(
+            out[12..14],
+            if outer_v6 { [0x86, 0xdd] } else { [0x08, 0x00] }
+        );
+        let ip = &out[14..];
+        let (ip_len, proto) = if outer_v6 {
+            assert_eq!(ip[0] >> 4, 6);
+            assert_eq!(ip[7], 64, "hop limit");
+            assert_eq!(
+                ip[8..24],
+                v6_src,
+                "the egress interface's first IPv6 address"
+            );
+            assert_eq!(ip[24..40], v6_dst);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+                ip.len() - 40,
+                "payload length"
+            );
+            (40, ip[6])
+        } else {
+            assert_eq!(ip[0], 0x45);
+            assert_eq!(ip[8], 64, "TTL");
+            assert_eq!(internet_checksum(&ip[..20]), 0, "header checksum");
+            assert_eq!(
+                ip[12..16],
+                v4_src,
+                "the egress interface's first IPv4 address"
+            );
+            assert_eq!(ip[16..20], [198, 18, 1, 10]);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+                ip.len(),
+                "total length"
+            );
+            let inner_df = if inner_v6 { true } else { inner[6] & 0x40 != 0 };
+            assert_eq!(ip[6] & 0x40 != 0, inner_df, "DF");
+            (20, ip[9])
+        };
+        let rest = &ip[ip_len..];
+        let inner_proto = if inner_v6 { 41 } else { 4 };
+        let carried = if lines.contains("gue") {
+            assert_eq!(proto, 17, "{port}: UDP");
+            let sport = u16::from_be_bytes([rest[0], rest[1]]);
+            assert!(sport >= 49152, "{port}: source port {sport}");
+            let tun_port = if port == 2001 { 6080 } else { 6081 };
+            assert_eq!(u16::from_be_bytes([rest[2], rest[3]]), tun_port);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([rest[4], rest[5]])),
+                rest.len()
+            );
+            let check = u16::from_be_bytes([rest[6], rest[7]]);
+            if outer_v6 {
+                let mut pseudo = Vec::new();
+                pseudo.extend_from_slice(&ip[8..40]);
+                pseudo.extend_from_slice(&(rest.len() as u32).to_be_bytes());
+                pseudo.extend_from_slice(&[0, 0, 0, 17]);
+                pseudo.extend_from_slice(rest);
+                assert_eq!(
+                    internet_checksum(&pseudo),
+                    0,
+                    "{port}: UDP checksum over IPv6"
+                );
+            } else {
+                assert_eq!(check, 0, "{port}: no UDP checksum over IPv4, as IPVS");
+            }
+            assert_eq!(
+                rest[8..12],
+                [0, inner_proto, 0, 0],
+                "{port}: the GUE header"
+            );
+            &rest[12..]
+        } else if lines.contains("gre") {
+            assert_eq!(proto, 47, "{port}: GRE");
+            let ethertype: [u8; 2] = if inner_v6 { [0x86, 0xdd] } else { [0x08, 0x00] };
+            assert_eq!(
+                rest[..4],
+                [0, 0, ethertype[0], ethertype[1]],
+                "{port}: the GRE header"
+            );
+            &rest[4..]
+        } else {
+            assert_eq!(proto, inner_proto, "{port}: IP in IP");
+            rest
+        };
+        assert_eq!(carried, inner, "{port}: the inner packet, byte for byte");
+    }
+}

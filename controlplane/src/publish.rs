@@ -279,6 +279,7 @@ pub fn snapshot_config(
                     one_packet: s.one_packet,
                     allow: s.allow.clone(),
                     deny: s.deny.clone(),
+                    tunnel: s.tunnel,
                 },
                 backends: s
                     .backends

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use crate::checksum;
 use crate::packet::PacketBuf;
-use crate::wire::{ipv4, ipv6, tcp, udp};
+use crate::wire::{ethernet, ipv4, ipv6, tcp, udp};
 
 /// An IP packet inside a frame, as offsets: what every rewrite needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,38 +131,106 @@ pub fn rewrite_addr(frame: &mut [u8], ip: &IpView, side: Side, addr: &[u8; 16]) 
 /// Sets the Ethernet addresses (a VLAN tag, if any, stays).
 pub use crate::wire::ethernet::set_addresses as set_l2;
 
-/// Bytes a tunnel adds.
-pub fn tunnel_overhead(v6: bool) -> usize {
-    if v6 {
-        ipv6::HEADER_LEN
-    } else {
-        ipv4::MIN_HEADER_LEN
+/// How TUN forwarding wraps a packet (ipvsadm's `--tun-type`): in both families either way,
+/// as the kernel's ip_vs_xmit does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Tunnel {
+    /// IP in IP: outer protocol 4 for an IPv4 packet, 41 for an IPv6 one.
+    #[default]
+    Ipip,
+    /// Generic UDP Encapsulation (variant 0) to `port`: UDP, then a 4-byte GUE header whose
+    /// protocol field names the inner packet (4 or 41), as ipvs_gue_encap builds it.
+    Gue { port: u16 },
+    /// GRE (RFC 2784) without options: 4 bytes, protocol type 0x0800 or 0x86DD.
+    Gre,
+}
+
+/// The GUE header's length (variant 0, no extension fields).
+pub const GUE_HEADER_LEN: usize = 4;
+/// The GRE header's length without checksum, key or sequence number.
+pub const GRE_HEADER_LEN: usize = 4;
+/// IP protocol number of GRE.
+pub const PROTO_GRE: u8 = 47;
+
+impl Tunnel {
+    /// Bytes a tunnel with an outer header of that family adds.
+    pub fn overhead(self, outer_v6: bool) -> usize {
+        let ip = if outer_v6 {
+            ipv6::HEADER_LEN
+        } else {
+            ipv4::MIN_HEADER_LEN
+        };
+        ip + match self {
+            Tunnel::Ipip => 0,
+            Tunnel::Gue { .. } => udp::HEADER_LEN + GUE_HEADER_LEN,
+            Tunnel::Gre => GRE_HEADER_LEN,
+        }
     }
 }
 
-/// Encapsulates the IP packet after `l2` bytes of Ethernet header in IPv4-in-IPv4 (protocol 4)
-/// or IPv6-in-IPv6 (next header 41), outer TTL / hop limit 64, DSCP and ECN copied from the
-/// inner header, DF copied (IPv4). Ethernet padding is dropped first. False if there is no
-/// headroom or the addresses are not of one family.
+/// The IP protocol number that carries an inner packet of that family.
+fn inner_protocol(inner_v6: bool) -> u8 {
+    if inner_v6 {
+        ipv6::NEXT_IPV6
+    } else {
+        ipv4::PROTO_IPIP
+    }
+}
+
+/// The UDP source port of a GUE packet: from the inner addresses and ports, so that one flow
+/// keeps one outer tuple (routers hash it for ECMP and NICs for RSS), in 49152..=65535.
+fn gue_source_port(frame: &[u8], ip: &IpView) -> u16 {
+    let w = |b: &[u8; 16], i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let ports = frame.get(ip.l4..ip.l4 + 4).map_or(0, |p| {
+        u64::from(u32::from_ne_bytes(p.try_into().expect("4 bytes")))
+    });
+    let h = crate::hash::fmix64(
+        w(&ip.src, 0)
+            ^ w(&ip.src, 8).rotate_left(13)
+            ^ w(&ip.dst, 0).rotate_left(29)
+            ^ w(&ip.dst, 8).rotate_left(41)
+            ^ ports
+            ^ u64::from(ip.proto) << 56,
+    );
+    49152 + (h % 16384) as u16
+}
+
+/// Encapsulates the IP packet after `l2` bytes of Ethernet header in `tunnel` from
+/// `outer_src` to `outer_dst` (an outer header of either family around an inner packet of
+/// either: 4-in-6 and 6-in-4 too). Outer TTL / hop limit 64, DSCP and ECN copied from the
+/// inner header, DF copied from an IPv4 inner header (an IPv6 one sets it on an IPv4 outer
+/// header: IPv6 is never fragmented on the way). GUE over IPv4 carries no UDP checksum, as
+/// IPVS sends it by default; over IPv6 it has one (RFC 8200 requires it). Ethernet padding is
+/// dropped first. False if there is no headroom or the outer addresses are not of one family.
 pub fn encapsulate<P: PacketBuf>(
     pkt: &mut P,
     l2: usize,
     ip: &IpView,
     outer_src: IpAddr,
     outer_dst: IpAddr,
+    tunnel: Tunnel,
 ) -> bool {
-    let overhead = tunnel_overhead(ip.v6);
-    let (tos, df) = {
+    let outer_v6 = outer_dst.is_ipv6();
+    if outer_src.is_ipv6() != outer_v6 {
+        return false;
+    }
+    let overhead = tunnel.overhead(outer_v6);
+    let (tos, df, sport) = {
         let d = pkt.data();
+        let sport = match tunnel {
+            Tunnel::Gue { .. } => gue_source_port(d, ip),
+            _ => 0,
+        };
         if ip.v6 {
             let tc = ((u32::from_be_bytes([d[ip.l3], d[ip.l3 + 1], d[ip.l3 + 2], d[ip.l3 + 3]])
                 >> 20)
                 & 0xff) as u8;
-            (tc, false)
+            (tc, true, sport)
         } else {
             (
                 d[ip.l3 + ipv4::field::TOS],
                 d[ip.l3 + ipv4::field::FLAGS_FRAG] & 0x40 != 0,
+                sport,
             )
         }
     };
@@ -171,29 +239,77 @@ pub fn encapsulate<P: PacketBuf>(
     }
     let f = pkt.data_mut();
     f.copy_within(overhead..overhead + l2, 0);
-    let o = &mut f[l2..l2 + overhead];
+    if outer_v6 != ip.v6 && l2 >= 2 {
+        // The EtherType (the last two bytes of the Ethernet header, after any VLAN tag) now
+        // names the outer family.
+        let t = if outer_v6 {
+            ethernet::ETHERTYPE_IPV6
+        } else {
+            ethernet::ETHERTYPE_IPV4
+        };
+        f[l2 - 2..l2].copy_from_slice(&t.to_be_bytes());
+    }
+    let inner = inner_protocol(ip.v6);
+    let ip_len = tunnel.overhead(outer_v6) - Tunnel::Ipip.overhead(outer_v6);
+    let protocol = match tunnel {
+        Tunnel::Ipip => inner,
+        Tunnel::Gue { .. } => ipv4::PROTO_UDP,
+        Tunnel::Gre => PROTO_GRE,
+    };
+    let outer_ip = l2..l2 + Tunnel::Ipip.overhead(outer_v6);
+    let payload_len = ip.total + ip_len;
     match (outer_src, outer_dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4::Repr {
             src,
             dst,
-            protocol: ipv4::PROTO_IPIP,
-            payload_len: ip.total,
+            protocol,
+            payload_len,
             ttl: 64,
             tos,
             dont_fragment: df,
         }
-        .emit(o),
+        .emit(&mut f[outer_ip.clone()]),
         (IpAddr::V6(src), IpAddr::V6(dst)) => ipv6::Repr {
             src,
             dst,
-            next_header: ipv6::NEXT_IPV6,
-            payload_len: ip.total,
+            next_header: protocol,
+            payload_len,
             hop_limit: 64,
             traffic_class: tos,
         }
-        .emit(o),
-        // Validation keeps a backend in its VIP's family; refuse rather than panic.
+        .emit(&mut f[outer_ip.clone()]),
         _ => return false,
+    }
+    let h = outer_ip.end;
+    match tunnel {
+        Tunnel::Ipip => {}
+        Tunnel::Gre => {
+            // GRE's protocol type is the inner packet's EtherType.
+            let ethertype = if ip.v6 {
+                ethernet::ETHERTYPE_IPV6
+            } else {
+                ethernet::ETHERTYPE_IPV4
+            };
+            f[h..h + 2].copy_from_slice(&[0, 0]);
+            f[h + 2..h + 4].copy_from_slice(&ethertype.to_be_bytes());
+        }
+        Tunnel::Gue { port } => {
+            let udp_len = (payload_len) as u16;
+            f[h..h + 2].copy_from_slice(&sport.to_be_bytes());
+            f[h + 2..h + 4].copy_from_slice(&port.to_be_bytes());
+            f[h + 4..h + 6].copy_from_slice(&udp_len.to_be_bytes());
+            f[h + 6..h + 8].copy_from_slice(&[0, 0]);
+            let g = h + udp::HEADER_LEN;
+            f[g..g + GUE_HEADER_LEN].copy_from_slice(&[0, inner, 0, 0]);
+            if let (IpAddr::V6(src), IpAddr::V6(dst)) = (outer_src, outer_dst) {
+                let pseudo = checksum::pseudo_v6(src, dst, ipv4::PROTO_UDP, u32::from(udp_len));
+                let c = match checksum::transport(pseudo, &f[h..h + usize::from(udp_len)]) {
+                    0 => 0xffff,
+                    c => c,
+                };
+                f[h + 6..h + 8].copy_from_slice(&c.to_be_bytes());
+            }
+        }
     }
     true
 }

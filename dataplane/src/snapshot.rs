@@ -52,6 +52,8 @@ pub struct ServiceOptions {
     /// Clients that may open flows (empty: all) and those that may not (deny wins).
     pub allow: Vec<IpPrefix>,
     pub deny: Vec<IpPrefix>,
+    /// What TUN forwarding wraps packets in.
+    pub tunnel: crate::forward::Tunnel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -191,6 +191,15 @@ pub struct ServiceSpec {
     /// Client prefixes that may not (a client in both lists is denied).
     #[serde(default)]
     pub deny: Vec<String>,
+    /// tun: what packets are wrapped in (ipvsadm `--tun-type`): `ipip` (IP in IP), `gue`
+    /// (UDP to `tunnel_port`, then a GUE header) or `gre`.
+    #[serde(default = "default_tunnel")]
+    #[schema(value_type = TunnelName, default = "ipip")]
+    pub tunnel: String,
+    /// gue: the backends' UDP port (ipvsadm `--tun-port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
+    pub tunnel_port: Option<u16>,
     #[serde(default = "default_forwarding")]
     #[schema(value_type = ForwardingName, default = "nat")]
     pub forwarding: String,
@@ -317,6 +326,14 @@ pub enum SchedulerName {
 }
 
 #[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+pub enum TunnelName {
+    ipip,
+    gue,
+    gre,
+}
+
+#[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub enum SchedulerFlagName {
     #[schema(rename = "sh-fallback")]
@@ -343,6 +360,9 @@ fn default_protocol() -> String {
 /// ipvsadm's default scheduler.
 fn default_scheduler() -> String {
     "wlc".into()
+}
+fn default_tunnel() -> String {
+    "ipip".into()
 }
 fn default_forwarding() -> String {
     "nat".into()
@@ -410,6 +430,16 @@ impl From<&super::Service> for ServiceSpec {
             one_packet: s.one_packet,
             allow: s.allow.iter().map(ToString::to_string).collect(),
             deny: s.deny.iter().map(ToString::to_string).collect(),
+            tunnel: match s.tunnel {
+                super::Tunnel::Ipip => "ipip",
+                super::Tunnel::Gue { .. } => "gue",
+                super::Tunnel::Gre => "gre",
+            }
+            .into(),
+            tunnel_port: match s.tunnel {
+                super::Tunnel::Gue { port } => Some(port),
+                _ => None,
+            },
             forwarding: s.forwarding.to_string(),
             maglev_table_size: s.maglev_table_size,
             backends: s.backends.iter().map(BackendSpec::from).collect(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 pub use dataplane::addr::{IpPrefix, MacAddr};
 pub use dataplane::flow::FlowTimeouts;
+pub use dataplane::forward::Tunnel;
 pub use dataplane::service::{ForwardingMode, Protocol, SchedFlags, SchedulerKind};
 pub use dataplane::snapshot::HostReplies;
 
@@ -105,6 +106,8 @@ pub struct Service {
     /// Client prefixes that may open flows (empty: all), and those that may not.
     pub allow: Vec<IpPrefix>,
     pub deny: Vec<IpPrefix>,
+    /// What TUN forwarding wraps packets in.
+    pub tunnel: Tunnel,
     pub forwarding: ForwardingMode,
     pub maglev_table_size: u32,
     pub backends: Vec<Backend>,

@@ -564,6 +564,7 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
             "is for udp services (ipvsadm --ops): a TCP connection needs its flow",
         );
     }
+    let tunnel = tunnel(e, s, forwarding, at);
     let allow = client_prefixes(e, &s.allow, &join(at, "allow"), vip);
     let deny = client_prefixes(e, &s.deny, &join(at, "deny"), vip);
     let m = s.maglev_table_size;
@@ -612,6 +613,7 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         one_packet: s.one_packet,
         allow: allow?,
         deny: deny?,
+        tunnel: tunnel?,
         forwarding: forwarding?,
         maglev_table_size: m,
         backends: backends?,
@@ -655,6 +657,57 @@ fn scheduler_flags(
         }
     }
     (e.0.len() == before).then_some(flags)
+}
+
+/// `tunnel` and `tunnel_port`: a known type, other than ipip only for tun, a port for gue.
+fn tunnel(
+    e: &mut Errors,
+    s: &ServiceSpec,
+    forwarding: Option<ForwardingMode>,
+    at: &str,
+) -> Option<Tunnel> {
+    let before = e.0.len();
+    let t = match s.tunnel.as_str() {
+        "ipip" => Some(Tunnel::Ipip),
+        "gre" => Some(Tunnel::Gre),
+        "gue" => match s.tunnel_port {
+            Some(port @ 1..) => Some(Tunnel::Gue { port }),
+            Some(0) => {
+                e.add(join(at, "tunnel_port"), "0 is not a port (1 to 65535)");
+                None
+            }
+            None => {
+                e.add(
+                    join(at, "tunnel_port"),
+                    "is required with tunnel = \"gue\" (the backends' GUE port, ipvsadm --tun-port)",
+                );
+                None
+            }
+        },
+        other => {
+            e.add(
+                join(at, "tunnel"),
+                format!("{other:?} is not ipip, gue or gre"),
+            );
+            None
+        }
+    };
+    if s.tunnel_port.is_some() && s.tunnel != "gue" {
+        e.add(join(at, "tunnel_port"), "is for tunnel = \"gue\" only");
+    }
+    if s.tunnel != "ipip"
+        && let Some(f) = forwarding
+        && f != ForwardingMode::Tunnel
+    {
+        e.add(
+            join(at, "tunnel"),
+            format!("{} is for tun forwarding (the forwarding is {f})", s.tunnel),
+        );
+    }
+    if e.0.len() != before {
+        return None;
+    }
+    t
 }
 
 /// At most this many prefixes in an `allow` or a `deny` list (each new flow reads the lists).
@@ -787,7 +840,8 @@ fn endpoint(
     let before = e.0.len();
     let address = e.parse(format!("{at}.address"), ip(address));
     if let (Some(a), Some(v)) = (address, vip) {
-        if a.is_ipv4() != v.is_ipv4() {
+        // tun can carry either family in either (4-in-6, 6-in-4); nat and dr cannot.
+        if a.is_ipv4() != v.is_ipv4() && forwarding != Some(ForwardingMode::Tunnel) {
             e.add(
                 format!("{at}.address"),
                 format!(

@@ -42,8 +42,8 @@ fn fields(old: &Value, new: &Value, skip: &str) -> Vec<String> {
         .collect()
 }
 
-/// Keys an added object shows only when they are set (not empty, false or 0): what most
-/// services and backends leave alone.
+/// Keys an added object shows only when they are set (not empty, false or 0; a `tunnel` other
+/// than ipip): what most services and backends leave alone.
 const SHOWN_WHEN_SET: [&str; 6] = [
     "scheduler_flags",
     "one_packet",
@@ -71,7 +71,10 @@ fn summary(v: &Value, skip: &[&str]) -> String {
     let parts: Vec<String> = m
         .iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
-        .filter(|(k, v)| !(SHOWN_WHEN_SET.contains(&k.as_str()) && unset(v)))
+        .filter(|(k, v)| {
+            !(SHOWN_WHEN_SET.contains(&k.as_str()) && unset(v)
+                || k.as_str() == "tunnel" && v.as_str() == Some("ipip"))
+        })
         .map(|(k, v)| match v {
             Value::Object(_) => format!("{k} {}", summary(v, &[])),
             _ => format!("{k} {}", text(v)),

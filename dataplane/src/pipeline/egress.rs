@@ -66,7 +66,7 @@ pub(super) fn forward_to_backend<P: PacketBuf>(
             ip.end() - ip.l4,
         );
     }
-    let action = deliver(pkt, cx, l2, ip, mode, &endpoint.addr, route)?;
+    let action = deliver(pkt, cx, l2, ip, svc, &endpoint.addr, route)?;
     if let Some((s, b)) = cx.w.traffic.of(svc.config.id, backend) {
         s.count_in(len);
         b.count_in(len);
@@ -74,19 +74,19 @@ pub(super) fn forward_to_backend<P: PacketBuf>(
     Ok(action)
 }
 
-/// Sends a packet on its way to `backend` over `route` in `mode`; for NAT its addresses are
-/// the backend's already, for DR and TUN they are the VIP's.
+/// Sends a packet on its way to `backend` over `route` in the service's forwarding mode; for
+/// NAT its addresses are the backend's already, for DR and TUN they are the VIP's.
 #[inline(always)]
 pub(super) fn deliver<P: PacketBuf>(
     pkt: &mut P,
     cx: &Ctx<'_>,
     l2: usize,
     ip: &IpView,
-    mode: ForwardingMode,
+    svc: &Service,
     backend: &[u8; 16],
     route: &Route,
 ) -> Result<Action, DropReason> {
-    match mode {
+    match svc.config.forwarding {
         ForwardingMode::Nat => send_via(pkt.data_mut(), route, &cx.w.neighbor_events),
         ForwardingMode::DirectRouting => {
             if !route.on_link {
@@ -94,7 +94,15 @@ pub(super) fn deliver<P: PacketBuf>(
             }
             send_via(pkt.data_mut(), route, &cx.w.neighbor_events)
         }
-        ForwardingMode::Tunnel => tunnel(pkt, cx, l2, ip, addr_from_bytes(*backend), route),
+        ForwardingMode::Tunnel => tunnel(
+            pkt,
+            cx,
+            l2,
+            ip,
+            addr_from_bytes(*backend),
+            route,
+            svc.config.options.tunnel,
+        ),
     }
 }
 
@@ -107,10 +115,11 @@ fn tunnel<P: PacketBuf>(
     ip: &IpView,
     backend: IpAddr,
     route: &Route,
+    kind: forward::Tunnel,
 ) -> Result<Action, DropReason> {
     let snap = cx.snap;
     let mtu = snap.interfaces[usize::from(route.interface)].mtu;
-    let overhead = forward::tunnel_overhead(ip.v6);
+    let overhead = kind.overhead(backend.is_ipv6());
     if ip.total + overhead > usize::from(mtu) {
         if classify::is_icmp(ip) {
             return Err(DropReason::TooBigIcmpError);
@@ -131,7 +140,7 @@ fn tunnel<P: PacketBuf>(
     if route.failed {
         return Err(DropReason::NeighborFailed);
     }
-    if !forward::encapsulate(pkt, l2, ip, src, backend) {
+    if !forward::encapsulate(pkt, l2, ip, src, backend, kind) {
         return Err(DropReason::NoHeadroom);
     }
     // Encapsulated first: a packet held for the next hop needs only its Ethernet header.

@@ -160,7 +160,7 @@ fn error_about_flow<P: PacketBuf>(
             forward::rewrite_addr(f, ip, Side::Dst, &endpoint.addr);
             fix_icmp_checksum(f, ip, &ip.src, &endpoint.addr);
         }
-        return egress::deliver(pkt, cx, p.l2, ip, mode, &endpoint.addr, &route);
+        return egress::deliver(pkt, cx, p.l2, ip, svc, &endpoint.addr, &route);
     }
     // About a client's packet to a backend (NAT): the client is the quoted source.
     let o = owner(&inner.src, sport, snap.workers);

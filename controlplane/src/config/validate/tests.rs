@@ -641,3 +641,46 @@ fn scheduler_flags_thresholds_one_packet_and_client_lists_are_checked_field_by_f
         assert!(e.len() == 1 && e[0].starts_with(error), "{line}: {e:?}");
     }
 }
+
+#[test]
+fn tunnels_are_checked_and_tun_backends_may_be_of_the_other_family() {
+    let tun = "forwarding = \"dr\"\n";
+    let m = check(&BASE.replacen(
+        tun,
+        "forwarding = \"tun\"\ntunnel = \"gue\"\ntunnel_port = 6080\n[[services.backends]]\nid = \"v4\"\naddress = \"198.18.0.60\"\n",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(m.services[1].tunnel, Tunnel::Gue { port: 6080 });
+    assert_eq!(
+        m.services[1].backends[0].address,
+        "198.18.0.60".parse::<IpAddr>().unwrap(),
+        "an IPv4 backend of an IPv6 vip over tun"
+    );
+    assert_eq!(check(BASE).unwrap().services[1].tunnel, Tunnel::Ipip);
+    for (line, error) in [
+        (
+            "forwarding = \"tun\"\ntunnel = \"vxlan\"\n",
+            "services[1].tunnel: \"vxlan\" is not ipip, gue or gre",
+        ),
+        (
+            "forwarding = \"tun\"\ntunnel = \"gue\"\n",
+            "services[1].tunnel_port: is required with tunnel = \"gue\"",
+        ),
+        (
+            "forwarding = \"tun\"\ntunnel = \"gre\"\ntunnel_port = 6080\n",
+            "services[1].tunnel_port: is for tunnel = \"gue\" only",
+        ),
+        (
+            "forwarding = \"dr\"\ntunnel = \"gre\"\n",
+            "services[1].tunnel: gre is for tun forwarding (the forwarding is dr)",
+        ),
+        (
+            "forwarding = \"dr\"\n[[services.backends]]\nid = \"v4\"\naddress = \"198.18.0.60\"\n",
+            "services[1].backends[0].address: 198.18.0.60 is IPv4, the service's vip 2001:db8:1::53 is IPv6",
+        ),
+    ] {
+        let e = errors_of(tun, line);
+        assert!(e.len() == 1 && e[0].starts_with(error), "{line}: {e:?}");
+    }
+}
