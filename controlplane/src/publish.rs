@@ -280,6 +280,7 @@ pub fn snapshot_config(
                     allow: s.allow.clone(),
                     deny: s.deny.clone(),
                     tunnel: s.tunnel,
+                    persistence: s.persistence,
                 },
                 backends: s
                     .backends

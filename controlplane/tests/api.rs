@@ -288,6 +288,7 @@ fn services_are_listed_created_changed_and_deleted_and_live_at_once() {
         json!({"id": "web", "protocol": "tcp", "vip": "198.18.0.100", "port": 80,
                "scheduler": "maglev", "forwarding": "nat", "maglev_table_size": 65537,
                "scheduler_flags": [], "one_packet": false, "allow": [], "deny": [], "tunnel": "ipip",
+               "persistence_timeout": 0, "expire_quiescent_template": false,
                "backends": [
                  {"id": "web-1", "address": "198.18.0.10", "port": 8080, "weight": 1, "enabled": true,
                   "upper_threshold": 0, "lower_threshold": 0},

@@ -54,6 +54,32 @@ pub struct ServiceOptions {
     pub deny: Vec<IpPrefix>,
     /// What TUN forwarding wraps packets in.
     pub tunnel: crate::forward::Tunnel,
+    /// Persistence (ipvsadm `-p`), if any.
+    pub persistence: Option<Persistence>,
+}
+
+/// A persistent service's settings (ipvsadm `-p`, `-M`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Persistence {
+    /// Seconds a template lives after its last use or the end of its last flow (above 0).
+    pub timeout: u32,
+    /// The client's prefix length the templates are keyed by (32 or 128: one client).
+    pub netmask: u8,
+    /// A drained backend's (weight 0) templates stop taking new flows too, as IPVS's
+    /// `expire_quiescent_template = 1`; by default (0) they keep them.
+    pub expire_quiescent: bool,
+}
+
+impl Persistence {
+    /// The prefix length in the 16-byte form (an IPv4 netmask counts from bit 96).
+    #[inline]
+    pub fn mask16(&self, v4: bool) -> u8 {
+        if v4 {
+            96 + self.netmask.min(32)
+        } else {
+            self.netmask.min(128)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +161,9 @@ pub struct Service {
     /// kinds): a backend a handshake's ACK finds again from its tuple alone.
     pub by_hash: sched::WeightedHash,
     key: ServiceKey,
+    /// Parallel to `config.backends`: a persistence template may still give it new flows (it
+    /// takes them, or it is drained and templates keep drained backends).
+    pub template_keeps: Box<[bool]>,
     /// `options.allow` and `options.deny` as (network, mask) of the 16-byte form.
     allow: Box<[(u128, u128)]>,
     deny: Box<[(u128, u128)]>,
@@ -152,6 +181,22 @@ fn prefix_bits(p: &IpPrefix) -> (u128, u128) {
 }
 
 impl Service {
+    /// The index of backend `b` if a persistence template may give it this new flow.
+    #[inline]
+    pub fn template_backend(&self, b: BackendId) -> Option<usize> {
+        let i = self.config.backends.iter().position(|x| x.id == b)?;
+        self.template_keeps[i].then_some(i)
+    }
+
+    /// The persistence template key length for this service's clients (16-byte form).
+    #[inline]
+    pub fn persist_mask(&self) -> Option<u8> {
+        self.config
+            .options
+            .persistence
+            .map(|p| p.mask16(self.config.vip.is_ipv4()))
+    }
+
     /// The service's allow and deny lists let `client` open a flow (deny wins; an empty allow
     /// list allows every client).
     #[inline]
@@ -168,7 +213,7 @@ impl Service {
     #[inline]
     pub fn matches(&self, key: &crate::flow::FlowKey) -> bool {
         self.key.vip == key.vip
-            && self.key.port == key.vip_port
+            && (self.key.port == key.vip_port || self.key.port == 0)
             && self.key.protocol == key.protocol
     }
 }
@@ -242,6 +287,12 @@ pub struct Snapshot {
     /// The backends of one-packet NAT services, by (protocol, address, port): their replies
     /// find no flow and are translated back from this (service index, backend).
     one_packet_replies: HashMap<(u8, [u8; 16], u16), (u32, BackendId)>,
+    /// Per family (IPv6, IPv4): while persistent NAT services exist, the shortest of their
+    /// netmasks (16-byte form): NAT flows are then owned by the client's address under it
+    /// ([`crate::pipeline::nat_owner`]).
+    pub nat_steering: [Option<u8>; 2],
+    /// Some service has port 0 (every port of its VIP).
+    port_zero: bool,
 }
 
 impl Snapshot {
@@ -328,6 +379,8 @@ impl Snapshot {
             failed,
             backend_routes: Vec::new(),
             one_packet_replies: HashMap::new(),
+            nat_steering: [None; 2],
+            port_zero: config.services.iter().any(|s| s.port == 0),
             by_id: Vec::new(),
             vip_filter: [0; 4],
         };
@@ -403,7 +456,28 @@ impl Snapshot {
                         .or_insert((snap.services.len() as u32, b.id));
                 }
             }
+            let expire_quiescent = s.options.persistence.is_some_and(|p| p.expire_quiescent);
+            let template_keeps = s
+                .backends
+                .iter()
+                .zip(&sched_backends)
+                .map(|(b, sb)| {
+                    let failed = backend_routes[b.id.0 as usize].is_some_and(|r| r.failed);
+                    !b.sorry
+                        && (sb.weight > 0
+                            || b.weight == 0 && b.enabled && !failed && !expire_quiescent)
+                })
+                .collect();
+            if s.forwarding == ForwardingMode::Nat
+                && let Some(p) = s.options.persistence
+            {
+                let v4 = s.vip.is_ipv4();
+                let m = p.mask16(v4);
+                let steer = &mut snap.nat_steering[usize::from(v4)];
+                *steer = Some(steer.map_or(m, |old| old.min(m)));
+            }
             snap.services.push(Service {
+                template_keeps,
                 allow: s.options.allow.iter().map(prefix_bits).collect(),
                 deny: s.options.deny.iter().map(prefix_bits).collect(),
                 config: s,
@@ -486,9 +560,16 @@ impl Snapshot {
         Some((&self.services[i as usize], b))
     }
 
+    /// The service at `key`, or the VIP's port-zero service (every port) when there is one and
+    /// no service has that port.
     #[inline]
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.by_key.get(key).map(|&i| &self.services[i as usize])
+        let i = match self.by_key.get(key) {
+            Some(&i) => i,
+            None if self.port_zero => *self.by_key.get(&ServiceKey { port: 0, ..*key })?,
+            None => return None,
+        };
+        Some(&self.services[i as usize])
     }
 
     #[inline]

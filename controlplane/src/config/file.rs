@@ -170,7 +170,8 @@ pub struct ServiceSpec {
     /// broadcast, IPv4-mapped, or an interface's own address).
     #[schema(examples("198.18.0.100", "2001:db8::100"))]
     pub vip: String,
-    #[schema(minimum = 1, maximum = 65535)]
+    /// 0: every port of the vip (a persistent dr or tun service, as IPVS's port-zero one).
+    #[schema(minimum = 0, maximum = 65535)]
     pub port: u16,
     #[serde(default = "default_scheduler")]
     #[schema(value_type = SchedulerName, default = "wlc")]
@@ -196,6 +197,20 @@ pub struct ServiceSpec {
     #[serde(default = "default_tunnel")]
     #[schema(value_type = TunnelName, default = "ipip")]
     pub tunnel: String,
+    /// Seconds a client stays with its backend after its last connection (ipvsadm `-p`); 0: no
+    /// persistence.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 31536000, default = 0)]
+    pub persistence_timeout: u32,
+    /// The prefix length of the client address that persists (ipvsadm `-M`): 32 for IPv4 and
+    /// 128 for IPv6 (one client) unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 128)]
+    pub persistence_netmask: Option<u8>,
+    /// A drained backend's (weight 0) persistent clients leave it too (IPVS's sysctl
+    /// `expire_quiescent_template = 1`); by default they stay.
+    #[serde(default)]
+    pub expire_quiescent_template: bool,
     /// gue: the backends' UDP port (ipvsadm `--tun-port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 65535)]
@@ -436,6 +451,9 @@ impl From<&super::Service> for ServiceSpec {
                 super::Tunnel::Gre => "gre",
             }
             .into(),
+            persistence_timeout: s.persistence.map_or(0, |p| p.timeout),
+            persistence_netmask: s.persistence.map(|p| p.netmask),
+            expire_quiescent_template: s.persistence.is_some_and(|p| p.expire_quiescent),
             tunnel_port: match s.tunnel {
                 super::Tunnel::Gue { port } => Some(port),
                 _ => None,

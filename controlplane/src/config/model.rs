@@ -8,7 +8,7 @@ pub use dataplane::addr::{IpPrefix, MacAddr};
 pub use dataplane::flow::FlowTimeouts;
 pub use dataplane::forward::Tunnel;
 pub use dataplane::service::{ForwardingMode, Protocol, SchedFlags, SchedulerKind};
-pub use dataplane::snapshot::HostReplies;
+pub use dataplane::snapshot::{HostReplies, Persistence};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
@@ -108,6 +108,8 @@ pub struct Service {
     pub deny: Vec<IpPrefix>,
     /// What TUN forwarding wraps packets in.
     pub tunnel: Tunnel,
+    /// Persistence (ipvsadm `-p`, `-M`), if any.
+    pub persistence: Option<Persistence>,
     pub forwarding: ForwardingMode,
     pub maglev_table_size: u32,
     pub backends: Vec<Backend>,

@@ -542,8 +542,26 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         s.protocol.parse::<Protocol>().map_err(|x| x.to_string()),
     );
     let vip = e.parse(join(at, "vip"), ip(&s.vip).and_then(usable_vip));
+    let persistence = persistence(e, s, vip, at);
     if s.port == 0 {
-        e.add(join(at, "port"), "0 is not a port (1 to 65535)");
+        if s.persistence_timeout == 0 {
+            e.add(
+                join(at, "port"),
+                "0 (every port) is for a persistent service: set persistence_timeout (ipvsadm refuses a zero port without -p too)",
+            );
+        }
+        if !matches!(s.forwarding.as_str(), "dr" | "tun") {
+            e.add(
+                join(at, "port"),
+                "0 (every port) forwards with dr or tun: nat would need a backend port per flow",
+            );
+        }
+        if s.health_check.kind != "none" && s.health_check.port.is_none() {
+            e.add(
+                join(at, "health_check.port"),
+                "is required when the service's port is 0 (the backends have no port of their own)",
+            );
+        }
     }
     let scheduler = e.parse(
         join(at, "scheduler"),
@@ -614,6 +632,7 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         allow: allow?,
         deny: deny?,
         tunnel: tunnel?,
+        persistence: persistence?,
         forwarding: forwarding?,
         maglev_table_size: m,
         backends: backends?,
@@ -657,6 +676,64 @@ fn scheduler_flags(
         }
     }
     (e.0.len() == before).then_some(flags)
+}
+
+/// The longest persistence, a year (ipvsadm takes any number of seconds).
+pub const MAX_PERSISTENCE_TIMEOUT: u32 = 31_536_000;
+
+/// `persistence_timeout`, `persistence_netmask` and `expire_quiescent_template`.
+fn persistence(
+    e: &mut Errors,
+    s: &ServiceSpec,
+    vip: Option<IpAddr>,
+    at: &str,
+) -> Option<Option<Persistence>> {
+    let before = e.0.len();
+    let t = s.persistence_timeout;
+    if t > MAX_PERSISTENCE_TIMEOUT {
+        e.add(
+            join(at, "persistence_timeout"),
+            format!("{t} is not from 0 (off) to {MAX_PERSISTENCE_TIMEOUT} seconds"),
+        );
+    }
+    let max = if vip.is_some_and(|v| v.is_ipv6()) {
+        128
+    } else {
+        32
+    };
+    if let Some(m) = s.persistence_netmask {
+        if t == 0 {
+            e.add(
+                join(at, "persistence_netmask"),
+                "needs a persistence_timeout (0 means no persistence)",
+            );
+        } else if !(1..=max).contains(&m) {
+            e.add(
+                join(at, "persistence_netmask"),
+                format!("{m} is not a prefix length from 1 to {max}"),
+            );
+        }
+    }
+    if s.expire_quiescent_template && t == 0 {
+        e.add(
+            join(at, "expire_quiescent_template"),
+            "needs a persistence_timeout (0 means no persistence)",
+        );
+    }
+    if t > 0 && s.one_packet {
+        e.add(
+            join(at, "persistence_timeout"),
+            "cannot persist a one_packet service: it keeps no flow to count",
+        );
+    }
+    if e.0.len() != before {
+        return None;
+    }
+    Some((t > 0).then(|| Persistence {
+        timeout: t,
+        netmask: s.persistence_netmask.unwrap_or(max),
+        expire_quiescent: s.expire_quiescent_template,
+    }))
 }
 
 /// `tunnel` and `tunnel_port`: a known type, other than ipip only for tun, a port for gue.

@@ -44,7 +44,9 @@ fn fields(old: &Value, new: &Value, skip: &str) -> Vec<String> {
 
 /// Keys an added object shows only when they are set (not empty, false or 0; a `tunnel` other
 /// than ipip): what most services and backends leave alone.
-const SHOWN_WHEN_SET: [&str; 6] = [
+const SHOWN_WHEN_SET: [&str; 8] = [
+    "persistence_timeout",
+    "expire_quiescent_template",
     "scheduler_flags",
     "one_packet",
     "allow",

@@ -2,6 +2,7 @@
 
 mod index;
 mod key;
+pub mod persist;
 mod table;
 
 pub use key::{FlowKey, addr_bytes, addr_from_bytes, address_hash};

@@ -27,6 +27,7 @@ use super::FlowKey;
 use super::index::{FlowIndex, KeyHasher};
 use std::sync::Arc;
 
+use super::persist::{self, TemplateKey, Templates};
 use crate::sched::{ConnBoard, ConnSource, Conns};
 use crate::service::{BackendId, ServiceId};
 use crate::wire::tcp;
@@ -183,8 +184,8 @@ impl FlowTimeouts {
 pub struct Flow {
     pub key: FlowKey,
     pub state: FlowState,
-    /// In the reply index too (NAT).
-    nat: bool,
+    /// [`NAT`] (in the reply index too), [`BOUND`] (controlled by a persistence template).
+    flags: u8,
     pub service: ServiceId,
     pub backend: BackendId,
     /// Seconds (the caller's clock) of the last packet.
@@ -193,6 +194,23 @@ pub struct Flow {
     pub created: u32,
     prev: u32,
     next: u32,
+}
+
+/// A [`Flow`]'s flag: in the reply index too (NAT).
+const NAT: u8 = 1;
+/// A [`Flow`]'s flag: a persistence template controls it.
+const BOUND: u8 = 2;
+
+impl Flow {
+    /// Found by its replies too (NAT).
+    pub fn is_nat(&self) -> bool {
+        self.flags & NAT != 0
+    }
+
+    /// Controlled by a persistence template.
+    pub fn is_bound(&self) -> bool {
+        self.flags & BOUND != 0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -255,6 +273,12 @@ pub struct FlowTable {
     /// When (the caller's clock) a half-open flow was last evicted.
     syn_evicted_at: Option<u32>,
     conns: Vec<Conns>,
+    /// Persistence templates, and per service id the netmask (of the 16-byte form) its
+    /// templates are keyed by (None: not persistent).
+    pub templates: Templates,
+    persist_masks: Vec<Option<u8>>,
+    /// The latest clock the table was given (a flow ending in a removal ends at it).
+    clock: u32,
     /// The connection counts every worker shares for the backends' limits, and this table's
     /// row in it.
     board: Arc<ConnBoard>,
@@ -309,6 +333,9 @@ pub struct NewFlow {
     /// Also findable by its replies (NAT).
     pub nat: bool,
     pub state: FlowState,
+    /// Controlled by this persistence template (its timeout, seconds): the template is made or
+    /// used, and counts the flow until it ends.
+    pub template: Option<(TemplateKey, u32)>,
 }
 
 /// Why `insert` could not add a flow.
@@ -351,6 +378,9 @@ impl FlowTable {
             swept_clean_at: None,
             syn_evicted_at: None,
             conns: vec![Conns::default(); max_backends as usize],
+            templates: Templates::try_new((capacity as usize / 8).max(1024))?,
+            persist_masks: Vec::new(),
+            clock: 0,
             board: Arc::new(ConnBoard::new(1, max_backends)),
             board_row: 0,
             endpoints: vec![Endpoint::default(); max_backends as usize],
@@ -533,6 +563,7 @@ impl FlowTable {
             endpoint,
             nat,
             state,
+            template,
         } = new;
         if backend.0 as usize >= self.conns.len() {
             return Err(InsertError::BackendIdTooLarge);
@@ -544,7 +575,7 @@ impl FlowTable {
         let flow = Flow {
             key,
             state,
-            nat,
+            flags: if nat { NAT } else { 0 },
             service,
             backend,
             last_seen: now,
@@ -574,6 +605,12 @@ impl FlowTable {
         }
         self.count_in(backend, state);
         self.bind(backend, true);
+        self.clock = self.clock.max(now);
+        if let Some((t, timeout)) = template
+            && self.templates.bind(t, backend, now, timeout)
+        {
+            self.slots[slot as usize].flags |= BOUND;
+        }
         self.link_tail(slot);
         self.stats.created += 1;
         Ok(slot)
@@ -584,12 +621,21 @@ impl FlowTable {
         let f = self.slots[slot as usize];
         let h = self.hash_of(&f.key);
         self.index.remove(h, slot);
-        if f.nat {
+        if f.is_nat() {
             self.reply_index
                 .remove(self.hash_reply(&self.reply_key_of(&f)), slot);
         }
         self.count_out(f.backend, f.state);
         self.bind(f.backend, false);
+        if f.is_bound()
+            && let Some(&Some(len)) = self.persist_masks.get(f.service.0 as usize)
+        {
+            let key = TemplateKey {
+                service: f.service,
+                client: persist::masked(&f.key.client, len),
+            };
+            self.templates.release(&key, self.clock.max(f.last_seen));
+        }
         self.unlink(slot);
         let e = &mut self.slots[slot as usize];
         e.next = self.free;
@@ -601,6 +647,7 @@ impl FlowTable {
     /// sweep has found nothing (more) to remove at `now`, the next ones at the same `now`
     /// return at once (a new flow sweeps too: most would otherwise read five list heads).
     pub fn sweep(&mut self, now: u32, budget: usize) -> usize {
+        self.clock = self.clock.max(now);
         if self.swept_clean_at == Some(now) {
             return 0;
         }
@@ -738,6 +785,19 @@ impl FlowTable {
     pub fn set_endpoint(&mut self, b: BackendId, endpoint: Endpoint) {
         if let Some(e) = self.endpoints.get_mut(b.0 as usize) {
             *e = endpoint;
+        }
+    }
+
+    /// Service `service`'s templates are keyed by the client's first `mask` bits (of the
+    /// 16-byte form), or it is not persistent (None). A change forgets its templates.
+    pub fn set_persistence(&mut self, service: ServiceId, mask: Option<u8>) {
+        let i = service.0 as usize;
+        if self.persist_masks.len() <= i {
+            self.persist_masks.resize(i + 1, None);
+        }
+        if self.persist_masks[i] != mask {
+            self.persist_masks[i] = mask;
+            self.templates.forget_service(service);
         }
     }
 

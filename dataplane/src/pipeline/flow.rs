@@ -7,8 +7,9 @@
 //! wants it (without IPVS's dropped first SYN, which costs the client a one-second
 //! retransmission).
 
-use super::{Action, Ctx, Ip, L4, egress, owner};
+use super::{Action, Ctx, Ip, L4, egress, flow_owner};
 use crate::drop_reason::DropReason;
+use crate::flow::persist::TemplateKey;
 use crate::flow::{Endpoint, FlowKey, FlowState, NewFlow, NoFlow};
 use crate::packet::PacketBuf;
 use crate::sched::PickInput;
@@ -95,12 +96,12 @@ fn new_flow<P: PacketBuf>(
     }
     let mode = svc.config.forwarding;
     let w = &mut *cx.w;
-    if mode == ForwardingMode::Nat {
-        // NAT flows live with the worker that owns the client (replies find them there).
-        let o = owner(&p.ip.src, l4.sport, cx.snap.workers);
-        if o != w.index {
-            return Ok(Action::Redirect(o));
-        }
+    // NAT flows live with the worker that owns the client (replies find them there), a
+    // persistent service's with the one that owns the client's masked address (its templates).
+    if let Some(o) = flow_owner(svc, cx.snap, &p.ip.src, l4.sport)
+        && o != w.index
+    {
+        return Ok(Action::Redirect(o));
     }
     let state = match l4.tcp_flags {
         Some(f) => FlowState::for_new_tcp(f).map_err(|e| match e {
@@ -113,22 +114,41 @@ fn new_flow<P: PacketBuf>(
         .cursors
         .get_mut(svc.config.id.0 as usize)
         .ok_or(DropReason::FlowInsertFailed)?;
-    let pick =
-        if state != FlowState::Udp && !svc.scheduler.is_per_flow() && w.flows.syn_flood(cx.now) {
-            // Half-open flows are being evicted: this SYN's entry may be gone when its ACK
-            // comes, and the ACK must find the same backend from its tuple alone.
-            w.flows.count_hashed();
-            svc.by_hash.pick(key.stable_hash())
-        } else {
-            svc.scheduler.pick(
-                &PickInput {
-                    backends: &svc.sched_backends,
-                    flow: &key,
-                    conns: &w.flows,
+    // A persistent service's live template gives its backend, whatever the scheduler.
+    let template = svc
+        .config
+        .options
+        .persistence
+        .zip(svc.persist_mask())
+        .map(|(p, m)| {
+            (
+                TemplateKey {
+                    service: svc.config.id,
+                    client: crate::flow::persist::masked(&key.client, m),
                 },
-                cursor,
+                p.timeout,
             )
-        };
+        });
+    let kept = template
+        .and_then(|(k, _)| w.flows.templates.lookup(&k, cx.now))
+        .and_then(|t| svc.template_backend(t.backend));
+    let pick = if kept.is_some() {
+        kept
+    } else if state != FlowState::Udp && !svc.scheduler.is_per_flow() && w.flows.syn_flood(cx.now) {
+        // Half-open flows are being evicted: this SYN's entry may be gone when its ACK
+        // comes, and the ACK must find the same backend from its tuple alone.
+        w.flows.count_hashed();
+        svc.by_hash.pick(key.stable_hash())
+    } else {
+        svc.scheduler.pick(
+            &PickInput {
+                backends: &svc.sched_backends,
+                flow: &key,
+                conns: &w.flows,
+            },
+            cursor,
+        )
+    };
     let b = &svc.config.backends[pick.ok_or(DropReason::NoBackend)?];
     let endpoint = Endpoint {
         addr: crate::flow::addr_bytes(b.address),
@@ -152,6 +172,7 @@ fn new_flow<P: PacketBuf>(
         endpoint,
         nat: mode == ForwardingMode::Nat,
         state,
+        template,
     };
     w.flows
         .insert(new, cx.now)

@@ -4,7 +4,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::{Action, Ctx, Ip, egress, local, owner};
+use super::{Action, Ctx, Ip, egress, local, nat_owner};
 use crate::drop_reason::DropReason;
 use crate::flow::{Endpoint, FlowKey, ReplyKey, addr_from_bytes};
 use crate::forward::{self, IpView, Side};
@@ -130,7 +130,7 @@ fn error_about_flow<P: PacketBuf>(
             .ok_or(DropReason::IcmpNoFlow)?;
         let mode = svc.config.forwarding;
         if mode == ForwardingMode::Nat {
-            let o = owner(&key.client, key.client_port, snap.workers);
+            let o = nat_owner(snap, &key.client, key.client_port);
             if o != cx.w.index {
                 return Ok(Action::Redirect(o));
             }
@@ -163,7 +163,7 @@ fn error_about_flow<P: PacketBuf>(
         return egress::deliver(pkt, cx, p.l2, ip, svc, &endpoint.addr, &route);
     }
     // About a client's packet to a backend (NAT): the client is the quoted source.
-    let o = owner(&inner.src, sport, snap.workers);
+    let o = nat_owner(snap, &inner.src, sport);
     if o != cx.w.index {
         return Ok(Action::Redirect(o));
     }

@@ -27,6 +27,7 @@ mod state;
 
 pub use fast::{MAX_BURST, WARM_ABOVE, warm_burst};
 pub use state::{WorkerState, owner};
+pub(crate) use state::{flow_owner, nat_owner};
 
 use crate::drop_reason::DropReason;
 use crate::forward::IpView;

@@ -1,7 +1,7 @@
 //! A backend's reply to a client (NAT): found by its reply key, the source becomes the VIP and
 //! the service port again, and it goes to the client's next hop.
 
-use super::{Action, Ctx, L4, egress, owner};
+use super::{Action, Ctx, L4, egress, nat_owner};
 use crate::drop_reason::DropReason;
 use crate::flow::{Endpoint, ReplyKey, addr_from_bytes};
 use crate::forward::{self, IpView, Side};
@@ -13,7 +13,7 @@ pub(super) fn reply<P: PacketBuf>(
     ip: &IpView,
     l4: &L4,
 ) -> Result<Action, DropReason> {
-    let o = owner(&ip.dst, l4.dport, cx.snap.workers);
+    let o = nat_owner(cx.snap, &ip.dst, l4.dport);
     if o != cx.w.index {
         // Only a NAT reply is ever owned elsewhere; if it is not one, the owner drops it.
         return Ok(Action::Redirect(o));

@@ -93,6 +93,9 @@ impl WorkerState {
         if self.flows.timeouts() != snapshot.timeouts {
             self.flows.set_timeouts(snapshot.timeouts);
         }
+        for s in &snapshot.services {
+            self.flows.set_persistence(s.config.id, s.persist_mask());
+        }
         // The backends' connection limits (every worker writes the same values).
         let board = self.flows.board();
         for b in snapshot.services.iter().flat_map(|s| &s.config.backends) {
@@ -127,6 +130,40 @@ impl WorkerState {
         f.syn_flood_hashed.set(s.syn_flood_hashed);
         f.flushed.set(s.flushed);
         self.traffic.mirrored_snapshot.set(snapshot.epoch);
+    }
+}
+
+/// The worker that keeps the flows of `svc` from `client`:`port`, or None when the worker that
+/// received the packet keeps it: a NAT service's flows live with [`nat_owner`] (both
+/// directions find them there), a persistent DR or TUN service's with the owner of the masked
+/// client (its templates are there).
+#[inline]
+pub(crate) fn flow_owner(
+    svc: &crate::snapshot::Service,
+    snap: &Snapshot,
+    client: &[u8; 16],
+    port: u16,
+) -> Option<u16> {
+    if svc.config.forwarding == crate::service::ForwardingMode::Nat {
+        return Some(nat_owner(snap, client, port));
+    }
+    let m = svc.persist_mask()?;
+    Some(owner(
+        &crate::flow::persist::masked(client, m),
+        0,
+        snap.workers,
+    ))
+}
+
+/// The worker that owns the NAT flows of `client`:`port`, as both directions find it: the
+/// owner of the endpoint, or, while a persistent NAT service of the client's family exists,
+/// the owner of the client's address under the shortest netmask among them (every client
+/// that shares a template then shares a worker).
+#[inline]
+pub(crate) fn nat_owner(snap: &Snapshot, client: &[u8; 16], port: u16) -> u16 {
+    match snap.nat_steering[usize::from(crate::addr::is_mapped(client))] {
+        None => owner(client, port, snap.workers),
+        Some(m) => owner(&crate::flow::persist::masked(client, m), 0, snap.workers),
     }
 }
 

@@ -684,3 +684,84 @@ fn tunnels_are_checked_and_tun_backends_may_be_of_the_other_family() {
         assert!(e.len() == 1 && e[0].starts_with(error), "{line}: {e:?}");
     }
 }
+
+#[test]
+fn persistence_and_port_zero_are_checked_field_by_field() {
+    let svc = "scheduler = \"maglev\"\n";
+    let m = check(&BASE.replacen(
+        svc,
+        "scheduler = \"rr\"\npersistence_timeout = 600\npersistence_netmask = 24\nexpire_quiescent_template = true\n",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        m.services[0].persistence,
+        Some(Persistence {
+            timeout: 600,
+            netmask: 24,
+            expire_quiescent: true
+        })
+    );
+    let dns6 = "forwarding = \"dr\"\n";
+    let m =
+        check(&BASE.replacen(dns6, "forwarding = \"dr\"\npersistence_timeout = 60\n", 1)).unwrap();
+    assert_eq!(
+        m.services[1].persistence.unwrap().netmask,
+        128,
+        "one IPv6 client"
+    );
+    assert_eq!(check(BASE).unwrap().services[0].persistence, None);
+    let port0 = check(&BASE.replacen(
+        "port = 53\nforwarding = \"dr\"\n",
+        "port = 0\nforwarding = \"dr\"\npersistence_timeout = 60\n",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            port0.services[1].port,
+            port0.services[1].persistence.unwrap().timeout
+        ),
+        (0, 60)
+    );
+    for (from, line, error) in [
+        (
+            svc,
+            "persistence_netmask = 24\n",
+            "services[0].persistence_netmask: needs a persistence_timeout",
+        ),
+        (
+            svc,
+            "persistence_timeout = 60\npersistence_netmask = 33\n",
+            "services[0].persistence_netmask: 33 is not a prefix length from 1 to 32",
+        ),
+        (
+            svc,
+            "persistence_timeout = 40000000\n",
+            "services[0].persistence_timeout: 40000000 is not from 0 (off) to 31536000 seconds",
+        ),
+        (
+            svc,
+            "expire_quiescent_template = true\n",
+            "services[0].expire_quiescent_template: needs a persistence_timeout",
+        ),
+        (
+            "port = 53\nforwarding = \"dr\"\n",
+            "port = 0\nforwarding = \"dr\"\n",
+            "services[1].port: 0 (every port) is for a persistent service",
+        ),
+        (
+            "port = 80\n",
+            "port = 0\npersistence_timeout = 60\n",
+            "services[0].port: 0 (every port) forwards with dr or tun",
+        ),
+        (
+            "port = 53\nforwarding = \"dr\"\n",
+            "port = 0\nforwarding = \"dr\"\npersistence_timeout = 60\nhealth_check = { type = \"tcp\" }\n",
+            "services[1].health_check.port: is required when the service's port is 0",
+        ),
+    ] {
+        let e = errors_of(from, line);
+        assert!(e.iter().any(|x| x.starts_with(error)), "{line}: {e:?}");
+    }
+}

@@ -36,6 +36,7 @@ fn add(t: &mut FlowTable, i: u32, backend: u32, state: FlowState, now: u32) -> u
             endpoint: ep(backend),
             nat: false,
             state,
+            template: None,
         },
         now,
     )
@@ -312,6 +313,7 @@ fn replies_find_their_nat_flow_by_backend_and_client() {
                 endpoint: ep(3),
                 nat: true,
                 state: FlowState::Syn,
+                template: None,
             },
             0,
         )
@@ -338,6 +340,7 @@ fn replies_find_their_nat_flow_by_backend_and_client() {
             endpoint: ep(3),
             nat: false,
             state: FlowState::Syn,
+            template: None,
         },
         0,
     )
@@ -364,6 +367,7 @@ fn flush_by_service_and_by_backend_removes_exactly_those_flows() {
                 endpoint: ep(i % 5),
                 nat: true,
                 state: FlowState::Established,
+                template: None,
             },
             0,
         )
@@ -389,6 +393,7 @@ fn backend_ids_beyond_the_table_are_refused() {
             endpoint: ep(0),
             nat: false,
             state: FlowState::Udp,
+            template: None,
         },
         0,
     );
@@ -415,6 +420,7 @@ fn churn_never_grows_the_table() {
                     endpoint: ep(k % 8),
                     nat: true,
                     state: FlowState::Syn,
+                    template: None,
                 },
                 round,
             )
@@ -481,7 +487,7 @@ proptest! {
                     if t.lookup(&key(k), now).is_none() {
                         let state = if flags & 0x80 != 0 { Some(FlowState::Udp) } else { FlowState::for_new_tcp(flags).ok() };
                         if let Some(s) = state {
-                            t.insert(NewFlow { key: key(k), service: ServiceId(k % 3), backend: BackendId(b), endpoint: ep(b), nat: k % 2 == 0, state: s }, now).unwrap();
+                            t.insert(NewFlow { key: key(k), service: ServiceId(k % 3), backend: BackendId(b), endpoint: ep(b), nat: k % 2 == 0, state: s, template: None }, now).unwrap();
                         }
                     }
                 }
@@ -502,7 +508,7 @@ proptest! {
             }
             prop_assert_eq!(t.iter().count(), t.len());
             prop_assert_eq!(t.index.len(), t.len());
-            prop_assert_eq!(t.reply_index.len(), t.iter().filter(|f| f.nat).count());
+            prop_assert_eq!(t.reply_index.len(), t.iter().filter(|f| f.is_nat()).count());
             prop_assert!(t.len() <= 32);
         }
     }

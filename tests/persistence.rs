@@ -1,0 +1,253 @@
+//! Persistence through the real binary, packets from a named pipe (common::pcap::Feed) so the
+//! configuration can change between batches: per client (/32) and per network (/24), each
+//! client's new flows on its template's backend while the scheduler spreads the clients; a
+//! port-zero DR service keeping one client on one backend across ports; a drained backend
+//! keeping its persistent clients (IPVS's expire_quiescent_template = 0) and taking no new
+//! ones; a removed backend's clients scheduled anew.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pcap::{self, Feed};
+use common::{Appliance, eal_args, file_prefix, split_announcements};
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+
+const VIP: [u8; 4] = [198, 18, 0, 100];
+
+const CONFIG: &str = r#"
+[dpdk]
+burst = 1
+idle_sleep_us = 100
+rx_desc = 256
+tx_desc = 256
+flow_capacity = 1024
+[[interfaces]]
+port = 0
+addresses = ["198.18.0.1/24", "198.18.1.1/24"]
+[[routes]]
+prefix = "0.0.0.0/0"
+via = "198.18.0.254"
+[[neighbors]]
+address = "198.18.0.254"
+mac = "02:00:00:00:00:fe"
+[[neighbors]]
+address = "198.18.1.10"
+mac = "02:00:00:00:01:0a"
+[[neighbors]]
+address = "198.18.1.11"
+mac = "02:00:00:00:01:0b"
+[[neighbors]]
+address = "198.18.1.12"
+mac = "02:00:00:00:01:0c"
+
+[[services]]
+id = "p32"
+protocol = "udp"
+vip = "198.18.0.100"
+port = 53
+scheduler = "rr"
+persistence_timeout = 300
+[[services.backends]]
+id = "b0"
+address = "198.18.1.10"
+port = 5353
+[[services.backends]]
+id = "b1"
+address = "198.18.1.11"
+port = 5353
+[[services.backends]]
+id = "b2"
+address = "198.18.1.12"
+port = 5353
+
+[[services]]
+id = "p24"
+protocol = "udp"
+vip = "198.18.0.100"
+port = 54
+scheduler = "rr"
+persistence_timeout = 300
+persistence_netmask = 24
+[[services.backends]]
+id = "b0"
+address = "198.18.1.10"
+port = 5454
+[[services.backends]]
+id = "b1"
+address = "198.18.1.11"
+port = 5454
+
+[[services]]
+id = "pz"
+protocol = "tcp"
+vip = "198.18.0.100"
+port = 0
+scheduler = "rr"
+forwarding = "dr"
+persistence_timeout = 300
+[[services.backends]]
+id = "b0"
+address = "198.18.1.10"
+[[services.backends]]
+id = "b1"
+address = "198.18.1.11"
+"#;
+
+fn udp(client: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], common::PCAP_MAC)
+        .ipv4(client, VIP, 64)
+        .udp(sport, dport)
+        .write(&mut out, b"q")
+        .unwrap();
+    out
+}
+
+fn syn(client: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], common::PCAP_MAC)
+        .ipv4(client, VIP, 64)
+        .tcp(sport, dport, 1, 64240)
+        .syn()
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// Each output frame as (client's last two bytes, source port, destination port, backend
+/// 0..3 by MAC), checked to be addressed to that backend (NAT) or to the VIP (DR).
+fn summary(f: &[u8]) -> ([u8; 2], u16, u16, u8) {
+    let h = PacketHeaders::from_ethernet_slice(f).unwrap();
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("not IPv4")
+    };
+    let (s, d) = match &h.transport {
+        Some(TransportHeader::Udp(u)) => (u.source_port, u.destination_port),
+        Some(TransportHeader::Tcp(t)) => (t.source_port, t.destination_port),
+        _ => panic!("not TCP or UDP"),
+    };
+    assert_eq!(f[..5], [2, 0, 0, 0, 1], "to a backend's MAC");
+    let b = f[5] - 0x0a;
+    if h.transport
+        .as_ref()
+        .is_some_and(|t| matches!(t, TransportHeader::Tcp(_)))
+    {
+        assert_eq!(ip.destination, VIP, "DR keeps the VIP");
+    } else {
+        assert_eq!(ip.destination, [198, 18, 1, 10 + b], "NAT to the backend");
+    }
+    ([ip.source[2], ip.source[3]], s, d, b)
+}
+
+#[test]
+fn clients_and_networks_stick_to_their_backends_through_drains_removals_and_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("l4lb.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let (input, output) = (dir.path().join("in.pcap"), dir.path().join("out.pcap"));
+    Feed::create(&input);
+    let prefix = file_prefix("persistence");
+    let vdev = format!(
+        "--vdev=net_pcap0,rx_pcap={},tx_pcap={}",
+        input.display(),
+        output.display()
+    );
+    let app = Appliance::start(&cfg, &prefix, &eal_args(&prefix, "0", &[vdev]));
+    let mut feed = Feed::open(&input, Duration::from_secs(30));
+    let base = app.api_base(Duration::from_secs(30));
+    let mut send = |frames: Vec<Vec<u8>>| {
+        feed.send(&frames);
+        let n = feed.sent();
+        assert!(
+            app.wait_rx(0, n, Duration::from_secs(30)),
+            "the appliance never received {n} packets; log:\n{}",
+            app.log()
+        );
+    };
+    let c = |i: u8| [198, 19, 0, i];
+
+    // A. /32: three clients, then each again in another order; /24: two networks; port zero.
+    send(vec![
+        udp(c(1), 1000, 53),
+        udp(c(2), 1000, 53),
+        udp(c(3), 1000, 53),
+        udp(c(3), 1001, 53),
+        udp(c(1), 1001, 53),
+        udp(c(2), 1001, 53),
+        udp([198, 19, 1, 1], 2000, 54),
+        udp([198, 19, 1, 2], 2000, 54),
+        udp([198, 19, 2, 1], 2000, 54),
+        udp([198, 19, 2, 2], 2000, 54),
+        udp([198, 19, 1, 3], 2000, 54),
+        syn([198, 19, 3, 1], 3000, 80),
+        syn([198, 19, 3, 1], 3001, 443),
+        syn([198, 19, 3, 1], 3002, 21),
+        syn([198, 19, 3, 2], 3000, 80),
+        syn([198, 19, 3, 2], 3001, 443),
+    ]);
+    // B. b0 drained: its client keeps it, a new client does not get it.
+    let agent = ureq::Agent::new_with_defaults();
+    agent
+        .patch(format!("{base}/api/v1/services/p32/backends/b0"))
+        .send_json(serde_json::json!({"weight": 0}))
+        .unwrap();
+    send(vec![udp(c(1), 1002, 53), udp(c(4), 1000, 53)]);
+    // C. b1 removed: its clients are scheduled anew (rr from the head: b0 is drained, so b2);
+    // the drained b0 still has its client.
+    agent
+        .delete(format!("{base}/api/v1/services/p32/backends/b1"))
+        .call()
+        .unwrap();
+    send(vec![udp(c(2), 1002, 53), udp(c(1), 1003, 53)]);
+
+    let stats: serde_json::Value = agent
+        .get(format!("{base}/api/v1/stats"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    drop(feed);
+    let done = app.signal_and_wait("TERM", Duration::from_secs(20));
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    let out: Vec<_> = split_announcements(pcap::read(&output))
+        .frames
+        .iter()
+        .map(|f| summary(f))
+        .collect();
+    let backends: Vec<u8> = out.iter().map(|o| o.3).collect();
+    assert_eq!(out.len(), 20, "{out:?}\n{}", done.stdout);
+    assert_eq!(
+        backends[..6],
+        [0, 1, 2, 2, 0, 1],
+        "/32: each client's second flow on its first one's backend (rr alone: 0 1 2 0 1 2)"
+    );
+    assert_eq!(
+        backends[6..11],
+        [0, 0, 1, 1, 0],
+        "/24: a network per backend (rr alone: 0 1 0 1 0)"
+    );
+    assert_eq!(
+        out[11..16].iter().map(|o| (o.2, o.3)).collect::<Vec<_>>(),
+        [(80, 0), (443, 0), (21, 0), (80, 1), (443, 1)],
+        "port zero: a client on one backend whatever the port"
+    );
+    assert_eq!(
+        backends[16..18],
+        [0, 1],
+        "drained: kept by its client, not given"
+    );
+    assert_eq!(
+        backends[18..20],
+        [2, 0],
+        "removed: scheduled anew; the drained one keeps its client"
+    );
+    let p32 = stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "p32")
+        .unwrap();
+    assert_eq!(p32["new_flows"], 10, "{p32}");
+}
