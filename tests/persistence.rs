@@ -251,3 +251,86 @@ fn clients_and_networks_stick_to_their_backends_through_drains_removals_and_port
         .unwrap();
     assert_eq!(p32["new_flows"], 10, "{p32}");
 }
+
+/// Two workers on one port with two queues (net_pcap: one rx_pcap file per queue), a
+/// persistent NAT service: a client's connections arrive on both queues, and all of them go to
+/// its template's backend, sent by one worker (they are steered to the worker that owns the
+/// client's network, where its template is).
+#[test]
+fn with_two_workers_a_clients_connections_from_both_queues_share_one_template() {
+    const CLIENTS: u8 = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("l4lb.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    // Each client in a /24 of its own: the /24 service steers every NAT flow by its client's
+    // /24, so clients of one network share a worker.
+    let client = |i: u8| [198, 19, 10 + i, 1];
+    // Queue 0: each client's first two flows; queue 1: a burst of frames for another MAC (to let
+    // queue 0 go first), then each client's next two flows.
+    let q0: Vec<Vec<u8>> = (0..CLIENTS)
+        .flat_map(|i| [udp(client(i), 1000, 53), udp(client(i), 1001, 53)])
+        .collect();
+    let mut q1: Vec<Vec<u8>> = (0..20_000)
+        .map(|_| {
+            let mut f = udp([198, 19, 9, 9], 9, 53);
+            f[0..6].copy_from_slice(&[0x02, 0x99, 0, 0, 0, 1]);
+            f
+        })
+        .collect();
+    q1.extend((0..CLIENTS).flat_map(|i| [udp(client(i), 1002, 53), udp(client(i), 1003, 53)]));
+    let (a, b, x, y) = (
+        dir.path().join("a.pcap"),
+        dir.path().join("b.pcap"),
+        dir.path().join("x.pcap"),
+        dir.path().join("y.pcap"),
+    );
+    pcap::write(&a, &q0);
+    pcap::write(&b, &q1);
+    let prefix = file_prefix("persist-workers");
+    let vdev = format!(
+        "--vdev=net_pcap0,rx_pcap={},rx_pcap={},tx_pcap={},tx_pcap={}",
+        a.display(),
+        b.display(),
+        x.display(),
+        y.display()
+    );
+    let app = Appliance::start(
+        &cfg,
+        &prefix,
+        &eal_args(&prefix, "--lcores=0@0,1@1,2@0", &[vdev]),
+    );
+    let total = (q0.len() + q1.len()) as u64;
+    assert!(
+        app.wait_rx(0, total, Duration::from_secs(60)),
+        "the PMD never received all {total} packets"
+    );
+    let done = app.signal_and_wait("TERM", Duration::from_secs(20));
+    assert_eq!(done.status.code(), Some(0), "stderr:\n{}", done.stderr);
+    let mut backend_of: std::collections::HashMap<u8, (u8, usize)> = Default::default();
+    let mut per_queue = [0usize; 2];
+    let mut out = 0;
+    for (queue, file) in [(0usize, &x), (1, &y)] {
+        for f in split_announcements(pcap::read(file)).frames {
+            let (c, sport, _, b) = summary(&f);
+            assert_eq!(c[1], 1, "a client of this test");
+            let (first, q) = *backend_of.entry(c[0]).or_insert((b, queue));
+            assert_eq!(b, first, "client {}: port {sport} on another backend", c[0]);
+            assert_eq!(q, queue, "client {}: its flows handled by one worker", c[0]);
+            per_queue[queue] += 1;
+            out += 1;
+        }
+    }
+    assert_eq!(out, 4 * usize::from(CLIENTS), "{}", done.stdout);
+    assert!(
+        per_queue[0] > 0 && per_queue[1] > 0,
+        "both workers own clients: {per_queue:?}"
+    );
+    let mut on = [0; 3];
+    for (b, _) in backend_of.values() {
+        on[usize::from(*b)] += 1;
+    }
+    assert!(
+        on.iter().all(|n| *n > 0),
+        "clients spread by the scheduler: {on:?}"
+    );
+}
