@@ -1,7 +1,8 @@
 //! What the control side asks of a worker, on a channel the worker polls between bursts (never
 //! per packet).
 
-use crate::flow::Flow;
+use crate::flow::{Flow, FlowKey};
+use crate::pipeline::Lookup;
 use crate::service::{BackendId, ServiceId};
 
 /// Control messages a worker polls between bursts (never per packet).
@@ -15,6 +16,11 @@ pub enum Command {
         service: ServiceId,
         into: Vec<Flow>,
         reply: crossbeam_channel::Sender<FlowDump>,
+    },
+    /// Where a flow goes on this worker ([`crate::pipeline::lookup`]); answered on `reply`.
+    Lookup {
+        key: FlowKey,
+        reply: crossbeam_channel::Sender<(u16, Lookup)>,
     },
 }
 

@@ -51,6 +51,15 @@ enum Cmd {
         #[arg(short = 'n', long, default_value_t = 100)]
         limit: usize,
     },
+    /// Which backend a flow from CLIENT (ADDR:PORT) gets: its flow's, or what a new one would
+    /// get now, and why.
+    Lookup {
+        service: String,
+        client: std::net::SocketAddr,
+        /// The VIP port, for a service of port 0 (every port).
+        #[arg(short = 'p', long)]
+        port: Option<u16>,
+    },
     /// Add a service (ipvsadm -A).
     AddService(ServiceArgs),
     /// Change a service (ipvsadm -E); what is not given stays.
@@ -323,6 +332,27 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
                 flows_table(&v)
             })
         }
+        Cmd::Lookup {
+            service,
+            client,
+            port,
+        } => {
+            let client = client.to_string().replace('[', "%5B").replace(']', "%5D");
+            let port = port.map_or_else(String::new, |p| format!("&port={p}"));
+            let v = c.json(
+                "GET",
+                &format!(
+                    "/api/v1/services/{}/lookup?client={client}{port}",
+                    id(service)?
+                ),
+                None,
+            )?;
+            Ok(if cli.json {
+                pretty(&v)
+            } else {
+                lookup_text(&v)
+            })
+        }
         Cmd::AddService(a) => {
             if a.tcp.is_none() && a.udp.is_none() {
                 return Err(Failure(
@@ -568,6 +598,33 @@ fn stats_text(v: &Value) -> String {
         }
     }
     out.trim_end().to_string()
+}
+
+/// `client -> backend (address): why`, one line per worker when the answer depends on it.
+fn lookup_text(v: &Value) -> String {
+    let line = |a: &Value| {
+        let to = if a["backend"].is_null() {
+            "no backend".to_string()
+        } else {
+            format!("{} ({})", s(&a["backend_address"]), s(&a["backend"]))
+        };
+        let state = a["state"]
+            .as_str()
+            .map_or_else(String::new, |st| format!(", {st}"));
+        let health = a["health"]
+            .as_str()
+            .map_or_else(String::new, |h| format!(", backend {h}"));
+        format!(
+            "{} -> {to}: {}{state}{health} (worker {})",
+            s(&v["client"]),
+            s(&a["why"]),
+            n(&a["worker"])
+        )
+    };
+    match v["per_worker"].as_array() {
+        Some(all) => all.iter().map(line).collect::<Vec<_>>().join("\n"),
+        None => line(v),
+    }
 }
 
 fn flows_table(v: &Value) -> String {

@@ -209,6 +209,11 @@ impl Worker<'_> {
                     Command::FlushBackend(id) => {
                         self.state.flows.flush_backend(id);
                     }
+                    Command::Lookup { key, reply } => {
+                        let answer =
+                            dataplane::pipeline::lookup(reader.snapshot(), &self.state, &key, now);
+                        let _ = reply.try_send((self.index as u16, answer));
+                    }
                     Command::DumpFlows {
                         service,
                         mut into,

@@ -91,6 +91,7 @@ pub fn router(calls: Calls, token: Option<&str>, version_info: Value) -> Router 
             get(get_backend).patch(patch_backend).delete(delete_backend),
         )
         .route("/api/v1/services/{service}/flows", get(flows))
+        .route("/api/v1/services/{service}/lookup", get(lookup))
         .route("/api/v1/reload", axum::routing::post(reload))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/stats", get(stats))
@@ -388,6 +389,65 @@ async fn flows(
         }
     }
     call(&app, &headers, Request::Flows { service, limit }).await
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{service}/lookup", tag = "services", params(("service" = String, Path, description = "Service id"), ("client" = String, Query, description = "The client's address and port: 198.18.2.1:40000, [2001:db8::1]:40000"), ("port" = Option<u16>, Query, description = "The VIP port, for a service of port 0 (every port)")), responses((status = 200, description = "The backend an existing flow uses, or the one a new flow would get now, and why", body = Value), (status = 400, description = "A query parameter is missing or not understood", body = ErrorBody), (status = 404, description = "No such service", body = ErrorBody), (status = 422, description = "The client is not of the vip's family, or the port is wrong", body = ErrorBody), (status = 503, description = "A worker did not answer in time", body = ErrorBody)))]
+async fn lookup(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let (mut client, mut port) = (None, None);
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let bad = |what: String| error(StatusCode::BAD_REQUEST, what);
+        match pair.split_once('=') {
+            Some(("client", v)) => {
+                let v = v
+                    .replace("%5B", "[")
+                    .replace("%5D", "]")
+                    .replace("%3A", ":");
+                match v.parse::<std::net::SocketAddr>() {
+                    Ok(a) => client = Some(a),
+                    Err(_) => {
+                        return bad(format!(
+                            "client: {v:?} is not an address and port (198.18.2.1:40000, [2001:db8::1]:40000)"
+                        ));
+                    }
+                }
+            }
+            Some(("port", v)) => match v.parse::<u16>() {
+                Ok(p) => port = Some(p),
+                Err(_) => return bad(format!("port: {v:?} is not a port")),
+            },
+            _ => {
+                return bad(format!(
+                    "{pair:?}: unknown query parameter (client=ADDR:PORT and port=N are the ones)"
+                ));
+            }
+        }
+    }
+    let Some(client) = client else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "client: is required (client=ADDR:PORT)".to_string(),
+        );
+    };
+    call(
+        &app,
+        &headers,
+        Request::Lookup {
+            service,
+            client,
+            port,
+        },
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/reload", tag = "configuration", request_body(content = Value, description = "Optional: {\"services_from_file\": true} takes the configuration file's services too, replacing the state file's", content_type = "application/json"), security(("token" = [])), responses((status = 200, description = "Applied: the changes made and the configuration epoch", body = Value), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 422, description = "Refused: the file is invalid or changes what needs a restart; nothing changed", body = ErrorBody), (status = 503, description = "Applied and saved, but a worker did not take it up in time", body = ErrorBody)))]

@@ -55,6 +55,12 @@ pub enum Request {
         service: String,
         limit: usize,
     },
+    /// Where a flow from `client` goes (`port`: of a port-zero service).
+    Lookup {
+        service: String,
+        client: std::net::SocketAddr,
+        port: Option<u16>,
+    },
     /// Reads the configuration file again (like SIGHUP); `body` may ask for the file's
     /// services too (`{"services_from_file": true}`).
     Reload {

@@ -306,6 +306,150 @@ impl Controller {
         (state.to_string(), self.neighbors.failures(hop))
     }
 
+    /// Where a flow from `client` to `service` (on `port` of a port-zero service) goes: the
+    /// flow a worker has, or what a new flow would get now and why.
+    pub(super) fn lookup(
+        &self,
+        service: &str,
+        client: SocketAddr,
+        port: Option<u16>,
+    ) -> Result<serde_json::Value, crate::api::ApiError> {
+        use crate::api::ApiError;
+        use dataplane::pipeline::Lookup;
+        use serde_json::json;
+        let snap = self.publisher.shared().current();
+        let svc = snap
+            .services
+            .iter()
+            .find(|s| s.config.name == service)
+            .ok_or_else(|| ApiError::not_found(format!("no service {service:?}")))?;
+        let cfg = &svc.config;
+        if client.is_ipv4() != cfg.vip.is_ipv4() {
+            return Err(ApiError::invalid(format!(
+                "client: {client} is not of the family of the service's vip {}",
+                cfg.vip
+            )));
+        }
+        let vip_port = match (cfg.port, port) {
+            (0, Some(p @ 1..)) => p,
+            (0, _) => {
+                return Err(ApiError::invalid(
+                    "port: the service takes every port of its vip: say which (port=N, 1 to 65535)",
+                ));
+            }
+            (p, None) => p,
+            (p, Some(q)) if q == p => p,
+            (p, Some(q)) => {
+                return Err(ApiError::invalid(format!(
+                    "port: {q} is not the service's port {p}"
+                )));
+            }
+        };
+        let key = dataplane::flow::FlowKey::new(
+            cfg.protocol.ip_number(),
+            client.ip(),
+            client.port(),
+            cfg.vip,
+            vip_port,
+        );
+        let workers = &self.workers.commands;
+        let (tx, rx) = crossbeam_channel::bounded(workers.len());
+        let deadline = Instant::now() + DUMP_WAIT;
+        let asked = workers
+            .iter()
+            .filter(|w| {
+                w.send_deadline(
+                    Command::Lookup {
+                        key,
+                        reply: tx.clone(),
+                    },
+                    deadline,
+                )
+                .is_ok()
+            })
+            .count();
+        let mut answers: Vec<(u16, Lookup)> = Vec::with_capacity(asked);
+        while answers.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(a) => answers.push(a),
+                Err(_) => {
+                    return Err(ApiError::new(
+                        503,
+                        format!(
+                            "{} of {} workers did not answer within {DUMP_WAIT:?}",
+                            asked - answers.len(),
+                            workers.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        answers.sort_by_key(|a| a.0);
+        // A worker's flow first; else the owner's answer, or every worker's when they differ.
+        let owner = dataplane::pipeline::owner_of(&snap, &key);
+        let chosen: Vec<(u16, Lookup)> =
+            match answers.iter().find(|a| matches!(a.1, Lookup::Flow { .. })) {
+                Some(a) => vec![*a],
+                None => match owner.and_then(|o| answers.iter().find(|a| a.0 == o)) {
+                    Some(a) => vec![*a],
+                    None if answers.windows(2).all(|w| w[0].1 == w[1].1) => {
+                        answers.first().copied().into_iter().collect()
+                    }
+                    None => answers.clone(),
+                },
+            };
+        let model = self.running.services.iter().find(|s| s.id == service);
+        let describe = |(worker, l): (u16, Lookup)| {
+            let backend = match l {
+                Lookup::Flow { backend, .. }
+                | Lookup::Template { backend }
+                | Lookup::Scheduler {
+                    backend: Some(backend),
+                } => cfg.backends.iter().find(|b| b.id == backend),
+                _ => None,
+            };
+            let why = match l {
+                Lookup::NoService => "no service takes it",
+                Lookup::Flow { .. } => "its flow",
+                Lookup::Denied => "the allow and deny lists refuse the client",
+                Lookup::Template { .. } => "the client's persistence template",
+                Lookup::Scheduler { backend: Some(_) } => "the scheduler",
+                Lookup::Scheduler { backend: None } => {
+                    "no backend takes new flows (every one is drained, disabled, down or overloaded)"
+                }
+            };
+            let health = backend.zip(model).and_then(|(b, m)| {
+                let mb = m.backends.iter().find(|x| x.id == b.name)?;
+                Some(self.health_of(&snap, m, mb).state)
+            });
+            json!({
+                "worker": worker,
+                "existing": matches!(l, Lookup::Flow { .. }),
+                "state": match l { Lookup::Flow { state, .. } => Some(state.name()), _ => None },
+                "why": why,
+                "backend": backend.map(|b| b.name.clone()),
+                "backend_address": backend.map(|b| SocketAddr::new(b.address, b.port).to_string()),
+                "health": health,
+            })
+        };
+        let mut out = json!({
+            "service": service,
+            "client": client.to_string(),
+            "port": vip_port,
+            "scheduler": cfg.scheduler.name(),
+        });
+        if chosen.len() == 1 {
+            let d = describe(chosen[0]);
+            for (k, v) in d.as_object().expect("an object") {
+                out[k] = v.clone();
+            }
+        } else {
+            out["why"] = json!("it depends on the worker the packet reaches (the answer of each)");
+            out["per_worker"] = chosen.into_iter().map(describe).collect();
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` live flows of `service`, gathered from the workers (oldest first).
     pub(super) fn flows(&self, service: &str, limit: usize) -> Result<Vec<FlowSample>, String> {
         let snap = self.publisher.shared().current();

@@ -118,6 +118,14 @@ impl Controller {
                     json!({ "service": service, "limit": limit, "flows": flows }),
                 )
             }
+            Request::Lookup {
+                service,
+                client,
+                port,
+            } => {
+                self.service(&service)?;
+                Reply::json(200, self.lookup(&service, client, port)?)
+            }
             Request::Stats => Reply::json(
                 200,
                 serde_json::to_value(self.stats()).expect("stats serialise"),

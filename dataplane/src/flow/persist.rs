@@ -87,6 +87,11 @@ impl Templates {
         Some(t)
     }
 
+    /// The live template for `key`, changing nothing.
+    pub fn peek(&self, key: &TemplateKey, now: u32) -> Option<Template> {
+        self.map.get(key).filter(|t| !t.expired(now)).copied()
+    }
+
     /// A new flow of `key` given `backend`: the template is made (or pointed at `backend`) and
     /// controls one more flow. False when the table is full (the flow is then not bound).
     #[inline]

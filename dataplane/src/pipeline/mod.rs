@@ -22,10 +22,12 @@ mod fast;
 mod flow;
 mod icmp;
 mod local;
+mod lookup;
 mod nat;
 mod state;
 
 pub use fast::{MAX_BURST, WARM_ABOVE, warm_burst};
+pub use lookup::{Lookup, lookup, owner_of};
 pub use state::{WorkerState, owner};
 pub(crate) use state::{flow_owner, nat_owner};
 

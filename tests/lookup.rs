@@ -1,0 +1,203 @@
+//! `GET /api/v1/services/{id}/lookup` (and `l4lbctl lookup`) against what the real binary then
+//! does: for every scheduler, the backend it predicts for a new flow is the one the flow's packet
+//! goes to, and once the flow exists it says so; a persistent client's next flow is predicted
+//! from its template; a denied client is said to be. Packets come from a named pipe
+//! (common::pcap::Feed), so each lookup is made before its flow's packet arrives.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pcap::{self, Feed};
+use common::{Appliance, eal_args, file_prefix, split_announcements};
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use serde_json::Value;
+
+const VIP: [u8; 4] = [198, 18, 0, 100];
+const SCHEDULERS: [&str; 13] = [
+    "rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "maglev", "mh", "fo", "ovf", "twos",
+];
+
+fn config() -> String {
+    let mut c = String::from(
+        "[dpdk]\nburst = 1\nidle_sleep_us = 100\nrx_desc = 256\ntx_desc = 256\nflow_capacity = 1024\n\
+         [[interfaces]]\nport = 0\naddresses = [\"198.18.0.1/24\", \"198.18.1.1/24\"]\n\
+         [[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"198.18.0.254\"\n\
+         [[neighbors]]\naddress = \"198.18.0.254\"\nmac = \"02:00:00:00:00:fe\"\n",
+    );
+    for b in 0..3 {
+        c += &format!(
+            "[[neighbors]]\naddress = \"198.18.1.{}\"\nmac = \"02:00:00:00:01:{:02x}\"\n",
+            10 + b,
+            10 + b
+        );
+    }
+    let mut services: Vec<(String, String)> = SCHEDULERS
+        .iter()
+        .map(|s| (s.to_string(), format!("scheduler = \"{s}\"\n")))
+        .collect();
+    services.push((
+        "persist".into(),
+        "scheduler = \"rr\"\npersistence_timeout = 300\n".into(),
+    ));
+    services.push((
+        "listed".into(),
+        "scheduler = \"rr\"\ndeny = [\"198.19.99.0/24\"]\n".into(),
+    ));
+    for (i, (id, lines)) in services.iter().enumerate() {
+        c += &format!(
+            "[[services]]\nid = \"{id}\"\nprotocol = \"udp\"\nvip = \"198.18.0.100\"\nport = {}\n{lines}",
+            1000 + i
+        );
+        for (b, w) in [1, 2, 3].iter().enumerate() {
+            c += &format!(
+                "[[services.backends]]\nid = \"b{b}\"\naddress = \"198.18.1.{}\"\nport = {}\nweight = {w}\n",
+                10 + b,
+                2000 + b
+            );
+        }
+    }
+    c
+}
+
+fn udp(client: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], common::PCAP_MAC)
+        .ipv4(client, VIP, 64)
+        .udp(sport, dport)
+        .write(&mut out, b"?")
+        .unwrap();
+    out
+}
+
+fn get(base: &str, path: &str) -> Value {
+    ureq::get(format!("{base}{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .into_body()
+        .read_json()
+        .unwrap()
+}
+
+#[test]
+fn lookup_predicts_where_every_schedulers_flows_go_and_then_finds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("l4lb.toml");
+    std::fs::write(&cfg, config()).unwrap();
+    let (input, output) = (dir.path().join("in.pcap"), dir.path().join("out.pcap"));
+    Feed::create(&input);
+    let prefix = file_prefix("lookup");
+    let vdev = format!(
+        "--vdev=net_pcap0,rx_pcap={},tx_pcap={}",
+        input.display(),
+        output.display()
+    );
+    let app = Appliance::start(&cfg, &prefix, &eal_args(&prefix, "0", &[vdev]));
+    let mut feed = Feed::open(&input, Duration::from_secs(30));
+    let base = app.api_base(Duration::from_secs(30));
+    let mut send = |frame: Vec<u8>| {
+        feed.send(&[frame]);
+        let n = feed.sent();
+        assert!(
+            app.wait_rx(0, n, Duration::from_secs(30)),
+            "never received {n}"
+        );
+    };
+    let mut predicted = Vec::new(); // (service port, client port, backend index)
+    for (i, sched) in SCHEDULERS.iter().enumerate() {
+        let port = 1000 + i as u16;
+        for f in 0..6u16 {
+            let client = [198, 19, (f % 3) as u8, 1 + f as u8];
+            let cport = 40000 + f;
+            let q = format!(
+                "/api/v1/services/{sched}/lookup?client=198.19.{}.{}:{cport}",
+                client[2], client[3]
+            );
+            let before = get(&base, &q);
+            assert_eq!(before["existing"], false, "{sched}: {before}");
+            assert_eq!(before["why"], "the scheduler", "{sched}: {before}");
+            assert_eq!(before["scheduler"], *sched);
+            let b = before["backend"].as_str().unwrap().to_string();
+            send(udp(client, cport, port));
+            let after = get(&base, &q);
+            assert_eq!(
+                (
+                    after["existing"].clone(),
+                    after["why"].clone(),
+                    after["state"].clone()
+                ),
+                (Value::Bool(true), "its flow".into(), "udp".into()),
+                "{sched}: {after}"
+            );
+            assert_eq!(
+                after["backend"], b,
+                "{sched}: the flow is where it was predicted"
+            );
+            predicted.push((port, cport, b[1..].parse::<u8>().unwrap()));
+        }
+    }
+    // Persistence: the second flow of a client is predicted from its template.
+    let p = 1000 + SCHEDULERS.len() as u16;
+    send(udp([198, 19, 50, 1], 1000, p));
+    let next = get(
+        &base,
+        "/api/v1/services/persist/lookup?client=198.19.50.1:1001",
+    );
+    assert_eq!(next["why"], "the client's persistence template", "{next}");
+    let first = get(
+        &base,
+        "/api/v1/services/persist/lookup?client=198.19.50.1:1000",
+    );
+    assert_eq!(next["backend"], first["backend"]);
+    assert_eq!(first["health"], "up");
+    // The deny list.
+    let denied = get(
+        &base,
+        "/api/v1/services/listed/lookup?client=198.19.99.7:5000",
+    );
+    assert_eq!(denied["why"], "the allow and deny lists refuse the client");
+    assert!(denied["backend"].is_null());
+    // Bad questions name what is wrong.
+    let (code, err) = match ureq::get(format!(
+        "{base}/api/v1/services/rr/lookup?client=[2001:db8::1]:80"
+    ))
+    .call()
+    {
+        Err(ureq::Error::StatusCode(c)) => (c, ()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((code, err), (422, ()));
+    // l4lbctl says the same in a line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_l4lbctl"))
+        .args(["--api", &base, "lookup", "persist", "198.19.50.1:1001"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        format!(
+            "198.19.50.1:1001 -> {} ({}): the client's persistence template, backend up (worker 0)",
+            first["backend_address"].as_str().unwrap(),
+            first["backend"].as_str().unwrap()
+        )
+    );
+
+    drop(feed);
+    let done = app.signal_and_wait("TERM", Duration::from_secs(20));
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    let frames = split_announcements(pcap::read(&output)).frames;
+    assert_eq!(frames.len(), predicted.len() + 1, "{}", done.stdout);
+    for (f, (port, cport, b)) in frames.iter().zip(&predicted) {
+        let h = PacketHeaders::from_ethernet_slice(f).unwrap();
+        let (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Udp(u))) = (&h.net, &h.transport)
+        else {
+            panic!("not UDP over IPv4")
+        };
+        assert_eq!(u.source_port, *cport, "service port {port}");
+        assert_eq!(
+            (ip.destination, u.destination_port),
+            ([198, 18, 1, 10 + b], 2000 + u16::from(*b)),
+            "service port {port}, client port {cport}: the predicted backend"
+        );
+    }
+}
