@@ -77,7 +77,12 @@ pub fn router(calls: Calls, token: Option<&str>, version_info: Value) -> Router 
         version: Arc::new(version_info),
     };
     Router::new()
-        .route("/api/v1/services", get(list_services).post(create_service))
+        .route(
+            "/api/v1/services",
+            get(list_services)
+                .post(create_service)
+                .put(replace_services),
+        )
         .route(
             "/api/v1/services/{service}",
             get(get_service).patch(patch_service).delete(delete_service),
@@ -263,6 +268,18 @@ async fn create_service(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     call_with_body(&app, &headers, body, |body| Request::CreateService { body }).await
+}
+
+#[utoipa::path(put, path = "/api/v1/services", tag = "services", request_body = Vec<ServiceSpec>, security(("token" = [])), responses((status = 200, description = "Every service replaced by these, live (all or nothing; `l4lbctl restore`)", body = Vec<ServiceSpec>), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 422, description = "A field is wrong, or two services share an id or (protocol, vip, port) (the error names it, as [i].field)", body = ErrorBody)))]
+async fn replace_services(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    call_with_body(&app, &headers, body, |body| Request::ReplaceServices {
+        body,
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{service}", tag = "services", params(("service" = String, Path, description = "Service id")), responses((status = 200, description = "The service", body = ServiceSpec), (status = 404, description = "No such service", body = ErrorBody)))]

@@ -21,6 +21,10 @@ pub enum Request {
     GetService {
         service: String,
     },
+    /// Every service at once (a JSON array of services): all are applied or none.
+    ReplaceServices {
+        body: Value,
+    },
     CreateService {
         body: Value,
     },
@@ -79,6 +83,7 @@ impl Request {
         matches!(
             self,
             Request::CreateService { .. }
+                | Request::ReplaceServices { .. }
                 | Request::PatchService { .. }
                 | Request::DeleteService { .. }
                 | Request::CreateBackend { .. }

@@ -30,6 +30,7 @@ use crate::config::{BackendSpec, HealthCheckSpec, ServiceSpec, SorryBackendSpec}
         super::http::patch_backend,
         super::http::delete_backend,
         super::http::flows,
+        super::http::replace_services,
         super::http::lookup,
         super::http::reload,
         super::http::audit,

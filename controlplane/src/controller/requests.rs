@@ -12,6 +12,7 @@ use crate::api::{
 };
 use crate::config::{
     BackendSpec, MAX_BACKENDS, MAX_SERVICES, Service, ServiceSpec, validate_service,
+    validate_service_list,
 };
 
 /// A change the controller may commit: the services it leads to, and the answer once live.
@@ -30,6 +31,10 @@ pub(super) fn describe(req: &Request) -> String {
     };
     match req {
         Request::CreateService { body } => format!("create service{}", id(body)),
+        Request::ReplaceServices { body } => format!(
+            "replace the services with {} given",
+            body.as_array().map_or(0, Vec::len)
+        ),
         Request::PatchService { service, .. } => format!("change service {service}"),
         Request::DeleteService { service } => format!("delete service {service}"),
         Request::CreateBackend { service, body } => {
@@ -178,6 +183,29 @@ impl Controller {
                 let svc = next.last().expect("pushed");
                 Ok(Candidate {
                     reply: created(format!("/api/v1/services/{}", svc.id), spec_json(svc)),
+                    services: next,
+                })
+            }
+            Request::ReplaceServices { body } => {
+                let Value::Array(items) = body else {
+                    return Err(ApiError::invalid(
+                        "body: a JSON array of services is expected",
+                    ));
+                };
+                let specs = items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        typed::<ServiceSpec>(v).map_err(|e| {
+                            let m = e.message.strip_prefix("body: ").unwrap_or(&e.message);
+                            ApiError::new(e.status, format!("[{i}].{m}").replace(".[", "["))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let next = validate_service_list(&specs, "").map_err(|e| field_errors(e, ""))?;
+                check_counts(&next)?;
+                Ok(Candidate {
+                    reply: Reply::json(200, Value::Array(next.iter().map(spec_json).collect())),
                     services: next,
                 })
             }

@@ -3,6 +3,8 @@
 //! change and delete services and backends. `--json` prints what the API answered.
 #![deny(unsafe_code)]
 
+mod ipvsadm;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -59,6 +61,19 @@ enum Cmd {
         /// The VIP port, for a service of port 0 (every port).
         #[arg(short = 'p', long)]
         port: Option<u16>,
+    },
+    /// Print every service in `ipvsadm -S -n` form (what it cannot say is warned about on
+    /// stderr).
+    Save {
+        /// Add l4lb's ids (`--id NAME`, not ipvsadm's) to each line.
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Replace every service with the rules on stdin, in `ipvsadm -S -n` form: all or nothing
+    /// (ipvsadm -C, then ipvsadm -R). Lines without `--id` get ids made of what they name.
+    Restore {
+        /// Read the rules from this file instead of stdin.
+        file: Option<std::path::PathBuf>,
     },
     /// Add a service (ipvsadm -A).
     AddService(ServiceArgs),
@@ -166,10 +181,10 @@ impl Client {
                 r.call()
             }
             _ => {
-                let mut r = if method == "POST" {
-                    self.agent.post(&url)
-                } else {
-                    self.agent.patch(&url)
+                let mut r = match method {
+                    "POST" => self.agent.post(&url),
+                    "PUT" => self.agent.put(&url),
+                    _ => self.agent.patch(&url),
                 };
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);
@@ -351,6 +366,36 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
                 pretty(&v)
             } else {
                 lookup_text(&v)
+            })
+        }
+        Cmd::Save { ids } => {
+            let v = c.json("GET", "/api/v1/services", None)?;
+            let (text, warnings) = ipvsadm::save(v.as_array().map_or(&[][..], Vec::as_slice), *ids);
+            for w in warnings {
+                eprintln!("l4lbctl save: {w}");
+            }
+            Ok(text.trim_end().to_string())
+        }
+        Cmd::Restore { file } => {
+            let (text, from) = match file {
+                Some(f) => (
+                    std::fs::read_to_string(f)
+                        .map_err(|e| Failure(format!("reading {}: {e}", f.display())))?,
+                    f.display().to_string(),
+                ),
+                None => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        .map_err(|e| Failure(format!("reading stdin: {e}")))?;
+                    (text, "stdin".to_string())
+                }
+            };
+            let services = ipvsadm::restore(&text).map_err(|e| Failure(format!("{from}: {e}")))?;
+            let v = c.json("PUT", "/api/v1/services", Some(&Value::Array(services)))?;
+            Ok(if cli.json {
+                pretty(&v)
+            } else {
+                format!("{} services restored", v.as_array().map_or(0, Vec::len))
             })
         }
         Cmd::AddService(a) => {
