@@ -181,6 +181,39 @@ fn lookup_predicts_where_every_schedulers_flows_go_and_then_finds_them() {
             first["backend"].as_str().unwrap()
         )
     );
+    // ipvsadm's --stats and --rate columns for the rr service: six flows of one 43-byte
+    // datagram each, nothing back; no traffic in the second --rate measures.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_l4lbctl"))
+            .arg("--api")
+            .arg(&base)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let stats = ctl(&["list", "rr", "--stats"]);
+    let lines: Vec<&str> = stats.lines().collect();
+    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>()[2..], ["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"]);
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["UDP", "198.18.0.100:1000", "6", "6", "0", "258", "0"],
+        "{stats}"
+    );
+    let per_backend: u64 = lines[3..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(per_backend, 6, "{stats}");
+    let rate = ctl(&["list", "rr", "--rate"]);
+    let lines: Vec<&str> = rate.lines().collect();
+    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>()[2..], ["CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"]);
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["UDP", "198.18.0.100:1000", "0", "0", "0", "0", "0"],
+        "{rate}"
+    );
 
     drop(feed);
     let done = app.signal_and_wait("TERM", Duration::from_secs(20));

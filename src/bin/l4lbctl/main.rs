@@ -43,6 +43,13 @@ enum Cmd {
     List {
         /// Only this service.
         service: Option<String>,
+        /// Totals instead: connections, packets and bytes in and out (ipvsadm --stats).
+        #[arg(long)]
+        stats: bool,
+        /// Rates over one second instead: connections, packets and bytes per second (ipvsadm
+        /// --rate).
+        #[arg(long, conflicts_with = "stats")]
+        rate: bool,
     },
     /// Counters: ports, actions, drops by reason, flow table, services.
     Stats,
@@ -315,17 +322,34 @@ fn id(s: &str) -> Result<&str> {
 fn run(cli: &Cli, c: &Client) -> Result<String> {
     let done = |what: String, v: Value| if cli.json { pretty(&v) } else { what };
     match &cli.command {
-        Cmd::List { service } => {
-            let stats = c.json("GET", "/api/v1/stats", None)?;
-            let mut services: Vec<Value> =
-                stats["services"].as_array().cloned().unwrap_or_default();
-            if let Some(only) = service {
-                services.retain(|s| s["id"] == json!(only));
-                if services.is_empty() {
-                    return Err(Failure(format!("404 Not Found: no service {only:?}")));
+        Cmd::List {
+            service,
+            stats: totals,
+            rate,
+        } => {
+            let read = || -> Result<(Value, Vec<Value>, std::time::Instant)> {
+                let stats = c.json("GET", "/api/v1/stats", None)?;
+                let at = std::time::Instant::now();
+                let mut services: Vec<Value> =
+                    stats["services"].as_array().cloned().unwrap_or_default();
+                if let Some(only) = service {
+                    services.retain(|s| s["id"] == json!(only));
+                    if services.is_empty() {
+                        return Err(Failure(format!("404 Not Found: no service {only:?}")));
+                    }
                 }
+                Ok((stats, services, at))
+            };
+            let (stats, services, at) = read()?;
+            if *rate {
+                std::thread::sleep(Duration::from_secs(1));
+                let (_, later, at2) = read()?;
+                let secs = at2.duration_since(at).as_secs_f64().max(1e-3);
+                return Ok(traffic_table(&services, Some((&later, secs)), cli.json));
             }
-            Ok(if cli.json {
+            Ok(if *totals {
+                traffic_table(&services, None, cli.json)
+            } else if cli.json {
                 pretty(&Value::Array(services))
             } else {
                 list_table(&stats, &services)
@@ -547,6 +571,87 @@ fn list_table(stats: &Value, services: &[Value]) -> String {
                 s(&b["id"]),
             ));
         }
+    }
+    out.trim_end().to_string()
+}
+
+/// The counters of each service and backend as `ipvsadm -L --stats` prints them, or, given a
+/// later reading and the seconds between, their rates as `ipvsadm -L --rate` does.
+fn traffic_table(services: &[Value], later: Option<(&[Value], f64)>, as_json: bool) -> String {
+    const KEYS: [&str; 5] = ["new_flows", "packets_in", "packets_out", "bytes_in", "bytes_out"];
+    let values = |now: &Value, then: Option<&Value>, secs: f64| -> Vec<f64> {
+        KEYS.iter()
+            .map(|k| {
+                let a = now[k].as_u64().unwrap_or(0) as f64;
+                match then {
+                    Some(t) => (t[k].as_u64().unwrap_or(0) as f64 - a).max(0.0) / secs,
+                    None => a,
+                }
+            })
+            .collect()
+    };
+    let find = |list: &[Value], id: &Value| list.iter().find(|x| x["id"] == *id).cloned();
+    let mut rows = Vec::new(); // (service?, endpoint, values)
+    for svc in services {
+        let (later_svc, secs) = match later {
+            Some((l, secs)) => (find(l, &svc["id"]), secs),
+            None => (None, 1.0),
+        };
+        rows.push((
+            true,
+            format!(
+                "{:<4} {}",
+                s(&svc["protocol"]).to_uppercase(),
+                endpoint(s(&svc["vip"]), n(&svc["port"]))
+            ),
+            values(svc, later_svc.as_ref().or(later.map(|_| svc)), secs),
+        ));
+        for b in svc["backends"].as_array().into_iter().flatten() {
+            let later_b = later_svc.as_ref().and_then(|l| {
+                find(l["backends"].as_array().map_or(&[][..], Vec::as_slice), &b["id"])
+            });
+            rows.push((
+                false,
+                format!("  -> {}", endpoint(s(&b["address"]), n(&b["port"]))),
+                values(b, later_b.as_ref().or(later.map(|_| b)), secs),
+            ));
+        }
+    }
+    let names = if later.is_some() {
+        ["CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"]
+    } else {
+        ["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"]
+    };
+    if as_json {
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|(svc, what, v)| {
+                let mut m = Map::new();
+                m.insert(
+                    if *svc { "service" } else { "backend" }.into(),
+                    json!(what.trim_start_matches("  -> ").trim()),
+                );
+                for (k, x) in names.iter().zip(v) {
+                    m.insert(k.to_lowercase(), json!(x));
+                }
+                Value::Object(m)
+            })
+            .collect();
+        return pretty(&Value::Array(list));
+    }
+    let mut out = format!(
+        "Prot LocalAddress:Port               {:>8} {:>8} {:>8} {:>8} {:>8}\n  -> RemoteAddress:Port\n",
+        names[0], names[1], names[2], names[3], names[4]
+    );
+    for (_, what, v) in rows {
+        out.push_str(&format!(
+            "{what:<36} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            v[0].round(),
+            v[1].round(),
+            v[2].round(),
+            v[3].round(),
+            v[4].round()
+        ));
     }
     out.trim_end().to_string()
 }
