@@ -190,12 +190,19 @@ fn lookup_predicts_where_every_schedulers_flows_go_and_then_finds_them() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let stats = ctl(&["list", "rr", "--stats"]);
     let lines: Vec<&str> = stats.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>()[2..], ["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>()[2..],
+        ["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"]
+    );
     assert_eq!(
         lines[2].split_whitespace().collect::<Vec<_>>(),
         ["UDP", "198.18.0.100:1000", "6", "6", "0", "258", "0"],
@@ -208,11 +215,58 @@ fn lookup_predicts_where_every_schedulers_flows_go_and_then_finds_them() {
     assert_eq!(per_backend, 6, "{stats}");
     let rate = ctl(&["list", "rr", "--rate"]);
     let lines: Vec<&str> = rate.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>()[2..], ["CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>()[2..],
+        ["CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"]
+    );
     assert_eq!(
         lines[2].split_whitespace().collect::<Vec<_>>(),
         ["UDP", "198.18.0.100:1000", "0", "0", "0", "0", "0"],
         "{rate}"
+    );
+    // Flows across services, filtered (ipvsadm -L -c), and one flow removed.
+    let flows = |args: &[&str]| -> Vec<Value> {
+        let mut a = vec!["--json", "flows"];
+        a.extend_from_slice(args);
+        let v: Value = serde_json::from_str(&ctl(&a)).unwrap();
+        v["flows"].as_array().unwrap().clone()
+    };
+    let of_client = flows(&["--client", "198.19.0.1"]);
+    assert_eq!(
+        of_client.len(),
+        SCHEDULERS.len(),
+        "its one flow in each service"
+    );
+    assert!(of_client.iter().all(|f| f["client"] == "198.19.0.1:40000"));
+    let rr_b0 = predicted
+        .iter()
+        .filter(|(port, _, b)| *port == 1000 && *b == 0)
+        .count();
+    assert_eq!(
+        flows(&["rr", "--backend", "b0", "--state", "udp"]).len(),
+        rr_b0
+    );
+    assert_eq!(flows(&["rr", "--state", "established"]).len(), 0);
+    let table = ctl(&["list", "-c"]);
+    assert_eq!(table.lines().count(), 1 + predicted.len() + 1, "{table}");
+    assert!(table.lines().next().unwrap().starts_with("Service"));
+    assert_eq!(
+        ctl(&["delete-flow", "rr", "198.19.0.1:40000"]),
+        "flow 198.19.0.1:40000 of service rr removed\n"
+    );
+    let gone = get(&base, "/api/v1/services/rr/lookup?client=198.19.0.1:40000");
+    assert_eq!(gone["existing"], false, "{gone}");
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_l4lbctl"))
+        .args(["--api", &base, "delete-flow", "rr", "198.19.0.1:40000"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr),
+        "l4lbctl: 404 Not Found: service \"rr\" has no flow from 198.19.0.1:40000\n"
+    );
+    assert_eq!(
+        flows(&["--client", "198.19.0.1"]).len(),
+        SCHEDULERS.len() - 1
     );
 
     drop(feed);

@@ -49,7 +49,7 @@ fn worker(commands: crossbeam_channel::Receiver<Command>) -> std::thread::JoinHa
         }
         for cmd in commands {
             if let Command::DumpFlows {
-                service,
+                filter,
                 mut into,
                 reply,
             } = cmd
@@ -58,7 +58,7 @@ fn worker(commands: crossbeam_channel::Receiver<Command>) -> std::thread::JoinHa
                 into.extend(
                     table
                         .iter()
-                        .filter(|f| f.service == service)
+                        .filter(|f| filter.matches(f))
                         .take(room)
                         .copied(),
                 );

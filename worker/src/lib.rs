@@ -214,8 +214,18 @@ impl Worker<'_> {
                             dataplane::pipeline::lookup(reader.snapshot(), &self.state, &key, now);
                         let _ = reply.try_send((self.index as u16, answer));
                     }
+                    Command::RemoveFlow { key, reply } => {
+                        let had = match self.state.flows.find(&key) {
+                            Some(slot) => {
+                                self.state.flows.remove(slot);
+                                true
+                            }
+                            None => false,
+                        };
+                        let _ = reply.try_send((self.index as u16, had));
+                    }
                     Command::DumpFlows {
-                        service,
+                        filter,
                         mut into,
                         reply,
                     } => {
@@ -224,7 +234,7 @@ impl Worker<'_> {
                             self.state
                                 .flows
                                 .iter()
-                                .filter(|f| f.service == service)
+                                .filter(|f| filter.matches(f))
                                 .take(room)
                                 .copied(),
                         );

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::openapi::ErrorBody;
 #[allow(unused_imports)]
 use super::stats::Stats;
-use super::{Body, Reply, Request};
+use super::{Body, FlowQuery, Reply, Request};
 use crate::config::{BackendSpec, ServiceSpec};
 
 /// Bodies larger than this are refused with 413 (a service with thousands of backends fits).
@@ -96,6 +96,7 @@ pub fn router(calls: Calls, token: Option<&str>, version_info: Value) -> Router 
             get(get_backend).patch(patch_backend).delete(delete_backend),
         )
         .route("/api/v1/services/{service}/flows", get(flows))
+        .route("/api/v1/flows", get(all_flows).delete(delete_flow))
         .route("/api/v1/services/{service}/lookup", get(lookup))
         .route("/api/v1/reload", axum::routing::post(reload))
         .route("/api/v1/audit", get(audit))
@@ -373,39 +374,138 @@ async fn delete_backend(
 /// The default number of flows `GET .../flows` lists.
 pub const DEFAULT_FLOW_SAMPLE: usize = 100;
 
-#[utoipa::path(get, path = "/api/v1/services/{service}/flows", tag = "services", params(("service" = String, Path, description = "Service id"), ("limit" = Option<usize>, Query, description = "At most this many flows (default 100, at most 10000)")), responses((status = 200, description = "A sample of the live flows", body = Value), (status = 404, description = "No such service", body = ErrorBody), (status = 422, description = "limit out of range", body = ErrorBody)))]
+/// The query of a flow listing: `limit`, and the filters `service` (unless in the path),
+/// `client` (ADDR or ADDR:PORT), `backend` and `state`.
+fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), Response> {
+    let mut q = FlowQuery::default();
+    let mut limit = DEFAULT_FLOW_SAMPLE;
+    let known = if in_path {
+        "limit, client, backend and state"
+    } else {
+        "limit, service, client, backend and state"
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let bad = |what: String| error(StatusCode::BAD_REQUEST, what);
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(bad(format!("{pair:?}: not key=value")));
+        };
+        let v = decode(v);
+        match k {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .map_err(|_| bad(format!("limit: {v:?} is not a number")))?;
+            }
+            "service" if !in_path => q.service = Some(v),
+            "client" => {
+                q.client = Some(match v.parse::<std::net::SocketAddr>() {
+                    Ok(a) => (a.ip(), Some(a.port())),
+                    Err(_) => (
+                        v.parse::<std::net::IpAddr>().map_err(|_| {
+                            bad(format!(
+                                "client: {v:?} is not an address, or an address and port"
+                            ))
+                        })?,
+                        None,
+                    ),
+                });
+            }
+            "backend" => q.backend = Some(v),
+            "state" => q.state = Some(v),
+            _ => {
+                return Err(bad(format!(
+                    "{pair:?}: unknown query parameter ({known} are the ones)"
+                )));
+            }
+        }
+    }
+    Ok((q, limit))
+}
+
+/// `%5B`, `%5D` and `%3A` (how clients escape brackets and colons) decoded.
+fn decode(v: &str) -> String {
+    v.replace("%5B", "[")
+        .replace("%5D", "]")
+        .replace("%3A", ":")
+        .replace("%5b", "[")
+        .replace("%5d", "]")
+        .replace("%3a", ":")
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{service}/flows", tag = "services", params(("service" = String, Path, description = "Service id"), ("limit" = Option<usize>, Query, description = "At most this many flows (default 100, at most 10000)"), ("client" = Option<String>, Query, description = "Only this client: ADDR or ADDR:PORT"), ("backend" = Option<String>, Query, description = "Only this backend (id)"), ("state" = Option<String>, Query, description = "Only this state: syn, established, fin, closed, midstream or udp")), responses((status = 200, description = "A sample of the live flows", body = Value), (status = 400, description = "A query parameter is not understood", body = ErrorBody), (status = 404, description = "No such service or backend", body = ErrorBody), (status = 422, description = "limit or state out of range", body = ErrorBody)))]
 async fn flows(
     State(app): State<App>,
     headers: HeaderMap,
     Path(service): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let mut limit = DEFAULT_FLOW_SAMPLE;
+    let (mut query, limit) = match flow_query(query.as_deref(), true) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    query.service = Some(service);
+    call(&app, &headers, Request::Flows { query, limit }).await
+}
+
+#[utoipa::path(get, path = "/api/v1/flows", tag = "flows", params(("limit" = Option<usize>, Query, description = "At most this many flows (default 100, at most 10000)"), ("service" = Option<String>, Query, description = "Only this service (id)"), ("client" = Option<String>, Query, description = "Only this client: ADDR or ADDR:PORT"), ("backend" = Option<String>, Query, description = "Only this backend (id; needs service)"), ("state" = Option<String>, Query, description = "Only this state: syn, established, fin, closed, midstream or udp")), responses((status = 200, description = "A sample of the live flows of every service (ipvsadm -L -c)", body = Value), (status = 400, description = "A query parameter is not understood", body = ErrorBody), (status = 404, description = "No such service or backend", body = ErrorBody), (status = 422, description = "limit or state out of range, or a backend without its service", body = ErrorBody)))]
+async fn all_flows(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match flow_query(query.as_deref(), false) {
+        Ok((query, limit)) => call(&app, &headers, Request::Flows { query, limit }).await,
+        Err(r) => r,
+    }
+}
+
+#[utoipa::path(delete, path = "/api/v1/flows", tag = "flows", params(("service" = String, Query, description = "The flow's service (id)"), ("client" = String, Query, description = "The client: ADDR:PORT"), ("port" = Option<u16>, Query, description = "The VIP port, for a service of port 0")), security(("token" = [])), responses((status = 204, description = "Removed: the client's next packet is scheduled anew"), (status = 400, description = "A query parameter is missing or not understood", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 404, description = "No such service, or no such flow", body = ErrorBody), (status = 422, description = "The port is missing for a port-zero service", body = ErrorBody), (status = 503, description = "A worker did not answer in time", body = ErrorBody)))]
+async fn delete_flow(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let (mut service, mut client, mut port) = (None, None, None);
     for pair in query
         .as_deref()
         .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
     {
-        match pair.split_once('=') {
-            Some(("limit", v)) => match v.parse() {
-                Ok(n) => limit = n,
-                Err(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("limit: {v:?} is not a number"),
-                    );
-                }
+        let bad = |what: String| error(StatusCode::BAD_REQUEST, what);
+        match pair.split_once('=').map(|(k, v)| (k, decode(v))) {
+            Some(("service", v)) => service = Some(v),
+            Some(("client", v)) => match v.parse::<std::net::SocketAddr>() {
+                Ok(a) => client = Some(a),
+                Err(_) => return bad(format!("client: {v:?} is not an address and port")),
+            },
+            Some(("port", v)) => match v.parse::<u16>() {
+                Ok(p) => port = Some(p),
+                Err(_) => return bad(format!("port: {v:?} is not a port")),
             },
             _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("{pair:?}: unknown query parameter (limit=N is the only one)"),
-                );
+                return bad(format!(
+                    "{pair:?}: unknown query parameter (service, client and port are the ones)"
+                ));
             }
         }
     }
-    call(&app, &headers, Request::Flows { service, limit }).await
+    let (Some(service), Some(client)) = (service, client) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "service and client: both are required (service=ID&client=ADDR:PORT)".to_string(),
+        );
+    };
+    call(
+        &app,
+        &headers,
+        Request::DeleteFlow {
+            service,
+            client,
+            port,
+        },
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{service}/lookup", tag = "services", params(("service" = String, Path, description = "Service id"), ("client" = String, Query, description = "The client's address and port: 198.18.2.1:40000, [2001:db8::1]:40000"), ("port" = Option<u16>, Query, description = "The VIP port, for a service of port 0 (every port)")), responses((status = 200, description = "The backend an existing flow uses, or the one a new flow would get now, and why", body = Value), (status = 400, description = "A query parameter is missing or not understood", body = ErrorBody), (status = 404, description = "No such service", body = ErrorBody), (status = 422, description = "The client is not of the vip's family, or the port is wrong", body = ErrorBody), (status = 503, description = "A worker did not answer in time", body = ErrorBody)))]

@@ -55,9 +55,16 @@ pub enum Request {
         service: String,
         backend: String,
     },
+    /// Live flows (of one service, or of all) that `query` takes.
     Flows {
-        service: String,
+        query: FlowQuery,
         limit: usize,
+    },
+    /// Removes the flow of `client` to `service` (on `port` of a port-zero service).
+    DeleteFlow {
+        service: String,
+        client: std::net::SocketAddr,
+        port: Option<u16>,
     },
     /// Where a flow from `client` goes (`port`: of a port-zero service).
     Lookup {
@@ -77,6 +84,18 @@ pub enum Request {
     Health,
 }
 
+/// Which flows a listing shows: every given part must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowQuery {
+    pub service: Option<String>,
+    /// The client's address, and its port when given.
+    pub client: Option<(std::net::IpAddr, Option<u16>)>,
+    /// A backend id (of `service`, which it needs).
+    pub backend: Option<String>,
+    /// syn, established, fin, closed, midstream or udp.
+    pub state: Option<String>,
+}
+
 impl Request {
     /// Whether it changes the configuration (and so needs the token).
     pub fn mutates(&self) -> bool {
@@ -89,6 +108,7 @@ impl Request {
                 | Request::CreateBackend { .. }
                 | Request::PatchBackend { .. }
                 | Request::DeleteBackend { .. }
+                | Request::DeleteFlow { .. }
                 | Request::Reload { .. }
         )
     }

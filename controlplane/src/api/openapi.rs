@@ -30,6 +30,8 @@ use crate::config::{BackendSpec, HealthCheckSpec, ServiceSpec, SorryBackendSpec}
         super::http::patch_backend,
         super::http::delete_backend,
         super::http::flows,
+        super::http::all_flows,
+        super::http::delete_flow,
         super::http::replace_services,
         super::http::lookup,
         super::http::reload,

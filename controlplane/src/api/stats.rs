@@ -188,6 +188,8 @@ pub struct HealthStats {
 /// One live flow, as `GET /api/v1/services/{id}/flows` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct FlowSample {
+    /// The service's id.
+    pub service: String,
     /// Client address and port.
     pub client: String,
     /// The backend's id.

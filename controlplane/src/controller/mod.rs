@@ -391,6 +391,26 @@ impl Controller {
     pub fn handle(&mut self, req: Request) -> Reply {
         match req {
             Request::Reload { body } => self.reload_request(&body),
+            Request::DeleteFlow {
+                service,
+                client,
+                port,
+            } => {
+                let what = format!("delete flow {client} of service {service}");
+                match self.delete_flow(&service, client, port) {
+                    Ok(r) => {
+                        self.record(true, format!("api: {what}: ok"));
+                        r
+                    }
+                    Err(e) => {
+                        self.record(
+                            false,
+                            format!("api: {what}: refused ({} {})", e.status, e.message),
+                        );
+                        e.into()
+                    }
+                }
+            }
             req if req.mutates() => self.change(req),
             req => self.read(req).unwrap_or_else(Reply::from),
         }

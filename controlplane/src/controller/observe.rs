@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-use dataplane::command::{Command, FlowDump};
+use dataplane::command::{Command, FlowDump, FlowFilter};
 use dataplane::counters::{
     ServiceCounters, TrafficCounters, TrafficTotals, WorkerCounters, drop_totals, port_totals,
     traffic_totals,
@@ -450,19 +450,158 @@ impl Controller {
         Ok(out)
     }
 
-    /// Up to `limit` live flows of `service`, gathered from the workers (oldest first).
-    pub(super) fn flows(&self, service: &str, limit: usize) -> Result<Vec<FlowSample>, String> {
+    /// The dataplane's filter for `q` (ids to numbers, names to states).
+    pub(super) fn flow_filter(
+        &self,
+        q: &crate::api::FlowQuery,
+    ) -> Result<FlowFilter, crate::api::ApiError> {
+        use crate::api::ApiError;
+        use dataplane::flow::FlowState;
         let snap = self.publisher.shared().current();
-        let Some(svc) = snap.services.iter().find(|s| s.config.name == service) else {
-            return Ok(Vec::new());
+        let svc = match &q.service {
+            Some(id) => Some(
+                snap.services
+                    .iter()
+                    .find(|s| s.config.name == *id)
+                    .ok_or_else(|| ApiError::not_found(format!("no service {id:?}")))?,
+            ),
+            None => None,
         };
+        let backend = match (&q.backend, svc) {
+            (None, _) => None,
+            (Some(b), None) => {
+                return Err(ApiError::invalid(format!(
+                    "backend: {b:?} needs service=ID too (a backend id is its service's)"
+                )));
+            }
+            (Some(b), Some(s)) => Some(
+                s.config
+                    .backends
+                    .iter()
+                    .find(|x| x.name == *b)
+                    .map(|x| x.id)
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!(
+                            "service {:?} has no backend {b:?}",
+                            s.config.name
+                        ))
+                    })?,
+            ),
+        };
+        const STATES: [FlowState; 6] = [
+            FlowState::Syn,
+            FlowState::Established,
+            FlowState::Fin,
+            FlowState::Closed,
+            FlowState::Midstream,
+            FlowState::Udp,
+        ];
+        let state = match &q.state {
+            None => None,
+            Some(name) => Some(
+                STATES
+                    .into_iter()
+                    .find(|s| s.name() == name)
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "state: {name:?} is not one of syn, established, fin, closed, midstream, udp"
+                        ))
+                    })?,
+            ),
+        };
+        Ok(FlowFilter {
+            service: svc.map(|s| s.config.id),
+            client: q.client.map(|(a, p)| (dataplane::flow::addr_bytes(a), p)),
+            backend,
+            state,
+        })
+    }
+
+    /// Removes the flow of `client` to `service` from the worker that has it.
+    pub(super) fn delete_flow(
+        &self,
+        service: &str,
+        client: SocketAddr,
+        port: Option<u16>,
+    ) -> Result<crate::api::Reply, crate::api::ApiError> {
+        use crate::api::ApiError;
+        let snap = self.publisher.shared().current();
+        let cfg = &snap
+            .services
+            .iter()
+            .find(|s| s.config.name == service)
+            .ok_or_else(|| ApiError::not_found(format!("no service {service:?}")))?
+            .config;
+        let vip_port = match (cfg.port, port) {
+            (0, Some(p @ 1..)) => p,
+            (0, _) => {
+                return Err(ApiError::invalid(
+                    "port: the service takes every port of its vip: say which (port=N)",
+                ));
+            }
+            (p, _) => p,
+        };
+        let key = dataplane::flow::FlowKey::new(
+            cfg.protocol.ip_number(),
+            client.ip(),
+            client.port(),
+            cfg.vip,
+            vip_port,
+        );
+        let workers = &self.workers.commands;
+        let (tx, rx) = crossbeam_channel::bounded(workers.len());
+        let deadline = Instant::now() + DUMP_WAIT;
+        let asked = workers
+            .iter()
+            .filter(|w| {
+                w.send_deadline(
+                    Command::RemoveFlow {
+                        key,
+                        reply: tx.clone(),
+                    },
+                    deadline,
+                )
+                .is_ok()
+            })
+            .count();
+        let mut had = false;
+        for _ in 0..asked {
+            match rx.recv_deadline(deadline) {
+                Ok((_, h)) => had |= h,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        503,
+                        format!("a worker did not answer within {DUMP_WAIT:?}"),
+                    ));
+                }
+            }
+        }
+        if !had {
+            return Err(ApiError::not_found(format!(
+                "service {service:?} has no flow from {client}"
+            )));
+        }
+        Ok(crate::api::Reply {
+            status: 204,
+            body: crate::api::Body::Empty,
+            location: None,
+        })
+    }
+
+    /// Up to `limit` live flows that `filter` takes, gathered from the workers (oldest first).
+    pub(super) fn flows(
+        &self,
+        filter: FlowFilter,
+        limit: usize,
+    ) -> Result<Vec<FlowSample>, String> {
+        let snap = self.publisher.shared().current();
         let workers = &self.workers.commands;
         let (tx, rx) = crossbeam_channel::bounded::<FlowDump>(workers.len());
         let deadline = Instant::now() + DUMP_WAIT;
         let mut asked = 0;
         for w in workers {
             let cmd = Command::DumpFlows {
-                service: svc.config.id,
+                filter,
                 into: Vec::with_capacity(limit),
                 reply: tx.clone(),
             };
@@ -483,12 +622,19 @@ impl Controller {
                 }
             }
         }
-        let by_id: HashMap<_, _> = svc.config.backends.iter().map(|b| (b.id, b)).collect();
+        let by_id: HashMap<_, _> = snap
+            .services
+            .iter()
+            .flat_map(|s| s.config.backends.iter().map(|b| (b.id, b)))
+            .collect();
         let mut out = Vec::new();
         for d in dumps {
             for f in &d.flows {
                 let backend = by_id.get(&f.backend);
                 out.push(FlowSample {
+                    service: snap
+                        .service_by_id(f.service)
+                        .map_or_else(|| "?".to_string(), |s| s.config.name.clone()),
                     client: SocketAddr::new(addr_from_bytes(f.key.client), f.key.client_port)
                         .to_string(),
                     backend: backend.map_or_else(|| "?".to_string(), |b| b.name.clone()),

@@ -108,20 +108,24 @@ impl Controller {
                 let (i, j) = self.backend(&service, &backend)?;
                 Reply::json(200, backend_json(&self.running.services[i].backends[j]))
             }
-            Request::Flows { service, limit } => {
-                self.service(&service)?;
+            Request::Flows { query, limit } => {
+                if let Some(s) = &query.service {
+                    self.service(s)?;
+                }
                 if !(1..=MAX_FLOW_SAMPLE).contains(&limit) {
                     return Err(ApiError::invalid(format!(
                         "limit: {limit} is not from 1 to {MAX_FLOW_SAMPLE}"
                     )));
                 }
+                let filter = self.flow_filter(&query)?;
                 let flows = self
-                    .flows(&service, limit)
+                    .flows(filter, limit)
                     .map_err(|e| ApiError::new(503, e))?;
-                Reply::json(
-                    200,
-                    json!({ "service": service, "limit": limit, "flows": flows }),
-                )
+                let mut body = json!({ "limit": limit, "flows": flows });
+                if let Some(s) = query.service {
+                    body["service"] = json!(s);
+                }
+                Reply::json(200, body)
             }
             Request::Lookup {
                 service,

@@ -50,15 +50,22 @@ enum Cmd {
         /// --rate).
         #[arg(long, conflicts_with = "stats")]
         rate: bool,
+        /// The flows instead (ipvsadm -L -c), as `l4lbctl flows`.
+        #[arg(short = 'c', long, conflicts_with_all = ["stats", "rate"])]
+        connections: bool,
     },
     /// Counters: ports, actions, drops by reason, flow table, services.
     Stats,
-    /// A sample of a service's live flows.
-    Flows {
+    /// A sample of the live flows, of one service or of all (ipvsadm -L -c).
+    Flows(FlowArgs),
+    /// Remove one flow: the client's next packet is scheduled anew.
+    DeleteFlow {
         service: String,
-        /// At most this many.
-        #[arg(short = 'n', long, default_value_t = 100)]
-        limit: usize,
+        /// The client's ADDR:PORT.
+        client: SocketAddr,
+        /// The VIP port, for a service of port 0.
+        #[arg(short = 'p', long)]
+        port: Option<u16>,
     },
     /// Which backend a flow from CLIENT (ADDR:PORT) gets: its flow's, or what a new one would
     /// get now, and why.
@@ -148,6 +155,43 @@ struct BackendArgs {
     /// Take new flows again.
     #[arg(long)]
     enable: bool,
+}
+
+#[derive(Debug, Args)]
+struct FlowArgs {
+    /// Only this service.
+    service: Option<String>,
+    /// Only this client: ADDR or ADDR:PORT.
+    #[arg(long)]
+    client: Option<String>,
+    /// Only this backend (needs the service).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Only this state: syn, established, fin, closed, midstream or udp.
+    #[arg(long)]
+    state: Option<String>,
+    /// At most this many.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    limit: usize,
+}
+
+/// `GET /api/v1/flows` with `a`'s filters, as a table or JSON.
+fn flows(c: &Client, a: &FlowArgs, as_json: bool) -> Result<String> {
+    let mut q = format!("limit={}", a.limit);
+    if let Some(s) = &a.service {
+        q += &format!("&service={}", id(s)?);
+    }
+    for (k, v) in [
+        ("client", &a.client),
+        ("backend", &a.backend),
+        ("state", &a.state),
+    ] {
+        if let Some(v) = v {
+            q += &format!("&{k}={}", v.replace('[', "%5B").replace(']', "%5D"));
+        }
+    }
+    let v = c.json("GET", &format!("/api/v1/flows?{q}"), None)?;
+    Ok(if as_json { pretty(&v) } else { flows_table(&v) })
 }
 
 /// A failure: what to print and the exit status.
@@ -324,8 +368,24 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
     match &cli.command {
         Cmd::List {
             service,
+            connections: true,
+            ..
+        } => flows(
+            c,
+            &FlowArgs {
+                service: service.clone(),
+                client: None,
+                backend: None,
+                state: None,
+                limit: 10_000,
+            },
+            cli.json,
+        ),
+        Cmd::List {
+            service,
             stats: totals,
             rate,
+            ..
         } => {
             let read = || -> Result<(Value, Vec<Value>, std::time::Instant)> {
                 let stats = c.json("GET", "/api/v1/stats", None)?;
@@ -359,17 +419,25 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
             let v = c.json("GET", "/api/v1/stats", None)?;
             Ok(if cli.json { pretty(&v) } else { stats_text(&v) })
         }
-        Cmd::Flows { service, limit } => {
-            let v = c.json(
-                "GET",
-                &format!("/api/v1/services/{}/flows?limit={limit}", id(service)?),
+        Cmd::Flows(a) => flows(c, a, cli.json),
+        Cmd::DeleteFlow {
+            service,
+            client,
+            port,
+        } => {
+            let client = client.to_string().replace('[', "%5B").replace(']', "%5D");
+            let port = port.map_or_else(String::new, |p| format!("&port={p}"));
+            c.request(
+                "DELETE",
+                &format!(
+                    "/api/v1/flows?service={}&client={client}{port}",
+                    id(service)?
+                ),
                 None,
             )?;
-            Ok(if cli.json {
-                pretty(&v)
-            } else {
-                flows_table(&v)
-            })
+            Ok(format!("flow {client} of service {service} removed")
+                .replace("%5B", "[")
+                .replace("%5D", "]"))
         }
         Cmd::Lookup {
             service,
@@ -578,7 +646,13 @@ fn list_table(stats: &Value, services: &[Value]) -> String {
 /// The counters of each service and backend as `ipvsadm -L --stats` prints them, or, given a
 /// later reading and the seconds between, their rates as `ipvsadm -L --rate` does.
 fn traffic_table(services: &[Value], later: Option<(&[Value], f64)>, as_json: bool) -> String {
-    const KEYS: [&str; 5] = ["new_flows", "packets_in", "packets_out", "bytes_in", "bytes_out"];
+    const KEYS: [&str; 5] = [
+        "new_flows",
+        "packets_in",
+        "packets_out",
+        "bytes_in",
+        "bytes_out",
+    ];
     let values = |now: &Value, then: Option<&Value>, secs: f64| -> Vec<f64> {
         KEYS.iter()
             .map(|k| {
@@ -608,7 +682,10 @@ fn traffic_table(services: &[Value], later: Option<(&[Value], f64)>, as_json: bo
         ));
         for b in svc["backends"].as_array().into_iter().flatten() {
             let later_b = later_svc.as_ref().and_then(|l| {
-                find(l["backends"].as_array().map_or(&[][..], Vec::as_slice), &b["id"])
+                find(
+                    l["backends"].as_array().map_or(&[][..], Vec::as_slice),
+                    &b["id"],
+                )
             });
             rows.push((
                 false,
@@ -779,12 +856,13 @@ fn lookup_text(v: &Value) -> String {
 
 fn flows_table(v: &Value) -> String {
     let mut out = format!(
-        "{:<45} {:<45} {:<12} {:>8} {:>8} {:>6}\n",
-        "Client", "Backend", "State", "Age(s)", "Idle(s)", "Worker"
+        "{:<16} {:<45} {:<45} {:<12} {:>8} {:>8} {:>6}\n",
+        "Service", "Client", "Backend", "State", "Age(s)", "Idle(s)", "Worker"
     );
     for f in v["flows"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "{:<45} {:<45} {:<12} {:>8} {:>8} {:>6}\n",
+            "{:<16} {:<45} {:<45} {:<12} {:>8} {:>8} {:>6}\n",
+            s(&f["service"]),
             s(&f["client"]),
             format!("{} ({})", s(&f["backend_address"]), s(&f["backend"])),
             s(&f["state"]),
