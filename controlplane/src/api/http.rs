@@ -376,7 +376,7 @@ pub const DEFAULT_FLOW_SAMPLE: usize = 100;
 
 /// The query of a flow listing: `limit`, and the filters `service` (unless in the path),
 /// `client` (ADDR or ADDR:PORT), `backend` and `state`.
-fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), Response> {
+fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), String> {
     let mut q = FlowQuery::default();
     let mut limit = DEFAULT_FLOW_SAMPLE;
     let known = if in_path {
@@ -385,16 +385,15 @@ fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), 
         "limit, service, client, backend and state"
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let bad = |what: String| error(StatusCode::BAD_REQUEST, what);
         let Some((k, v)) = pair.split_once('=') else {
-            return Err(bad(format!("{pair:?}: not key=value")));
+            return Err((format!("{pair:?}: not key=value")));
         };
         let v = decode(v);
         match k {
             "limit" => {
                 limit = v
                     .parse()
-                    .map_err(|_| bad(format!("limit: {v:?} is not a number")))?;
+                    .map_err(|_| (format!("limit: {v:?} is not a number")))?;
             }
             "service" if !in_path => q.service = Some(v),
             "client" => {
@@ -402,9 +401,7 @@ fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), 
                     Ok(a) => (a.ip(), Some(a.port())),
                     Err(_) => (
                         v.parse::<std::net::IpAddr>().map_err(|_| {
-                            bad(format!(
-                                "client: {v:?} is not an address, or an address and port"
-                            ))
+                            (format!("client: {v:?} is not an address, or an address and port"))
                         })?,
                         None,
                     ),
@@ -413,9 +410,7 @@ fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), 
             "backend" => q.backend = Some(v),
             "state" => q.state = Some(v),
             _ => {
-                return Err(bad(format!(
-                    "{pair:?}: unknown query parameter ({known} are the ones)"
-                )));
+                return Err((format!("{pair:?}: unknown query parameter ({known} are the ones)")));
             }
         }
     }
@@ -441,7 +436,7 @@ async fn flows(
 ) -> Response {
     let (mut query, limit) = match flow_query(query.as_deref(), true) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     query.service = Some(service);
     call(&app, &headers, Request::Flows { query, limit }).await
@@ -455,7 +450,7 @@ async fn all_flows(
 ) -> Response {
     match flow_query(query.as_deref(), false) {
         Ok((query, limit)) => call(&app, &headers, Request::Flows { query, limit }).await,
-        Err(r) => r,
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
