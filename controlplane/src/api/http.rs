@@ -386,14 +386,14 @@ fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), 
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let Some((k, v)) = pair.split_once('=') else {
-            return Err((format!("{pair:?}: not key=value")));
+            return Err(format!("{pair:?}: not key=value"));
         };
         let v = decode(v);
         match k {
             "limit" => {
                 limit = v
                     .parse()
-                    .map_err(|_| (format!("limit: {v:?} is not a number")))?;
+                    .map_err(|_| format!("limit: {v:?} is not a number"))?;
             }
             "service" if !in_path => q.service = Some(v),
             "client" => {
@@ -401,7 +401,7 @@ fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), 
                     Ok(a) => (a.ip(), Some(a.port())),
                     Err(_) => (
                         v.parse::<std::net::IpAddr>().map_err(|_| {
-                            (format!("client: {v:?} is not an address, or an address and port"))
+                            format!("client: {v:?} is not an address, or an address and port")
                         })?,
                         None,
                     ),
@@ -410,7 +410,9 @@ fn flow_query(query: Option<&str>, in_path: bool) -> Result<(FlowQuery, usize), 
             "backend" => q.backend = Some(v),
             "state" => q.state = Some(v),
             _ => {
-                return Err((format!("{pair:?}: unknown query parameter ({known} are the ones)")));
+                return Err(format!(
+                    "{pair:?}: unknown query parameter ({known} are the ones)"
+                ));
             }
         }
     }
