@@ -213,6 +213,34 @@ fn lookup_predicts_where_every_schedulers_flows_go_and_then_finds_them() {
         .map(|l| l.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(per_backend, 6, "{stats}");
+    assert_eq!(ctl(&["zero", "rr"]), "counters of service rr zeroed\n");
+    let zeroed = ctl(&["list", "--stats"]);
+    let row = |text: &str, vip: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.contains(vip))
+            .unwrap()
+            .split_whitespace()
+            .skip(2)
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        row(&zeroed, "198.18.0.100:1000 "),
+        ["0", "0", "0", "0", "0"],
+        "{zeroed}"
+    );
+    assert_eq!(
+        row(&zeroed, "198.18.0.100:1001 "),
+        ["6", "6", "0", "258", "0"],
+        "only rr: {zeroed}"
+    );
+    ctl(&["zero"]);
+    let all = ctl(&["list", "--stats"]);
+    assert_eq!(
+        row(&all, "198.18.0.100:1001 "),
+        ["0", "0", "0", "0", "0"],
+        "{all}"
+    );
     let rate = ctl(&["list", "rr", "--rate"]);
     let lines: Vec<&str> = rate.lines().collect();
     assert_eq!(

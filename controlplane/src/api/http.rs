@@ -101,6 +101,7 @@ pub fn router(calls: Calls, token: Option<&str>, version_info: Value) -> Router 
         .route("/api/v1/reload", axum::routing::post(reload))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/stats/zero", axum::routing::post(zero))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health))
         .route("/api/v1/version", get(version))
@@ -503,6 +504,28 @@ async fn delete_flow(
         },
     )
     .await
+}
+
+#[utoipa::path(post, path = "/api/v1/stats/zero", tag = "statistics", params(("service" = Option<String>, Query, description = "Only this service and its backends")), security(("token" = [])), responses((status = 204, description = "The packet, byte and new-flow counts of the services and backends count from zero (ipvsadm -Z)"), (status = 400, description = "A query parameter is not understood", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 404, description = "No such service", body = ErrorBody)))]
+async fn zero(State(app): State<App>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let mut service = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("service", v)) => service = Some(decode(v)),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{pair:?}: unknown query parameter (service=ID is the one)"),
+                );
+            }
+        }
+    }
+    call(&app, &headers, Request::ZeroCounters { service }).await
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{service}/lookup", tag = "services", params(("service" = String, Path, description = "Service id"), ("client" = String, Query, description = "The client's address and port: 198.18.2.1:40000, [2001:db8::1]:40000"), ("port" = Option<u16>, Query, description = "The VIP port, for a service of port 0 (every port)")), responses((status = 200, description = "The backend an existing flow uses, or the one a new flow would get now, and why", body = Value), (status = 400, description = "A query parameter is missing or not understood", body = ErrorBody), (status = 404, description = "No such service", body = ErrorBody), (status = 422, description = "The client is not of the vip's family, or the port is wrong", body = ErrorBody), (status = 503, description = "A worker did not answer in time", body = ErrorBody)))]

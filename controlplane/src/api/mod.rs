@@ -72,6 +72,11 @@ pub enum Request {
         client: std::net::SocketAddr,
         port: Option<u16>,
     },
+    /// Zeroes the traffic counters of every service and backend, or of one service's (ipvsadm
+    /// -Z).
+    ZeroCounters {
+        service: Option<String>,
+    },
     /// Reads the configuration file again (like SIGHUP); `body` may ask for the file's
     /// services too (`{"services_from_file": true}`).
     Reload {
@@ -109,6 +114,7 @@ impl Request {
                 | Request::PatchBackend { .. }
                 | Request::DeleteBackend { .. }
                 | Request::DeleteFlow { .. }
+                | Request::ZeroCounters { .. }
                 | Request::Reload { .. }
         )
     }

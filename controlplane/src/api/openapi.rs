@@ -30,6 +30,7 @@ use crate::config::{BackendSpec, HealthCheckSpec, ServiceSpec, SorryBackendSpec}
         super::http::patch_backend,
         super::http::delete_backend,
         super::http::flows,
+        super::http::zero,
         super::http::all_flows,
         super::http::delete_flow,
         super::http::replace_services,

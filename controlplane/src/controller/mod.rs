@@ -411,6 +411,30 @@ impl Controller {
                     }
                 }
             }
+            Request::ZeroCounters { service } => {
+                let what = match &service {
+                    Some(s) => format!("zero the counters of service {s}"),
+                    None => "zero the counters".to_string(),
+                };
+                if self.zero(service.as_deref()) {
+                    self.record(true, format!("api: {what}: ok"));
+                    Reply {
+                        status: 204,
+                        body: crate::api::Body::Empty,
+                        location: None,
+                    }
+                } else {
+                    let e = ApiError::not_found(format!(
+                        "no service {:?}",
+                        service.unwrap_or_default()
+                    ));
+                    self.record(
+                        false,
+                        format!("api: {what}: refused ({} {})", e.status, e.message),
+                    );
+                    e.into()
+                }
+            }
             req if req.mutates() => self.change(req),
             req => self.read(req).unwrap_or_else(Reply::from),
         }

@@ -88,6 +88,38 @@ fn since(
 }
 
 impl Controller {
+    /// Zeroes the packet, byte and new-flow counts of every service and backend (or of
+    /// `service`'s and its backends'), as ipvsadm -Z: they count from now on. False when there
+    /// is no such service.
+    pub(super) fn zero(&mut self, service: Option<&str>) -> bool {
+        let snap = self.publisher.shared().current();
+        if service.is_some_and(|id| !snap.services.iter().any(|s| s.config.name == id)) {
+            return false;
+        }
+        let traffic = &self.workers.traffic;
+        for (is_service, id, name) in owners(&snap) {
+            let of = name.split('/').next().unwrap_or_default();
+            if service.is_some_and(|s| s != of) {
+                continue;
+            }
+            let totals = traffic_totals(traffic.iter().map(|w| &**w), |w| {
+                counters_of(w, is_service, id)
+            });
+            let since_snapshot = self
+                .baselines
+                .get(&(is_service, id))
+                .map_or(0, |b| b.since_snapshot);
+            self.baselines.insert(
+                (is_service, id),
+                Baseline {
+                    totals,
+                    since_snapshot,
+                },
+            );
+        }
+        true
+    }
+
     /// After a publish at snapshot `epoch`: the ids that got a new owner count from here on.
     pub(super) fn rebase(&mut self, before: &HashSet<(bool, u32, String)>, epoch: u64) {
         let traffic = &self.workers.traffic;

@@ -58,6 +58,8 @@ enum Cmd {
     Stats,
     /// A sample of the live flows, of one service or of all (ipvsadm -L -c).
     Flows(FlowArgs),
+    /// Zero the packet, byte and connection counts of every service, or of one (ipvsadm -Z).
+    Zero { service: Option<String> },
     /// Remove one flow: the client's next packet is scheduled anew.
     DeleteFlow {
         service: String,
@@ -420,6 +422,17 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
             Ok(if cli.json { pretty(&v) } else { stats_text(&v) })
         }
         Cmd::Flows(a) => flows(c, a, cli.json),
+        Cmd::Zero { service } => {
+            let q = match service {
+                Some(s) => format!("?service={}", id(s)?),
+                None => String::new(),
+            };
+            c.request("POST", &format!("/api/v1/stats/zero{q}"), None)?;
+            Ok(match service {
+                Some(s) => format!("counters of service {s} zeroed"),
+                None => "counters zeroed".to_string(),
+            })
+        }
         Cmd::DeleteFlow {
             service,
             client,
