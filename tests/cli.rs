@@ -163,7 +163,7 @@ fn check_refuses_a_bad_ip() {
 fn check_refuses_port_zero() {
     assert_eq!(
         refused(&variant("port = 80", "port = 0")),
-        "FILE: services[0].port: 0 is not a port (1 to 65535)\n"
+        "FILE: services[0].port: 0 (every port) is for a persistent dr or tun service: set persistence_timeout (ipvsadm refuses a zero port without -p too), or give a port from 1 to 65535\n"
     );
 }
 
@@ -185,7 +185,7 @@ fn check_refuses_an_unknown_scheduler() {
             "scheduler = \"maglev\"",
             "scheduler = \"fastest\""
         )),
-        "FILE: services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev\n"
+        "FILE: services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev, mh, fo, ovf, twos\n"
     );
 }
 
@@ -202,7 +202,7 @@ fn check_reports_every_error_and_a_missing_file() {
     let text = variant("port = 80", "port = 0").replacen("\"maglev\"", "\"fastest\"", 1);
     assert_eq!(
         refused(&text),
-        "FILE: services[0].port: 0 is not a port (1 to 65535)\nFILE: services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev\n"
+        "FILE: services[0].port: 0 (every port) is for a persistent dr or tun service: set persistence_timeout (ipvsadm refuses a zero port without -p too), or give a port from 1 to 65535\nFILE: services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev, mh, fo, ovf, twos\n"
     );
     let out = l4lb()
         .args(["--check", "--config", "/nonexistent/l4lb.toml"])

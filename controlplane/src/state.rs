@@ -250,7 +250,7 @@ mod tests {
         .unwrap();
         let e = load(&path).unwrap_err().to_string();
         assert!(
-            e.ends_with("services[0].port: 0 is not a port (1 to 65535)"),
+            e.ends_with("services[0].port: 0 (every port) is for a persistent dr or tun service: set persistence_timeout (ipvsadm refuses a zero port without -p too), or give a port from 1 to 65535"),
             "{e}"
         );
 

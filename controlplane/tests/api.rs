@@ -44,6 +44,7 @@ fn worker(commands: crossbeam_channel::Receiver<Command>) -> std::thread::JoinHa
                 },
                 nat: true,
                 state: FlowState::Established,
+                template: None,
             };
             table.insert(new, 0).unwrap();
         }
@@ -412,7 +413,7 @@ fn bad_services_are_refused_naming_the_field_and_nothing_changes() {
     post(
         r#"{"id": "x", "vip": "198.18.0.5", "port": 0}"#,
         422,
-        "port: 0 is not a port (1 to 65535)",
+        "port: 0 (every port) is for a persistent dr or tun service",
     );
     post(
         r#"{"id": "x", "vip": "198.18.0.5", "port": 70000}"#,
@@ -479,7 +480,7 @@ fn bad_services_are_refused_naming_the_field_and_nothing_changes() {
         "/api/v1/services/web",
         Some(r#"{"port": 0}"#),
         422,
-        "port: 0 is not a port",
+        "port: 0 (every port) is for a persistent dr or tun service",
     );
     api.refused(
         "PATCH",
@@ -541,10 +542,24 @@ fn bad_services_are_refused_naming_the_field_and_nothing_changes() {
     );
     api.refused(
         "PUT",
-        "/api/v1/services",
+        "/api/v1/stats",
         Some("{}"),
         405,
-        "PUT is not allowed on /api/v1/services",
+        "PUT is not allowed on /api/v1/stats",
+    );
+    api.refused(
+        "PUT",
+        "/api/v1/services",
+        Some("{}"),
+        422,
+        "body: a JSON array of services is expected",
+    );
+    api.refused(
+        "PUT",
+        "/api/v1/services",
+        Some(r#"[{"id": "a", "vip": "198.18.0.5", "port": 80}, {"id": "a", "vip": "198.18.0.6", "port": 80}]"#),
+        422,
+        "[1].id: duplicate service id \"a\"",
     );
 }
 

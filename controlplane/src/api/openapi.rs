@@ -268,7 +268,10 @@ mod tests {
             schemas["BackendStats"]
         );
         let service = &schemas["ServiceSpec"]["properties"];
-        assert_eq!(service["port"]["minimum"], 1);
+        assert_eq!(
+            service["port"]["minimum"], 0,
+            "0: every port (port-zero services)"
+        );
         assert_eq!(service["port"]["maximum"], 65535);
         assert_eq!(service["id"]["pattern"], "^[A-Za-z0-9._-]{1,64}$");
         for (field, schema, names) in [

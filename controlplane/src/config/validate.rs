@@ -547,10 +547,9 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         if s.persistence_timeout == 0 {
             e.add(
                 join(at, "port"),
-                "0 (every port) is for a persistent service: set persistence_timeout (ipvsadm refuses a zero port without -p too)",
+                "0 (every port) is for a persistent dr or tun service: set persistence_timeout (ipvsadm refuses a zero port without -p too), or give a port from 1 to 65535",
             );
-        }
-        if !matches!(s.forwarding.as_str(), "dr" | "tun") {
+        } else if !matches!(s.forwarding.as_str(), "dr" | "tun") {
             e.add(
                 join(at, "port"),
                 "0 (every port) forwards with dr or tun: nat would need a backend port per flow",
@@ -935,8 +934,9 @@ fn endpoint(
         }
     }
     let p = port.unwrap_or(service_port);
-    // An inherited 0 is the service's error, reported there.
-    if port == Some(0) {
+    // An inherited 0 is the service's error, reported there; a port-zero service's backends
+    // have port 0 too.
+    if port == Some(0) && service_port != 0 {
         e.add(format!("{at}.port"), "0 is not a port (1 to 65535)");
     } else if port.is_some()
         && p != service_port

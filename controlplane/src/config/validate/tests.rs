@@ -105,7 +105,9 @@ fn bad_addresses_ports_and_families_name_their_field() {
     );
     assert_eq!(
         errors_of("port = 80\n", "port = 0\n"),
-        ["services[0].port: 0 is not a port (1 to 65535)"]
+        [
+            "services[0].port: 0 (every port) is for a persistent dr or tun service: set persistence_timeout (ipvsadm refuses a zero port without -p too), or give a port from 1 to 65535"
+        ]
     );
     assert_eq!(
         errors_of("port = 8080", "port = 0"),
@@ -187,7 +189,7 @@ fn every_error_is_reported_not_only_the_first() {
         [
             "dpdk.burst: 0 is not from 1 to 256",
             "timeouts.udp: must be at least 1 second",
-            "services[0].port: 0 is not a port (1 to 65535)",
+            "services[0].port: 0 (every port) is for a persistent dr or tun service: set persistence_timeout (ipvsadm refuses a zero port without -p too), or give a port from 1 to 65535",
             "services[0].scheduler: \"fastest\" is not one of rr, wrr, lc, wlc, sed, nq, sh, dh, maglev, mh, fo, ovf, twos",
         ]
     );
@@ -748,7 +750,7 @@ fn persistence_and_port_zero_are_checked_field_by_field() {
         (
             "port = 53\nforwarding = \"dr\"\n",
             "port = 0\nforwarding = \"dr\"\n",
-            "services[1].port: 0 (every port) is for a persistent service",
+            "services[1].port: 0 (every port) is for a persistent dr or tun service",
         ),
         (
             "port = 80\n",
