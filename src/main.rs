@@ -211,6 +211,17 @@ fn main() -> ExitCode {
             }
             Err(e) => return config_failed(&e),
         }
+        match controlplane::state::load_timeouts(&path) {
+            Ok(Some(t)) => {
+                info!(
+                    state_file = %path.display(),
+                    "timeouts from the state file, as the API set them (the configuration file's are not used)"
+                );
+                model.timeouts = t;
+            }
+            Ok(None) => {}
+            Err(e) => return config_failed(&e),
+        }
     }
     if cli.check {
         let backends: usize = model.services.iter().map(|s| s.backends.len()).sum();

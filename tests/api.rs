@@ -633,13 +633,54 @@ fn api_changes_survive_restarts_kill_9_and_reloads() {
         "sh",
         "and saved"
     );
+    // Timeouts through the API (ipvsadm --set): live, saved, and kept through a reload of a
+    // file that says otherwise.
+    assert_eq!(
+        ctl_ok(&base, &["timeouts"], None),
+        "Timeout (tcp tcpfin udp): 900 120 30\nTimeout (tcp_syn tcp_close): 60 10\n"
+    );
+    assert_eq!(
+        ctl_ok(&base, &["timeouts", "--udp", "45", "--tcp", "600"], None),
+        "Timeout (tcp tcpfin udp): 600 120 45\nTimeout (tcp_syn tcp_close): 60 10\n"
+    );
+    let saved = controlplane_state(&state)["timeouts"].clone();
+    assert_eq!(
+        (saved["udp"].clone(), saved["tcp_established"].clone()),
+        (45.into(), 600.into())
+    );
+    let (code, _, err) = ctl(&base, &["timeouts", "--udp", "0"], None);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "l4lbctl: 422 Unprocessable Entity: udp: must be at least 1 second\n"
+        )
+    );
+    app.signal("HUP");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || app
+            .log()
+            .contains("reload (SIGHUP) of")
+            && app.log().matches("reload (SIGHUP) of").count() >= 3),
+        "{}",
+        app.log()
+    );
+    assert_eq!(
+        ctl_ok(&base, &["timeouts"], None),
+        "Timeout (tcp tcpfin udp): 600 120 45\nTimeout (tcp_syn tcp_close): 60 10\n",
+        "the API's timeouts stay through a reload"
+    );
     let audit = ctl_ok(&base, &["audit"], None);
     assert!(audit.contains("reload (api) of "), "{audit}");
+    assert!(
+        audit.contains("api: change timeouts: timeouts.tcp_established 900 -> 600; timeouts.udp 30 -> 45: ok (epoch"),
+        "{audit}"
+    );
     let done = app.signal_and_wait("TERM", Duration::from_secs(20));
     assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
     assert!(
         done.stdout
-            .contains("configuration: reloads=2 reloads-unchanged=0 reload-failures=1 epoch=3"),
+            .contains("configuration: reloads=3 reloads-unchanged=1 reload-failures=1 epoch=4"),
         "{}",
         done.stdout
     );

@@ -1,5 +1,5 @@
-//! The state file (`[api] state_file`): the services as changed through the API, so that they
-//! survive a restart. Written to a temporary file in the same directory, flushed to disk, then
+//! The state file (`[api] state_file`): the services as changed through the API, and the flow
+//! timeouts once the API set them, so that they survive a restart. Written to a temporary file in the same directory, flushed to disk, then
 //! renamed over the old one (and the directory flushed), so a crash at any moment leaves either
 //! the old or the new file, never a torn one. The temporary is created exclusively under a
 //! random name (a file or link planted in the directory is never followed or overwritten), and
@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, FieldError, Service, ServiceSpec, validate_service_list};
+use crate::config::file::TimeoutsSection;
+use crate::config::{
+    ConfigError, FieldError, FlowTimeouts, Service, ServiceSpec, validate_service_list,
+};
 
 /// The file's format version; a file of another version is refused.
 pub const FORMAT: u32 = 1;
@@ -22,6 +25,9 @@ pub const FORMAT: u32 = 1;
 struct StateFile {
     format: u32,
     services: Vec<ServiceSpec>,
+    /// Set through the API (`PATCH /api/v1/timeouts`): they win over the file's `[timeouts]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeouts: Option<TimeoutsSection>,
 }
 
 fn error(path: &Path, field: &str, message: String) -> ConfigError {
@@ -46,8 +52,35 @@ pub fn load(path: &Path) -> Result<Option<Vec<Service>>, ConfigError> {
     parse(&bytes, path).map(Some)
 }
 
+/// The timeouts saved in `path` (set through the API), if any.
+pub fn load_timeouts(path: &Path) -> Result<Option<FlowTimeouts>, ConfigError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(error(path, "", format!("cannot read it: {e}"))),
+    };
+    let file = read(&bytes, path)?;
+    let Some(t) = file.timeouts else {
+        return Ok(None);
+    };
+    let t = crate::config::timeouts(&t, "timeouts").map_err(|errors| ConfigError {
+        source: format!("state file {}", path.display()),
+        errors,
+    })?;
+    Ok(Some(t))
+}
+
 /// The services in the bytes of a state file (`path` names it in errors).
 pub fn parse(bytes: &[u8], path: impl AsRef<Path>) -> Result<Vec<Service>, ConfigError> {
+    let path = path.as_ref();
+    let file = read(bytes, path)?;
+    validate_service_list(&file.services, "services").map_err(|errors| ConfigError {
+        source: format!("state file {}", path.display()),
+        errors,
+    })
+}
+
+fn read(bytes: &[u8], path: impl AsRef<Path>) -> Result<StateFile, ConfigError> {
     let path = path.as_ref();
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let file: StateFile = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -78,17 +111,24 @@ pub fn parse(bytes: &[u8], path: impl AsRef<Path>) -> Result<Vec<Service>, Confi
             ),
         ));
     }
-    validate_service_list(&file.services, "services").map_err(|errors| ConfigError {
-        source: format!("state file {}", path.display()),
-        errors,
-    })
+    Ok(file)
 }
 
 /// Saves `services` to `path` atomically (see the module comment).
 pub fn save(path: &Path, services: &[Service]) -> std::io::Result<()> {
+    save_all(path, services, None)
+}
+
+/// Saves `services`, and `timeouts` when the API set them, to `path` atomically.
+pub fn save_all(
+    path: &Path,
+    services: &[Service],
+    timeouts: Option<&FlowTimeouts>,
+) -> std::io::Result<()> {
     let file = StateFile {
         format: FORMAT,
         services: services.iter().map(ServiceSpec::from).collect(),
+        timeouts: timeouts.map(TimeoutsSection::from),
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     text.push(b'\n');

@@ -102,6 +102,7 @@ pub fn router(calls: Calls, token: Option<&str>, version_info: Value) -> Router 
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/stats/zero", axum::routing::post(zero))
+        .route("/api/v1/timeouts", get(get_timeouts).patch(patch_timeouts))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health))
         .route("/api/v1/version", get(version))
@@ -504,6 +505,20 @@ async fn delete_flow(
         },
     )
     .await
+}
+
+#[utoipa::path(get, path = "/api/v1/timeouts", tag = "configuration", responses((status = 200, description = "The flow timeouts in seconds", body = Value)))]
+async fn get_timeouts(State(app): State<App>, headers: HeaderMap) -> Response {
+    call(&app, &headers, Request::GetTimeouts).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/timeouts", tag = "configuration", request_body(content = Value, description = "A JSON merge patch of the timeouts: tcp_established, tcp_syn, tcp_fin, tcp_close, udp (seconds, at least 1)", content_type = "application/json"), security(("token" = [])), responses((status = 200, description = "Changed and live (saved in the state file, where they then win over the configuration file's)", body = Value), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 422, description = "A field is wrong (the error names it)", body = ErrorBody), (status = 503, description = "Applied and saved, but a worker did not take it up in time", body = ErrorBody)))]
+async fn patch_timeouts(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    call_with_body(&app, &headers, body, |body| Request::PatchTimeouts { body }).await
 }
 
 #[utoipa::path(post, path = "/api/v1/stats/zero", tag = "statistics", params(("service" = Option<String>, Query, description = "Only this service and its backends")), security(("token" = [])), responses((status = 204, description = "The packet, byte and new-flow counts of the services and backends count from zero (ipvsadm -Z)"), (status = 400, description = "A query parameter is not understood", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 404, description = "No such service", body = ErrorBody)))]

@@ -72,6 +72,12 @@ pub enum Request {
         client: std::net::SocketAddr,
         port: Option<u16>,
     },
+    /// The flow timeouts (`[timeouts]`).
+    GetTimeouts,
+    /// A merge patch of the flow timeouts (ipvsadm --set), live.
+    PatchTimeouts {
+        body: Value,
+    },
     /// Zeroes the traffic counters of every service and backend, or of one service's (ipvsadm
     /// -Z).
     ZeroCounters {
@@ -115,6 +121,7 @@ impl Request {
                 | Request::DeleteBackend { .. }
                 | Request::DeleteFlow { .. }
                 | Request::ZeroCounters { .. }
+                | Request::PatchTimeouts { .. }
                 | Request::Reload { .. }
         )
     }

@@ -31,6 +31,8 @@ use crate::config::{BackendSpec, HealthCheckSpec, ServiceSpec, SorryBackendSpec}
         super::http::delete_backend,
         super::http::flows,
         super::http::zero,
+        super::http::get_timeouts,
+        super::http::patch_timeouts,
         super::http::all_flows,
         super::http::delete_flow,
         super::http::replace_services,

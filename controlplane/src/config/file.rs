@@ -82,6 +82,18 @@ impl Default for TimeoutsSection {
     }
 }
 
+impl From<&super::FlowTimeouts> for TimeoutsSection {
+    fn from(t: &super::FlowTimeouts) -> Self {
+        TimeoutsSection {
+            tcp_established: t.tcp_established,
+            tcp_syn: t.tcp_syn,
+            tcp_fin: t.tcp_fin,
+            tcp_close: t.tcp_close,
+            udp: t.udp,
+        }
+    }
+}
+
 /// How the appliance answers as a host on a VIP's closed ports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

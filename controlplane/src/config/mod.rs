@@ -8,7 +8,9 @@ mod validate;
 
 pub use file::{BackendSpec, ConfigFile, HealthCheckSpec, ServiceSpec, SorryBackendSpec};
 pub use model::*;
-pub use validate::{MAX_BACKENDS, MAX_SERVICES, validate, validate_service, validate_service_list};
+pub use validate::{
+    MAX_BACKENDS, MAX_SERVICES, timeouts, validate, validate_service, validate_service_list,
+};
 
 use std::fmt;
 use std::path::Path;

@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::FieldError;
-use super::file::{BackendSpec, ConfigFile, HealthCheckSpec, InterfaceSpec, ServiceSpec};
+use super::file::{
+    BackendSpec, ConfigFile, HealthCheckSpec, InterfaceSpec, ServiceSpec, TimeoutsSection,
+};
 use super::model::*;
 
 /// The largest burst the dataplane's fixed arrays hold.
@@ -229,18 +231,7 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
         );
     }
 
-    let t = &f.timeouts;
-    for (name, v) in [
-        ("timeouts.tcp_established", t.tcp_established),
-        ("timeouts.tcp_syn", t.tcp_syn),
-        ("timeouts.tcp_fin", t.tcp_fin),
-        ("timeouts.tcp_close", t.tcp_close),
-        ("timeouts.udp", t.udp),
-    ] {
-        if v == 0 {
-            e.add(name, "must be at least 1 second");
-        }
-    }
+    let timeouts = timeouts(&f.timeouts, "timeouts").map_err(|errors| e.0.extend(errors));
 
     let r = &f.replies;
     if !(1..=1_000_000).contains(&r.closed_ports_per_second) {
@@ -404,13 +395,7 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             extra_mbufs: d.extra_mbufs,
             mbuf_data_room: d.mbuf_data_room,
         },
-        timeouts: FlowTimeouts {
-            tcp_established: t.tcp_established,
-            tcp_syn: t.tcp_syn,
-            tcp_fin: t.tcp_fin,
-            tcp_close: t.tcp_close,
-            udp: t.udp,
-        },
+        timeouts: timeouts.unwrap_or_default(), // Ok: its errors returned above
         replies: HostReplies {
             closed_ports: r.closed_ports,
             per_second: r.closed_ports_per_second,
@@ -638,6 +623,32 @@ fn validate_one(e: &mut Errors, s: &ServiceSpec, at: &str) -> Option<Service> {
         health: health?,
         on_down: on_down?,
         sorry,
+    })
+}
+
+/// The flow timeouts of a `[timeouts]` section (field names under `at`): each at least 1 s.
+pub fn timeouts(t: &TimeoutsSection, at: &str) -> Result<FlowTimeouts, Vec<FieldError>> {
+    let mut e = Errors(Vec::new());
+    for (name, v) in [
+        ("tcp_established", t.tcp_established),
+        ("tcp_syn", t.tcp_syn),
+        ("tcp_fin", t.tcp_fin),
+        ("tcp_close", t.tcp_close),
+        ("udp", t.udp),
+    ] {
+        if v == 0 {
+            e.add(join(at, name), "must be at least 1 second");
+        }
+    }
+    if !e.0.is_empty() {
+        return Err(e.0);
+    }
+    Ok(FlowTimeouts {
+        tcp_established: t.tcp_established,
+        tcp_syn: t.tcp_syn,
+        tcp_fin: t.tcp_fin,
+        tcp_close: t.tcp_close,
+        udp: t.udp,
     })
 }
 

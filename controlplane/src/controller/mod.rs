@@ -116,6 +116,9 @@ pub struct Controller {
     /// Counters are kept per numeric id, and ids are reused: what an id had counted when its
     /// present owner got it (keyed by (is a service, id)).
     baselines: HashMap<(bool, u32), Baseline>,
+    /// The flow timeouts as last set through the API: with a state file they are saved in it
+    /// and win over the configuration file's `[timeouts]` (at start and on reload).
+    api_timeouts: Option<crate::config::FlowTimeouts>,
     /// Configuration changes made, counting the first configuration as 1 (the snapshot's own
     /// epoch also moves when a neighbour is learned).
     epoch: u64,
@@ -154,6 +157,11 @@ impl Controller {
         let macs = setup.interfaces.iter().map(|i| i.mac).collect();
         let workers = setup.workers.commands.len().max(1) as u16;
         let publisher = Publisher::with_limits(&model, macs, workers, setup.limits)?;
+        let api_timeouts = model
+            .api
+            .state_file
+            .as_deref()
+            .and_then(|p| state::load_timeouts(p).ok().flatten());
         Ok(Controller {
             running: model,
             publisher,
@@ -165,6 +173,7 @@ impl Controller {
             wanted: Vec::new(),
             last_tick: Instant::now(),
             baselines: HashMap::new(),
+            api_timeouts,
             epoch: 1,
             reloads: Reloads::default(),
             audit: VecDeque::new(),
@@ -411,6 +420,7 @@ impl Controller {
                     }
                 }
             }
+            Request::PatchTimeouts { body } => self.patch_timeouts(&body),
             Request::ZeroCounters { service } => {
                 let what = match &service {
                     Some(s) => format!("zero the counters of service {s}"),
@@ -488,6 +498,58 @@ impl Controller {
         }
     }
 
+    /// `PATCH /api/v1/timeouts`: a merge patch of `[timeouts]`, live for the flows' next
+    /// expiry check (and saved in the state file when there is one).
+    fn patch_timeouts(&mut self, body: &Value) -> Reply {
+        let what = "change timeouts";
+        let refuse = |c: &mut Self, e: ApiError| -> Reply {
+            c.record(
+                false,
+                format!("api: {what}: refused ({} {})", e.status, e.message),
+            );
+            e.into()
+        };
+        if !body.is_object() {
+            return refuse(self, ApiError::invalid("body: a JSON object is expected"));
+        }
+        let current = crate::config::file::TimeoutsSection::from(&self.running.timeouts);
+        let mut merged = serde_json::to_value(&current).expect("timeouts serialise");
+        crate::api::merge_patch(&mut merged, body);
+        let t =
+            match crate::api::typed::<crate::config::file::TimeoutsSection>(merged).and_then(|t| {
+                crate::config::timeouts(&t, "").map_err(|e| crate::api::field_errors(e, ""))
+            }) {
+                Ok(t) => t,
+                Err(e) => return refuse(self, e),
+            };
+        let mut next = self.running.clone();
+        next.timeouts = t;
+        let changes = diff::model(&self.running, &next);
+        let before = self.api_timeouts.replace(t);
+        match self.commit(next) {
+            Err(e) => {
+                self.api_timeouts = before;
+                refuse(self, e)
+            }
+            Ok(p) => {
+                let outcome = self.outcome(&p);
+                self.record(
+                    p.live(),
+                    format!("api: {what}: {}: {outcome}", joined(&changes)),
+                );
+                if p.live() {
+                    Reply::json(
+                        200,
+                        serde_json::to_value(crate::config::file::TimeoutsSection::from(&t))
+                            .expect("timeouts serialise"),
+                    )
+                } else {
+                    ApiError::new(503, outcome).into()
+                }
+            }
+        }
+    }
+
     /// "ok (epoch N)", or what a publish that is not live everywhere means.
     fn outcome(&self, p: &Published) -> String {
         if p.live() {
@@ -525,7 +587,7 @@ impl Controller {
             .prepare(&next, &learned, &failed, &self.health.down())
             .map_err(|e| ApiError::invalid(format!("{e}; nothing changed")))?;
         if let Some(path) = &next.api.state_file {
-            state::save(path, &next.services).map_err(|e| {
+            state::save_all(path, &next.services, self.api_timeouts.as_ref()).map_err(|e| {
                 ApiError::new(
                     500,
                     format!(
@@ -645,6 +707,12 @@ impl Controller {
         if next.api.state_file.is_some() && !services_from_file {
             // The state file owns the services: the file's other sections apply.
             next.services = self.running.services.clone();
+        }
+        if next.api.state_file.is_some()
+            && let Some(t) = self.api_timeouts
+        {
+            // ... and the timeouts, once the API set them.
+            next.timeouts = t;
         }
         let changes = diff::model(&self.running, &next);
         if changes.is_empty() {

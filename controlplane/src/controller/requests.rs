@@ -135,6 +135,13 @@ impl Controller {
                 self.service(&service)?;
                 Reply::json(200, self.lookup(&service, client, port)?)
             }
+            Request::GetTimeouts => Reply::json(
+                200,
+                serde_json::to_value(crate::config::file::TimeoutsSection::from(
+                    &self.running.timeouts,
+                ))
+                .expect("timeouts serialise"),
+            ),
             Request::Stats => Reply::json(
                 200,
                 serde_json::to_value(self.stats()).expect("stats serialise"),

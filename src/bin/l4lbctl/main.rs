@@ -58,6 +58,23 @@ enum Cmd {
     Stats,
     /// A sample of the live flows, of one service or of all (ipvsadm -L -c).
     Flows(FlowArgs),
+    /// The flow timeouts in seconds; with values, change them live (ipvsadm --set).
+    Timeouts {
+        /// Established TCP (ipvsadm's tcp).
+        #[arg(long)]
+        tcp: Option<u32>,
+        /// TCP after a FIN (ipvsadm's tcpfin).
+        #[arg(long)]
+        tcpfin: Option<u32>,
+        #[arg(long)]
+        udp: Option<u32>,
+        /// TCP before the handshake completes.
+        #[arg(long)]
+        tcp_syn: Option<u32>,
+        /// TCP after a RST.
+        #[arg(long)]
+        tcp_close: Option<u32>,
+    },
     /// Zero the packet, byte and connection counts of every service, or of one (ipvsadm -Z).
     Zero { service: Option<String> },
     /// Remove one flow: the client's next packet is scheduled anew.
@@ -422,6 +439,43 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
             Ok(if cli.json { pretty(&v) } else { stats_text(&v) })
         }
         Cmd::Flows(a) => flows(c, a, cli.json),
+        Cmd::Timeouts {
+            tcp,
+            tcpfin,
+            udp,
+            tcp_syn,
+            tcp_close,
+        } => {
+            let mut patch = Map::new();
+            for (k, v) in [
+                ("tcp_established", tcp),
+                ("tcp_fin", tcpfin),
+                ("udp", udp),
+                ("tcp_syn", tcp_syn),
+                ("tcp_close", tcp_close),
+            ] {
+                if let Some(v) = v {
+                    patch.insert(k.into(), json!(v));
+                }
+            }
+            let v = if patch.is_empty() {
+                c.json("GET", "/api/v1/timeouts", None)?
+            } else {
+                c.json("PATCH", "/api/v1/timeouts", Some(&Value::Object(patch)))?
+            };
+            Ok(if cli.json {
+                pretty(&v)
+            } else {
+                format!(
+                    "Timeout (tcp tcpfin udp): {} {} {}\nTimeout (tcp_syn tcp_close): {} {}",
+                    n(&v["tcp_established"]),
+                    n(&v["tcp_fin"]),
+                    n(&v["udp"]),
+                    n(&v["tcp_syn"]),
+                    n(&v["tcp_close"])
+                )
+            })
+        }
         Cmd::Zero { service } => {
             let q = match service {
                 Some(s) => format!("?service={}", id(s)?),
