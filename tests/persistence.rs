@@ -3,7 +3,8 @@
 //! client's new flows on its template's backend while the scheduler spreads the clients; a
 //! port-zero DR service keeping one client on one backend across ports; a drained backend
 //! keeping its persistent clients (IPVS's expire_quiescent_template = 0) and taking no new
-//! ones; a removed backend's clients scheduled anew.
+//! ones (and with expire_quiescent_template, losing them); a removed backend's clients scheduled
+//! anew.
 
 mod common;
 
@@ -77,6 +78,23 @@ port = 5454
 id = "b1"
 address = "198.18.1.11"
 port = 5454
+
+[[services]]
+id = "pq"
+protocol = "udp"
+vip = "198.18.0.100"
+port = 55
+scheduler = "rr"
+persistence_timeout = 300
+expire_quiescent_template = true
+[[services.backends]]
+id = "b0"
+address = "198.18.1.10"
+port = 5555
+[[services.backends]]
+id = "b1"
+address = "198.18.1.11"
+port = 5555
 
 [[services]]
 id = "pz"
@@ -185,14 +203,21 @@ fn clients_and_networks_stick_to_their_backends_through_drains_removals_and_port
         syn([198, 19, 3, 1], 3002, 21),
         syn([198, 19, 3, 2], 3000, 80),
         syn([198, 19, 3, 2], 3001, 443),
+        udp(c(9), 1000, 55),
     ]);
     // B. b0 drained: its client keeps it, a new client does not get it.
     let agent = ureq::Agent::new_with_defaults();
-    agent
-        .patch(format!("{base}/api/v1/services/p32/backends/b0"))
-        .send_json(serde_json::json!({"weight": 0}))
-        .unwrap();
-    send(vec![udp(c(1), 1002, 53), udp(c(4), 1000, 53)]);
+    for service in ["p32", "pq"] {
+        agent
+            .patch(format!("{base}/api/v1/services/{service}/backends/b0"))
+            .send_json(serde_json::json!({"weight": 0}))
+            .unwrap();
+    }
+    send(vec![
+        udp(c(1), 1002, 53),
+        udp(c(4), 1000, 53),
+        udp(c(9), 1001, 55),
+    ]);
     // C. b1 removed: its clients are scheduled anew (rr from the head: b0 is drained, so b2);
     // the drained b0 still has its client.
     agent
@@ -217,7 +242,7 @@ fn clients_and_networks_stick_to_their_backends_through_drains_removals_and_port
         .map(|f| summary(f))
         .collect();
     let backends: Vec<u8> = out.iter().map(|o| o.3).collect();
-    assert_eq!(out.len(), 20, "{out:?}\n{}", done.stdout);
+    assert_eq!(out.len(), 22, "{out:?}\n{}", done.stdout);
     assert_eq!(
         backends[..6],
         [0, 1, 2, 2, 0, 1],
@@ -233,13 +258,18 @@ fn clients_and_networks_stick_to_their_backends_through_drains_removals_and_port
         [(80, 0), (443, 0), (21, 0), (80, 1), (443, 1)],
         "port zero: a client on one backend whatever the port"
     );
+    assert_eq!(backends[16], 0, "expire_quiescent_template: first on b0");
     assert_eq!(
-        backends[16..18],
+        backends[17..19],
         [0, 1],
         "drained: kept by its client, not given"
     );
     assert_eq!(
-        backends[18..20],
+        backends[19], 1,
+        "expire_quiescent_template: a drained backend's client is scheduled anew"
+    );
+    assert_eq!(
+        backends[20..22],
         [2, 0],
         "removed: scheduled anew; the drained one keeps its client"
     );
