@@ -561,6 +561,13 @@ fn bad_services_are_refused_naming_the_field_and_nothing_changes() {
         422,
         "[1].id: duplicate service id \"a\"",
     );
+    api.refused(
+        "PUT",
+        "/api/v1/services",
+        Some(r#"[{"id": "a", "vip": "198.18.0.1", "port": 80}]"#),
+        422,
+        "[0].vip: 198.18.0.1 is the address of interfaces[0], not a VIP",
+    );
 }
 
 #[test]

@@ -214,6 +214,20 @@ impl Controller {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let next = validate_service_list(&specs, "").map_err(|e| field_errors(e, ""))?;
+                for (i, svc) in next.iter().enumerate() {
+                    if let Some((j, _)) = self
+                        .running
+                        .interfaces
+                        .iter()
+                        .enumerate()
+                        .find(|(_, itf)| itf.addresses.iter().any(|p| p.addr == svc.vip))
+                    {
+                        return Err(ApiError::invalid(format!(
+                            "[{i}].vip: {} is the address of interfaces[{j}], not a VIP",
+                            svc.vip
+                        )));
+                    }
+                }
                 check_counts(&next)?;
                 Ok(Candidate {
                     reply: Reply::json(200, Value::Array(next.iter().map(spec_json).collect())),
