@@ -7,15 +7,39 @@ use std::net::{IpAddr, Ipv4Addr};
 use dataplane::addr::{IpPrefix, MacAddr};
 use dataplane::checksum;
 use dataplane::flow::FlowTimeouts;
+use dataplane::forward::Tunnel;
 use dataplane::packet::{OwnedPacket, PacketBuf};
 use dataplane::pipeline::{Action, WorkerState, process};
 use dataplane::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
 use dataplane::snapshot::{
-    BackendConfig, InterfaceConfig, ServiceConfig, Snapshot, SnapshotConfig,
+    BackendConfig, InterfaceConfig, Persistence, ServiceConfig, ServiceOptions, Snapshot,
+    SnapshotConfig,
 };
 
 const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const VIP: [u8; 4] = [198, 18, 0, 100];
+
+/// Service `s`'s options: the sh/mh fallback, persistence with allow and deny lists,
+/// one-packet scheduling, a GUE tunnel.
+fn options(s: usize) -> ServiceOptions {
+    let mut o = ServiceOptions::default();
+    match s {
+        12 => o.flags.mh_fallback = true,
+        13 => {
+            o.persistence = Some(Persistence {
+                timeout: 300,
+                netmask: 24,
+                expire_quiescent: false,
+            });
+            o.allow = vec!["198.19.0.0/16".parse().unwrap()];
+            o.deny = vec!["198.19.3.0/24".parse().unwrap()];
+        }
+        14 => o.one_packet = true,
+        15 => o.tunnel = Tunnel::Gue { port: 6080 },
+        _ => {}
+    }
+    o
+}
 
 fn snapshot() -> Snapshot {
     let kinds = [
@@ -34,6 +58,16 @@ fn snapshot() -> Snapshot {
         (SchedulerKind::NeverQueue, ForwardingMode::Nat),
         (SchedulerKind::SourceHash, ForwardingMode::Nat),
         (SchedulerKind::DestinationHash, ForwardingMode::Nat),
+        (SchedulerKind::WeightedFailover, ForwardingMode::Nat),
+        (SchedulerKind::WeightedOverflow, ForwardingMode::Nat),
+        (SchedulerKind::TwoChoices, ForwardingMode::Nat),
+        (SchedulerKind::MaglevIpvs, ForwardingMode::Nat),
+        // persistent, with client lists
+        (SchedulerKind::RoundRobin, ForwardingMode::Nat),
+        // one-packet
+        (SchedulerKind::RoundRobin, ForwardingMode::Nat),
+        // GUE
+        (SchedulerKind::RoundRobin, ForwardingMode::Tunnel),
     ];
     let services = kinds
         .iter()
@@ -47,7 +81,7 @@ fn snapshot() -> Snapshot {
             scheduler: *scheduler,
             forwarding: *forwarding,
             maglev_table_size: 251,
-            options: Default::default(),
+            options: options(s),
             backends: (0..4)
                 .map(|b| BackendConfig {
                     id: BackendId(s as u32 * 4 + b),
@@ -57,7 +91,8 @@ fn snapshot() -> Snapshot {
                     weight: 1 + b,
                     enabled: true,
                     sorry: false,
-                    upper_threshold: 0,
+                    // The first backend of each is limited: overload flags move.
+                    upper_threshold: if b == 0 { 5 } else { 0 },
                     lower_threshold: 0,
                 })
                 .collect(),
@@ -154,11 +189,12 @@ fn the_packet_path_does_not_allocate() {
     let snap = snapshot();
     // A small table, so that new flows evict.
     let mut w = WorkerState::new(0, 256, 16, 64, FlowTimeouts::default());
+    w.adopt(&snap); // the thresholds and persistence settings (between bursts: may allocate)
     let gw = [2, 0, 0, 0, 0, 0xfe];
     let mut frames = Vec::new();
     for i in 0..2000u32 {
         let client = [198, 19, (i >> 8) as u8, i as u8];
-        let service = (i % 9) as u16;
+        let service = (i % 16) as u16;
         frames.push(udp(
             client,
             VIP,
@@ -213,5 +249,9 @@ fn the_packet_path_does_not_allocate() {
     assert!(actions[1] >= 3, "{actions:?}");
     assert!(actions[2] >= 6, "{actions:?}");
     assert!(w.flows.stats().evicted > 1000, "{:?}", w.flows.stats());
+    assert!(
+        !w.flows.templates.is_empty(),
+        "persistence templates were made"
+    );
     assert!(packets[0].data().len() > 14);
 }
