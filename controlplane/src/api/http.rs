@@ -464,6 +464,9 @@ async fn delete_flow(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
     let (mut service, mut client, mut port) = (None, None, None);
     for pair in query
         .as_deref()
@@ -523,6 +526,9 @@ async fn patch_timeouts(
 
 #[utoipa::path(post, path = "/api/v1/stats/zero", tag = "statistics", params(("service" = Option<String>, Query, description = "Only this service and its backends")), security(("token" = [])), responses((status = 204, description = "The packet, byte and new-flow counts of the services and backends count from zero (ipvsadm -Z)"), (status = 400, description = "A query parameter is not understood", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 404, description = "No such service", body = ErrorBody)))]
 async fn zero(State(app): State<App>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
     let mut service = None;
     for pair in query
         .as_deref()

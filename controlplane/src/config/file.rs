@@ -423,12 +423,12 @@ pub struct BackendSpec {
     /// No new flows while the backend has this many connections (active and inactive, on all
     /// workers; ipvsadm `-x`); 0: no limit.
     #[serde(default)]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 2147483647, default = 0)]
     pub upper_threshold: u32,
     /// New flows again once below this many (ipvsadm `-y`); 0: below three quarters of
     /// `upper_threshold`, as IPVS.
     #[serde(default)]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 2147483647, default = 0)]
     pub lower_threshold: u32,
 }
 

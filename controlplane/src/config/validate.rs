@@ -688,6 +688,9 @@ fn scheduler_flags(
     (e.0.len() == before).then_some(flags)
 }
 
+/// The largest connection threshold (IPVS keeps them in an int's range too).
+pub const MAX_THRESHOLD: u32 = i32::MAX as u32;
+
 /// The longest persistence, a year (ipvsadm takes any number of seconds).
 pub const MAX_PERSISTENCE_TIMEOUT: u32 = 31_536_000;
 
@@ -1007,6 +1010,17 @@ fn validate_backends(
                     join(service_at, &format!("backends[{first}]"))
                 ),
             );
+        }
+        for (key, v) in [
+            ("upper_threshold", b.upper_threshold),
+            ("lower_threshold", b.lower_threshold),
+        ] {
+            if v > MAX_THRESHOLD {
+                e.add(
+                    format!("{at}.{key}"),
+                    format!("{v} is not from 0 to {MAX_THRESHOLD}"),
+                );
+            }
         }
         if b.lower_threshold > 0 && b.upper_threshold == 0 {
             e.add(

@@ -638,6 +638,10 @@ fn scheduler_flags_thresholds_one_packet_and_client_lists_are_checked_field_by_f
             "port = 8080\nupper_threshold = 4\nlower_threshold = 5\n",
             "services[0].backends[0].lower_threshold: 5 is above the upper_threshold 4",
         ),
+        (
+            "port = 8080\nupper_threshold = 2147483648\n",
+            "services[0].backends[0].upper_threshold: 2147483648 is not from 0 to 2147483647",
+        ),
     ] {
         let e = errors_of("port = 8080\n", line);
         assert!(e.len() == 1 && e[0].starts_with(error), "{line}: {e:?}");
