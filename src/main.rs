@@ -709,8 +709,15 @@ fn report(
     println!("{}", drop_report(counters));
     let f = &stats.flows;
     println!(
-        "flows: created={} expired={} evicted={} evicted-established={} flushed={} syn-flood-hashed={}",
-        f.created, f.expired, f.evicted, f.evicted_established, f.flushed, f.syn_flood_hashed
+        "flows: created={} expired={} evicted={} evicted-established={} flushed={} syn-flood-hashed={} templates={} templates-full={}",
+        f.created,
+        f.expired,
+        f.evicted,
+        f.evicted_established,
+        f.flushed,
+        f.syn_flood_hashed,
+        f.templates,
+        f.templates_full
     );
     let c = &stats.closed_ports;
     println!(

@@ -226,6 +226,7 @@ fn clients_and_networks_stick_to_their_backends_through_drains_removals_and_port
         .unwrap();
     send(vec![udp(c(2), 1002, 53), udp(c(1), 1003, 53)]);
 
+    std::thread::sleep(Duration::from_millis(300)); // the workers copy their counts out 10/s
     let stats: serde_json::Value = agent
         .get(format!("{base}/api/v1/stats"))
         .call()
@@ -280,6 +281,16 @@ fn clients_and_networks_stick_to_their_backends_through_drains_removals_and_port
         .find(|s| s["id"] == "p32")
         .unwrap();
     assert_eq!(p32["new_flows"], 10, "{p32}");
+    // Templates: four clients of p32, two networks of p24, one client of pq, two of pz.
+    assert_eq!(
+        (
+            stats["flows"]["templates"].clone(),
+            stats["flows"]["templates_full"].clone()
+        ),
+        (9.into(), 0.into()),
+        "{}",
+        stats["flows"]
+    );
 }
 
 /// Two workers on one port with two queues (net_pcap: one rx_pcap file per queue), a

@@ -101,6 +101,9 @@ pub struct FlowCounters {
     pub evicted_established: Counter,
     pub flushed: Counter,
     pub syn_flood_hashed: Counter,
+    /// Persistence templates held, and those not made because the table was full.
+    pub templates: Counter,
+    pub templates_full: Counter,
 }
 
 /// Answers to packets for a VIP port without a service (written by the worker as it answers).

@@ -108,6 +108,11 @@ pub struct FlowStats {
     /// New TCP flows given a backend by the hash of their tuple, not by their scheduler,
     /// because a SYN flood was evicting half-open flows.
     pub syn_flood_hashed: u64,
+    /// Persistence templates held (all workers).
+    pub templates: u64,
+    /// New flows of a persistent service that got no template: the worker's template table
+    /// (an eighth of its flow capacity, at least 1024) was full.
+    pub templates_full: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
@@ -461,6 +466,18 @@ pub fn render_metrics(s: &Stats) -> String {
         "Flow table capacity, all workers.",
     );
     x.sample("flow_capacity", &[], f.capacity);
+    x.family(
+        "persistence_templates",
+        "gauge",
+        "Persistence templates held, all workers.",
+    );
+    x.sample("persistence_templates", &[], f.templates);
+    x.family(
+        "persistence_templates_full_total",
+        "counter",
+        "New flows of persistent services that got no template (the template table was full).",
+    );
+    x.sample("persistence_templates_full_total", &[], f.templates_full);
     x.family(
         "flow_events_total",
         "counter",

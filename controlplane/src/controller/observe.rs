@@ -267,6 +267,8 @@ impl Controller {
                 evicted_established: flow(|w| w.flows.evicted_established.get()),
                 flushed: flow(|w| w.flows.flushed.get()),
                 syn_flood_hashed: flow(|w| w.flows.syn_flood_hashed.get()),
+                templates: flow(|w| w.flows.templates.get()),
+                templates_full: flow(|w| w.flows.templates_full.get()),
             },
             closed_ports: ClosedPortStats {
                 tcp_resets: flow(|w| w.closed_ports.tcp_resets.get()),

@@ -128,6 +128,8 @@ impl WorkerState {
         f.evicted.set(s.evicted);
         f.evicted_established.set(s.evicted_established);
         f.syn_flood_hashed.set(s.syn_flood_hashed);
+        f.templates.set(self.flows.templates.len() as u64);
+        f.templates_full.set(self.flows.templates.full);
         f.flushed.set(s.flushed);
         self.traffic.mirrored_snapshot.set(snapshot.epoch);
     }

@@ -860,7 +860,7 @@ fn stats_text(v: &Value) -> String {
     out.push_str(&format!("drops: {}\n", drops.join(" ")));
     let f = &v["flows"];
     out.push_str(&format!(
-        "flows: entries={} capacity={} created={} expired={} evicted={} evicted-established={} flushed={} syn-flood-hashed={}\n",
+        "flows: entries={} capacity={} created={} expired={} evicted={} evicted-established={} flushed={} syn-flood-hashed={} templates={} templates-full={}\n",
         n(&f["entries"]),
         n(&f["capacity"]),
         n(&f["created"]),
@@ -868,7 +868,9 @@ fn stats_text(v: &Value) -> String {
         n(&f["evicted"]),
         n(&f["evicted_established"]),
         n(&f["flushed"]),
-        n(&f["syn_flood_hashed"])
+        n(&f["syn_flood_hashed"]),
+        n(&f["templates"]),
+        n(&f["templates_full"])
     ));
     let line = |what: String, t: &Value| {
         format!(
