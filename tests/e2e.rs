@@ -439,23 +439,27 @@ fn live_changes_under_load_break_no_connection_but_a_deleted_backends() {
             std::thread::sleep(
                 (t0 + Duration::from_secs(*at)).saturating_duration_since(Instant::now()),
             );
+            // When the change was asked for (a connection it breaks may end before the
+            // answer) and when it was answered (live from then on).
+            let asked = t0.elapsed();
             let r = lab.in_lb(&ctl, args);
-            applied.push((t0.elapsed(), args.join(" "), r));
+            applied.push((t0.elapsed(), args.join(" "), r, asked));
         }
         (load.join().unwrap(), applied)
     });
-    for (when, what, r) in &applied {
+    for (when, what, r, _) in &applied {
         assert!(r.is_ok(), "{what} at {when:?}: {r:?}");
     }
     let at = |i: usize| applied[i].0;
     let deleted = at(5);
+    let delete_asked = applied[5].3;
     assert_eq!(conns.len(), (RATE * SECONDS) as usize);
     let mut broken = 0;
     for c in &conns {
         if let Some(e) = &c.error {
             // Only b1's connections alive when it was deleted may break.
             let b1_alive =
-                c.backend.as_deref() == Some("b1") && c.start < deleted && c.end >= deleted;
+                c.backend.as_deref() == Some("b1") && c.start < deleted && c.end >= delete_asked;
             assert!(
                 b1_alive,
                 "{c:?} broke (b1 deleted at {deleted:?}): {e}\n{}",
