@@ -87,6 +87,44 @@ fn since(
     }
 }
 
+/// The flow key of `client` to the service `cfg` (on `port` for a port-zero service; for
+/// another, `port` may only repeat the service's).
+fn flow_key(
+    cfg: &dataplane::snapshot::ServiceConfig,
+    client: SocketAddr,
+    port: Option<u16>,
+) -> Result<dataplane::flow::FlowKey, crate::api::ApiError> {
+    use crate::api::ApiError;
+    if client.is_ipv4() != cfg.vip.is_ipv4() {
+        return Err(ApiError::invalid(format!(
+            "client: {client} is not of the family of the service's vip {}",
+            cfg.vip
+        )));
+    }
+    let vip_port = match (cfg.port, port) {
+        (0, Some(p @ 1..)) => p,
+        (0, _) => {
+            return Err(ApiError::invalid(
+                "port: the service takes every port of its vip: say which (port=N, 1 to 65535)",
+            ));
+        }
+        (p, None) => p,
+        (p, Some(q)) if q == p => p,
+        (p, Some(q)) => {
+            return Err(ApiError::invalid(format!(
+                "port: {q} is not the service's port {p}"
+            )));
+        }
+    };
+    Ok(dataplane::flow::FlowKey::new(
+        cfg.protocol.ip_number(),
+        client.ip(),
+        client.port(),
+        cfg.vip,
+        vip_port,
+    ))
+}
+
 impl Controller {
     /// Zeroes the packet, byte and new-flow counts of every service and backend (or of
     /// `service`'s and its backends'), as ipvsadm -Z: they count from now on. False when there
@@ -340,6 +378,35 @@ impl Controller {
         (state.to_string(), self.neighbors.failures(hop))
     }
 
+    /// Sends every worker the command `make` builds around a reply channel, and gathers their
+    /// answers (each worker's within [`DUMP_WAIT`] of the first send).
+    fn ask_workers<T>(
+        &self,
+        make: impl Fn(crossbeam_channel::Sender<T>) -> Command,
+    ) -> Result<Vec<T>, String> {
+        let workers = &self.workers.commands;
+        let (tx, rx) = crossbeam_channel::bounded(workers.len());
+        let deadline = Instant::now() + DUMP_WAIT;
+        let asked = workers
+            .iter()
+            .filter(|w| w.send_deadline(make(tx.clone()), deadline).is_ok())
+            .count();
+        let mut answers = Vec::with_capacity(asked);
+        while answers.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(a) => answers.push(a),
+                Err(_) => {
+                    return Err(format!(
+                        "{} of {} workers did not answer within {DUMP_WAIT:?}",
+                        asked - answers.len(),
+                        workers.len()
+                    ));
+                }
+            }
+        }
+        Ok(answers)
+    }
+
     /// Where a flow from `client` to `service` (on `port` of a port-zero service) goes: the
     /// flow a worker has, or what a new flow would get now and why.
     pub(super) fn lookup(
@@ -358,66 +425,11 @@ impl Controller {
             .find(|s| s.config.name == service)
             .ok_or_else(|| ApiError::not_found(format!("no service {service:?}")))?;
         let cfg = &svc.config;
-        if client.is_ipv4() != cfg.vip.is_ipv4() {
-            return Err(ApiError::invalid(format!(
-                "client: {client} is not of the family of the service's vip {}",
-                cfg.vip
-            )));
-        }
-        let vip_port = match (cfg.port, port) {
-            (0, Some(p @ 1..)) => p,
-            (0, _) => {
-                return Err(ApiError::invalid(
-                    "port: the service takes every port of its vip: say which (port=N, 1 to 65535)",
-                ));
-            }
-            (p, None) => p,
-            (p, Some(q)) if q == p => p,
-            (p, Some(q)) => {
-                return Err(ApiError::invalid(format!(
-                    "port: {q} is not the service's port {p}"
-                )));
-            }
-        };
-        let key = dataplane::flow::FlowKey::new(
-            cfg.protocol.ip_number(),
-            client.ip(),
-            client.port(),
-            cfg.vip,
-            vip_port,
-        );
-        let workers = &self.workers.commands;
-        let (tx, rx) = crossbeam_channel::bounded(workers.len());
-        let deadline = Instant::now() + DUMP_WAIT;
-        let asked = workers
-            .iter()
-            .filter(|w| {
-                w.send_deadline(
-                    Command::Lookup {
-                        key,
-                        reply: tx.clone(),
-                    },
-                    deadline,
-                )
-                .is_ok()
-            })
-            .count();
-        let mut answers: Vec<(u16, Lookup)> = Vec::with_capacity(asked);
-        while answers.len() < asked {
-            match rx.recv_deadline(deadline) {
-                Ok(a) => answers.push(a),
-                Err(_) => {
-                    return Err(ApiError::new(
-                        503,
-                        format!(
-                            "{} of {} workers did not answer within {DUMP_WAIT:?}",
-                            asked - answers.len(),
-                            workers.len()
-                        ),
-                    ));
-                }
-            }
-        }
+        let key = flow_key(cfg, client, port)?;
+        let vip_port = key.vip_port;
+        let mut answers: Vec<(u16, Lookup)> = self
+            .ask_workers(|reply| Command::Lookup { key, reply })
+            .map_err(|e| ApiError::new(503, e))?;
         answers.sort_by_key(|a| a.0);
         // A worker's flow first; else the owner's answer, or every worker's when they differ.
         let owner = dataplane::pipeline::owner_of(&snap, &key);
@@ -566,50 +578,12 @@ impl Controller {
             .find(|s| s.config.name == service)
             .ok_or_else(|| ApiError::not_found(format!("no service {service:?}")))?
             .config;
-        let vip_port = match (cfg.port, port) {
-            (0, Some(p @ 1..)) => p,
-            (0, _) => {
-                return Err(ApiError::invalid(
-                    "port: the service takes every port of its vip: say which (port=N)",
-                ));
-            }
-            (p, _) => p,
-        };
-        let key = dataplane::flow::FlowKey::new(
-            cfg.protocol.ip_number(),
-            client.ip(),
-            client.port(),
-            cfg.vip,
-            vip_port,
-        );
-        let workers = &self.workers.commands;
-        let (tx, rx) = crossbeam_channel::bounded(workers.len());
-        let deadline = Instant::now() + DUMP_WAIT;
-        let asked = workers
+        let key = flow_key(cfg, client, port)?;
+        let had = self
+            .ask_workers(|reply| Command::RemoveFlow { key, reply })
+            .map_err(|e| ApiError::new(503, e))?
             .iter()
-            .filter(|w| {
-                w.send_deadline(
-                    Command::RemoveFlow {
-                        key,
-                        reply: tx.clone(),
-                    },
-                    deadline,
-                )
-                .is_ok()
-            })
-            .count();
-        let mut had = false;
-        for _ in 0..asked {
-            match rx.recv_deadline(deadline) {
-                Ok((_, h)) => had |= h,
-                Err(_) => {
-                    return Err(ApiError::new(
-                        503,
-                        format!("a worker did not answer within {DUMP_WAIT:?}"),
-                    ));
-                }
-            }
-        }
+            .any(|(_, had)| *had);
         if !had {
             return Err(ApiError::not_found(format!(
                 "service {service:?} has no flow from {client}"
@@ -629,33 +603,11 @@ impl Controller {
         limit: usize,
     ) -> Result<Vec<FlowSample>, String> {
         let snap = self.publisher.shared().current();
-        let workers = &self.workers.commands;
-        let (tx, rx) = crossbeam_channel::bounded::<FlowDump>(workers.len());
-        let deadline = Instant::now() + DUMP_WAIT;
-        let mut asked = 0;
-        for w in workers {
-            let cmd = Command::DumpFlows {
-                filter,
-                into: Vec::with_capacity(limit),
-                reply: tx.clone(),
-            };
-            if w.send_deadline(cmd, deadline).is_ok() {
-                asked += 1;
-            }
-        }
-        let mut dumps = Vec::with_capacity(asked);
-        while dumps.len() < asked {
-            match rx.recv_deadline(deadline) {
-                Ok(d) => dumps.push(d),
-                Err(_) => {
-                    return Err(format!(
-                        "{} of {} workers did not answer within {DUMP_WAIT:?}",
-                        asked - dumps.len(),
-                        workers.len()
-                    ));
-                }
-            }
-        }
+        let dumps: Vec<FlowDump> = self.ask_workers(|reply| Command::DumpFlows {
+            filter,
+            into: Vec::with_capacity(limit),
+            reply,
+        })?;
         let by_id: HashMap<_, _> = snap
             .services
             .iter()
