@@ -648,6 +648,32 @@ fn api_changes_survive_restarts_kill_9_and_reloads() {
         (saved["udp"].clone(), saved["tcp_established"].clone()),
         (45.into(), 600.into())
     );
+    for (body, error) in [
+        (
+            r#"{"deny": null}"#,
+            "deny: unknown field (expected one of tcp_established",
+        ),
+        (
+            r#"{"udp": null}"#,
+            "udp: a whole number of seconds is expected",
+        ),
+        (
+            r#"{"udp": "30"}"#,
+            "udp: a whole number of seconds is expected",
+        ),
+    ] {
+        let r = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent()
+            .patch(format!("{base}/api/v1/timeouts"))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 422, "{body}");
+        let text = r.into_body().read_to_string().unwrap();
+        assert!(text.contains(error), "{body}: {text}");
+    }
     let (code, _, err) = ctl(&base, &["timeouts", "--udp", "0"], None);
     assert_eq!(
         (code, err.as_str()),

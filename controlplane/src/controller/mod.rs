@@ -509,8 +509,26 @@ impl Controller {
             );
             e.into()
         };
-        if !body.is_object() {
+        let Some(patch) = body.as_object() else {
             return refuse(self, ApiError::invalid("body: a JSON object is expected"));
+        };
+        const KEYS: [&str; 5] = ["tcp_established", "tcp_syn", "tcp_fin", "tcp_close", "udp"];
+        for (k, v) in patch {
+            if !KEYS.contains(&k.as_str()) {
+                return refuse(
+                    self,
+                    ApiError::invalid(format!(
+                        "{k}: unknown field (expected one of {})",
+                        KEYS.join(", ")
+                    )),
+                );
+            }
+            if !v.is_u64() {
+                return refuse(
+                    self,
+                    ApiError::invalid(format!("{k}: a whole number of seconds is expected")),
+                );
+            }
         }
         let current = crate::config::file::TimeoutsSection::from(&self.running.timeouts);
         let mut merged = serde_json::to_value(&current).expect("timeouts serialise");
