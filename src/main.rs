@@ -483,6 +483,13 @@ fn run(
         .local_addr()
         .map_err(|e| format!("api.listen: {e}"))?;
 
+    // The sync socket too.
+    let sync_socket = model
+        .sync
+        .as_ref()
+        .map(controlplane::sync::bind)
+        .transpose()?;
+
     info!(args = ?eal_args, "starting EAL");
     let eal =
         Eal::init(eal_args).map_err(|e| format!("{e} (EAL arguments: {})", eal_args.join(" ")))?;
@@ -538,6 +545,22 @@ fn run(
     for (i, s) in states.iter_mut().enumerate() {
         s.flows.join_board(Arc::clone(&board), i);
     }
+    // Synchronisation: a journal and an inbound ring per worker, the other ends for the
+    // sync thread.
+    let mut sync_ends = controlplane::sync::WorkerEnds {
+        outbound: Vec::new(),
+        deliver: Vec::new(),
+    };
+    if let Some(sync) = &model.sync {
+        for s in states.iter_mut() {
+            let r = dataplane::sync::rings(sync.ring_records as usize, sync.refresh_seconds);
+            s.flows.set_journal(r.journal);
+            s.sync_in = Some(r.inbound);
+            sync_ends.outbound.push(r.outbound);
+            sync_ends.deliver.push(r.deliver);
+        }
+    }
+    let sync_counters = Arc::new(controlplane::sync::SyncCounters::default());
     let (command_senders, command_receivers): (Vec<_>, Vec<_>) = (0..n_workers)
         .map(|_| crossbeam_channel::bounded(1024))
         .unzip();
@@ -573,6 +596,7 @@ fn run(
     )
     .map_err(|e| e.to_string())?;
     let shared = Arc::clone(controller.shared());
+    controller.set_sync_counters(Arc::clone(&sync_counters));
     info!(
         services = model.services.len(),
         epoch = shared.current().epoch,
@@ -619,6 +643,7 @@ fn run(
             .collect();
         info!(workers = n_workers, lcores = ?lcores.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops, SIGHUP reloads the configuration");
         let workers_done = AtomicBool::new(false);
+        let sync_stop = AtomicBool::new(false);
         let (calls_tx, calls_rx) = controlplane::api::http::queues();
         let router =
             controlplane::api::http::router(calls_tx, model.api.token.as_deref(), version_json());
@@ -644,6 +669,23 @@ fn run(
                 })
                 .map_err(|e| format!("cannot start the API thread: {e}"))?;
             info!("REST API listening on http://{api_address}");
+            let sync = match (&model.sync, sync_socket) {
+                (Some(settings), Some(socket)) => {
+                    let (shared, counters, stop) = (&*shared, &*sync_counters, &sync_stop);
+                    let ends = sync_ends;
+                    Some(
+                        std::thread::Builder::new()
+                            .name("l4lb-sync".into())
+                            .spawn_scoped(scope, move || {
+                                controlplane::sync::run(
+                                    settings, socket, ends, shared, counters, stop,
+                                )
+                            })
+                            .map_err(|e| format!("cannot start the sync thread: {e}"))?,
+                    )
+                }
+                _ => None,
+            };
             notify_systemd("READY=1");
             let result = if lcores.is_empty() {
                 let work = jobs.pop().expect("one worker");
@@ -658,6 +700,12 @@ fn run(
                 .map_err(|e| e.to_string())
             };
             workers_done.store(true, Ordering::Relaxed);
+            sync_stop.store(true, Ordering::Relaxed);
+            if let Some(t) = sync
+                && t.join().is_err()
+            {
+                warn!("the sync thread panicked");
+            }
             let _ = api_stop.send(());
             match api.join() {
                 Ok(Ok(())) => {}
@@ -719,6 +767,30 @@ fn report(
         f.templates,
         f.templates_full
     );
+    let y = &stats.sync;
+    if y.enabled {
+        println!(
+            "sync: queued={} queue-full={} sent={} rate-limited={} datagrams-sent={} send-errors={} received={} datagrams-received={} missed={} deliver-full={} installed={} updated={} known={} table-full={} unknown={} adopted={} evicted={} synced-flows={}",
+            y.queued,
+            y.queue_full,
+            y.records_sent,
+            y.rate_limited,
+            y.datagrams_sent,
+            y.send_errors,
+            y.records_received,
+            y.datagrams_received,
+            y.missed,
+            y.deliver_full,
+            y.installed,
+            y.updated,
+            y.known,
+            y.table_full,
+            y.unknown,
+            y.adopted,
+            y.evicted,
+            y.synced_flows
+        );
+    }
     let c = &stats.closed_ports;
     println!(
         "closed-ports: tcp-resets={} port-unreachables={} rate-limited={}",

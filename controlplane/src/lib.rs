@@ -11,3 +11,4 @@ pub mod health;
 pub mod neighbors;
 pub mod publish;
 pub mod state;
+pub mod sync;

@@ -104,6 +104,18 @@ pub struct FlowCounters {
     /// Persistence templates held, and those not made because the table was full.
     pub templates: Counter,
     pub templates_full: Counter,
+    /// Synchronisation (see `flow::FlowTableStats`): synced flows held, records queued for the
+    /// peers and lost to a full ring, and what became of the peers' records.
+    pub synced: Counter,
+    pub sync_queued: Counter,
+    pub sync_queue_full: Counter,
+    pub sync_installed: Counter,
+    pub sync_updated: Counter,
+    pub sync_known: Counter,
+    pub sync_full: Counter,
+    pub sync_unknown: Counter,
+    pub sync_adopted: Counter,
+    pub sync_evicted: Counter,
 }
 
 /// Answers to packets for a VIP port without a service (written by the worker as it answers).

@@ -20,4 +20,5 @@ pub mod sched;
 pub mod service;
 pub mod shared;
 pub mod snapshot;
+pub mod sync;
 pub mod wire;

@@ -67,6 +67,8 @@ const DRAIN_US: u64 = 100;
 const MIRRORS_PER_SECOND: u64 = 10;
 /// Expired flows removed between bursts, at most, per loop iteration.
 const SWEEP_PER_ITERATION: usize = 64;
+/// Peers' flows installed per loop iteration, at most.
+const SYNC_PER_ITERATION: usize = 64;
 /// Packets a worker holds for next hops being resolved: in all, and for one next hop.
 pub const HOLD_CAPACITY: usize = 256;
 const HOLD_PER_NEIGHBOR: usize = 16;
@@ -247,6 +249,10 @@ impl Worker<'_> {
                     }
                 }
             }
+            // The peers' flows (synchronisation), a bounded number per iteration.
+            polled += self
+                .state
+                .install_synced(reader.snapshot(), now, SYNC_PER_ITERATION);
             self.state.flows.sweep(now, SWEEP_PER_ITERATION);
             if tsc - last_mirror >= hz / MIRRORS_PER_SECOND {
                 self.state.mirror_connections(reader.snapshot());

@@ -31,7 +31,47 @@ pub struct Stats {
     pub flows: FlowStats,
     pub closed_ports: ClosedPortStats,
     pub mbufs: MbufStats,
+    /// Flow-state synchronisation with the peers (`[sync]`; all zero while it is off).
+    pub sync: SyncStats,
     pub services: Vec<ServiceStats>,
+}
+
+/// What the workers told the peers and took from them, and what the sync thread sent and
+/// received.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct SyncStats {
+    pub enabled: bool,
+    /// Synced flows held now (a peer's, no packet of them seen here yet).
+    pub synced_flows: u64,
+    /// Records the workers queued for the peers, and lost because their ring was full.
+    pub queued: u64,
+    pub queue_full: u64,
+    pub records_sent: u64,
+    pub datagrams_sent: u64,
+    pub send_errors: u64,
+    /// Records dropped over `max_records_per_second`.
+    pub rate_limited: u64,
+    pub datagrams_received: u64,
+    pub records_received: u64,
+    /// Datagrams a peer sent that did not arrive (gaps in its sequence numbers).
+    pub missed: u64,
+    /// Datagrams from an address that is no peer.
+    pub unknown_sender: u64,
+    /// Datagrams refused, by reason (length, magic, version, sync_id, record).
+    pub refused: BTreeMap<String, u64>,
+    /// Records for a worker whose inbound ring was full.
+    pub deliver_full: u64,
+    /// Peers' records installed as synced flows, replacing a synced flow, refused because a
+    /// flow of ours has the tuple, because the table is full of ours, or because the service
+    /// or backend is not here.
+    pub installed: u64,
+    pub updated: u64,
+    pub known: u64,
+    pub table_full: u64,
+    pub unknown: u64,
+    /// Synced flows a packet made ours, and synced flows evicted or expired before one came.
+    pub adopted: u64,
+    pub evicted: u64,
 }
 
 /// Answers to packets for a VIP port without a service ([replies]).
@@ -478,6 +518,61 @@ pub fn render_metrics(s: &Stats) -> String {
         "New flows of persistent services that got no template (the template table was full).",
     );
     x.sample("persistence_templates_full_total", &[], f.templates_full);
+    let y = &s.sync;
+    x.family(
+        "sync_synced_flows",
+        "gauge",
+        "Synced flows held: a peer's, no packet of them seen here yet.",
+    );
+    x.sample("sync_synced_flows", &[], y.synced_flows);
+    x.family(
+        "sync_records_total",
+        "counter",
+        "Flow-state synchronisation records: queued by the workers, lost to a full journal (queue_full), sent, rate_limited, received, lost to a full worker ring (deliver_full), and what the workers did with the peers' (installed, updated, known, table_full, unknown).",
+    );
+    for (event, v) in [
+        ("queued", y.queued),
+        ("queue_full", y.queue_full),
+        ("sent", y.records_sent),
+        ("rate_limited", y.rate_limited),
+        ("received", y.records_received),
+        ("deliver_full", y.deliver_full),
+        ("installed", y.installed),
+        ("updated", y.updated),
+        ("known", y.known),
+        ("table_full", y.table_full),
+        ("unknown", y.unknown),
+    ] {
+        x.sample("sync_records_total", &[("event", event)], v);
+    }
+    x.family(
+        "sync_datagrams_total",
+        "counter",
+        "Flow-state synchronisation datagrams: sent, send_errors, received, missed (gaps in a peer's sequence), unknown_sender, and refused ones by reason.",
+    );
+    for (event, v) in [
+        ("sent", y.datagrams_sent),
+        ("send_errors", y.send_errors),
+        ("received", y.datagrams_received),
+        ("missed", y.missed),
+        ("unknown_sender", y.unknown_sender),
+    ] {
+        x.sample("sync_datagrams_total", &[("event", event)], v);
+    }
+    for (reason, v) in &y.refused {
+        x.sample(
+            "sync_datagrams_total",
+            &[("event", "refused"), ("reason", reason)],
+            *v,
+        );
+    }
+    x.family(
+        "sync_flows_total",
+        "counter",
+        "Synced flows a packet made ours (adopted), and those evicted or expired before one came.",
+    );
+    x.sample("sync_flows_total", &[("event", "adopted")], y.adopted);
+    x.sample("sync_flows_total", &[("event", "evicted")], y.evicted);
     x.family(
         "flow_events_total",
         "counter",

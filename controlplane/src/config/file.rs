@@ -15,6 +15,8 @@ pub struct ConfigFile {
     pub routes: Vec<RouteSpec>,
     pub neighbors: Vec<NeighborSpec>,
     pub api: ApiSection,
+    pub sync: SyncSection,
+    pub bgp: BgpSection,
     pub services: Vec<ServiceSpec>,
 }
 
@@ -167,6 +169,80 @@ impl Default for ApiSection {
             allow_unauthenticated: false,
         }
     }
+}
+
+/// Flow-state synchronisation with peer instances (off while `listen` is empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    /// address:port the peers' datagrams arrive at (the management side, never a VIP).
+    pub listen: String,
+    /// address:port of each peer's `listen`.
+    pub peers: Vec<String>,
+    /// Peers of one cluster share it (IPVS's `--syncid`); other ids' datagrams are dropped.
+    pub sync_id: u32,
+    /// Records sent per second at most (beyond: dropped and counted).
+    pub max_records_per_second: u32,
+    /// Records each worker's ring holds each way.
+    pub ring_records: u32,
+    /// A long-lived flow is sent again once per this many seconds of its life (0: never).
+    pub refresh_seconds: u32,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        SyncSection {
+            listen: String::new(),
+            peers: Vec::new(),
+            sync_id: 0,
+            max_records_per_second: 1_000_000,
+            ring_records: 65536,
+            refresh_seconds: 300,
+        }
+    }
+}
+
+/// The BGP speaker that announces the VIPs (off while `local_as` is 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BgpSection {
+    pub local_as: u32,
+    /// The speaker's router id (an IPv4 address); the first IPv4 interface address if empty.
+    pub router_id: String,
+    pub neighbors: Vec<BgpNeighborSpec>,
+    /// Seconds (3 to 65535); keepalives go at a third of it.
+    pub hold_time: u32,
+    /// Milliseconds between the withdrawal at shutdown and the end of forwarding.
+    pub grace_period_ms: u64,
+    /// Start and stop the speaker (BIRD 2) with l4lb; false: one already runs and includes
+    /// the route files l4lb writes in `run_dir`.
+    pub manage_daemon: bool,
+    /// The BIRD binary l4lb starts.
+    pub bird: String,
+    /// Where l4lb writes the speaker's configuration, the VIP route files and its socket.
+    pub run_dir: String,
+}
+
+impl Default for BgpSection {
+    fn default() -> Self {
+        BgpSection {
+            local_as: 0,
+            router_id: String::new(),
+            neighbors: Vec::new(),
+            hold_time: 9,
+            grace_period_ms: 3000,
+            manage_daemon: true,
+            bird: "bird".into(),
+            run_dir: "/run/l4lb/bird".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpNeighborSpec {
+    pub address: String,
+    pub remote_as: u32,
 }
 
 /// A service, as the file, the API and the state file write it.

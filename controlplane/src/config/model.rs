@@ -21,7 +21,39 @@ pub struct Model {
     pub routes: Vec<Route>,
     pub neighbors: Vec<Neighbor>,
     pub api: ApiSettings,
+    /// Flow-state synchronisation (None: off).
+    pub sync: Option<SyncSettings>,
+    /// VIP announcement over BGP (None: off).
+    pub bgp: Option<BgpSettings>,
     pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncSettings {
+    pub listen: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub sync_id: u8,
+    pub max_records_per_second: u32,
+    pub ring_records: u32,
+    pub refresh_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BgpSettings {
+    pub local_as: u32,
+    pub router_id: std::net::Ipv4Addr,
+    pub neighbors: Vec<BgpNeighbor>,
+    pub hold_time: u32,
+    pub grace_period: std::time::Duration,
+    pub manage_daemon: bool,
+    pub bird: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BgpNeighbor {
+    pub address: IpAddr,
+    pub remote_as: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -371,6 +371,16 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
         );
     }
 
+    let sync = validate_sync(&mut e, &f.sync);
+    let first_v4 = interfaces
+        .iter()
+        .flat_map(|i| &i.addresses)
+        .find_map(|p| match p.addr {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+    let bgp = validate_bgp(&mut e, &f.bgp, first_v4);
+
     let services = validate_services(&mut e, &f.services, "services");
     for (i, svc) in services.iter().flatten().enumerate() {
         if let Some(itf) = our_addresses.get(&svc.vip) {
@@ -409,7 +419,167 @@ pub fn validate(f: &ConfigFile) -> Result<Model, Vec<FieldError>> {
             state_file: Some(PathBuf::from(&f.api.state_file))
                 .filter(|p| !p.as_os_str().is_empty()),
         },
+        sync,
+        bgp,
         services: services.expect("no errors, so every service parsed"),
+    })
+}
+
+fn socket_address(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an address:port (like 198.19.0.1:8848)"))
+}
+
+/// `[sync]`: off unless `listen` is set; then its peers (at least one, none of them itself).
+fn validate_sync(e: &mut Errors, s: &super::file::SyncSection) -> Option<SyncSettings> {
+    if s.listen.is_empty() {
+        if !s.peers.is_empty() {
+            e.add("sync.listen", "is required when sync.peers is set");
+        }
+        return None;
+    }
+    let listen = e.parse("sync.listen", socket_address(&s.listen));
+    if listen.is_some_and(|l| l.port() == 0) {
+        e.add("sync.listen", "needs a port (not 0)");
+    }
+    if s.peers.is_empty() {
+        e.add(
+            "sync.peers",
+            "needs at least one peer address:port when sync.listen is set",
+        );
+    }
+    let mut peers = Vec::new();
+    for (i, p) in s.peers.iter().enumerate() {
+        let field = format!("sync.peers[{i}]");
+        let Some(a) = e.parse(&field, socket_address(p)) else {
+            continue;
+        };
+        if Some(a) == listen {
+            e.add(&field, format!("{a} is sync.listen itself"));
+        } else if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+            e.add(&field, format!("{a} is not a unicast address with a port"));
+        } else if peers.contains(&a) {
+            e.add(&field, format!("{a} is listed twice"));
+        } else {
+            peers.push(a);
+        }
+    }
+    let sync_id = match u8::try_from(s.sync_id) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            e.add(
+                "sync.sync_id",
+                format!("{} is not from 0 to 255", s.sync_id),
+            );
+            None
+        }
+    };
+    if s.max_records_per_second == 0 {
+        e.add("sync.max_records_per_second", "must be at least 1");
+    }
+    if !(64..=1 << 24).contains(&s.ring_records) {
+        e.add(
+            "sync.ring_records",
+            format!("{} is not from 64 to {}", s.ring_records, 1 << 24),
+        );
+    }
+    Some(SyncSettings {
+        listen: listen?,
+        peers,
+        sync_id: sync_id?,
+        max_records_per_second: s.max_records_per_second,
+        ring_records: s.ring_records,
+        refresh_seconds: s.refresh_seconds,
+    })
+}
+
+/// `[bgp]`: off unless `local_as` is set; then its neighbours and the speaker's settings.
+fn validate_bgp(
+    e: &mut Errors,
+    b: &super::file::BgpSection,
+    first_v4: Option<std::net::Ipv4Addr>,
+) -> Option<BgpSettings> {
+    if b.local_as == 0 {
+        if !b.neighbors.is_empty() {
+            e.add("bgp.local_as", "is required when bgp.neighbors is set");
+        }
+        return None;
+    }
+    let router_id = if b.router_id.is_empty() {
+        let id = first_v4;
+        if id.is_none() {
+            e.add(
+                "bgp.router_id",
+                "is required when no interface has an IPv4 address",
+            );
+        }
+        id
+    } else {
+        e.parse(
+            "bgp.router_id",
+            b.router_id
+                .parse::<std::net::Ipv4Addr>()
+                .map_err(|_| format!("{:?} is not an IPv4 address", b.router_id)),
+        )
+    };
+    if b.neighbors.is_empty() {
+        e.add(
+            "bgp.neighbors",
+            "needs at least one neighbor when bgp.local_as is set",
+        );
+    }
+    let mut neighbors = Vec::new();
+    for (i, n) in b.neighbors.iter().enumerate() {
+        let Some(address) = e.parse(format!("bgp.neighbors[{i}].address"), ip(&n.address)) else {
+            continue;
+        };
+        if n.remote_as == 0 {
+            e.add(
+                format!("bgp.neighbors[{i}].remote_as"),
+                "must be an AS number from 1 to 4294967295",
+            );
+        } else if neighbors.iter().any(|x: &BgpNeighbor| x.address == address) {
+            e.add(
+                format!("bgp.neighbors[{i}].address"),
+                format!("{address} is listed twice"),
+            );
+        } else {
+            neighbors.push(BgpNeighbor {
+                address,
+                remote_as: n.remote_as,
+            });
+        }
+    }
+    if !(3..=65535).contains(&b.hold_time) {
+        e.add(
+            "bgp.hold_time",
+            format!("{} is not from 3 to 65535 seconds", b.hold_time),
+        );
+    }
+    if b.grace_period_ms > 600_000 {
+        e.add(
+            "bgp.grace_period_ms",
+            format!("{} is more than 600000 (ten minutes)", b.grace_period_ms),
+        );
+    }
+    if b.run_dir.is_empty() || !b.run_dir.starts_with('/') {
+        e.add(
+            "bgp.run_dir",
+            format!("{:?} is not an absolute path", b.run_dir),
+        );
+    }
+    if b.bird.is_empty() {
+        e.add("bgp.bird", "names no program");
+    }
+    Some(BgpSettings {
+        local_as: b.local_as,
+        router_id: router_id?,
+        neighbors,
+        hold_time: b.hold_time,
+        grace_period: std::time::Duration::from_millis(b.grace_period_ms),
+        manage_daemon: b.manage_daemon,
+        bird: PathBuf::from(&b.bird),
+        run_dir: PathBuf::from(&b.run_dir),
     })
 }
 

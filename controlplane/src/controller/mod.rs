@@ -129,6 +129,8 @@ pub struct Controller {
     publish_wait: Duration,
     /// The packet-buffer pool as the control thread last read it.
     mbufs: MbufStats,
+    /// The sync thread's counts (None: no sync thread).
+    sync_counters: Option<std::sync::Arc<crate::sync::SyncCounters>>,
     /// The health of the checked backends.
     health: Tracker,
     /// A backend went up or down since the last publish.
@@ -181,6 +183,7 @@ impl Controller {
             started: Instant::now(),
             publish_wait: setup.publish_wait,
             mbufs: MbufStats::default(),
+            sync_counters: None,
             health: Tracker::default(),
             health_changed: false,
             targets: None,
@@ -473,6 +476,8 @@ impl Controller {
             routes: r.routes.clone(),
             neighbors: r.neighbors.clone(),
             api: r.api.clone(),
+            sync: r.sync.clone(),
+            bgp: r.bgp.clone(),
             services: candidate.services,
         };
         match self.commit(next) {
@@ -722,6 +727,9 @@ impl Controller {
         if next.api != self.running.api {
             return Err("[api] changes only with a restart".into());
         }
+        if next.sync != self.running.sync || next.bgp != self.running.bgp {
+            return Err("[sync] and [bgp] change only with a restart".into());
+        }
         if next.api.state_file.is_some() && !services_from_file {
             // The state file owns the services: the file's other sections apply.
             next.services = self.running.services.clone();
@@ -806,6 +814,11 @@ impl Controller {
     /// Called often (every few ms): the neighbour timers every 100 ms, and a publish when the
     /// learned neighbours changed. Such a publish is not a configuration change: the
     /// configuration epoch stays.
+    /// The sync thread's counts, for the stats.
+    pub fn set_sync_counters(&mut self, c: std::sync::Arc<crate::sync::SyncCounters>) {
+        self.sync_counters = Some(c);
+    }
+
     /// Records the packet-buffer pool's size and the mbufs taken from it (in queues, rings and
     /// bursts), for the stats.
     pub fn set_mbufs(&mut self, size: u32, in_use: u32) {

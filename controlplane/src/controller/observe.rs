@@ -22,7 +22,7 @@ use dataplane::snapshot::Snapshot;
 use super::Controller;
 use crate::api::stats::{
     ActionStats, BackendStats, ClosedPortStats, FlowStats, HealthStats, PortStats, ServiceStats,
-    Traffic, WorkerStats,
+    SyncStats, Traffic, WorkerStats,
 };
 use crate::api::{FlowSample, Stats};
 
@@ -178,6 +178,44 @@ impl Controller {
     }
 
     /// The counters, for the running services.
+    /// The synchronisation's counts: the workers' (their flow counters) and the sync thread's.
+    fn sync_stats(&self) -> SyncStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let traffic = &self.workers.traffic;
+        let flow = |f: fn(&ServiceCounters) -> u64| traffic.iter().map(|w| f(w)).sum::<u64>();
+        let mut s = SyncStats {
+            enabled: self.running.sync.is_some(),
+            synced_flows: flow(|w| w.flows.synced.get()),
+            queued: flow(|w| w.flows.sync_queued.get()),
+            queue_full: flow(|w| w.flows.sync_queue_full.get()),
+            installed: flow(|w| w.flows.sync_installed.get()),
+            updated: flow(|w| w.flows.sync_updated.get()),
+            known: flow(|w| w.flows.sync_known.get()),
+            table_full: flow(|w| w.flows.sync_full.get()),
+            unknown: flow(|w| w.flows.sync_unknown.get()),
+            adopted: flow(|w| w.flows.sync_adopted.get()),
+            evicted: flow(|w| w.flows.sync_evicted.get()),
+            ..SyncStats::default()
+        };
+        if let Some(c) = &self.sync_counters {
+            s.records_sent = c.records_sent.load(Relaxed);
+            s.datagrams_sent = c.datagrams_sent.load(Relaxed);
+            s.send_errors = c.send_errors.load(Relaxed);
+            s.rate_limited = c.rate_limited.load(Relaxed);
+            s.datagrams_received = c.datagrams_received.load(Relaxed);
+            s.records_received = c.records_received.load(Relaxed);
+            s.missed = c.missed.load(Relaxed);
+            s.unknown_sender = c.unknown_sender.load(Relaxed);
+            s.deliver_full = c.deliver_full.load(Relaxed);
+            s.refused = c
+                .refused_by_reason()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        }
+        s
+    }
+
     pub fn stats(&self) -> Stats {
         let counters: &[WorkerCounters] = &self.workers.counters;
         let traffic = &self.workers.traffic;
@@ -314,6 +352,7 @@ impl Controller {
                 rate_limited: flow(|w| w.closed_ports.rate_limited.get()),
             },
             mbufs: self.mbufs,
+            sync: self.sync_stats(),
             services,
         }
     }

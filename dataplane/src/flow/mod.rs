@@ -7,6 +7,6 @@ mod table;
 
 pub use key::{FlowKey, addr_bytes, addr_from_bytes, address_hash};
 pub use table::{
-    Endpoint, Flow, FlowState, FlowTable, FlowTableStats, FlowTimeouts, InsertError, NewFlow,
-    NoFlow, ReplyKey,
+    Endpoint, Flow, FlowState, FlowTable, FlowTableStats, FlowTimeouts, InsertError, Installed,
+    NewFlow, NoFlow, ReplyKey,
 };

@@ -54,6 +54,10 @@ pub enum FlowState {
 }
 
 const STATES: usize = 6;
+/// The lists: one per state, and one of the flows peers told us about (synchronisation) and
+/// no packet of has arrived yet.
+const LISTS: usize = STATES + 1;
+const SYNCED_LIST: usize = STATES;
 /// The eviction order when the table is full (Udp and Established: the older of the two).
 const EVICTION_ORDER: [FlowState; 4] = [
     FlowState::Syn,
@@ -200,6 +204,9 @@ pub struct Flow {
 const NAT: u8 = 1;
 /// A [`Flow`]'s flag: a persistence template controls it.
 const BOUND: u8 = 2;
+/// A [`Flow`]'s flag: installed from a peer's synchronisation record, no packet seen here yet.
+/// It is in the synced list, evicted before any other, and counted for no backend.
+const SYNCED: u8 = 4;
 
 impl Flow {
     /// Found by its replies too (NAT).
@@ -211,13 +218,28 @@ impl Flow {
     pub fn is_bound(&self) -> bool {
         self.flags & BOUND != 0
     }
+
+    /// Installed from a peer's record; no packet of it seen here yet.
+    pub fn is_synced(&self) -> bool {
+        self.flags & SYNCED != 0
+    }
+
+    /// The list the flow is in.
+    #[inline(always)]
+    fn list(&self) -> usize {
+        if self.flags & SYNCED != 0 {
+            SYNCED_LIST
+        } else {
+            self.state.index()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlowTableStats {
     pub created: u64,
     pub expired: u64,
-    /// Removed to make room for a new flow.
+    /// Removed to make room for a new flow (synced flows aside: `sync_evicted`).
     pub evicted: u64,
     /// Of those, established ones (only when nothing else was left to evict).
     pub evicted_established: u64,
@@ -225,6 +247,17 @@ pub struct FlowTableStats {
     /// New flows given a backend by the hash of their tuple because a SYN flood was evicting
     /// half-open flows (counted by the caller, see [`FlowTable::count_hashed`]).
     pub syn_flood_hashed: u64,
+    /// Peers' records: installed as new synced flows, updating a synced flow, and refused
+    /// because a flow of ours has the tuple or the table is full of our own flows.
+    pub sync_installed: u64,
+    pub sync_updated: u64,
+    pub sync_known: u64,
+    pub sync_full: u64,
+    /// Peers' records of a service or backend we do not have (counted by the caller).
+    pub sync_unknown: u64,
+    /// Synced flows that a packet made ours, and those evicted (or expired) before one came.
+    pub sync_adopted: u64,
+    pub sync_evicted: u64,
 }
 
 impl std::iter::Sum for FlowTableStats {
@@ -236,6 +269,13 @@ impl std::iter::Sum for FlowTableStats {
             evicted_established: t.evicted_established + s.evicted_established,
             flushed: t.flushed + s.flushed,
             syn_flood_hashed: t.syn_flood_hashed + s.syn_flood_hashed,
+            sync_installed: t.sync_installed + s.sync_installed,
+            sync_updated: t.sync_updated + s.sync_updated,
+            sync_known: t.sync_known + s.sync_known,
+            sync_full: t.sync_full + s.sync_full,
+            sync_unknown: t.sync_unknown + s.sync_unknown,
+            sync_adopted: t.sync_adopted + s.sync_adopted,
+            sync_evicted: t.sync_evicted + s.sync_evicted,
         })
     }
 }
@@ -258,7 +298,7 @@ pub struct FlowTable {
     slots: Vec<Flow>,
     /// Free slab entries, linked through `next`.
     free: u32,
-    lists: [List; STATES],
+    lists: [List; LISTS],
     index: FlowIndex,
     reply_index: FlowIndex,
     hasher: KeyHasher,
@@ -285,6 +325,10 @@ pub struct FlowTable {
     board_row: usize,
     endpoints: Vec<Endpoint>,
     stats: FlowTableStats,
+    /// Where the flows' news for the peers go (synchronisation on), and the most synced flows
+    /// the table holds (half its capacity: our own flows always find room).
+    journal: Option<crate::sync::Journal>,
+    max_synced: u32,
 }
 
 impl std::fmt::Debug for FlowTable {
@@ -338,6 +382,20 @@ pub struct NewFlow {
     pub template: Option<(TemplateKey, u32)>,
 }
 
+/// What [`FlowTable::install`] did with a peer's flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    New,
+    /// It replaced the synced flow of the tuple.
+    Updated,
+    /// A flow of ours has the tuple: kept.
+    Known,
+    /// The table is full of our own flows.
+    Full,
+    /// The backend id is beyond what the table was sized for.
+    Unknown,
+}
+
 /// Why `insert` could not add a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertError {
@@ -368,7 +426,7 @@ impl FlowTable {
                 head: NIL,
                 tail: NIL,
                 len: 0,
-            }; STATES],
+            }; LISTS],
             index: FlowIndex::try_new(capacity as usize)?,
             reply_index: FlowIndex::try_new(capacity as usize)?,
             hasher: KeyHasher::random(),
@@ -385,6 +443,8 @@ impl FlowTable {
             board_row: 0,
             endpoints: vec![Endpoint::default(); max_backends as usize],
             stats: FlowTableStats::default(),
+            journal: None,
+            max_synced: (capacity / 2).max(1),
         })
     }
 
@@ -536,48 +596,130 @@ impl FlowTable {
             Some(f) => old.after_tcp(f),
             None => old,
         };
-        if old == new && self.slots[slot as usize].last_seen == now {
+        let f = &self.slots[slot as usize];
+        if old == new && f.last_seen == now && f.flags & SYNCED == 0 {
             // Already the newest of its list as far as a one-second clock can tell: the lists
             // stay ordered by last_seen without the six writes of a relink on every packet.
             return new;
         }
+        // A long-lived flow is told to the peers again at its first packet in each refresh
+        // period of its life (their copy would time out otherwise): the period of the last
+        // packet and of this one differ.
+        let refresh = self.journal.as_ref().is_some_and(|j| {
+            j.refresh > 0
+                && now.saturating_sub(f.created) / j.refresh
+                    != f.last_seen.saturating_sub(f.created) / j.refresh
+        });
+        let (backend, synced) = (f.backend, f.flags & SYNCED != 0);
         self.unlink(slot);
-        if old != new {
-            self.count_out(self.slots[slot as usize].backend, old);
-            self.count_in(self.slots[slot as usize].backend, new);
+        if synced {
+            // A peer's flow, its first packet here: ours from now on.
+            self.slots[slot as usize].flags &= !SYNCED;
+            self.count_in(backend, new);
+            self.bind(backend, true);
+            self.stats.sync_adopted += 1;
+        } else if old != new {
+            self.count_out(backend, old);
+            self.count_in(backend, new);
         }
         let f = &mut self.slots[slot as usize];
         f.state = new;
         f.last_seen = now;
         self.link_tail(slot);
+        if old != new || refresh {
+            self.tell_peers(slot);
+        }
         new
     }
 
-    /// Adds a flow (the key must not be in the table). When full, the entry the eviction order
-    /// names goes first. `nat` flows are also found by their replies.
-    pub fn insert(&mut self, new: NewFlow, now: u32) -> Result<u32, InsertError> {
-        let NewFlow {
-            key,
-            service,
-            backend,
-            endpoint,
-            nat,
-            state,
-            template,
-        } = new;
-        if backend.0 as usize >= self.conns.len() {
-            return Err(InsertError::BackendIdTooLarge);
+    /// Queues the flow in `slot` for the peers (when synchronisation is on).
+    #[inline]
+    fn tell_peers(&mut self, slot: u32) {
+        if self.journal.is_none() {
+            return;
+        }
+        let f = &self.slots[slot as usize];
+        let r = crate::sync::SyncRecord {
+            key: f.key,
+            backend: self.endpoints[f.backend.0 as usize],
+            state: f.state,
+            nat: f.is_nat(),
+            timeout: self.timeout_of[f.state.index()],
+        };
+        if let Some(j) = self.journal.as_mut() {
+            j.push(r);
+        }
+    }
+
+    /// Turns synchronisation on: the flows' news go to `journal`.
+    pub fn set_journal(&mut self, journal: crate::sync::Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// Records queued for the peers, and lost because the ring was full.
+    pub fn journal_counts(&self) -> (u64, u64) {
+        self.journal.as_ref().map_or((0, 0), |j| (j.queued, j.full))
+    }
+
+    /// Counts a peer's record of a service or backend we do not have.
+    pub fn count_sync_unknown(&mut self) {
+        self.stats.sync_unknown += 1;
+    }
+
+    /// How many synced flows (a peer's, no packet seen here yet) the table holds.
+    pub fn synced(&self) -> u32 {
+        self.lists[SYNCED_LIST].len
+    }
+
+    /// Installs a peer's flow as a synced one: the first to be evicted, counted for no backend
+    /// until its first packet arrives. A synced flow of the tuple is replaced (the peer's news
+    /// is newer); a flow of ours is kept. Synced flows fill at most half the table (the oldest
+    /// goes first) and never evict a flow of ours.
+    pub fn install(&mut self, new: NewFlow, now: u32) -> Installed {
+        if new.backend.0 as usize >= self.conns.len() {
+            self.stats.sync_unknown += 1;
+            return Installed::Unknown;
+        }
+        self.clock = self.clock.max(now);
+        let mut updated = false;
+        if let Some(slot) = self.lookup(&new.key, now) {
+            if self.slots[slot as usize].flags & SYNCED == 0 {
+                self.stats.sync_known += 1;
+                return Installed::Known;
+            }
+            self.remove(slot);
+            updated = true;
+        }
+        if self.lists[SYNCED_LIST].len >= self.max_synced
+            || self.len() as u32 >= self.capacity && self.lists[SYNCED_LIST].head != NIL
+        {
+            let oldest = self.lists[SYNCED_LIST].head;
+            self.evict(oldest, now);
         }
         if self.len() as u32 >= self.capacity {
-            self.evict_one(now);
+            self.stats.sync_full += 1;
+            return Installed::Full;
         }
-        self.endpoints[backend.0 as usize] = endpoint;
+        self.place(new, now, SYNCED);
+        if updated {
+            self.stats.sync_updated += 1;
+            Installed::Updated
+        } else {
+            self.stats.sync_installed += 1;
+            Installed::New
+        }
+    }
+
+    /// Puts a flow in the slab, the index (and the reply index, NAT) and at the tail of its
+    /// list; counts nothing.
+    fn place(&mut self, new: NewFlow, now: u32, flags: u8) -> u32 {
+        self.endpoints[new.backend.0 as usize] = new.endpoint;
         let flow = Flow {
-            key,
-            state,
-            flags: if nat { NAT } else { 0 },
-            service,
-            backend,
+            key: new.key,
+            state: new.state,
+            flags: flags | if new.nat { NAT } else { 0 },
+            service: new.service,
+            backend: new.backend,
             last_seen: now,
             created: now,
             prev: NIL,
@@ -594,15 +736,30 @@ impl FlowTable {
             self.slots.push(flow);
             (self.slots.len() - 1) as u32
         };
-        let h = self.hash_of(&key);
+        let h = self.hash_of(&new.key);
         // Sized for the capacity, which `len` never exceeds: there is always room.
         let added = self.index.insert(h, slot);
         debug_assert!(added);
-        if nat {
+        if new.nat {
             let rk = self.reply_key_of(&self.slots[slot as usize]);
             let added = self.reply_index.insert(self.hash_reply(&rk), slot);
             debug_assert!(added);
         }
+        self.link_tail(slot);
+        slot
+    }
+
+    /// Adds a flow (the key must not be in the table). When full, the entry the eviction order
+    /// names goes first. `nat` flows are also found by their replies.
+    pub fn insert(&mut self, new: NewFlow, now: u32) -> Result<u32, InsertError> {
+        let (backend, state, template) = (new.backend, new.state, new.template);
+        if backend.0 as usize >= self.conns.len() {
+            return Err(InsertError::BackendIdTooLarge);
+        }
+        if self.len() as u32 >= self.capacity {
+            self.evict_one(now);
+        }
+        let slot = self.place(new, now, 0);
         self.count_in(backend, state);
         self.bind(backend, true);
         self.clock = self.clock.max(now);
@@ -611,8 +768,8 @@ impl FlowTable {
         {
             self.slots[slot as usize].flags |= BOUND;
         }
-        self.link_tail(slot);
         self.stats.created += 1;
+        self.tell_peers(slot);
         Ok(slot)
     }
 
@@ -625,8 +782,10 @@ impl FlowTable {
             self.reply_index
                 .remove(self.hash_reply(&self.reply_key_of(&f)), slot);
         }
-        self.count_out(f.backend, f.state);
-        self.bind(f.backend, false);
+        if !f.is_synced() {
+            self.count_out(f.backend, f.state);
+            self.bind(f.backend, false);
+        }
         if f.is_bound()
             && let Some(&Some(len)) = self.persist_masks.get(f.service.0 as usize)
         {
@@ -652,7 +811,9 @@ impl FlowTable {
             return 0;
         }
         let mut removed = 0;
-        for l in 0..STATES {
+        // (The synced list is in the order the records came, not strictly by expiry: one
+        // whose head lives on waits for it, or for an eviction.)
+        for l in 0..LISTS {
             loop {
                 let head = self.lists[l].head;
                 if head == NIL || !self.expired(&self.slots[head as usize], now) {
@@ -660,6 +821,9 @@ impl FlowTable {
                 }
                 if removed == budget {
                     return removed; // more to do: not clean
+                }
+                if l == SYNCED_LIST {
+                    self.stats.sync_evicted += 1;
                 }
                 self.remove(head);
                 self.stats.expired += 1;
@@ -686,9 +850,8 @@ impl FlowTable {
     }
 
     fn evict_one(&mut self, now: u32) {
-        let mut victim = EVICTION_ORDER
-            .iter()
-            .map(|s| self.lists[s.index()].head)
+        let mut victim = std::iter::once(self.lists[SYNCED_LIST].head)
+            .chain(EVICTION_ORDER.iter().map(|s| self.lists[s.index()].head))
             .find(|h| *h != NIL);
         if victim.is_none() {
             let (u, e) = (
@@ -714,20 +877,24 @@ impl FlowTable {
     }
 
     fn evict(&mut self, slot: u32, now: u32) {
-        match self.slots[slot as usize].state {
+        let f = &self.slots[slot as usize];
+        match f.state {
+            _ if f.is_synced() => self.stats.sync_evicted += 1,
             FlowState::Established => self.stats.evicted_established += 1,
             FlowState::Syn => self.syn_evicted_at = Some(now),
             _ => {}
         }
+        if !f.is_synced() {
+            self.stats.evicted += 1;
+        }
         self.remove(slot);
-        self.stats.evicted += 1;
     }
 
     /// Removes every flow that `doomed` selects; returns how many. Control-side work (between
     /// bursts), linear in the table size.
     pub fn flush(&mut self, doomed: impl Fn(&Flow) -> bool) -> usize {
         let mut n = 0;
-        for l in 0..STATES {
+        for l in 0..LISTS {
             let mut s = self.lists[l].head;
             while s != NIL {
                 let next = self.slots[s as usize].next;
@@ -752,7 +919,7 @@ impl FlowTable {
 
     /// Every live flow, oldest first within each state (for dumps; not for the packet path).
     pub fn iter(&self) -> impl Iterator<Item = &Flow> {
-        (0..STATES).flat_map(move |l| {
+        (0..LISTS).flat_map(move |l| {
             let mut s = self.lists[l].head;
             std::iter::from_fn(move || {
                 (s != NIL).then(|| {
@@ -826,7 +993,7 @@ impl FlowTable {
     fn unlink(&mut self, slot: u32) {
         let (prev, next, l) = {
             let f = &self.slots[slot as usize];
-            (f.prev, f.next, f.state.index())
+            (f.prev, f.next, f.list())
         };
         if prev != NIL {
             self.slots[prev as usize].next = next;
@@ -845,7 +1012,7 @@ impl FlowTable {
     }
 
     fn link_tail(&mut self, slot: u32) {
-        let l = self.slots[slot as usize].state.index();
+        let l = self.slots[slot as usize].list();
         let tail = self.lists[l].tail;
         {
             let f = &mut self.slots[slot as usize];

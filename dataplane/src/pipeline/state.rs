@@ -25,6 +25,8 @@ pub struct WorkerState {
     pub neighbor_events: NeighborEvents,
     /// Closed-port answers left in the current second.
     pub(super) reply_budget: ReplyBudget,
+    /// Peers' flows for this worker (synchronisation on).
+    pub sync_in: Option<rtrb::Consumer<crate::sync::SyncRecord>>,
 }
 
 /// At most `per_second` answers in each second of the worker's clock (a fixed window: the
@@ -82,7 +84,54 @@ impl WorkerState {
             traffic: Arc::new(ServiceCounters::new(max_services, max_backends)),
             neighbor_events: NeighborEvents::default(),
             reply_budget: ReplyBudget::default(),
+            sync_in: None,
         })
+    }
+
+    /// Installs at most `budget` of the peers' flows waiting for this worker (between bursts:
+    /// a flood of records never holds up the packets). A record names its service by VIP,
+    /// port and protocol and its backend by address and port; one we do not have is counted
+    /// and dropped. Returns how many were taken.
+    pub fn install_synced(&mut self, snap: &Snapshot, now: u32, budget: usize) -> usize {
+        let Some(inbound) = self.sync_in.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        while n < budget {
+            let Ok(r) = inbound.pop() else { break };
+            n += 1;
+            let found = snap
+                .service(&crate::snapshot::ServiceKey {
+                    protocol: r.key.protocol,
+                    vip: r.key.vip,
+                    port: r.key.vip_port,
+                })
+                .filter(|s| !s.config.options.one_packet || r.key.protocol == 6)
+                .and_then(|s| {
+                    let b = s.config.backends.iter().find(|b| {
+                        b.port == r.backend.port
+                            && crate::flow::addr_bytes(b.address) == r.backend.addr
+                    })?;
+                    Some((s, b))
+                });
+            let Some((svc, b)) = found else {
+                self.flows.count_sync_unknown();
+                continue;
+            };
+            self.flows.install(
+                crate::flow::NewFlow {
+                    key: r.key,
+                    service: svc.config.id,
+                    backend: b.id,
+                    endpoint: r.backend,
+                    nat: svc.config.forwarding == crate::service::ForwardingMode::Nat,
+                    state: r.state,
+                    template: None,
+                },
+                now,
+            );
+        }
+        n
     }
 
     /// Takes up what a new snapshot changes of the worker's own state: the flow timeouts (a
@@ -131,6 +180,17 @@ impl WorkerState {
         f.templates.set(self.flows.templates.len() as u64);
         f.templates_full.set(self.flows.templates.full);
         f.flushed.set(s.flushed);
+        f.synced.set(u64::from(self.flows.synced()));
+        let (queued, full) = self.flows.journal_counts();
+        f.sync_queued.set(queued);
+        f.sync_queue_full.set(full);
+        f.sync_installed.set(s.sync_installed);
+        f.sync_updated.set(s.sync_updated);
+        f.sync_known.set(s.sync_known);
+        f.sync_full.set(s.sync_full);
+        f.sync_unknown.set(s.sync_unknown);
+        f.sync_adopted.set(s.sync_adopted);
+        f.sync_evicted.set(s.sync_evicted);
         self.traffic.mirrored_snapshot.set(snapshot.epoch);
     }
 }

@@ -872,6 +872,31 @@ fn stats_text(v: &Value) -> String {
         n(&f["templates"]),
         n(&f["templates_full"])
     ));
+    let y = &v["sync"];
+    if y["enabled"] == Value::Bool(true) {
+        let keys = [
+            "synced_flows",
+            "queued",
+            "queue_full",
+            "records_sent",
+            "rate_limited",
+            "records_received",
+            "missed",
+            "deliver_full",
+            "installed",
+            "updated",
+            "known",
+            "table_full",
+            "unknown",
+            "adopted",
+            "evicted",
+        ];
+        let parts: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{}={}", k.replace('_', "-"), n(&y[*k])))
+            .collect();
+        out.push_str(&format!("sync: {}\n", parts.join(" ")));
+    }
     let line = |what: String, t: &Value| {
         format!(
             "{what}: packets-in={} bytes-in={} packets-out={} bytes-out={} new-flows={} active={} inactive={}\n",

@@ -519,3 +519,159 @@ fn a_flow_is_one_cache_line() {
     assert_eq!(std::mem::size_of::<Flow>(), 64);
     assert_eq!(std::mem::align_of::<Flow>(), 64);
 }
+
+fn synced(i: u32, backend: u32, state: FlowState, nat: bool) -> NewFlow {
+    NewFlow {
+        key: key(i),
+        service: ServiceId(1),
+        backend: BackendId(backend),
+        endpoint: ep(backend),
+        nat,
+        state,
+        template: None,
+    }
+}
+
+#[test]
+fn a_synced_flow_counts_for_no_backend_until_its_first_packet_makes_it_ours() {
+    let mut t = table(8);
+    assert_eq!(
+        t.install(synced(1, 3, FlowState::Established, true), 100),
+        Installed::New
+    );
+    assert_eq!((t.len(), t.synced()), (1, 1));
+    assert_eq!(t.conns(BackendId(3)), Conns::default());
+    assert_eq!(t.count(FlowState::Established), 0);
+    // Found by both directions already (NAT).
+    let slot = t.lookup(&key(1), 100).unwrap();
+    assert!(t.get(slot).is_synced());
+    let rk = ReplyKey {
+        protocol: 6,
+        backend: ep(3),
+        client: key(1).client,
+        client_port: key(1).client_port,
+    };
+    assert_eq!(t.lookup_reply(&rk, 100), Some(slot));
+    // The first packet, in the same second: adopted.
+    assert_eq!(t.touch(slot, Some(tcp::ACK), 100), FlowState::Established);
+    assert!(!t.get(slot).is_synced());
+    assert_eq!((t.synced(), t.count(FlowState::Established)), (0, 1));
+    assert_eq!(
+        t.conns(BackendId(3)),
+        Conns {
+            active: 1,
+            inactive: 0
+        }
+    );
+    assert_eq!(t.stats().sync_adopted, 1);
+    // A peer's news of a flow of ours changes nothing.
+    assert_eq!(
+        t.install(synced(1, 5, FlowState::Fin, true), 101),
+        Installed::Known
+    );
+    assert_eq!(t.get(slot).backend, BackendId(3));
+    assert_eq!(t.get(slot).state, FlowState::Established);
+    t.remove(slot);
+    assert_eq!(t.conns(BackendId(3)), Conns::default());
+}
+
+#[test]
+fn a_peers_news_replaces_its_synced_flow_and_removing_one_counts_nothing() {
+    let mut t = table(8);
+    t.install(synced(1, 3, FlowState::Syn, true), 100);
+    assert_eq!(
+        t.install(synced(1, 4, FlowState::Established, true), 101),
+        Installed::Updated
+    );
+    assert_eq!((t.len(), t.synced()), (1, 1));
+    let slot = t.lookup(&key(1), 101).unwrap();
+    assert_eq!(
+        (t.get(slot).backend, t.get(slot).state),
+        (BackendId(4), FlowState::Established)
+    );
+    // The old backend's reply key is gone with it, the new one finds it.
+    let rk = |b| ReplyKey {
+        protocol: 6,
+        backend: ep(b),
+        client: key(1).client,
+        client_port: key(1).client_port,
+    };
+    assert_eq!(t.lookup_reply(&rk(3), 101), None);
+    assert_eq!(t.lookup_reply(&rk(4), 101), Some(slot));
+    t.remove(slot);
+    for b in [3, 4] {
+        assert_eq!(t.conns(BackendId(b)), Conns::default());
+    }
+    assert_eq!((t.stats().sync_installed, t.stats().sync_updated), (1, 1));
+}
+
+#[test]
+fn synced_flows_go_first_and_never_take_more_than_half_the_table() {
+    let mut t = table(8);
+    for i in 0..6 {
+        t.install(synced(100 + i, 1, FlowState::Established, false), 10 + i);
+    }
+    // Half the table: the oldest went for each beyond four.
+    assert_eq!((t.synced(), t.stats().sync_evicted), (4, 2));
+    assert!(t.find(&key(100)).is_none() && t.find(&key(101)).is_none());
+    assert!(t.find(&key(102)).is_some());
+    // Our own flows fill the rest, then evict synced ones (oldest first) before any of ours.
+    for i in 0..6 {
+        add(&mut t, i, 2, FlowState::Established, 20);
+    }
+    assert_eq!((t.len(), t.synced()), (8, 2));
+    assert!(t.find(&key(103)).is_none() && t.find(&key(104)).is_some());
+    assert_eq!(t.stats().evicted_established, 0);
+    add(&mut t, 6, 2, FlowState::Syn, 21);
+    add(&mut t, 7, 2, FlowState::Syn, 21);
+    assert_eq!((t.len(), t.synced()), (8, 0));
+    // Full of ours: a peer's record is refused, nothing of ours goes.
+    assert_eq!(
+        t.install(synced(200, 1, FlowState::Established, false), 22),
+        Installed::Full
+    );
+    assert_eq!((t.len(), t.stats().sync_full), (8, 1));
+    assert_eq!(t.stats().evicted, 0);
+    assert_eq!(t.stats().sync_evicted, 6);
+}
+
+#[test]
+fn synced_flows_expire_by_their_states_timeout() {
+    let mut t = table(8);
+    t.install(synced(1, 1, FlowState::Established, false), 100);
+    assert_eq!(t.sweep(100 + 900, 16), 0);
+    assert_eq!(t.sweep(100 + 901, 16), 1);
+    assert_eq!((t.len(), t.stats().sync_evicted), (0, 1));
+}
+
+#[test]
+fn the_journal_hears_of_new_flows_state_changes_and_each_refresh_period() {
+    let mut r = crate::sync::rings(64, 10);
+    let mut t = table(8);
+    t.set_journal(r.journal);
+    let s = add(&mut t, 1, 2, FlowState::Syn, 100);
+    t.touch(s, Some(tcp::ACK), 101); // established
+    t.touch(s, Some(tcp::ACK), 105); // nothing new
+    t.touch(s, Some(tcp::ACK), 109); // period 0 still
+    t.touch(s, Some(tcp::ACK), 110); // period 1: sent again
+    t.touch(s, Some(tcp::ACK), 111);
+    t.touch(s, Some(tcp::ACK), 131); // period 3
+    // A synced flow is not sent back, nor is it when a packet makes it ours.
+    t.install(synced(2, 3, FlowState::Established, false), 131);
+    let s2 = t.find(&key(2)).unwrap();
+    t.touch(s2, Some(tcp::ACK), 132);
+    let got: Vec<_> = std::iter::from_fn(|| r.outbound.pop().ok())
+        .map(|r| (r.key, r.backend, r.state, r.timeout))
+        .collect();
+    let e = FlowState::Established;
+    assert_eq!(
+        got,
+        vec![
+            (key(1), ep(2), FlowState::Syn, 60),
+            (key(1), ep(2), e, 900),
+            (key(1), ep(2), e, 900),
+            (key(1), ep(2), e, 900),
+        ]
+    );
+    assert_eq!(t.journal_counts(), (4, 0));
+}
