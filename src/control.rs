@@ -37,6 +37,14 @@ impl FrameRing<'_> {
     }
 }
 
+/// What the control thread reacts to besides its queues: SIGHUP (`reload`), SIGINT/SIGTERM
+/// (`term`), and the flag it sets to stop the workers (`stop`).
+pub struct Signals<'a> {
+    pub reload: &'a AtomicBool,
+    pub term: &'a AtomicBool,
+    pub stop: &'a AtomicBool,
+}
+
 /// How often the ports' links are read (for /healthz).
 const LINKS_EVERY: Duration = Duration::from_millis(500);
 
@@ -47,9 +55,12 @@ pub fn run(
     frames: &mut FrameRing<'_>,
     events: &Receiver<NeighborEvent>,
     calls: &CallQueues,
-    reload: &AtomicBool,
+    signals: Signals<'_>,
     done: &AtomicBool,
 ) {
+    let Signals { reload, term, stop } = signals;
+    // When forwarding stops: at the stop signal, or the BGP grace period after it.
+    let mut stop_at: Option<Instant> = None;
     controller.start();
     // The health probes run on a thread of their own and report here.
     let (probe_tx, probe_rx) = crossbeam_channel::bounded(4096);
@@ -74,6 +85,12 @@ pub fn run(
     let ports = controller.ports();
     let mut links_read = Instant::now() - LINKS_EVERY;
     while !done.load(Ordering::Relaxed) {
+        if stop_at.is_none() && term.load(Ordering::Relaxed) {
+            stop_at = Some(Instant::now() + controller.begin_stop());
+        }
+        if stop_at.is_some_and(|t| Instant::now() >= t) {
+            stop.store(true, Ordering::Relaxed);
+        }
         if links_read.elapsed() >= LINKS_EVERY {
             let links: Vec<(u16, bool)> = ports
                 .iter()

@@ -474,7 +474,11 @@ fn run(
     test_stall: Option<(Duration, Duration)>,
 ) -> Result<(), String> {
     let signals = signals()?;
-    let stop = &*signals.stop;
+    // SIGINT/SIGTERM ask for the stop; the control thread stops forwarding (`stop`) at once,
+    // or after the BGP withdrawal's grace period.
+    let term = &*signals.stop;
+    let stop_flag = AtomicBool::new(false);
+    let stop = &stop_flag;
 
     // The API's socket first: a taken address stops the start before DPDK does anything.
     let api_listener = std::net::TcpListener::bind(model.api.listen)
@@ -597,6 +601,12 @@ fn run(
     .map_err(|e| e.to_string())?;
     let shared = Arc::clone(controller.shared());
     controller.set_sync_counters(Arc::clone(&sync_counters));
+    // The BGP speaker, started from this thread (it dies with it, so with the process).
+    if let Some(b) = &model.bgp {
+        let speaker =
+            controlplane::bgp::Speaker::start(b, dpdk_rs::process::die_with_parent)?;
+        controller.set_speaker(speaker);
+    }
     info!(
         services = model.services.len(),
         epoch = shared.current().epoch,
@@ -658,7 +668,14 @@ fn run(
                 (&workers_done, &*signals.reload, &events_rx, &calls_rx);
             let controller = &mut controller;
             let control = scope.spawn(move || {
-                control::run(controller, &mut frames, events, calls, reload, done);
+                control::run(
+                    controller,
+                    &mut frames,
+                    events,
+                    calls,
+                    control::Signals { reload, term, stop },
+                    done,
+                );
             });
             let api = std::thread::Builder::new()
                 .name("l4lb-api".into())
@@ -721,6 +738,7 @@ fn run(
     }
     let elapsed = started.elapsed();
     info!("stopping");
+    controller.stop_speaker();
     notify_systemd("STOPPING=1");
 
     // The workers have stopped and copied out their last counts.

@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod bgp;
 pub mod config;
 pub mod controller;
 pub mod health;

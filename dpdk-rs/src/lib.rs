@@ -29,6 +29,7 @@ mod mbuf;
 mod mempool;
 mod port;
 mod ring;
+pub mod process;
 pub mod telemetry;
 
 pub use eal::{Eal, LcoreId, rdtsc, tsc_hz};

@@ -103,6 +103,7 @@ pub fn router(calls: Calls, token: Option<&str>, version_info: Value) -> Router 
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/stats/zero", axum::routing::post(zero))
         .route("/api/v1/timeouts", get(get_timeouts).patch(patch_timeouts))
+        .route("/api/v1/bgp", get(get_bgp).patch(patch_bgp))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health))
         .route("/api/v1/version", get(version))
@@ -508,6 +509,20 @@ async fn delete_flow(
         },
     )
     .await
+}
+
+#[utoipa::path(get, path = "/api/v1/bgp", tag = "bgp", responses((status = 200, description = "The BGP speaker: enabled, drained, stopping, the VIPs wanted and announced, the sessions as BIRD reports them", body = Value)))]
+async fn get_bgp(State(app): State<App>, headers: HeaderMap) -> Response {
+    call(&app, &headers, Request::GetBgp).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/bgp", tag = "bgp", request_body(content = Value, description = "{\"drained\": true} withdraws every VIP (forwarding goes on); false announces them again", content_type = "application/json"), security(("token" = [])), responses((status = 200, description = "Done; the speaker's state", body = Value), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "Token missing or wrong", body = ErrorBody), (status = 409, description = "No speaker runs ([bgp] is off)", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 422, description = "A field is wrong (the error names it)", body = ErrorBody)))]
+async fn patch_bgp(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    call_with_body(&app, &headers, body, |body| Request::PatchBgp { body }).await
 }
 
 #[utoipa::path(get, path = "/api/v1/timeouts", tag = "configuration", responses((status = 200, description = "The flow timeouts in seconds", body = Value)))]

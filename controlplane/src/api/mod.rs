@@ -74,6 +74,12 @@ pub enum Request {
     },
     /// The flow timeouts (`[timeouts]`).
     GetTimeouts,
+    /// The BGP speaker: drained or not, the VIPs announced, its sessions.
+    GetBgp,
+    /// `{"drained": bool}`: withdraw every VIP (or announce them again).
+    PatchBgp {
+        body: Value,
+    },
     /// A merge patch of the flow timeouts (ipvsadm --set), live.
     PatchTimeouts {
         body: Value,
@@ -122,6 +128,7 @@ impl Request {
                 | Request::DeleteFlow { .. }
                 | Request::ZeroCounters { .. }
                 | Request::PatchTimeouts { .. }
+                | Request::PatchBgp { .. }
                 | Request::Reload { .. }
         )
     }

@@ -33,6 +33,8 @@ use crate::config::{BackendSpec, HealthCheckSpec, ServiceSpec, SorryBackendSpec}
         super::http::zero,
         super::http::get_timeouts,
         super::http::patch_timeouts,
+        super::http::get_bgp,
+        super::http::patch_bgp,
         super::http::all_flows,
         super::http::delete_flow,
         super::http::replace_services,

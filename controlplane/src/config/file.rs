@@ -214,10 +214,7 @@ pub struct BgpSection {
     pub hold_time: u32,
     /// Milliseconds between the withdrawal at shutdown and the end of forwarding.
     pub grace_period_ms: u64,
-    /// Start and stop the speaker (BIRD 2) with l4lb; false: one already runs and includes
-    /// the route files l4lb writes in `run_dir`.
-    pub manage_daemon: bool,
-    /// The BIRD binary l4lb starts.
+    /// The BIRD 2 binary l4lb starts (and stops) as the speaker.
     pub bird: String,
     /// Where l4lb writes the speaker's configuration, the VIP route files and its socket.
     pub run_dir: String,
@@ -231,7 +228,6 @@ impl Default for BgpSection {
             neighbors: Vec::new(),
             hold_time: 9,
             grace_period_ms: 3000,
-            manage_daemon: true,
             bird: "bird".into(),
             run_dir: "/run/l4lb/bird".into(),
         }

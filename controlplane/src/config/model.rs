@@ -45,7 +45,6 @@ pub struct BgpSettings {
     pub neighbors: Vec<BgpNeighbor>,
     pub hold_time: u32,
     pub grace_period: std::time::Duration,
-    pub manage_daemon: bool,
     pub bird: PathBuf,
     pub run_dir: PathBuf,
 }

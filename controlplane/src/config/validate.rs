@@ -577,7 +577,6 @@ fn validate_bgp(
         neighbors,
         hold_time: b.hold_time,
         grace_period: std::time::Duration::from_millis(b.grace_period_ms),
-        manage_daemon: b.manage_daemon,
         bird: PathBuf::from(&b.bird),
         run_dir: PathBuf::from(&b.run_dir),
     })

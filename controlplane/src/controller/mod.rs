@@ -13,6 +13,7 @@
 //! a refused change leaves no trace but its audit line.
 
 mod announce;
+mod bgp;
 mod diff;
 mod observe;
 mod requests;
@@ -131,6 +132,11 @@ pub struct Controller {
     mbufs: MbufStats,
     /// The sync thread's counts (None: no sync thread).
     sync_counters: Option<std::sync::Arc<crate::sync::SyncCounters>>,
+    /// The BGP speaker (None: `[bgp]` is off), whether the operator drained the appliance,
+    /// and whether it is stopping (SIGTERM: everything withdrawn).
+    bgp: Option<crate::bgp::Speaker>,
+    drained: bool,
+    stopping: bool,
     /// The health of the checked backends.
     health: Tracker,
     /// A backend went up or down since the last publish.
@@ -184,6 +190,9 @@ impl Controller {
             publish_wait: setup.publish_wait,
             mbufs: MbufStats::default(),
             sync_counters: None,
+            bgp: None,
+            drained: false,
+            stopping: false,
             health: Tracker::default(),
             health_changed: false,
             targets: None,
@@ -424,6 +433,8 @@ impl Controller {
                 }
             }
             Request::PatchTimeouts { body } => self.patch_timeouts(&body),
+            Request::GetBgp => self.get_bgp(),
+            Request::PatchBgp { body } => self.patch_bgp(&body),
             Request::ZeroCounters { service } => {
                 let what = match &service {
                     Some(s) => format!("zero the counters of service {s}"),
@@ -848,6 +859,7 @@ impl Controller {
             self.neighbors_changed |= expired;
             self.last_tick = now;
             self.watch_workers(now);
+            self.bgp_tick();
         }
         if self.neighbors_changed || self.health_changed {
             let learned = self.neighbors.entries();
