@@ -49,9 +49,10 @@ pub fn bird_config(s: &BgpSettings) -> String {
          router id {};\n\
          log stderr {{ info, remote, warning, error, auth, fatal, bug }};\n\
          protocol device {{ }}\n\
-         # The VIPs l4lb announces (it rewrites these files and reconfigures).\n\
-         protocol static l4lb_vips4 {{ ipv4; include \"{dir}/vips4.conf\"; }}\n\
-         protocol static l4lb_vips6 {{ ipv6; include \"{dir}/vips6.conf\"; }}\n",
+         # The VIPs l4lb announces (it rewrites these files and reconfigures). BIRD takes an\n\
+         # include only at the start of a line.\n\
+         protocol static l4lb_vips4 {{\n  ipv4;\n  include \"{dir}/vips4.conf\";\n}}\n\
+         protocol static l4lb_vips6 {{\n  ipv6;\n  include \"{dir}/vips6.conf\";\n}}\n",
         s.router_id
     );
     for (i, n) in s.neighbors.iter().enumerate() {
@@ -329,7 +330,9 @@ mod tests {
     fn the_configuration_names_every_neighbour_and_exports_only_the_vips() {
         let c = bird_config(&settings());
         assert!(c.contains("router id 198.18.0.2;\n"));
-        assert!(c.contains("protocol static l4lb_vips4 { ipv4; include \"/run/l4lb/test/vips4.conf\"; }\n"));
+        assert!(c.contains(
+            "protocol static l4lb_vips4 {\n  ipv4;\n  include \"/run/l4lb/test/vips4.conf\";\n}\n"
+        ));
         assert!(c.contains("protocol bgp neighbor0 {\n  local as 65001;\n  neighbor 198.18.0.1 as 65000;\n  hold time 3;\n  keepalive time 1;\n"));
         assert!(c.contains("  ipv4 { import none; export where proto = \"l4lb_vips4\"; };\n}\n"));
         assert!(c.contains("  neighbor 2001:db8::1 as 65000;\n"));
