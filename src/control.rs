@@ -88,7 +88,10 @@ pub fn run(
         if stop_at.is_none() && term.load(Ordering::Relaxed) {
             stop_at = Some(Instant::now() + controller.begin_stop());
         }
-        if stop_at.is_some_and(|t| Instant::now() >= t) {
+        if stop_at.is_some_and(|t| Instant::now() >= t) && !stop.load(Ordering::Relaxed) {
+            // The speaker goes while the dataplane still carries its sessions: its neighbours
+            // hear it close them (not a hold timer later).
+            controller.stop_speaker();
             stop.store(true, Ordering::Relaxed);
         }
         if links_read.elapsed() >= LINKS_EVERY {
