@@ -851,3 +851,95 @@ fn healthz_names_a_stalled_worker_and_a_link_down_and_recovers() {
     r.c.set_links(&[(0, true)]);
     assert_eq!(health(&mut r).0, 200);
 }
+
+/// Two appliances given the same Maglev service through different histories (other services
+/// before it, so other numeric ids; backends added, drained and removed in another order) pick
+/// the same backend for every flow: the first line of defence when a flow moves between them.
+#[test]
+fn maglev_picks_the_same_backend_whatever_order_the_changes_came_in() {
+    use dataplane::flow::{FlowKey, FlowTable, FlowTimeouts};
+    use dataplane::sched::{Cursor, PickInput};
+    let service = |backends: Value| {
+        json!({"id": "m", "vip": "198.18.0.120", "port": 443, "scheduler": "maglev",
+               "forwarding": "dr", "backends": backends})
+    };
+    let backend = |id: &str, last: u8, weight: u32| {
+        json!({"id": id, "address": format!("198.18.0.{last}"), "port": 443, "weight": weight})
+    };
+    let add = |r: &mut Rig, id: &str, last: u8, weight: u32| {
+        let reply = r.call(Request::CreateBackend {
+            service: "m".into(),
+            body: backend(id, last, weight),
+        });
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+    };
+    let mut a = Rig::new(false, Limits::default());
+    let reply = a.call(Request::CreateService {
+        body: service(json!([backend("m1", 31, 1), backend("m2", 32, 1)])),
+    });
+    assert_eq!(reply.status, 201);
+    add(&mut a, "m3", 33, 1);
+    add(&mut a, "m4", 34, 1);
+    let patch = Request::PatchBackend {
+        service: "m".into(),
+        backend: "m2".into(),
+        body: json!({"weight": 0}),
+    };
+    assert_eq!(a.call(patch).status, 200);
+    add(&mut a, "m5", 35, 2);
+    let delete = Request::DeleteBackend {
+        service: "m".into(),
+        backend: "m4".into(),
+    };
+    assert_eq!(a.call(delete).status, 204);
+
+    let mut b = Rig::new(false, Limits::default());
+    // Another service first (other service and backend ids), then the same end state.
+    let other = json!({"id": "o", "vip": "198.18.0.121", "port": 80,
+                       "backends": [backend("o1", 41, 1), backend("o2", 42, 1)]});
+    assert_eq!(b.call(Request::CreateService { body: other }).status, 201);
+    let reply = b.call(Request::CreateService {
+        body: service(json!([backend("m5", 35, 1), backend("m3", 33, 1)])),
+    });
+    assert_eq!(reply.status, 201);
+    add(&mut b, "m2", 32, 0);
+    add(&mut b, "m1", 31, 1);
+    let patch = Request::PatchBackend {
+        service: "m".into(),
+        backend: "m5".into(),
+        body: json!({"weight": 2}),
+    };
+    assert_eq!(b.call(patch).status, 200);
+
+    let conns = FlowTable::new(16, 16, FlowTimeouts::default());
+    let picks = |r: &Rig| -> Vec<String> {
+        let snap = r.c.shared().current();
+        let svc = snap.services.iter().find(|s| s.config.name == "m").unwrap();
+        (0..20_000u32)
+            .map(|i| {
+                let key = FlowKey::new(
+                    6,
+                    std::net::IpAddr::V4((0xc613_0000 + i).into()),
+                    1024 + (i % 50_000) as u16,
+                    "198.18.0.120".parse().unwrap(),
+                    443,
+                );
+                let input = PickInput {
+                    backends: &svc.sched_backends,
+                    flow: &key,
+                    conns: &conns,
+                };
+                let i = svc.scheduler.pick(&input, &mut Cursor::default()).unwrap();
+                svc.config.backends[i].name.clone()
+            })
+            .collect()
+    };
+    let (pa, pb) = (picks(&a), picks(&b));
+    let differ = pa.iter().zip(&pb).filter(|(x, y)| x != y).count();
+    assert_eq!(differ, 0, "of 20000 flows");
+    // And the shares are the weights' (1:1:2, the drained m2 none), within 3 points.
+    for (name, share) in [("m1", 0.25), ("m2", 0.0), ("m3", 0.25), ("m5", 0.5)] {
+        let got = pa.iter().filter(|n| *n == name).count() as f64 / pa.len() as f64;
+        assert!((got - share).abs() < 0.03, "{name}: {got}");
+    }
+}
