@@ -557,7 +557,13 @@ fn run(
     };
     if let Some(sync) = &model.sync {
         for s in states.iter_mut() {
-            let r = dataplane::sync::rings(sync.ring_records as usize, sync.refresh_seconds);
+            // Each worker queues its share of the records a second the peers may get.
+            let share = sync.max_records_per_second.div_ceil(n_workers as u32);
+            let r = dataplane::sync::rings(
+                sync.ring_records as usize,
+                sync.refresh_seconds,
+                share,
+            );
             s.flows.set_journal(r.journal);
             s.sync_in = Some(r.inbound);
             sync_ends.outbound.push(r.outbound);

@@ -109,6 +109,7 @@ pub struct FlowCounters {
     pub synced: Counter,
     pub sync_queued: Counter,
     pub sync_queue_full: Counter,
+    pub sync_limited: Counter,
     pub sync_installed: Counter,
     pub sync_updated: Counter,
     pub sync_known: Counter,

@@ -35,11 +35,15 @@ pub struct SyncRecord {
     pub state: FlowState,
     /// Also found by its replies (NAT).
     pub nat: bool,
+    /// Controlled by a persistence template: the receiver keeps (or makes) the client's
+    /// template for its backend too.
+    pub bound: bool,
     /// Seconds the sender keeps the flow without a packet in this state (its timeout).
     pub timeout: u32,
 }
 
 const NAT_FLAG: u8 = 1;
+const BOUND_FLAG: u8 = 2;
 
 fn state_code(s: FlowState) -> u8 {
     s as u8
@@ -102,7 +106,8 @@ impl DecodeError {
 ///
 /// Layout (network byte order): `L4S`, version, sync id, reserved, count (u16), sequence (u32),
 /// sender (u32); then per record: client address, VIP, backend address (16 bytes each,
-/// IPv4 mapped into IPv6), client port, VIP port, backend port, protocol, state, flags,
+/// IPv4 mapped into IPv6), client port, VIP port, backend port, protocol, state, flags (1: NAT,
+/// 2: bound to a persistence template),
 /// reserved (1), timeout (u32), reserved (6).
 pub fn encode(header: Header, records: &[SyncRecord], out: &mut [u8; MAX_DATAGRAM]) -> usize {
     let records = &records[..records.len().min(RECORDS_PER_DATAGRAM)];
@@ -125,7 +130,7 @@ pub fn encode(header: Header, records: &[SyncRecord], out: &mut [u8; MAX_DATAGRA
         o[52..54].copy_from_slice(&r.backend.port.to_be_bytes());
         o[54] = r.key.protocol;
         o[55] = state_code(r.state);
-        o[56] = if r.nat { NAT_FLAG } else { 0 };
+        o[56] = if r.nat { NAT_FLAG } else { 0 } | if r.bound { BOUND_FLAG } else { 0 };
         o[57] = 0;
         o[58..62].copy_from_slice(&r.timeout.to_be_bytes());
         o[62..64].fill(0);
@@ -187,30 +192,92 @@ pub fn decode(
             },
             state: state_of(r[55]).expect("checked above"),
             nat: r[56] & NAT_FLAG != 0,
+            bound: r[56] & BOUND_FLAG != 0,
             timeout: be32(&r[58..62]),
         }),
     ))
 }
 
-/// A worker's end of the outgoing ring: what it queues for its peers. Pushing never blocks
-/// or allocates; a full ring loses the record (counted).
+/// Records a worker stages before it writes them to its ring in one go.
+const STAGED: usize = 32;
+
+/// A worker's end of the outgoing ring: what it queues for its peers, at most `per_second`
+/// records in each second of its clock (the rest are counted, never staged: the ring and the
+/// sync thread see only what can be sent). Records are staged and written to the ring in
+/// chunks ([`flush`](Journal::flush), between bursts): one release of the ring's tail per
+/// chunk, not per record, so the cache line the sync thread reads moves once a burst. Nothing
+/// blocks or allocates; a full ring loses the records (counted).
 #[derive(Debug)]
 pub struct Journal {
     ring: rtrb::Producer<SyncRecord>,
+    staged: [SyncRecord; STAGED],
+    len: usize,
     /// A long-lived flow is sent again at its first packet in each period of this many
     /// seconds of its life (0: never).
     pub refresh: u32,
+    per_second: u32,
+    second: u32,
+    used: u32,
     pub queued: u64,
     pub full: u64,
+    /// Over `per_second`.
+    pub limited: u64,
 }
 
+const NO_RECORD: SyncRecord = SyncRecord {
+    key: FlowKey {
+        client: [0; 16],
+        vip: [0; 16],
+        client_port: 0,
+        vip_port: 0,
+        protocol: 0,
+    },
+    backend: Endpoint {
+        addr: [0; 16],
+        port: 0,
+    },
+    state: FlowState::Udp,
+    nat: false,
+    bound: false,
+    timeout: 0,
+};
+
 impl Journal {
+    /// Stages `r` (at `now`, the worker's clock in seconds).
     #[inline]
-    pub fn push(&mut self, r: SyncRecord) {
-        match self.ring.push(r) {
-            Ok(()) => self.queued += 1,
-            Err(_) => self.full += 1,
+    pub fn push(&mut self, r: SyncRecord, now: u32) {
+        if now != self.second {
+            self.second = now;
+            self.used = 0;
         }
+        if self.used >= self.per_second {
+            self.limited += 1;
+            return;
+        }
+        self.used += 1;
+        self.staged[self.len] = r;
+        self.len += 1;
+        if self.len == STAGED {
+            self.flush();
+        }
+    }
+
+    /// Writes what is staged to the ring.
+    #[inline]
+    pub fn flush(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        let room = match self.ring.write_chunk_uninit(self.len) {
+            Ok(_) => self.len,
+            Err(rtrb::chunks::ChunkError::TooFewSlots(n)) => n,
+        };
+        if let Ok(chunk) = self.ring.write_chunk_uninit(room) {
+            chunk.fill_from_iter(self.staged[..room].iter().copied());
+        }
+        self.queued += room as u64;
+        self.full += (self.len - room) as u64;
+        self.len = 0;
     }
 }
 
@@ -223,16 +290,22 @@ pub struct SyncRings {
 }
 
 /// The rings of one worker: `capacity` records each way, a flow sent again every `refresh`
-/// seconds of its life.
-pub fn rings(capacity: usize, refresh: u32) -> SyncRings {
+/// seconds of its life, at most `per_second` records queued a second.
+pub fn rings(capacity: usize, refresh: u32, per_second: u32) -> SyncRings {
     let (journal, outbound) = rtrb::RingBuffer::new(capacity);
     let (deliver, inbound) = rtrb::RingBuffer::new(capacity);
     SyncRings {
         journal: Journal {
             ring: journal,
+            staged: [NO_RECORD; STAGED],
+            len: 0,
             refresh,
+            per_second,
+            second: 0,
+            used: 0,
             queued: 0,
             full: 0,
+            limited: 0,
         },
         inbound,
         outbound,
@@ -255,6 +328,7 @@ mod tests {
             },
             state: FlowState::Established,
             nat: i % 2 == 0,
+            bound: i % 3 == 0,
             timeout: 900 + u32::from(i),
         }
     }
@@ -303,7 +377,7 @@ mod tests {
         want[52..54].copy_from_slice(&8080u16.to_be_bytes());
         want[54] = 6;
         want[55] = 4;
-        want[56] = 0;
+        want[56] = 0; // neither NAT (1) nor bound (2)
         want[58..62].copy_from_slice(&901u32.to_be_bytes());
         assert_eq!(r, &want[..]);
     }
@@ -340,13 +414,32 @@ mod tests {
 
     #[test]
     fn a_full_journal_counts_what_it_lost() {
-        let mut r = rings(2, 0);
+        let mut r = rings(2, 0, 100);
         for i in 0..5 {
-            r.journal.push(record(i));
+            r.journal.push(record(i), 1);
         }
+        assert_eq!((r.journal.queued, r.journal.full), (0, 0), "staged");
+        r.journal.flush();
         assert_eq!((r.journal.queued, r.journal.full), (2, 3));
         assert_eq!(r.outbound.pop().unwrap(), record(0));
         assert_eq!(r.outbound.pop().unwrap(), record(1));
         assert!(r.outbound.pop().is_err());
+    }
+
+    #[test]
+    fn a_journal_writes_whole_chunks_and_keeps_to_its_rate() {
+        let mut r = rings(1024, 0, 40);
+        for i in 0..50 {
+            r.journal.push(record(i), 7);
+        }
+        // 32 went when the stage filled, 8 wait for the flush, 10 were over the rate.
+        assert_eq!((r.journal.queued, r.journal.limited), (32, 10));
+        r.journal.flush();
+        r.journal.push(record(60), 8); // a new second
+        r.journal.flush();
+        let got: Vec<_> = std::iter::from_fn(|| r.outbound.pop().ok()).collect();
+        let want: Vec<_> = (0..40).chain([60]).map(record).collect();
+        assert_eq!(got, want);
+        assert_eq!((r.journal.queued, r.journal.full, r.journal.limited), (41, 0, 10));
     }
 }

@@ -249,7 +249,9 @@ impl Worker<'_> {
                     }
                 }
             }
-            // The peers' flows (synchronisation), a bounded number per iteration.
+            // What this iteration told the peers goes to the sync thread in one chunk; the
+            // peers' flows come in, a bounded number per iteration.
+            self.state.flows.flush_journal();
             polled += self
                 .state
                 .install_synced(reader.snapshot(), now, SYNC_PER_ITERATION);

@@ -49,7 +49,7 @@ pub struct SyncStats {
     pub records_sent: u64,
     pub datagrams_sent: u64,
     pub send_errors: u64,
-    /// Records dropped over `max_records_per_second`.
+    /// Records dropped over `max_records_per_second` (each worker queues its share of it).
     pub rate_limited: u64,
     pub datagrams_received: u64,
     pub records_received: u64,

@@ -188,6 +188,7 @@ impl Controller {
             synced_flows: flow(|w| w.flows.synced.get()),
             queued: flow(|w| w.flows.sync_queued.get()),
             queue_full: flow(|w| w.flows.sync_queue_full.get()),
+            rate_limited: flow(|w| w.flows.sync_limited.get()),
             installed: flow(|w| w.flows.sync_installed.get()),
             updated: flow(|w| w.flows.sync_updated.get()),
             known: flow(|w| w.flows.sync_known.get()),
@@ -201,7 +202,7 @@ impl Controller {
             s.records_sent = c.records_sent.load(Relaxed);
             s.datagrams_sent = c.datagrams_sent.load(Relaxed);
             s.send_errors = c.send_errors.load(Relaxed);
-            s.rate_limited = c.rate_limited.load(Relaxed);
+            s.rate_limited += c.rate_limited.load(Relaxed);
             s.datagrams_received = c.datagrams_received.load(Relaxed);
             s.records_received = c.records_received.load(Relaxed);
             s.missed = c.missed.load(Relaxed);

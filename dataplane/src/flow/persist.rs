@@ -119,6 +119,27 @@ impl Templates {
         true
     }
 
+    /// A peer's template (synchronisation): made for `backend` controlling no flow, so it
+    /// lives `timeout` seconds from `now`; an existing one that controls none of our flows is
+    /// pointed at `backend` and starts again, one that does is ours and stays.
+    pub fn adopt(&mut self, key: TemplateKey, backend: BackendId, now: u32, timeout: u32) {
+        let t = Template {
+            backend,
+            last: now,
+            controlled: 0,
+            timeout,
+        };
+        let full = self.map.len() >= self.cap;
+        match self.map.get_mut(&key) {
+            Some(old) if old.controlled > 0 => {}
+            Some(old) => *old = t,
+            None if full => self.full += 1,
+            None => {
+                self.map.insert(key, t);
+            }
+        }
+    }
+
     /// A flow `key` controlled has ended at `now`.
     #[inline]
     pub fn release(&mut self, key: &TemplateKey, now: u32) {

@@ -627,14 +627,14 @@ impl FlowTable {
         f.last_seen = now;
         self.link_tail(slot);
         if old != new || refresh {
-            self.tell_peers(slot);
+            self.tell_peers(slot, now);
         }
         new
     }
 
     /// Queues the flow in `slot` for the peers (when synchronisation is on).
     #[inline]
-    fn tell_peers(&mut self, slot: u32) {
+    fn tell_peers(&mut self, slot: u32, now: u32) {
         if self.journal.is_none() {
             return;
         }
@@ -644,10 +644,19 @@ impl FlowTable {
             backend: self.endpoints[f.backend.0 as usize],
             state: f.state,
             nat: f.is_nat(),
+            bound: f.is_bound(),
             timeout: self.timeout_of[f.state.index()],
         };
         if let Some(j) = self.journal.as_mut() {
-            j.push(r);
+            j.push(r, now);
+        }
+    }
+
+    /// Writes the records staged for the peers to the ring (between bursts).
+    #[inline]
+    pub fn flush_journal(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            j.flush();
         }
     }
 
@@ -656,9 +665,11 @@ impl FlowTable {
         self.journal = Some(journal);
     }
 
-    /// Records queued for the peers, and lost because the ring was full.
-    pub fn journal_counts(&self) -> (u64, u64) {
-        self.journal.as_ref().map_or((0, 0), |j| (j.queued, j.full))
+    /// Records queued for the peers, lost because the ring was full, and over the rate.
+    pub fn journal_counts(&self) -> (u64, u64, u64) {
+        self.journal
+            .as_ref()
+            .map_or((0, 0, 0), |j| (j.queued, j.full, j.limited))
     }
 
     /// Counts a peer's record of a service or backend we do not have.
@@ -769,7 +780,7 @@ impl FlowTable {
             self.slots[slot as usize].flags |= BOUND;
         }
         self.stats.created += 1;
-        self.tell_peers(slot);
+        self.tell_peers(slot, now);
         Ok(slot)
     }
 

@@ -118,6 +118,16 @@ impl WorkerState {
                 self.flows.count_sync_unknown();
                 continue;
             };
+            // The client's persistence template comes along (under our netmask and timeout).
+            if r.bound
+                && let Some((p, m)) = svc.config.options.persistence.zip(svc.persist_mask())
+            {
+                let key = crate::flow::persist::TemplateKey {
+                    service: svc.config.id,
+                    client: crate::flow::persist::masked(&r.key.client, m),
+                };
+                self.flows.templates.adopt(key, b.id, now, p.timeout);
+            }
             self.flows.install(
                 crate::flow::NewFlow {
                     key: r.key,
@@ -181,9 +191,10 @@ impl WorkerState {
         f.templates_full.set(self.flows.templates.full);
         f.flushed.set(s.flushed);
         f.synced.set(u64::from(self.flows.synced()));
-        let (queued, full) = self.flows.journal_counts();
+        let (queued, full, limited) = self.flows.journal_counts();
         f.sync_queued.set(queued);
         f.sync_queue_full.set(full);
+        f.sync_limited.set(limited);
         f.sync_installed.set(s.sync_installed);
         f.sync_updated.set(s.sync_updated);
         f.sync_known.set(s.sync_known);

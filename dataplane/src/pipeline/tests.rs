@@ -2170,3 +2170,95 @@ fn what_the_packet_path_does_not_handle_goes_to_the_kernel_unchanged() {
         "unicast to another MAC"
     );
 }
+
+// ---------------------------------------------------------------- synchronisation between instances
+
+/// Instance A takes a client's connection; its journal's records cross the wire format to
+/// instance B, whose scheduler would pick another backend. A mid-stream segment of that
+/// connection arriving at B (a failover) keeps its backend, and so does the client's next
+/// connection (the persistence template came along); without the records it would not.
+#[test]
+fn a_peers_flows_and_templates_keep_their_backend_on_the_other_instance() {
+    use crate::snapshot::Persistence;
+    use crate::sync::{self, Header, MAX_DATAGRAM};
+    let mut cfg = config(1);
+    let svc = &mut cfg.services[1]; // DR TCP IPv4
+    assert_eq!(
+        (svc.forwarding, svc.protocol),
+        (ForwardingMode::DirectRouting, Protocol::Tcp)
+    );
+    svc.backends.push(backend(50, "b2", B2, svc.port));
+    svc.options.persistence = Some(Persistence {
+        timeout: 300,
+        netmask: 32,
+        expire_quiescent: false,
+    });
+    let snap = Snapshot::build(cfg, 1);
+    let port = vip_port(Protocol::Tcp, ForwardingMode::DirectRouting);
+    let segment = |client: &str, sport: u16, flags: u8| {
+        let l4 = L4Spec::Tcp {
+            sport,
+            dport: port,
+            flags,
+            payload: b"data",
+        };
+        frame(OUR_MAC, GW_MAC, &ipv4_packet(v4hdr(client, VIP), l4))
+    };
+    let dst_mac = |out: &[u8]| -> [u8; 6] { out[..6].try_into().unwrap() };
+    let syn = crate::wire::tcp::SYN;
+    let ack = crate::wire::tcp::ACK;
+
+    let mut a = worker();
+    let mut ra = sync::rings(64, 0, 1000);
+    a.flows.set_journal(ra.journal);
+    let (act, out) = run(&snap, &mut a, &segment(CLIENT, 40000, syn));
+    assert_eq!((act, dst_mac(&out)), (Action::Forward { interface: 0 }, B1_MAC));
+    run(&snap, &mut a, &segment(CLIENT, 40000, ack));
+    a.flows.flush_journal();
+    // Two records (the SYN, then established), through a datagram.
+    let records: Vec<_> = std::iter::from_fn(|| ra.outbound.pop().ok()).collect();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r.bound && !r.nat));
+    assert_eq!(records[1].state, FlowState::Established);
+    let mut d = [0u8; MAX_DATAGRAM];
+    let h = Header {
+        sync_id: 3,
+        count: 2,
+        sequence: 1,
+        sender: 9,
+    };
+    let n = sync::encode(h, &records, &mut d);
+
+    // B and its twin without the records: each has scheduled another client first, so its
+    // round-robin's next pick is b2.
+    let b_with = |synced: bool| {
+        let mut b = worker();
+        let (_, out) = run(&snap, &mut b, &segment("198.19.5.8", 1234, syn));
+        assert_eq!(dst_mac(&out), B1_MAC);
+        if synced {
+            let mut rb = sync::rings(64, 0, 1000);
+            let (_, got) = sync::decode(3, &d[..n]).unwrap();
+            for r in got {
+                rb.deliver.push(r).unwrap();
+            }
+            b.sync_in = Some(rb.inbound);
+            assert_eq!(b.install_synced(&snap, 100, 64), 2);
+            assert_eq!(
+                (b.flows.stats().sync_installed, b.flows.stats().sync_updated),
+                (1, 1)
+            );
+            assert_eq!(b.flows.synced(), 1);
+        }
+        b
+    };
+    let mut b = b_with(true);
+    let (act, out) = run(&snap, &mut b, &segment(CLIENT, 40000, ack));
+    assert_eq!((act, dst_mac(&out)), (Action::Forward { interface: 0 }, B1_MAC));
+    assert_eq!((b.flows.synced(), b.flows.stats().sync_adopted), (0, 1));
+    let (_, out) = run(&snap, &mut b, &segment(CLIENT, 40001, syn));
+    assert_eq!(dst_mac(&out), B1_MAC, "the template's backend");
+
+    let mut twin = b_with(false);
+    let (_, out) = run(&snap, &mut twin, &segment(CLIENT, 40000, ack));
+    assert_eq!(dst_mac(&out), B2_MAC, "without the records");
+}
