@@ -604,3 +604,55 @@ fn a_killed_instance_breaks_no_connection_after_a_backend_joined() {
 fn a_stopped_instance_withdraws_its_route_first() {
     failover("so-term", Scenario::Term);
 }
+
+/// A VIP is announced while its service has a backend that takes new flows and the appliance
+/// is not drained: the router's multipath route follows drains and the backends' weights.
+#[test]
+fn announcements_follow_drains_and_the_backends() {
+    let mut c = Cluster::build("so-ann", 3);
+    c.start_router_and_servers();
+    for i in 0..2 {
+        c.start_l4lb(i, 3);
+    }
+    let both = vec![lb_addr(0), lb_addr(1)];
+    let within = Duration::from_secs(20);
+    assert!(c.wait_next_hops(&both, within).is_some(), "{:?}", c.next_hops());
+    let ctl = |i: usize, args: &[&str]| -> String {
+        let out = netns::run(c.lbs[i].command(binary("l4lbctl")).args(args)).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = ctl(0, &["bgp"]);
+    assert!(shown.starts_with("drained: false\nannounced: 198.18.100.10\nsession neighbor0: up Established"), "{shown}");
+
+    let shown = ctl(0, &["bgp", "drain"]);
+    assert!(shown.starts_with("drained: true\nannounced: none\n"), "{shown}");
+    assert!(c.wait_next_hops(&[lb_addr(1)], within).is_some(), "{:?}", c.next_hops());
+    ctl(0, &["bgp", "undrain"]);
+    assert!(c.wait_next_hops(&both, within).is_some(), "{:?}", c.next_hops());
+
+    // lb2's backends drained one by one: the VIP goes with the last.
+    let weight = |b: usize, w: u32| {
+        netns::run(c.lbs[1].command("curl").args([
+            "-sf",
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!("{{\"weight\": {w}}}"),
+            &format!("http://127.0.0.1:9180/api/v1/services/web/backends/b{}", b + 1),
+        ]))
+        .unwrap();
+    };
+    weight(0, 0);
+    weight(1, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.next_hops(), both, "two backends drained of three");
+    weight(2, 0);
+    assert!(c.wait_next_hops(&[lb_addr(0)], within).is_some(), "{:?}", c.next_hops());
+    weight(1, 1);
+    assert!(c.wait_next_hops(&both, within).is_some(), "{:?}", c.next_hops());
+    let audit = c.api(1, "/api/v1/audit").unwrap();
+    assert!(audit.contains("bgp: withdrawn 198.18.100.10"), "{audit}");
+    assert!(c.api(0, "/api/v1/audit").unwrap().contains("api: bgp drained"));
+}

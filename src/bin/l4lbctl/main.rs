@@ -58,6 +58,12 @@ enum Cmd {
     Stats,
     /// A sample of the live flows, of one service or of all (ipvsadm -L -c).
     Flows(FlowArgs),
+    /// The BGP speaker: the VIPs announced and the sessions; `drain` withdraws every VIP
+    /// (forwarding goes on), `undrain` announces them again.
+    Bgp {
+        #[arg(value_parser = ["drain", "undrain"])]
+        action: Option<String>,
+    },
     /// The flow timeouts in seconds; with values, change them live (ipvsadm --set).
     Timeouts {
         /// Established TCP (ipvsadm's tcp).
@@ -474,6 +480,48 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
                     n(&v["tcp_syn"]),
                     n(&v["tcp_close"])
                 )
+            })
+        }
+        Cmd::Bgp { action } => {
+            let v = match action.as_deref() {
+                None => c.json("GET", "/api/v1/bgp", None)?,
+                Some(a) => c.json(
+                    "PATCH",
+                    "/api/v1/bgp",
+                    Some(&json!({ "drained": a == "drain" })),
+                )?,
+            };
+            Ok(if cli.json {
+                pretty(&v)
+            } else if v["enabled"] != json!(true) {
+                "bgp: off ([bgp] local_as is not set)".to_string()
+            } else {
+                let list = |k: &str| {
+                    let a: Vec<String> = v[k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect();
+                    if a.is_empty() { "none".into() } else { a.join(" ") }
+                };
+                let mut out = format!(
+                    "drained: {}\nannounced: {}\n",
+                    v["drained"] == json!(true),
+                    list("announced")
+                );
+                for s in v["sessions"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "session {}: {} {}\n",
+                        s["name"].as_str().unwrap_or(""),
+                        s["state"].as_str().unwrap_or(""),
+                        s["info"].as_str().unwrap_or("")
+                    ));
+                }
+                if let Some(e) = v["error"].as_str() {
+                    out.push_str(&format!("error: {e}\n"));
+                }
+                out.trim_end().to_string()
             })
         }
         Cmd::Zero { service } => {
