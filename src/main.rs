@@ -559,11 +559,7 @@ fn run(
         for s in states.iter_mut() {
             // Each worker queues its share of the records a second the peers may get.
             let share = sync.max_records_per_second.div_ceil(n_workers as u32);
-            let r = dataplane::sync::rings(
-                sync.ring_records as usize,
-                sync.refresh_seconds,
-                share,
-            );
+            let r = dataplane::sync::rings(sync.ring_records as usize, sync.refresh_seconds, share);
             s.flows.set_journal(r.journal);
             s.sync_in = Some(r.inbound);
             sync_ends.outbound.push(r.outbound);
@@ -609,8 +605,7 @@ fn run(
     controller.set_sync_counters(Arc::clone(&sync_counters));
     // The BGP speaker, started from this thread (it dies with it, so with the process).
     if let Some(b) = &model.bgp {
-        let speaker =
-            controlplane::bgp::Speaker::start(b, dpdk_rs::process::die_with_parent)?;
+        let speaker = controlplane::bgp::Speaker::start(b, dpdk_rs::process::die_with_parent)?;
         controller.set_speaker(speaker);
     }
     info!(

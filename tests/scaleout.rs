@@ -74,7 +74,11 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         for i in 0..2 {
-            let _ = std::fs::remove_dir_all(harness::runtime_dir(&format!("{}-lb{}", self.prefix, i + 1)));
+            let _ = std::fs::remove_dir_all(harness::runtime_dir(&format!(
+                "{}-lb{}",
+                self.prefix,
+                i + 1
+            )));
         }
     }
 }
@@ -120,11 +124,24 @@ impl Cluster {
         sw.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
         sw.ip("link set br0 up").unwrap();
         let members = std::iter::once(("rt".to_string(), &self.router))
-            .chain(self.lbs.iter().enumerate().map(|(i, n)| (format!("lb{}", i + 1), n)))
-            .chain(self.backends.iter().enumerate().map(|(i, n)| (format!("b{}", i + 1), n)));
+            .chain(
+                self.lbs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("lb{}", i + 1), n)),
+            )
+            .chain(
+                self.backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("b{}", i + 1), n)),
+            );
         for (port, ns) in members {
-            sw.ip(&format!("link add {port} type veth peer name eth0 netns {}", ns.name()))
-                .unwrap();
+            sw.ip(&format!(
+                "link add {port} type veth peer name eth0 netns {}",
+                ns.name()
+            ))
+            .unwrap();
             sw.ip(&format!("link set {port} master br0 up")).unwrap();
             veth_tx_off(sw, &port);
             veth_tx_off(ns, "eth0");
@@ -133,8 +150,11 @@ impl Cluster {
         }
         // The router: the LAN, the client's network, ECMP with an L4 hash.
         let rt = &self.router;
-        rt.ip(&format!("link add eth1 type veth peer name eth0 netns {}", self.client.name()))
-            .unwrap();
+        rt.ip(&format!(
+            "link add eth1 type veth peer name eth0 netns {}",
+            self.client.name()
+        ))
+        .unwrap();
         veth_tx_off(rt, "eth1");
         veth_tx_off(&self.client, "eth0");
         rt.ip(&format!("addr add {ROUTER}/24 dev eth0")).unwrap();
@@ -158,17 +178,22 @@ impl Cluster {
         // The appliances: l4lb owns eth0 (its kernel takes no part), a management link between
         // them for the sync stream.
         self.lbs[0]
-            .ip(&format!("link add mgmt0 type veth peer name mgmt0 netns {}", self.lbs[1].name()))
+            .ip(&format!(
+                "link add mgmt0 type veth peer name mgmt0 netns {}",
+                self.lbs[1].name()
+            ))
             .unwrap();
         for (i, lb) in self.lbs.iter().enumerate() {
             lb.sysctl("net.ipv4.conf.eth0.rp_filter", "1").unwrap();
             lb.ip("link set eth0 arp off").unwrap();
-            lb.ip(&format!("addr add {}/24 dev mgmt0", mgmt_addr(i))).unwrap();
+            lb.ip(&format!("addr add {}/24 dev mgmt0", mgmt_addr(i)))
+                .unwrap();
             lb.ip("link set mgmt0 up").unwrap();
         }
         // DR backends: the VIP on lo, never answering ARP for it, replies through the router.
         for (i, b) in self.backends.iter().enumerate() {
-            b.ip(&format!("addr add {}/24 dev eth0", backend_addr(i))).unwrap();
+            b.ip(&format!("addr add {}/24 dev eth0", backend_addr(i)))
+                .unwrap();
             b.ip(&format!("addr add {VIP}/32 dev lo")).unwrap();
             for (k, v) in [
                 ("net.ipv4.conf.all.arp_ignore", "1"),
@@ -190,7 +215,13 @@ impl Cluster {
         for (i, b) in self.backends.iter().enumerate() {
             let child = b
                 .command(binary("l4lb-demo"))
-                .args(["serve", "--lab", &self.prefix, "--name", &format!("b{}", i + 1)])
+                .args([
+                    "serve",
+                    "--lab",
+                    &self.prefix,
+                    "--name",
+                    &format!("b{}", i + 1),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -414,7 +445,12 @@ fn connect(c: &Cluster, n: usize, first_port: u16) -> Vec<Conn> {
 
 /// Drives the connections: a line each every 100 ms until `stop`, then (no more sending)
 /// until every line came back or `drain` passed. Bounded: at most `limit` in all.
-fn drive(mut conns: Vec<Conn>, stop: Arc<AtomicBool>, drain: Duration, limit: Duration) -> Vec<Conn> {
+fn drive(
+    mut conns: Vec<Conn>,
+    stop: Arc<AtomicBool>,
+    drain: Duration,
+    limit: Duration,
+) -> Vec<Conn> {
     let start = Instant::now();
     while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
         for c in &mut conns {
@@ -424,7 +460,11 @@ fn drive(mut conns: Vec<Conn>, stop: Arc<AtomicBool>, drain: Duration, limit: Du
         std::thread::sleep(Duration::from_millis(100));
     }
     let end = Instant::now() + drain;
-    while Instant::now() < end && conns.iter().any(|c| c.error.is_none() && c.received < c.sent) {
+    while Instant::now() < end
+        && conns
+            .iter()
+            .any(|c| c.error.is_none() && c.received < c.sent)
+    {
         for c in &mut conns {
             c.read();
         }
@@ -445,7 +485,11 @@ enum Scenario {
 }
 
 fn failover(tag: &str, scenario: Scenario) {
-    let backends = if scenario == Scenario::KillAfterBackendAdded { 4 } else { 3 };
+    let backends = if scenario == Scenario::KillAfterBackendAdded {
+        4
+    } else {
+        3
+    };
     let mut c = Cluster::build(tag, backends);
     c.start_router_and_servers();
     for i in 0..2 {
@@ -465,15 +509,32 @@ fn failover(tag: &str, scenario: Scenario) {
     let stop = Arc::new(AtomicBool::new(false));
     let driver = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || drive(conns, stop, Duration::from_secs(25), Duration::from_secs(60)))
+        std::thread::spawn(move || {
+            drive(
+                conns,
+                stop,
+                Duration::from_secs(25),
+                Duration::from_secs(60),
+            )
+        })
     };
     // Both carry a share; the sync stream has told each of the other's flows.
     // (The counts are copied out ten times a second.)
-    let created = || -> Vec<u64> { (0..2).map(|i| count(&c.stats(i), &["flows", "created"])).collect() };
-    wait_until(Duration::from_secs(5), || created().iter().sum::<u64>() >= CONNECTIONS as u64);
+    let created = || -> Vec<u64> {
+        (0..2)
+            .map(|i| count(&c.stats(i), &["flows", "created"]))
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), || {
+        created().iter().sum::<u64>() >= CONNECTIONS as u64
+    });
     let carried = created();
     for (i, n) in carried.iter().enumerate() {
-        assert!(*n >= 40, "lb{} carries {n} of {CONNECTIONS} connections", i + 1);
+        assert!(
+            *n >= 40,
+            "lb{} carries {n} of {CONNECTIONS} connections",
+            i + 1
+        );
     }
     assert_eq!(carried.iter().sum::<u64>(), CONNECTIONS as u64);
     assert!(wait_until(Duration::from_secs(5), || {
@@ -528,7 +589,11 @@ fn failover(tag: &str, scenario: Scenario) {
             let _ = lb1.wait(Duration::from_secs(5));
             let moved = c.wait_next_hops(&[lb_addr(1)], Duration::from_secs(15));
             eprintln!("scaleout: SIGKILL: the route converged after {moved:?}");
-            assert!(moved.is_some(), "the route never left lb1: {:?}", c.next_hops());
+            assert!(
+                moved.is_some(),
+                "the route never left lb1: {:?}",
+                c.next_hops()
+            );
             None
         }
     };
@@ -567,7 +632,10 @@ fn failover(tag: &str, scenario: Scenario) {
         &broken[..broken.len().min(10)],
         c.log(1)
     );
-    assert!(conns.iter().all(|k| k.sent >= 50), "every connection kept sending");
+    assert!(
+        conns.iter().all(|k| k.sent >= 50),
+        "every connection kept sending"
+    );
     // lb1's flows reached lb2 through the sync stream and became lb2's own.
     assert!(
         count(&s2, &["sync", "adopted"]) >= carried[0] * 9 / 10,
@@ -583,11 +651,16 @@ fn failover(tag: &str, scenario: Scenario) {
     let fresh = connect(&c, 20, 30000);
     let stop = Arc::new(AtomicBool::new(false));
     let s = Arc::clone(&stop);
-    let t = std::thread::spawn(move || drive(fresh, s, Duration::from_secs(10), Duration::from_secs(20)));
+    let t = std::thread::spawn(move || {
+        drive(fresh, s, Duration::from_secs(10), Duration::from_secs(20))
+    });
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let fresh = t.join().unwrap();
-    assert!(fresh.iter().all(|k| k.whole() && k.sent > 0), "new connections through lb2");
+    assert!(
+        fresh.iter().all(|k| k.whole() && k.sent > 0),
+        "new connections through lb2"
+    );
 }
 
 #[test]
@@ -616,19 +689,39 @@ fn announcements_follow_drains_and_the_backends() {
     }
     let both = vec![lb_addr(0), lb_addr(1)];
     let within = Duration::from_secs(20);
-    assert!(c.wait_next_hops(&both, within).is_some(), "{:?}", c.next_hops());
+    assert!(
+        c.wait_next_hops(&both, within).is_some(),
+        "{:?}",
+        c.next_hops()
+    );
     let ctl = |i: usize, args: &[&str]| -> String {
         let out = netns::run(c.lbs[i].command(binary("l4lbctl")).args(args)).unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let shown = ctl(0, &["bgp"]);
-    assert!(shown.starts_with("drained: false\nannounced: 198.18.100.10\nsession neighbor0: up Established"), "{shown}");
+    assert!(
+        shown.starts_with(
+            "drained: false\nannounced: 198.18.100.10\nsession neighbor0: up Established"
+        ),
+        "{shown}"
+    );
 
     let shown = ctl(0, &["bgp", "drain"]);
-    assert!(shown.starts_with("drained: true\nannounced: none\n"), "{shown}");
-    assert!(c.wait_next_hops(&[lb_addr(1)], within).is_some(), "{:?}", c.next_hops());
+    assert!(
+        shown.starts_with("drained: true\nannounced: none\n"),
+        "{shown}"
+    );
+    assert!(
+        c.wait_next_hops(&[lb_addr(1)], within).is_some(),
+        "{:?}",
+        c.next_hops()
+    );
     ctl(0, &["bgp", "undrain"]);
-    assert!(c.wait_next_hops(&both, within).is_some(), "{:?}", c.next_hops());
+    assert!(
+        c.wait_next_hops(&both, within).is_some(),
+        "{:?}",
+        c.next_hops()
+    );
 
     // lb2's backends drained one by one: the VIP goes with the last.
     let weight = |b: usize, w: u32| {
@@ -640,7 +733,10 @@ fn announcements_follow_drains_and_the_backends() {
             "Content-Type: application/json",
             "-d",
             &format!("{{\"weight\": {w}}}"),
-            &format!("http://127.0.0.1:9180/api/v1/services/web/backends/b{}", b + 1),
+            &format!(
+                "http://127.0.0.1:9180/api/v1/services/web/backends/b{}",
+                b + 1
+            ),
         ]))
         .unwrap();
     };
@@ -649,10 +745,22 @@ fn announcements_follow_drains_and_the_backends() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.next_hops(), both, "two backends drained of three");
     weight(2, 0);
-    assert!(c.wait_next_hops(&[lb_addr(0)], within).is_some(), "{:?}", c.next_hops());
+    assert!(
+        c.wait_next_hops(&[lb_addr(0)], within).is_some(),
+        "{:?}",
+        c.next_hops()
+    );
     weight(1, 1);
-    assert!(c.wait_next_hops(&both, within).is_some(), "{:?}", c.next_hops());
+    assert!(
+        c.wait_next_hops(&both, within).is_some(),
+        "{:?}",
+        c.next_hops()
+    );
     let audit = c.api(1, "/api/v1/audit").unwrap();
     assert!(audit.contains("bgp: withdrawn 198.18.100.10"), "{audit}");
-    assert!(c.api(0, "/api/v1/audit").unwrap().contains("api: bgp drained"));
+    assert!(
+        c.api(0, "/api/v1/audit")
+            .unwrap()
+            .contains("api: bgp drained")
+    );
 }

@@ -144,7 +144,11 @@ impl Speaker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        info!(pid = child.id(), neighbors = settings.neighbors.len(), "bgp: BIRD started");
+        info!(
+            pid = child.id(),
+            neighbors = settings.neighbors.len(),
+            "bgp: BIRD started"
+        );
         Ok(Speaker {
             settings: settings.clone(),
             child: Some(child),
@@ -168,7 +172,10 @@ impl Speaker {
 
     /// Announces exactly `vips`: the route files change and BIRD reconfigures (nothing happens
     /// when the set is the same). Returns what was announced and withdrawn.
-    pub fn announce(&mut self, vips: BTreeSet<IpAddr>) -> Result<(Vec<IpAddr>, Vec<IpAddr>), String> {
+    pub fn announce(
+        &mut self,
+        vips: BTreeSet<IpAddr>,
+    ) -> Result<(Vec<IpAddr>, Vec<IpAddr>), String> {
         if vips == self.announced {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -190,7 +197,10 @@ impl Speaker {
                 Ok((added, removed))
             }
             Ok(reply) => {
-                let e = format!("bgp: BIRD refused to reconfigure: {}", reply.text.join("; "));
+                let e = format!(
+                    "bgp: BIRD refused to reconfigure: {}",
+                    reply.text.join("; ")
+                );
                 self.last_error = Some(e.clone());
                 Err(e)
             }
@@ -265,7 +275,8 @@ pub struct Reply {
 pub fn command(socket: &Path, cmd: &str) -> Result<Reply, String> {
     let s = UnixStream::connect(socket)
         .map_err(|e| format!("cannot reach BIRD at {}: {e}", socket.display()))?;
-    s.set_read_timeout(Some(COMMAND_WAIT)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(COMMAND_WAIT))
+        .map_err(|e| e.to_string())?;
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
     let mut r = BufReader::new(s);
     read_reply(&mut r)?; // the greeting
@@ -363,7 +374,10 @@ mod tests {
         );
         let reply = read_reply(&mut r).unwrap();
         assert_eq!(reply.code, 3);
-        assert_eq!(reply.text, vec!["Reading configuration from /x", "Reconfigured"]);
+        assert_eq!(
+            reply.text,
+            vec!["Reading configuration from /x", "Reconfigured"]
+        );
         let mut r = std::io::Cursor::new(
             "2002-Name       Proto      Table      State  Since         Info\n1002-neighbor0  BGP        ---        up     10:00:00.000  Established   \n l4lb_vips4 Static master4 up 10:00:00.000\n0000 \n".as_bytes(),
         );

@@ -327,8 +327,8 @@ mod tests {
                 port: 8080,
             },
             state: FlowState::Established,
-            nat: i % 2 == 0,
-            bound: i % 3 == 0,
+            nat: i.is_multiple_of(2),
+            bound: i.is_multiple_of(3),
             timeout: 900 + u32::from(i),
         }
     }
@@ -363,7 +363,7 @@ mod tests {
         let n = encode(h, &[record(1)], &mut out);
         assert_eq!(n, HEADER_LEN + RECORD_LEN);
         let r = &out[HEADER_LEN..n];
-        let mut want = vec![0u8; 64];
+        let mut want = [0u8; 64];
         want[10..16].copy_from_slice(&[0xff, 0xff, 198, 18, 1, 2]);
         want[26..32].copy_from_slice(&[0xff, 0xff, 198, 18, 0, 10]);
         want[32..48].copy_from_slice(
@@ -440,6 +440,9 @@ mod tests {
         let got: Vec<_> = std::iter::from_fn(|| r.outbound.pop().ok()).collect();
         let want: Vec<_> = (0..40).chain([60]).map(record).collect();
         assert_eq!(got, want);
-        assert_eq!((r.journal.queued, r.journal.full, r.journal.limited), (41, 0, 10));
+        assert_eq!(
+            (r.journal.queued, r.journal.full, r.journal.limited),
+            (41, 0, 10)
+        );
     }
 }

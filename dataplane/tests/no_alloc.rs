@@ -190,6 +190,38 @@ fn the_packet_path_does_not_allocate() {
     // A small table, so that new flows evict.
     let mut w = WorkerState::new(0, 256, 16, 64, FlowTimeouts::default());
     w.adopt(&snap); // the thresholds and persistence settings (between bursts: may allocate)
+    // Synchronisation on: a journal small enough to fill, and peers' flows waiting (two of
+    // each service's backends, and one of a backend we do not have).
+    let mut rings = dataplane::sync::rings(128, 1, 100_000);
+    w.flows.set_journal(rings.journal);
+    for i in 0..96u16 {
+        let s = i % 16;
+        let b = if i % 32 == 31 { 99 } else { (i / 16) % 2 };
+        let r = dataplane::sync::SyncRecord {
+            key: dataplane::flow::FlowKey::new(
+                17,
+                IpAddr::V4(Ipv4Addr::new(198, 19, 200, i as u8)),
+                3000 + i,
+                IpAddr::V4(VIP.into()),
+                1000 + s,
+            ),
+            backend: dataplane::flow::Endpoint {
+                addr: dataplane::flow::addr_bytes(IpAddr::V4(Ipv4Addr::new(
+                    198,
+                    18,
+                    1,
+                    10 + b as u8,
+                ))),
+                port: 1000 + s,
+            },
+            state: dataplane::flow::FlowState::Udp,
+            nat: false,
+            bound: i.is_multiple_of(3),
+            timeout: 300,
+        };
+        rings.deliver.push(r).unwrap();
+    }
+    w.sync_in = Some(rings.inbound);
     let gw = [2, 0, 0, 0, 0, 0xfe];
     let mut frames = Vec::new();
     for i in 0..2000u32 {
@@ -231,6 +263,8 @@ fn the_packet_path_does_not_allocate() {
     let mut actions = [0usize; 4];
     let info = allocation_counter::measure(|| {
         for round in 0..3u32 {
+            // Installed while the table has room (round 0), then evicted by new flows.
+            w.install_synced(&snap, 10 + round, 64);
             for (p, f) in packets.iter_mut().zip(&frames) {
                 p.reset_from(f);
                 let a = process(p, 0, &snap, &mut w, 10 + round);
@@ -241,6 +275,7 @@ fn the_packet_path_does_not_allocate() {
                     Action::Redirect(_) => 3,
                 }] += 1;
             }
+            w.flows.flush_journal();
         }
     });
     assert_eq!(info.count_total, 0, "the packet path allocated: {info:?}");
@@ -254,4 +289,17 @@ fn the_packet_path_does_not_allocate() {
         "persistence templates were made"
     );
     assert!(packets[0].data().len() > 14);
+    let s = w.flows.stats();
+    assert_eq!(
+        s.sync_installed + s.sync_known + s.sync_unknown + s.sync_full,
+        96,
+        "{s:?}"
+    );
+    assert!(s.sync_installed >= 32 && s.sync_evicted > 0, "{s:?}");
+    assert!(s.sync_unknown >= 3, "{s:?}");
+    let (queued, full, _) = w.flows.journal_counts();
+    assert!(
+        queued >= 128 && full > 0,
+        "the journal filled: {queued} {full}"
+    );
 }

@@ -28,8 +28,8 @@ mod error;
 mod mbuf;
 mod mempool;
 mod port;
-mod ring;
 pub mod process;
+mod ring;
 pub mod telemetry;
 
 pub use eal::{Eal, LcoreId, rdtsc, tsc_hz};

@@ -118,7 +118,9 @@ impl Controller {
         for (k, v) in m {
             match (k.as_str(), v) {
                 ("drained", Value::Bool(b)) => drained = *b,
-                ("drained", _) => return ApiError::invalid("drained: a boolean is expected").into(),
+                ("drained", _) => {
+                    return ApiError::invalid("drained: a boolean is expected").into();
+                }
                 (other, _) => {
                     return ApiError::invalid(format!(
                         "{other}: unknown field (expected `drained`)"
@@ -148,5 +150,8 @@ impl Controller {
 }
 
 fn list(a: &[IpAddr]) -> String {
-    a.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" ")
+    a.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

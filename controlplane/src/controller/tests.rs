@@ -863,9 +863,7 @@ fn maglev_picks_the_same_backend_whatever_order_the_changes_came_in() {
         json!({"id": "m", "vip": "198.18.0.120", "port": 443, "scheduler": "maglev",
                "forwarding": "dr", "backends": backends})
     };
-    let backend = |id: &str, last: u8, weight: u32| {
-        json!({"id": id, "address": format!("198.18.0.{last}"), "port": 443, "weight": weight})
-    };
+    let backend = |id: &str, last: u8, weight: u32| json!({"id": id, "address": format!("198.18.0.{last}"), "port": 443, "weight": weight});
     let add = |r: &mut Rig, id: &str, last: u8, weight: u32| {
         let reply = r.call(Request::CreateBackend {
             service: "m".into(),

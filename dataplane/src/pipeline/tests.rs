@@ -2212,7 +2212,10 @@ fn a_peers_flows_and_templates_keep_their_backend_on_the_other_instance() {
     let mut ra = sync::rings(64, 0, 1000);
     a.flows.set_journal(ra.journal);
     let (act, out) = run(&snap, &mut a, &segment(CLIENT, 40000, syn));
-    assert_eq!((act, dst_mac(&out)), (Action::Forward { interface: 0 }, B1_MAC));
+    assert_eq!(
+        (act, dst_mac(&out)),
+        (Action::Forward { interface: 0 }, B1_MAC)
+    );
     run(&snap, &mut a, &segment(CLIENT, 40000, ack));
     a.flows.flush_journal();
     // Two records (the SYN, then established), through a datagram.
@@ -2253,7 +2256,10 @@ fn a_peers_flows_and_templates_keep_their_backend_on_the_other_instance() {
     };
     let mut b = b_with(true);
     let (act, out) = run(&snap, &mut b, &segment(CLIENT, 40000, ack));
-    assert_eq!((act, dst_mac(&out)), (Action::Forward { interface: 0 }, B1_MAC));
+    assert_eq!(
+        (act, dst_mac(&out)),
+        (Action::Forward { interface: 0 }, B1_MAC)
+    );
     assert_eq!((b.flows.synced(), b.flows.stats().sync_adopted), (0, 1));
     let (_, out) = run(&snap, &mut b, &segment(CLIENT, 40001, syn));
     assert_eq!(dst_mac(&out), B1_MAC, "the template's backend");

@@ -503,7 +503,11 @@ fn run(cli: &Cli, c: &Client) -> Result<String> {
                         .flatten()
                         .filter_map(|x| x.as_str().map(str::to_string))
                         .collect();
-                    if a.is_empty() { "none".into() } else { a.join(" ") }
+                    if a.is_empty() {
+                        "none".into()
+                    } else {
+                        a.join(" ")
+                    }
                 };
                 let mut out = format!(
                     "drained: {}\nannounced: {}\n",

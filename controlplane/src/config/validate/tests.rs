@@ -785,12 +785,20 @@ fn sync_and_bgp_are_off_by_default_and_typed_when_set() {
     assert_eq!(s.listen, "198.19.0.1:8848".parse().unwrap());
     assert_eq!(s.peers.len(), 2);
     assert_eq!(
-        (s.sync_id, s.max_records_per_second, s.ring_records, s.refresh_seconds),
+        (
+            s.sync_id,
+            s.max_records_per_second,
+            s.ring_records,
+            s.refresh_seconds
+        ),
         (7, 1_000_000, 65536, 300)
     );
     let b = m.bgp.unwrap();
     // The router id defaults to the first IPv4 interface address.
-    assert_eq!(b.router_id, "198.18.0.1".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(
+        b.router_id,
+        "198.18.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
     assert_eq!((b.local_as, b.hold_time), (65001, 3));
     assert_eq!(b.neighbors[0].remote_as, 65000);
     assert_eq!(b.grace_period, std::time::Duration::from_secs(3));
@@ -799,24 +807,78 @@ fn sync_and_bgp_are_off_by_default_and_typed_when_set() {
 #[test]
 fn bad_sync_and_bgp_settings_name_their_field() {
     let cases = [
-        ("[sync]\npeers = [\"198.19.0.2:8848\"]\n", "sync.listen: is required when sync.peers is set"),
-        ("[sync]\nlisten = \"198.19.0.1\"\npeers = [\"198.19.0.2:8848\"]\n", "sync.listen: \"198.19.0.1\" is not an address:port (like 198.19.0.1:8848)"),
-        ("[sync]\nlisten = \"198.19.0.1:8848\"\n", "sync.peers: needs at least one peer address:port when sync.listen is set"),
-        ("[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.1:8848\"]\n", "sync.peers[0]: 198.19.0.1:8848 is sync.listen itself"),
-        ("[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.2:8848\", \"198.19.0.2:8848\"]\n", "sync.peers[1]: 198.19.0.2:8848 is listed twice"),
-        ("[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"239.1.1.1:8848\"]\n", "sync.peers[0]: 239.1.1.1:8848 is not a unicast address with a port"),
-        ("[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.2:8848\"]\nsync_id = 256\n", "sync.sync_id: 256 is not from 0 to 255"),
-        ("[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.2:8848\"]\nring_records = 8\n", "sync.ring_records: 8 is not from 64 to 16777216"),
-        ("[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.2:8848\"]\nmax_records_per_second = 0\n", "sync.max_records_per_second: must be at least 1"),
-        ("[bgp]\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n", "bgp.local_as: is required when bgp.neighbors is set"),
-        ("[bgp]\nlocal_as = 65001\n", "bgp.neighbors: needs at least one neighbor when bgp.local_as is set"),
-        ("[bgp]\nlocal_as = 65001\nneighbors = [{ address = \"router\", remote_as = 65000 }]\n", "bgp.neighbors[0].address: \"router\" is not an IP address"),
-        ("[bgp]\nlocal_as = 65001\nneighbors = [{ address = \"198.18.0.254\", remote_as = 0 }]\n", "bgp.neighbors[0].remote_as: must be an AS number from 1 to 4294967295"),
-        ("[bgp]\nlocal_as = 65001\nrouter_id = \"2001:db8::1\"\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n", "bgp.router_id: \"2001:db8::1\" is not an IPv4 address"),
-        ("[bgp]\nlocal_as = 65001\nhold_time = 2\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n", "bgp.hold_time: 2 is not from 3 to 65535 seconds"),
-        ("[bgp]\nlocal_as = 65001\nrun_dir = \"bird\"\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n", "bgp.run_dir: \"bird\" is not an absolute path"),
-        ("[bgp]\nlocal_as = 65001\ngrace_period_ms = 600001\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n", "bgp.grace_period_ms: 600001 is more than 600000 (ten minutes)"),
-        ("[bgp]\nlocal_as = 65001\nneighbor = []\n", "bgp: unknown key `neighbor` (expected one of `local_as`"),
+        (
+            "[sync]\npeers = [\"198.19.0.2:8848\"]\n",
+            "sync.listen: is required when sync.peers is set",
+        ),
+        (
+            "[sync]\nlisten = \"198.19.0.1\"\npeers = [\"198.19.0.2:8848\"]\n",
+            "sync.listen: \"198.19.0.1\" is not an address:port (like 198.19.0.1:8848)",
+        ),
+        (
+            "[sync]\nlisten = \"198.19.0.1:8848\"\n",
+            "sync.peers: needs at least one peer address:port when sync.listen is set",
+        ),
+        (
+            "[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.1:8848\"]\n",
+            "sync.peers[0]: 198.19.0.1:8848 is sync.listen itself",
+        ),
+        (
+            "[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.2:8848\", \"198.19.0.2:8848\"]\n",
+            "sync.peers[1]: 198.19.0.2:8848 is listed twice",
+        ),
+        (
+            "[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"239.1.1.1:8848\"]\n",
+            "sync.peers[0]: 239.1.1.1:8848 is not a unicast address with a port",
+        ),
+        (
+            "[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.2:8848\"]\nsync_id = 256\n",
+            "sync.sync_id: 256 is not from 0 to 255",
+        ),
+        (
+            "[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.2:8848\"]\nring_records = 8\n",
+            "sync.ring_records: 8 is not from 64 to 16777216",
+        ),
+        (
+            "[sync]\nlisten = \"198.19.0.1:8848\"\npeers = [\"198.19.0.2:8848\"]\nmax_records_per_second = 0\n",
+            "sync.max_records_per_second: must be at least 1",
+        ),
+        (
+            "[bgp]\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n",
+            "bgp.local_as: is required when bgp.neighbors is set",
+        ),
+        (
+            "[bgp]\nlocal_as = 65001\n",
+            "bgp.neighbors: needs at least one neighbor when bgp.local_as is set",
+        ),
+        (
+            "[bgp]\nlocal_as = 65001\nneighbors = [{ address = \"router\", remote_as = 65000 }]\n",
+            "bgp.neighbors[0].address: \"router\" is not an IP address",
+        ),
+        (
+            "[bgp]\nlocal_as = 65001\nneighbors = [{ address = \"198.18.0.254\", remote_as = 0 }]\n",
+            "bgp.neighbors[0].remote_as: must be an AS number from 1 to 4294967295",
+        ),
+        (
+            "[bgp]\nlocal_as = 65001\nrouter_id = \"2001:db8::1\"\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n",
+            "bgp.router_id: \"2001:db8::1\" is not an IPv4 address",
+        ),
+        (
+            "[bgp]\nlocal_as = 65001\nhold_time = 2\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n",
+            "bgp.hold_time: 2 is not from 3 to 65535 seconds",
+        ),
+        (
+            "[bgp]\nlocal_as = 65001\nrun_dir = \"bird\"\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n",
+            "bgp.run_dir: \"bird\" is not an absolute path",
+        ),
+        (
+            "[bgp]\nlocal_as = 65001\ngrace_period_ms = 600001\nneighbors = [{ address = \"198.18.0.254\", remote_as = 65000 }]\n",
+            "bgp.grace_period_ms: 600001 is more than 600000 (ten minutes)",
+        ),
+        (
+            "[bgp]\nlocal_as = 65001\nneighbor = []\n",
+            "bgp: unknown key `neighbor` (expected one of `local_as`",
+        ),
     ];
     for (section, want) in cases {
         let errors = check(&format!("{section}{BASE}")).expect_err(section);
