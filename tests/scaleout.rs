@@ -271,11 +271,15 @@ impl Cluster {
              eal_args = [\"-l\", \"0-1\", \"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--file-prefix={prefix}\", \"--vdev=net_af_packet0,iface=eth0\"]\n\
              idle_sleep_us = 50\nflow_capacity = 65536\nrx_desc = 512\ntx_desc = 512\n\n\
              [[interfaces]]\nport = 0\naddresses = [\"{}/24\"]\nkernel_interface = \"l4lbk\"\n\n\
-             [api]\nlisten = \"127.0.0.1:9180\"\n\n\
+             [api]\nlisten = \"127.0.0.1:9180\"\nstate_file = \"{}\"\n\n\
              [sync]\nlisten = \"{}:8848\"\npeers = [\"{}:8848\"]\nsync_id = 7\n\n\
              [bgp]\nlocal_as = 65001\nhold_time = 3\ngrace_period_ms = 3000\nrun_dir = \"{}\"\nneighbors = [{{ address = \"{ROUTER}\", remote_as = 65000 }}]\n\n\
              [[services]]\nid = \"web\"\nprotocol = \"tcp\"\nvip = \"{VIP}\"\nport = {PORT}\nscheduler = \"maglev\"\nforwarding = \"dr\"\n",
             lb_addr(i),
+            self.dir
+                .path()
+                .join(format!("state-lb{}.json", i + 1))
+                .display(),
             mgmt_addr(i),
             mgmt_addr(1 - i),
             self.dir.path().join(format!("bird-lb{}", i + 1)).display(),
@@ -314,6 +318,12 @@ impl Cluster {
             &format!("http://127.0.0.1:9180{path}"),
         ]))
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// `l4lbctl ARGS` in instance `i`'s namespace: what it printed.
+    fn ctl(&self, i: usize, args: &[&str]) -> String {
+        let out = netns::run(self.lbs[i].command(binary("l4lbctl")).args(args)).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn stats(&self, i: usize) -> Value {
@@ -694,11 +704,7 @@ fn announcements_follow_drains_and_the_backends() {
         "{:?}",
         c.next_hops()
     );
-    let ctl = |i: usize, args: &[&str]| -> String {
-        let out = netns::run(c.lbs[i].command(binary("l4lbctl")).args(args)).unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let shown = ctl(0, &["bgp"]);
+    let shown = c.ctl(0, &["bgp"]);
     assert!(
         shown.starts_with(
             "drained: false\nannounced: 198.18.100.10\nsession neighbor0: up Established"
@@ -706,7 +712,7 @@ fn announcements_follow_drains_and_the_backends() {
         "{shown}"
     );
 
-    let shown = ctl(0, &["bgp", "drain"]);
+    let shown = c.ctl(0, &["bgp", "drain"]);
     assert!(
         shown.starts_with("drained: true\nannounced: none\n"),
         "{shown}"
@@ -716,7 +722,25 @@ fn announcements_follow_drains_and_the_backends() {
         "{:?}",
         c.next_hops()
     );
-    ctl(0, &["bgp", "undrain"]);
+    // The drain survives a restart (the state file keeps it).
+    let f = c.l4lb[0]
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(20))
+        .unwrap();
+    assert!(f.status.success(), "{}", f.stderr);
+    let said =
+        "api: bgp drained: every VIP is withdrawn (until undrained; saved in the state file)";
+    assert!(f.stderr.contains(said), "{}", f.stderr);
+    c.start_l4lb(0, 3);
+    let shown = c.ctl(0, &["bgp"]);
+    assert!(
+        shown.starts_with("drained: true\nannounced: none\n"),
+        "{shown}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.next_hops(), vec![lb_addr(1)]);
+    c.ctl(0, &["bgp", "undrain"]);
     assert!(
         c.wait_next_hops(&both, within).is_some(),
         "{:?}",
@@ -761,6 +785,6 @@ fn announcements_follow_drains_and_the_backends() {
     assert!(
         c.api(0, "/api/v1/audit")
             .unwrap()
-            .contains("api: bgp drained")
+            .contains("api: bgp undrained")
     );
 }

@@ -28,6 +28,9 @@ struct StateFile {
     /// Set through the API (`PATCH /api/v1/timeouts`): they win over the file's `[timeouts]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     timeouts: Option<TimeoutsSection>,
+    /// The operator drained the appliance (`PATCH /api/v1/bgp`): it stays drained at start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    bgp_drained: bool,
 }
 
 fn error(path: &Path, field: &str, message: String) -> ConfigError {
@@ -68,6 +71,15 @@ pub fn load_timeouts(path: &Path) -> Result<Option<FlowTimeouts>, ConfigError> {
         errors,
     })?;
     Ok(Some(t))
+}
+
+/// Whether the operator left the appliance drained (false without a state file; a file that
+/// cannot be read fails the start in [`load`] already).
+pub fn load_drained(path: &Path) -> bool {
+    fs::read(path)
+        .ok()
+        .and_then(|b| read(&b, path).ok())
+        .is_some_and(|f| f.bgp_drained)
 }
 
 /// The services in the bytes of a state file (`path` names it in errors).
@@ -116,19 +128,22 @@ fn read(bytes: &[u8], path: impl AsRef<Path>) -> Result<StateFile, ConfigError> 
 
 /// Saves `services` to `path` atomically (see the module comment).
 pub fn save(path: &Path, services: &[Service]) -> std::io::Result<()> {
-    save_all(path, services, None)
+    save_all(path, services, None, false)
 }
 
-/// Saves `services`, and `timeouts` when the API set them, to `path` atomically.
+/// Saves `services`, `timeouts` when the API set them, and whether the appliance is drained,
+/// to `path` atomically.
 pub fn save_all(
     path: &Path,
     services: &[Service],
     timeouts: Option<&FlowTimeouts>,
+    bgp_drained: bool,
 ) -> std::io::Result<()> {
     let file = StateFile {
         format: FORMAT,
         services: services.iter().map(ServiceSpec::from).collect(),
         timeouts: timeouts.map(TimeoutsSection::from),
+        bgp_drained,
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     text.push(b'\n');

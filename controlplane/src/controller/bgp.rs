@@ -133,11 +133,33 @@ impl Controller {
             return ApiError::new(409, "bgp: no speaker runs ([bgp] local_as is not set)").into();
         }
         if drained != self.drained {
+            if let Some(path) = &self.running.api.state_file
+                && let Err(e) = crate::state::save_all(
+                    path,
+                    &self.running.services,
+                    self.api_timeouts.as_ref(),
+                    drained,
+                )
+            {
+                let e = ApiError::new(
+                    500,
+                    format!(
+                        "cannot save the state file {}: {e}; nothing changed",
+                        path.display()
+                    ),
+                );
+                self.record(false, format!("api: bgp drain: refused ({})", e.message));
+                return e.into();
+            }
             self.drained = drained;
             let line = format!(
                 "api: bgp {}",
                 if drained {
-                    "drained: every VIP is withdrawn (until undrained or restarted)"
+                    if self.running.api.state_file.is_some() {
+                        "drained: every VIP is withdrawn (until undrained; saved in the state file)"
+                    } else {
+                        "drained: every VIP is withdrawn (until undrained or restarted: no state file keeps it)"
+                    }
                 } else {
                     "undrained: the VIPs are announced again"
                 }

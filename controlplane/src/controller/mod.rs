@@ -170,6 +170,11 @@ impl Controller {
             .state_file
             .as_deref()
             .and_then(|p| state::load_timeouts(p).ok().flatten());
+        let drained = model
+            .api
+            .state_file
+            .as_deref()
+            .is_some_and(state::load_drained);
         Ok(Controller {
             running: model,
             publisher,
@@ -191,7 +196,7 @@ impl Controller {
             mbufs: MbufStats::default(),
             sync_counters: None,
             bgp: None,
-            drained: false,
+            drained,
             stopping: false,
             health: Tracker::default(),
             health_changed: false,
@@ -621,7 +626,13 @@ impl Controller {
             .prepare(&next, &learned, &failed, &self.health.down())
             .map_err(|e| ApiError::invalid(format!("{e}; nothing changed")))?;
         if let Some(path) = &next.api.state_file {
-            state::save_all(path, &next.services, self.api_timeouts.as_ref()).map_err(|e| {
+            state::save_all(
+                path,
+                &next.services,
+                self.api_timeouts.as_ref(),
+                self.drained,
+            )
+            .map_err(|e| {
                 ApiError::new(
                     500,
                     format!(
