@@ -327,7 +327,7 @@ pub struct FlowTable {
     stats: FlowTableStats,
     /// Where the flows' news for the peers go (synchronisation on), and the most synced flows
     /// the table holds (half its capacity: our own flows always find room).
-    journal: Option<crate::sync::Journal>,
+    journal: Option<Box<crate::sync::Journal>>,
     max_synced: u32,
 }
 
@@ -662,7 +662,8 @@ impl FlowTable {
 
     /// Turns synchronisation on: the flows' news go to `journal`.
     pub fn set_journal(&mut self, journal: crate::sync::Journal) {
-        self.journal = Some(journal);
+        // Boxed: its staging array stays out of the table's own cache lines.
+        self.journal = Some(Box::new(journal));
     }
 
     /// Records queued for the peers, lost because the ring was full, and over the rate.
