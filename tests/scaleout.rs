@@ -780,6 +780,30 @@ fn announcements_follow_drains_and_the_backends() {
         "{:?}",
         c.next_hops()
     );
+    // lb2's BIRD dies: its route goes, and lb2's /healthz says why.
+    let conf = c.dir.path().join("bird-lb2").join("bird.conf");
+    netns::run(std::process::Command::new("pkill").args(["-f", &conf.display().to_string()]))
+        .unwrap();
+    assert!(
+        c.wait_next_hops(&[lb_addr(0)], within).is_some(),
+        "{:?}",
+        c.next_hops()
+    );
+    let health = || {
+        netns::run(
+            c.lbs[1]
+                .command("curl")
+                .args(["-s", "http://127.0.0.1:9180/healthz"]),
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || health()
+            .contains("bgp: BIRD exited")),
+        "{}",
+        health()
+    );
     let audit = c.api(1, "/api/v1/audit").unwrap();
     assert!(audit.contains("bgp: withdrawn 198.18.100.10"), "{audit}");
     assert!(

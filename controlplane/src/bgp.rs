@@ -38,6 +38,8 @@ pub struct Speaker {
     announced: BTreeSet<IpAddr>,
     /// The last reconfiguration that failed (cleared by one that works).
     pub last_error: Option<String>,
+    /// Set when BIRD exited by itself.
+    dead: Option<String>,
 }
 
 /// The BIRD configuration for `s` (written once, at start).
@@ -154,6 +156,7 @@ impl Speaker {
             child: Some(child),
             announced: BTreeSet::new(),
             last_error: None,
+            dead: None,
         })
     }
 
@@ -210,6 +213,21 @@ impl Speaker {
                 Err(e)
             }
         }
+    }
+
+    /// Why BIRD is not running, once it exited by itself (None while it runs, and after
+    /// [`stop`](Self::stop)). Looked at every tick.
+    pub fn exited(&mut self) -> Option<&str> {
+        if self.dead.is_none()
+            && let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            self.child = None;
+            self.dead = Some(format!(
+                "bgp: BIRD exited ({status}); no VIP is announced from here"
+            ));
+        }
+        self.dead.as_deref()
     }
 
     /// BIRD's protocols: name, protocol, state and info (BGP sessions say `Established`).

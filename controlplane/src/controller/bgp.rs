@@ -40,7 +40,12 @@ impl Controller {
         let Some(speaker) = self.bgp.as_mut() else {
             return;
         };
-        if *speaker.announced() == wanted {
+        let was_dead = self.bgp_dead.is_some();
+        self.bgp_dead = speaker.exited().map(str::to_string);
+        if let (false, Some(e)) = (was_dead, &self.bgp_dead) {
+            tracing::error!("{e}");
+        }
+        if self.bgp_dead.is_some() || *speaker.announced() == wanted {
             return;
         }
         let had_error = speaker.last_error.is_some();
@@ -103,7 +108,7 @@ impl Controller {
                 "wanted": self.wanted_vips(),
                 "announced": s.announced(),
                 "sessions": sessions,
-                "error": s.last_error.clone().or(speaker_error),
+                "error": self.bgp_dead.clone().or(s.last_error.clone()).or(speaker_error),
             }),
         )
     }

@@ -135,6 +135,8 @@ pub struct Controller {
     /// The BGP speaker (None: `[bgp]` is off), whether the operator drained the appliance,
     /// and whether it is stopping (SIGTERM: everything withdrawn).
     bgp: Option<crate::bgp::Speaker>,
+    /// Why the speaker is gone, once BIRD exited by itself (`/healthz` says it).
+    bgp_dead: Option<String>,
     drained: bool,
     stopping: bool,
     /// The health of the checked backends.
@@ -196,6 +198,7 @@ impl Controller {
             mbufs: MbufStats::default(),
             sync_counters: None,
             bgp: None,
+            bgp_dead: None,
             drained,
             stopping: false,
             health: Tracker::default(),
@@ -306,7 +309,8 @@ impl Controller {
     }
 
     /// Why the appliance is not healthy (empty: it is): a worker that stopped reporting, a
-    /// port whose link is down, a publish that did not reach every worker.
+    /// port whose link is down, a publish that did not reach every worker, a BGP speaker that
+    /// exited.
     pub fn unhealthy(&self, now: Instant) -> Vec<String> {
         let mut reasons = Vec::new();
         for (i, (beats, since, _)) in self.beats.iter().enumerate() {
@@ -325,6 +329,9 @@ impl Controller {
         if let Some((epoch, e)) = &self.publish_error
             && !self.shared().all_seen(*epoch)
         {
+            reasons.push(e.clone());
+        }
+        if let Some(e) = &self.bgp_dead {
             reasons.push(e.clone());
         }
         reasons
