@@ -137,14 +137,7 @@ impl Cluster {
                     .map(|(i, n)| (format!("b{}", i + 1), n)),
             );
         for (port, ns) in members {
-            sw.ip(&format!(
-                "link add {port} type veth peer name eth0 netns {}",
-                ns.name()
-            ))
-            .unwrap();
-            sw.ip(&format!("link set {port} master br0 up")).unwrap();
-            veth_tx_off(sw, &port);
-            veth_tx_off(ns, "eth0");
+            harness::lab::attach(sw, &port, ns).unwrap();
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
             ns.ip("link set eth0 up").unwrap();
         }

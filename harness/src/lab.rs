@@ -207,14 +207,7 @@ impl Lab {
                     .map(|(i, b)| (format!("b{}", i + 1), b)),
             );
         for (port, ns) in members {
-            sw.ip(&format!(
-                "link add {port} type veth peer name eth0 netns {}",
-                ns.name()
-            ))?;
-            sw.ip(&format!("link set {port} master br0 up"))?;
-            // Kernel TCP through af_packet needs full checksums on the wire.
-            netns::run(sw.command("ethtool").args(["-K", &port, "tx", "off"]))?;
-            netns::run(ns.command("ethtool").args(["-K", "eth0", "tx", "off"]))?;
+            attach(sw, &port, ns)?;
             ns.sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
             ns.ip("link set eth0 up")?;
         }
@@ -505,6 +498,20 @@ impl Drop for Lab {
             v.retain(|p| *p != self.prefix);
         }
     }
+}
+
+/// Cables namespace `ns` to the bridge `br0` in `switch`: a veth, `port` on the bridge's side
+/// (up), `eth0` in `ns` (left down for the caller's settings), both without transmit
+/// checksum offload (kernel TCP through af_packet needs full checksums on the wire).
+pub fn attach(switch: &Namespace, port: &str, ns: &Namespace) -> Result<(), String> {
+    switch.ip(&format!(
+        "link add {port} type veth peer name eth0 netns {}",
+        ns.name()
+    ))?;
+    switch.ip(&format!("link set {port} master br0 up"))?;
+    netns::run(switch.command("ethtool").args(["-K", port, "tx", "off"]))?;
+    netns::run(ns.command("ethtool").args(["-K", "eth0", "tx", "off"]))?;
+    Ok(())
 }
 
 /// A GET over HTTP/1.1 with `Connection: close`: the status and the body.
