@@ -120,9 +120,7 @@ impl Cluster {
 
     fn cable(&self) {
         let sw = &self.switch;
-        sw.ip("link add br0 type bridge").unwrap();
-        sw.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
-        sw.ip("link set br0 up").unwrap();
+        harness::lab::bridge(sw).unwrap();
         let members = std::iter::once(("rt".to_string(), &self.router))
             .chain(
                 self.lbs

@@ -190,9 +190,7 @@ impl Lab {
     /// and sysctls.
     fn cable(&self) -> Result<(), String> {
         let sw = &self.switch;
-        sw.ip("link add br0 type bridge")?;
-        sw.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        sw.ip("link set br0 up")?;
+        bridge(sw)?;
         let members = std::iter::once(("lb".to_string(), &self.lb))
             .chain(
                 self.clients
@@ -498,6 +496,14 @@ impl Drop for Lab {
             v.retain(|p| *p != self.prefix);
         }
     }
+}
+
+/// The lab's switch: bridge `br0` in `switch`, up, taking no part in IPv6 itself.
+pub fn bridge(switch: &Namespace) -> Result<(), String> {
+    switch.ip("link add br0 type bridge")?;
+    switch.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    switch.ip("link set br0 up")?;
+    Ok(())
 }
 
 /// Cables namespace `ns` to the bridge `br0` in `switch`: a veth, `port` on the bridge's side
