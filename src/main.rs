@@ -178,6 +178,11 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
+/// Large allocations (the flow tables) on huge pages: DPDK's on the worker's NUMA node when
+/// EAL has hugepages, transparent huge pages otherwise.
+#[global_allocator]
+static ALLOCATOR: dpdk_rs::memory::Allocator = dpdk_rs::memory::Allocator;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Sub::Bench { args }) = &cli.command {
@@ -527,13 +532,17 @@ fn run(
     // The workers' own state first: the controller holds their counters and command channels.
     let states: Vec<WorkerState> = (0..n_workers)
         .map(|w| {
-            WorkerState::try_new(
-                w as u16,
-                model.dpdk.flow_capacity,
-                MAX_SERVICES,
-                MAX_BACKENDS,
-                model.timeouts,
-            )
+            // On the NUMA node of the lcore that will run it.
+            let socket = eal.socket_of(lcores.get(w).copied().unwrap_or(eal.main_lcore()));
+            dpdk_rs::memory::on_socket(socket, || {
+                WorkerState::try_new(
+                    w as u16,
+                    model.dpdk.flow_capacity,
+                    MAX_SERVICES,
+                    MAX_BACKENDS,
+                    model.timeouts,
+                )
+            })
             .map_err(|e| {
                 format!(
                     "dpdk.flow_capacity: cannot allocate worker {w}'s flow table of {} flows (about {} MiB): {e}",
@@ -543,6 +552,19 @@ fn run(
             })
         })
         .collect::<Result<_, _>>()?;
+    let placed = dpdk_rs::memory::usage();
+    info!(
+        flow_capacity = model.dpdk.flow_capacity,
+        workers = n_workers,
+        dpdk_hugepages_mib = placed.dpdk_hugepages >> 20,
+        transparent_huge_pages_mib = placed.advised >> 20,
+        "flow tables allocated ({})",
+        if placed.dpdk_hugepages > 0 {
+            "in DPDK's hugepage memory"
+        } else {
+            "in mappings advised for transparent huge pages"
+        }
+    );
     // The backends' connection limits count every worker's connections.
     let mut states = states;
     let board = Arc::new(dataplane::sched::ConnBoard::new(n_workers, MAX_BACKENDS));

@@ -55,6 +55,8 @@ impl Eal {
         if ret < 0 {
             return Err(DpdkError::from_rte_errno("rte_eal_init"));
         }
+        // SAFETY: EAL is initialised; this reads its memory configuration.
+        crate::memory::set_hugepages(unsafe { sys::rte_eal_has_hugepages() } != 0);
         // SAFETY: EAL is initialised; these read its lcore configuration.
         let main = LcoreId(unsafe { sys::rte_get_main_lcore() });
         let mut workers = Vec::new();
@@ -77,6 +79,17 @@ impl Eal {
     /// The worker lcores (every enabled lcore but the main one), in id order.
     pub fn worker_lcores(&self) -> &[LcoreId] {
         &self.workers
+    }
+
+    /// The NUMA node of an lcore's CPU (0 on a machine of one node).
+    pub fn socket_of(&self, lcore: LcoreId) -> i32 {
+        if lcore.0 >= sys::RTE_MAX_LCORE {
+            return 0;
+        }
+        // SAFETY: EAL is initialised (self proves it) and the id is below RTE_MAX_LCORE, the
+        // size of the table DPDK reads.
+        let s = unsafe { sys::rte_lcore_to_socket_id(lcore.0) };
+        i32::try_from(s).unwrap_or(0)
     }
 
     /// The lcore the calling thread runs as, if it is one.

@@ -26,6 +26,7 @@ mod sys {
 mod eal;
 mod error;
 mod mbuf;
+pub mod memory;
 mod mempool;
 mod port;
 pub mod process;
