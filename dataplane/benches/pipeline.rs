@@ -13,7 +13,7 @@ use dataplane::addr::{IpPrefix, MacAddr};
 use dataplane::checksum;
 use dataplane::flow::FlowTimeouts;
 use dataplane::packet::{OwnedPacket, PacketBuf};
-use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm_burst};
+use dataplane::pipeline::{Action, WARM_ABOVE_BYTES, WorkerState, process, warm_burst};
 use dataplane::sched::MaglevTable;
 use dataplane::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
 use dataplane::snapshot::{
@@ -265,7 +265,7 @@ fn established_burst(c: &mut Criterion) {
                     p.reset_from(&probe[k % probe.len()]);
                     k += 1;
                 }
-                if w.flows.len() > WARM_ABOVE {
+                if w.flows.touched_bytes() > WARM_ABOVE_BYTES {
                     warm_burst(pkts.iter().map(|p| p.data()), &snap, w);
                 }
                 for p in pkts.iter_mut() {
@@ -309,7 +309,7 @@ fn new_flows(c: &mut Criterion) {
 fn maglev_build(c: &mut Criterion) {
     let mut g = c.benchmark_group("maglev_build_m65537");
     g.sample_size(20);
-    for n in [100usize, 1000] {
+    for n in [8usize, 100, 1000] {
         let ids: Vec<String> = (0..n).map(|i| format!("backend-{i}")).collect();
         let backends: Vec<(&str, u32)> = ids.iter().map(|s| (s.as_str(), 1)).collect();
         g.bench_function(BenchmarkId::from_parameter(n), |b| {

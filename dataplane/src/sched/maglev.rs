@@ -28,6 +28,71 @@ const TUPLE: Hashed = Hashed {
     fallback: false,
 };
 
+/// The end of a build: per backend, the free slots ordered by the steps its walk takes to
+/// reach them (`steps << 32 | slot`), and how far down that list it has claimed.
+struct Tail {
+    lists: Vec<Vec<u64>>,
+    cursor: Vec<usize>,
+}
+
+impl Tail {
+    /// From the walks (next slot, skip) and the slots still free. None when a skip has no
+    /// inverse modulo `m` (m not prime): the walks then go on to the end.
+    fn new(walk: &[(u32, u32)], m: u32, taken: impl Fn(u32) -> bool) -> Option<Tail> {
+        let free: Vec<u32> = (0..m).filter(|&s| !taken(s)).collect();
+        let m64 = u64::from(m);
+        // x mod m without a division (Barrett): with r = floor(2^64 / m) the quotient
+        // estimate floor(x·r / 2^64) is at most one short for any 64-bit x.
+        let r = u64::MAX / m64;
+        let reduce = |x: u64| {
+            let q = ((u128::from(x) * u128::from(r)) >> 64) as u64;
+            let rem = x - q * m64;
+            if rem >= m64 { rem - m64 } else { rem }
+        };
+        let mut lists = Vec::with_capacity(walk.len());
+        for &(next, skip) in walk {
+            let inverse = inverse_mod(u64::from(skip), m64)?;
+            // The walk reaches slot s after ((s - next) / skip) mod m steps.
+            let mut list: Vec<u64> = free
+                .iter()
+                .map(|&s| {
+                    let ahead = if s >= next { s - next } else { s + m - next };
+                    reduce(u64::from(ahead) * inverse) << 32 | u64::from(s)
+                })
+                .collect();
+            list.sort_unstable();
+            lists.push(list);
+        }
+        Some(Tail {
+            cursor: vec![0; lists.len()],
+            lists,
+        })
+    }
+
+    /// Backend `k`'s claim: the first of its list that is free (one always is while the
+    /// table is not full: every free slot is on every list).
+    fn claim(&mut self, k: usize, taken: impl Fn(u32) -> bool) -> u32 {
+        let list = &self.lists[k];
+        let c = &mut self.cursor[k];
+        while taken(list[*c] as u32) {
+            *c += 1;
+        }
+        list[*c] as u32
+    }
+}
+
+/// x such that a·x ≡ 1 (mod m), if a and m are coprime (extended Euclid).
+fn inverse_mod(a: u64, m: u64) -> Option<u64> {
+    let (mut r0, mut r1) = (m as i128, (a % m) as i128);
+    let (mut t0, mut t1) = (0i128, 1i128);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    (r0 == 1).then(|| t0.rem_euclid(m as i128) as u64)
+}
+
 impl MaglevTable {
     /// Builds the table for `backends` (id, weight) with `m` slots (`m` prime). Backends of
     /// weight 0 get no slot.
@@ -41,8 +106,9 @@ impl MaglevTable {
         }
         order.sort_unstable_by(|&a, &b| backends[a].0.cmp(backends[b].0));
         let m64 = u64::from(m);
-        // (next slot to try, skip) per backend, in id order.
-        let mut walk: Vec<(u64, u64)> = order
+        // (next slot to try, skip) per backend, in id order. Both stay below m, so a step is
+        // an addition and at most one subtraction, never a division.
+        let mut walk: Vec<(u32, u32)> = order
             .iter()
             .map(|&i| {
                 let id = backends[i].0.as_bytes();
@@ -52,33 +118,55 @@ impl MaglevTable {
                 } else {
                     1
                 };
-                (offset, skip)
+                (offset as u32, skip as u32)
             })
             .collect();
-        let max_weight = order
-            .iter()
-            .map(|&i| u64::from(backends[i].1))
-            .max()
-            .unwrap_or(1);
+        let weights: Vec<u64> = order.iter().map(|&i| u64::from(backends[i].1)).collect();
+        let max_weight = weights.iter().copied().max().unwrap_or(1);
         let mut credit = vec![0u64; order.len()];
         let mut slots = vec![u32::MAX; m as usize];
+        // Which slots are taken, one bit each: the walks probe this (8 KB for M = 65537, in
+        // the L1 cache) rather than the 256 KB of slots.
+        let mut taken = vec![0u64; (m as usize).div_ceil(64)];
+        let step = |at: u32, skip: u32| {
+            let n = at + skip;
+            if n >= m { n - m } else { n }
+        };
+        let is_taken = |taken: &[u64], s: u32| taken[s as usize / 64] & (1 << (s % 64)) != 0;
+        // The last slots are the costly ones: with f of M free, a walk probes M / f slots on
+        // average before it finds one. Once `tail_from` slots are left, each backend instead
+        // lists the free slots by how many steps its walk needs to reach them, and claims the
+        // first listed that is still free: the slot the walk would have found, so the table is
+        // the same.
+        let tail_from = m as usize / (4 * order.len());
+        let mut tail: Option<Tail> = None;
         let mut filled = 0usize;
         'rounds: loop {
             for (k, &i) in order.iter().enumerate() {
-                credit[k] += u64::from(backends[i].1);
+                credit[k] += weights[k];
                 if credit[k] < max_weight {
                     continue;
                 }
                 credit[k] -= max_weight;
-                let (next, skip) = &mut walk[k];
-                while slots[*next as usize] != u32::MAX {
-                    *next = (*next + *skip) % m64;
-                }
-                slots[*next as usize] = i as u32;
-                *next = (*next + *skip) % m64;
+                let claimed = match &mut tail {
+                    Some(t) => t.claim(k, |s| is_taken(&taken, s)),
+                    None => {
+                        let (mut next, skip) = walk[k];
+                        while is_taken(&taken, next) {
+                            next = step(next, skip);
+                        }
+                        walk[k].0 = step(next, skip);
+                        next
+                    }
+                };
+                taken[claimed as usize / 64] |= 1 << (claimed % 64);
+                slots[claimed as usize] = i as u32;
                 filled += 1;
                 if filled == slots.len() {
                     break 'rounds;
+                }
+                if tail.is_none() && slots.len() - filled == tail_from {
+                    tail = Tail::new(&walk, m, |s| is_taken(&taken, s));
                 }
             }
         }
@@ -234,4 +322,76 @@ mod tests {
     }
     // Computed by an independent implementation of the algorithm above (Python).
     const PINNED: [u32; 13] = [2, 0, 0, 1, 0, 2, 2, 0, 2, 1, 1, 0, 1];
+
+    /// The algorithm as the module doc states it, walk by walk to the last slot.
+    fn reference(backends: &[(&str, u32)], m: u32) -> Vec<u32> {
+        let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].1 > 0).collect();
+        order.sort_unstable_by(|&a, &b| backends[a].0.cmp(backends[b].0));
+        let m64 = u64::from(m);
+        let mut walk: Vec<(u64, u64)> = order
+            .iter()
+            .map(|&i| {
+                let id = backends[i].0.as_bytes();
+                (
+                    stable_hash(seed::MAGLEV_OFFSET, id) % m64,
+                    stable_hash(seed::MAGLEV_SKIP, id) % (m64 - 1) + 1,
+                )
+            })
+            .collect();
+        let max = order.iter().map(|&i| backends[i].1).max().unwrap();
+        let mut credit = vec![0u32; order.len()];
+        let mut slots = vec![u32::MAX; m as usize];
+        let mut filled = 0;
+        while filled < m {
+            for (k, &i) in order.iter().enumerate() {
+                credit[k] += backends[i].1;
+                if credit[k] < max || filled == m {
+                    continue;
+                }
+                credit[k] -= max;
+                let (next, skip) = &mut walk[k];
+                while slots[*next as usize] != u32::MAX {
+                    *next = (*next + *skip) % m64;
+                }
+                slots[*next as usize] = i as u32;
+                filled += 1;
+            }
+        }
+        slots
+    }
+
+    #[test]
+    fn the_build_with_its_tail_lists_is_the_plain_walk() {
+        // Tables whose last quarter / (4 x backends) is claimed from the tail lists.
+        for (n, m) in [
+            (1, 251),
+            (2, 65537),
+            (8, 65537),
+            (13, 4093),
+            (100, 65537),
+            (40, 251),
+        ] {
+            let ids = ids(n);
+            for weights in [vec![1; n], (0..n).map(|i| 1 + (i as u32 * 7) % 5).collect()] {
+                let backends: Vec<(&str, u32)> = ids
+                    .iter()
+                    .map(String::as_str)
+                    .zip(weights.iter().copied())
+                    .collect();
+                let t = MaglevTable::build(&backends, m);
+                let got: Vec<u32> = (0..m as usize).map(|i| t.slot(i).unwrap()).collect();
+                assert!(
+                    got == reference(&backends, m),
+                    "{n} backends, M = {m}, {weights:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn inverses_modulo_a_prime_and_none_without_one() {
+        assert_eq!(inverse_mod(3, 65537), Some(21846)); // 3 x 21846 = 65538
+        assert_eq!(inverse_mod(1, 13), Some(1));
+        assert_eq!(inverse_mod(4, 12), None);
+    }
 }
