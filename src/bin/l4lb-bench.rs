@@ -74,6 +74,12 @@ pub struct BenchArgs {
     /// first, so the established ones stay).
     #[arg(long, default_value_t = 0.0)]
     pub new_flow_share: f64,
+    /// Flows each worker's table holds. Without it the run uses the appliance's default
+    /// (`dpdk.flow_capacity`, what users run), except where the case needs a table smaller than
+    /// its traffic (every packet new: 1024; a share of new flows: the established ones and a
+    /// margin the new ones churn through).
+    #[arg(long, value_name = "FLOWS")]
+    pub flow_capacity: Option<u32>,
     /// Worker lcores (1 or 2); with 2 the traffic comes from two pcap files, one per queue.
     #[arg(long, default_value_t = 1)]
     pub workers: u8,
@@ -312,13 +318,31 @@ impl Rig {
     }
 }
 
-fn config(args: &BenchArgs, rig: &Rig) -> String {
-    let capacity = if args.new_flow_share >= 1.0 {
-        NEW_FLOW_TABLE
-    } else {
+/// The flow table each worker gets, and why that size.
+fn flow_capacity(args: &BenchArgs) -> (u32, &'static str) {
+    if let Some(c) = args.flow_capacity {
+        (c, "--flow-capacity")
+    } else if args.new_flow_share >= 1.0 {
+        (
+            NEW_FLOW_TABLE,
+            "every packet new: a table far smaller than the traffic",
+        )
+    } else if args.new_flow_share > 0.0 {
         // Room for every established flow plus a margin the new flows churn through.
-        (args.flows / u32::from(args.workers)).max(1024) * 5 / 4 + 1024
-    };
+        (
+            (args.flows / u32::from(args.workers)).max(1024) * 5 / 4 + 1024,
+            "the established flows and a margin for the new ones",
+        )
+    } else {
+        (
+            controlplane::config::DpdkSection::default().flow_capacity,
+            "the appliance's default",
+        )
+    }
+}
+
+fn config(args: &BenchArgs, rig: &Rig) -> String {
+    let (capacity, _) = flow_capacity(args);
     let (proto, port) = match args.proto {
         Proto::Udp => ("udp", 53),
         Proto::Tcp => ("tcp", 80),
@@ -612,7 +636,11 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     // An mbuf: its data room, 128 bytes of headroom, the 128-byte header and the pool's own
     // per-object overhead, with a quarter more for what EAL and the ports allocate.
     let per_mbuf = u64::from(data_room) + 128 + 192;
-    let memory_mb = u64::from(mbufs) * per_mbuf * 5 / 4 / (1 << 20) + 512;
+    let mut memory_mb = u64::from(mbufs) * per_mbuf * 5 / 4 / (1 << 20) + 512;
+    if args.hugepages {
+        // The flow tables come from the same hugepage memory (about 82 bytes per flow).
+        memory_mb += (u64::from(flow_capacity(args).0) * u64::from(args.workers) * 96) >> 20;
+    }
     let rig = Rig {
         dir: dir.clone(),
         pcaps,
@@ -817,6 +845,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             "new_flow_share": new_flow_share,
             "flow_entries": after["flows"]["entries"],
             "flow_capacity": after["flows"]["capacity"],
+            "flow_capacity_why": flow_capacity(args).1,
             "flow_bytes_per_entry": after["flows"]["memory_bytes"].as_f64().unwrap_or(0.0)
                 / after["flows"]["capacity"].as_f64().unwrap_or(1.0).max(1.0),
             "publish": publish,
@@ -879,9 +908,10 @@ fn text(case: &str, r: &Value) -> String {
         }
     }
     out.push_str(&format!(
-        "  flow table: {} entries of {}, {:.1} bytes per entry (slab and indexes)\n",
+        "  flow table: {} entries of {} ({}), {:.1} bytes per entry (slab and indexes)\n",
         r["l4lb"]["flow_entries"],
         r["l4lb"]["flow_capacity"],
+        r["l4lb"]["flow_capacity_why"].as_str().unwrap_or(""),
         r["l4lb"]["flow_bytes_per_entry"].as_f64().unwrap_or(0.0)
     ));
     out.push_str(&format!(

@@ -16,7 +16,7 @@ use dataplane::drop_reason::DropReason;
 use dataplane::flow::FlowTableStats;
 use dataplane::neighbor::{HoldQueue, NeighborEvent, Released};
 use dataplane::packet::PacketBuf;
-use dataplane::pipeline::{Action, WARM_ABOVE, WorkerState, process, warm_burst};
+use dataplane::pipeline::{Action, WARM_ABOVE_BYTES, WorkerState, process, warm_burst};
 use dataplane::shared::{Reader, SharedSnapshot};
 pub use dpdk_rs::MAX_BURST;
 use dpdk_rs::{MbufBurst, MbufMut, RingConsumer, RingProducer, RxQueue, TxQueue};
@@ -290,8 +290,8 @@ impl Worker<'_> {
     ) {
         let snap = reader.snapshot();
         let n = b.rx.len();
-        if self.state.flows.len() > WARM_ABOVE {
-            // A table larger than the caches: the burst's index buckets, then its flows, are
+        if self.state.flows.touched_bytes() > WARM_ABOVE_BYTES {
+            // Flows that do not stay in the caches: the burst's index buckets, then its flows, are
             // prefetched first, so their cache misses overlap; the processing below then finds
             // its lines in cache. (Interleaved with the rest of the work, each miss would be
             // waited for alone.)

@@ -6,7 +6,9 @@ pub(crate) mod file;
 mod model;
 mod validate;
 
-pub use file::{BackendSpec, ConfigFile, HealthCheckSpec, ServiceSpec, SorryBackendSpec};
+pub use file::{
+    BackendSpec, ConfigFile, DpdkSection, HealthCheckSpec, ServiceSpec, SorryBackendSpec,
+};
 pub use model::*;
 pub use validate::{
     MAX_BACKENDS, MAX_SERVICES, timeouts, validate, validate_service, validate_service_list,

@@ -144,6 +144,12 @@ impl FlowIndex {
         self.len == 0
     }
 
+    /// Buckets (64 bytes each).
+    #[inline]
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
     /// Bytes allocated.
     pub fn allocation_size(&self) -> usize {
         std::mem::size_of_val(&*self.buckets)

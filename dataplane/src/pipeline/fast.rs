@@ -11,10 +11,13 @@ use crate::service::ForwardingMode;
 use crate::snapshot::Snapshot;
 use crate::wire::{ethernet, ipv4};
 
-/// Flow-table entries above which a worker warms a whole burst ([`warm_burst`]) before processing it
-/// (about what L2 holds: 64-byte flows plus the index); below, the extra lookup only costs
-/// time.
-pub const WARM_ABOVE: usize = 8192;
+/// Bytes of flows and index buckets ([`FlowTable::touched_bytes`]) above which a worker warms
+/// a whole burst ([`warm_burst`]) before processing it: about what L2 keeps beside the packets
+/// (8192 flows of a table sized to them; 4096 flows in the default table of a million, whose
+/// buckets are all apart). Below it the extra lookup only costs time.
+///
+/// [`FlowTable::touched_bytes`]: crate::flow::FlowTable::touched_bytes
+pub const WARM_ABOVE_BYTES: usize = 384 << 10;
 
 /// The most packets a worker takes in one burst (and so the most [`warm_burst`] warms).
 pub const MAX_BURST: usize = 256;

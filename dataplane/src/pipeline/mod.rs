@@ -26,7 +26,7 @@ mod lookup;
 mod nat;
 mod state;
 
-pub use fast::{MAX_BURST, WARM_ABOVE, warm_burst};
+pub use fast::{MAX_BURST, WARM_ABOVE_BYTES, warm_burst};
 pub use lookup::{Lookup, lookup, owner_of};
 pub use state::{WorkerState, owner};
 pub(crate) use state::{flow_owner, nat_owner};
