@@ -284,6 +284,10 @@ pub struct Snapshot {
     failed: HashSet<[u8; 16]>,
     /// Per backend id: its route, resolved once here instead of for every packet.
     backend_routes: Vec<Option<Route>>,
+    /// For the fast path of NAT replies: the IPv4 connected prefixes (network, mask), and the
+    /// IPv4 routes (network, mask, the route through their gateway), in `routes`' order.
+    connected4: Vec<(u32, u32)>,
+    routes4: Vec<(u32, u32, Option<Route>)>,
     /// The backends of one-packet NAT services, by (protocol, address, port): their replies
     /// find no flow and are translated back from this (service index, backend).
     one_packet_replies: HashMap<(u8, [u8; 16], u16), (u32, BackendId)>,
@@ -378,6 +382,8 @@ impl Snapshot {
             neighbors,
             failed,
             backend_routes: Vec::new(),
+            connected4: Vec::new(),
+            routes4: Vec::new(),
             one_packet_replies: HashMap::new(),
             nat_steering: [None; 2],
             port_zero: config.services.iter().any(|s| s.port == 0),
@@ -499,6 +505,36 @@ impl Snapshot {
             snap.vip_filter[bit / 64] |= 1 << (bit % 64);
         }
         snap.backend_routes = backend_routes;
+        let net4 = |p: &IpPrefix| match p.addr {
+            IpAddr::V4(a) => {
+                let mask = if p.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(p.len.min(32)))
+                };
+                Some((u32::from(a) & mask, mask))
+            }
+            IpAddr::V6(_) => None,
+        };
+        snap.connected4 = snap.connected.iter().filter_map(|(p, _)| net4(p)).collect();
+        snap.routes4 = snap
+            .routes
+            .iter()
+            .filter_map(|(p, via)| {
+                let (net, mask) = net4(p)?;
+                // What `route` answers for an address of the prefix that is not on link.
+                let route = snap.on_link(*via).map(|interface| Route {
+                    interface,
+                    next_hop: *via,
+                    dst_mac: snap.neighbor(*via),
+                    failed: snap.failed.contains(&addr_bytes(*via)),
+                    src_mac: snap.interfaces[interface as usize].mac,
+                    on_link: false,
+                    tunnel_src: snap.interface_address(interface, p.addr),
+                });
+                Some((net, mask, route))
+            })
+            .collect();
         snap
     }
 
@@ -515,6 +551,22 @@ impl Snapshot {
             on_link: next_hop == dst,
             tunnel_src: self.interface_address(interface, dst),
         })
+    }
+
+    /// [`route`](Snapshot::route) to an IPv4 client that is not on a connected prefix (a NAT
+    /// reply's destination), resolved when the snapshot was built; None for one on link or
+    /// without a route, which `route` answers.
+    #[inline]
+    pub fn gateway_route4(&self, dst: [u8; 4]) -> Option<&Route> {
+        let a = u32::from_be_bytes(dst);
+        if self.connected4.iter().any(|&(net, mask)| a & mask == net) {
+            return None;
+        }
+        self.routes4
+            .iter()
+            .find(|&&(net, mask, _)| a & mask == net)?
+            .2
+            .as_ref()
     }
 
     /// The route to a backend of this snapshot, resolved when it was built (None for a backend
@@ -594,6 +646,14 @@ impl Snapshot {
     #[inline]
     pub fn local_interface(&self, a: &[u8; 16]) -> Option<u16> {
         self.local.get(a).copied()
+    }
+
+    /// `local_interface(a).is_some()`, with the Bloom filter of our addresses first: most
+    /// addresses (every client's) are answered by one bit.
+    #[inline(always)]
+    pub fn is_local(&self, a: &[u8; 16]) -> bool {
+        let bit = vip_bit(a);
+        self.ours_filter[bit / 64] & (1 << (bit % 64)) != 0 && self.local.contains_key(a)
     }
 
     /// Where to send a packet for `dst`: the interface and the next hop (dst itself when it is

@@ -65,6 +65,14 @@ pub struct BenchArgs {
     /// Forwarding mode of the service under test.
     #[arg(long, value_enum, default_value = "nat")]
     pub mode: Mode,
+    /// `--mode tun`: what packets are wrapped in (ipip, gue or gre).
+    #[arg(long, default_value = "ipip")]
+    pub tunnel: String,
+    /// NAT replies: the traffic is the backends' answers to established flows (backend to
+    /// client, out of port 0). net_pcap0 reads each flow's first packet once (the flows are
+    /// made), net_pcap1 replays the replies; one backend, so each reply's source is known.
+    #[arg(long)]
+    pub replies: bool,
     /// Scheduler of the service under test (rr wrr lc wlc sed nq sh dh maglev).
     #[arg(long, default_value = "maglev")]
     pub scheduler: String,
@@ -124,6 +132,13 @@ pub struct BenchArgs {
     pub in_netns: Option<String>,
 }
 
+impl BenchArgs {
+    /// The ports the traffic comes in on and goes out of.
+    fn ports(&self) -> (usize, usize) {
+        if self.replies { (1, 0) } else { (0, 1) }
+    }
+}
+
 /// `--sync`: where l4lb's sync socket listens, and the peer that counts what it gets.
 const SYNC_LISTEN: &str = "198.18.3.1";
 const SYNC_PEER: &str = "198.18.3.2";
@@ -132,6 +147,9 @@ const SYNC_PORT: u16 = 8848;
 /// net_pcap0's MAC address: frames for the appliance go to it.
 const PCAP_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00];
 const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// net_pcap1's (a `--replies` run's port 1) and the first backend's.
+const PCAP1_MAC: [u8; 6] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x01];
+const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x10];
 const BACKENDS: u8 = 8;
 /// Flows in the traffic when every packet must be new: far more than the table holds.
 const NEW_FLOW_POOL: u32 = 65536;
@@ -159,6 +177,44 @@ fn client(i: u32, v6: bool) -> (IpAddr, u16) {
 
 /// One frame of `size - 4` bytes (no FCS) from `src` to the VIP.
 fn frame(args: &BenchArgs, src: (IpAddr, u16), syn: bool) -> Vec<u8> {
+    let dport: u16 = match args.proto {
+        Proto::Udp => 53,
+        Proto::Tcp => 80,
+    };
+    frame_between(
+        args,
+        (MacAddr(GATEWAY_MAC), MacAddr(PCAP_MAC)),
+        src,
+        (vip(args.ipv6), dport),
+        syn,
+    )
+}
+
+/// The backend's (the only one of a `--replies` run) answer to client `to`.
+fn reply_frame(args: &BenchArgs, to: (IpAddr, u16)) -> Vec<u8> {
+    let backend = if args.ipv6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 1, 10))
+    };
+    frame_between(
+        args,
+        (MacAddr(BACKEND_MAC), MacAddr(PCAP1_MAC)),
+        (backend, 8080),
+        to,
+        false,
+    )
+}
+
+/// One frame of `size - 4` bytes (no FCS) between two endpoints, with (source, destination)
+/// MAC addresses.
+fn frame_between(
+    args: &BenchArgs,
+    (src_mac, dst_mac): (MacAddr, MacAddr),
+    src: (IpAddr, u16),
+    (dst, dport): (IpAddr, u16),
+    syn: bool,
+) -> Vec<u8> {
     let len = usize::from(args.size.max(64) - 4);
     let mut f = Vec::with_capacity(len.max(90));
     let (l4_len_min, proto) = match args.proto {
@@ -168,10 +224,6 @@ fn frame(args: &BenchArgs, src: (IpAddr, u16), syn: bool) -> Vec<u8> {
     let ip_len = if args.ipv6 { 40 } else { 20 };
     let total = len.max(14 + ip_len + l4_len_min);
     let l4_len = total - 14 - ip_len;
-    let dport: u16 = match args.proto {
-        Proto::Udp => 53,
-        Proto::Tcp => 80,
-    };
     let mut l4 = vec![0u8; l4_len];
     l4[0..2].copy_from_slice(&src.1.to_be_bytes());
     l4[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -186,7 +238,7 @@ fn frame(args: &BenchArgs, src: (IpAddr, u16), syn: bool) -> Vec<u8> {
     }
     let ck_at = if proto == 17 { 6 } else { 16 };
     let mut head = [0u8; 14 + 40];
-    let (ethertype, ip_len) = match (src.0, vip(args.ipv6)) {
+    let (ethertype, ip_len) = match (src.0, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             ipv4::Repr {
                 src: s,
@@ -219,8 +271,8 @@ fn frame(args: &BenchArgs, src: (IpAddr, u16), syn: bool) -> Vec<u8> {
         _ => unreachable!("client and VIP of one family"),
     };
     ethernet::Repr {
-        dst: MacAddr(PCAP_MAC),
-        src: MacAddr(GATEWAY_MAC),
+        dst: dst_mac,
+        src: src_mac,
         ethertype,
     }
     .emit(&mut head);
@@ -267,6 +319,14 @@ fn traffic(args: &BenchArgs) -> Result<Vec<Vec<Vec<u8>>>, String> {
             push(i, false);
         }
     }
+    if args.replies {
+        // Port 1's file: every flow's reply (one worker, checked in `run`).
+        per.push(
+            (0..args.flows)
+                .map(|i| reply_frame(args, client(i, args.ipv6)))
+                .collect(),
+        );
+    }
     if per.iter().any(Vec::is_empty) {
         return Err("too few flows for every worker to get some".into());
     }
@@ -307,6 +367,19 @@ impl Rig {
             "--log-level=*:warning".into(),
             format!("--file-prefix={prefix}"),
         ]);
+        if args.replies {
+            // The flows' first packets once (no tx file: what is sent is dropped), then the
+            // replies over and over.
+            a.push(format!(
+                "--vdev=net_pcap0,rx_pcap={}",
+                self.pcaps[0].display()
+            ));
+            a.push(format!(
+                "--vdev=net_pcap1,rx_pcap={},infinite_rx=1",
+                self.pcaps[1].display()
+            ));
+            return a;
+        }
         let rx: Vec<String> = self
             .pcaps
             .iter()
@@ -350,7 +423,12 @@ fn config(args: &BenchArgs, rig: &Rig) -> String {
     let backend_port = if args.mode == Mode::Nat { 8080 } else { port };
     let mut backends = String::new();
     let mut neighbors = String::new();
-    for b in 0..BACKENDS {
+    let tunnel = if args.mode == Mode::Tun {
+        format!("tunnel = \"{}\"\n", args.tunnel)
+    } else {
+        String::new()
+    };
+    for b in 0..if args.replies { 1 } else { BACKENDS } {
         let addr = if args.ipv6 {
             format!("2001:db8:2::{:x}", 0x10 + b)
         } else {
@@ -419,7 +497,7 @@ vip = "{vip}"
 port = {port}
 scheduler = "{scheduler}"
 forwarding = "{mode}"
-{backends}"#,
+{tunnel}{backends}"#,
         extra = rig.mbufs,
         room = rig.data_room,
         vip = vip(args.ipv6),
@@ -510,8 +588,8 @@ fn measure(
                 "\r{label}: {:>5.1}/{:.1} s  rx {:>7.3} Mpps  tx {:>7.3} Mpps   ",
                 t0.elapsed().as_secs_f64(),
                 args.seconds,
-                r.rx[0] / 1e6,
-                r.tx[1] / 1e6
+                r.rx[args.ports().0] / 1e6,
+                r.tx[args.ports().1] / 1e6
             );
             last = (now, Instant::now());
         }
@@ -606,6 +684,12 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     }
     if args.new_flow_share > 0.0 && args.new_flow_share < 1.0 && args.proto != Proto::Tcp {
         return Err("--new-flow-share between 0 and 1 needs --proto tcp (SYN entries are evicted before established ones; UDP flows have no such order)".into());
+    }
+    if args.replies && (args.mode != Mode::Nat || args.workers != 1 || args.new_flow_share > 0.0) {
+        return Err("--replies: NAT, one worker, established flows only".into());
+    }
+    if !["ipip", "gue", "gre"].contains(&args.tunnel.as_str()) {
+        return Err(format!("--tunnel {:?}: ipip, gue or gre", args.tunnel));
     }
     if !(64..=1518).contains(&args.size) {
         return Err("--size: from 64 to 1518 bytes".into());
@@ -725,7 +809,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     };
     // The API's counters are read at the start and the end of the run, but not at the same
     // instants as telemetry: they are given as shares of what the ports counted.
-    let api_rx = delta("/ports/0/rx_packets").max(1.0);
+    let api_rx = delta(&format!("/ports/{}/rx_packets", args.ports().0)).max(1.0);
     let mut workers = Vec::new();
     for w in after["per_worker"].as_array().into_iter().flatten() {
         let i = w["worker"].as_u64().unwrap_or(0) as usize;
@@ -805,14 +889,14 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             let r = rates(a, b, secs);
             testpmd.insert(
                 mode.clone(),
-                json!({ "rx_pps": r.rx[0], "tx_pps": r.tx[1] }),
+                json!({ "rx_pps": r.rx[args.ports().0], "tx_pps": r.tx[args.ports().1] }),
             );
         }
     }
 
     let ratio = |mode: &str| -> Option<f64> {
         let t = testpmd.get(mode)?["tx_pps"].as_f64()?;
-        (t > 0.0).then(|| l4lb.tx[1] / t)
+        (t > 0.0).then(|| l4lb.tx[args.ports().1] / t)
     };
     let ratios: serde_json::Map<String, Value> = args
         .testpmd_modes
@@ -832,14 +916,22 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             "seconds": secs,
             "hugepages": args.hugepages,
             "kernel_interface": args.kernel_interface,
+            "replies": args.replies,
+            "tunnel": (args.mode == Mode::Tun).then_some(&args.tunnel),
             "testpmd_modes": args.testpmd_modes,
-            "source": format!("net_pcap infinite_rx of {} packet(s) in {} file(s) -> net_null", rig.packets, rig.pcaps.len()),
+            "source": if args.replies {
+                format!("net_pcap0 reads {} flows' first packets once; net_pcap1 infinite_rx of their replies -> out of net_pcap0 (dropped)", args.flows)
+            } else {
+                format!("net_pcap infinite_rx of {} packet(s) in {} file(s) -> net_null", rig.packets, rig.pcaps.len())
+            },
         },
         "l4lb": {
             "ports": [
                 { "port": 0, "name": "net_pcap0", "rx_pps": l4lb.rx[0], "tx_pps": l4lb.tx[0] },
-                { "port": 1, "name": "net_null0", "rx_pps": l4lb.rx[1], "tx_pps": l4lb.tx[1] },
+                { "port": 1, "name": if args.replies { "net_pcap1" } else { "net_null0" }, "rx_pps": l4lb.rx[1], "tx_pps": l4lb.tx[1] },
             ],
+            // What the case measures: the rate out of the port its traffic leaves by.
+            "out_pps": l4lb.tx[args.ports().1],
             "workers": workers,
             "drop_share": drops,
             "new_flow_share": new_flow_share,
@@ -884,7 +976,13 @@ fn text(case: &str, r: &Value) -> String {
             p["tx_pps"].as_f64().unwrap_or(0.0)
         ));
     }
-    let rx = r["l4lb"]["ports"][0]["rx_pps"].as_f64().unwrap_or(0.0);
+    let rx = r["l4lb"]["ports"][if r["case"]["replies"].as_bool() == Some(true) {
+        1
+    } else {
+        0
+    }]["rx_pps"]
+        .as_f64()
+        .unwrap_or(0.0);
     for w in r["l4lb"]["workers"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  worker {}: Rx-pps {:>14.0}  flows {}\n",
@@ -951,11 +1049,18 @@ fn text(case: &str, r: &Value) -> String {
         out.push_str(
             "  ------------------------------------------------------------------------\n",
         );
-        out.push_str("  compare, Mpps out of port 1 (same vdevs, same pcap, same run):\n");
+        out.push_str(&format!(
+            "  compare, Mpps out of port {} (same vdevs, same pcap, same run):\n",
+            if r["case"]["replies"].as_bool() == Some(true) {
+                0
+            } else {
+                1
+            }
+        ));
         out.push_str(&format!(
             "    l4lb {:<10} {:>8.2}\n",
             r["case"]["mode"].as_str().unwrap_or(""),
-            mpps(&r["l4lb"]["ports"][1]["tx_pps"])
+            mpps(&r["l4lb"]["out_pps"])
         ));
         for (mode, v) in &tp {
             let ratio = r["ratio_to_testpmd"][mode].as_f64().unwrap_or(0.0);

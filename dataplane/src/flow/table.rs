@@ -580,20 +580,49 @@ impl FlowTable {
     /// The live NAT flow a reply from a backend belongs to.
     #[inline]
     pub fn lookup_reply(&mut self, key: &ReplyKey, now: u32) -> Option<u32> {
-        let h = self.hash_reply(key);
-        let slot = self.reply_index.find(h, |s| {
-            let f = &self.slots[s as usize];
-            f.key.protocol == key.protocol
-                && f.key.client == key.client
-                && f.key.client_port == key.client_port
-                && self.endpoints[f.backend.0 as usize] == key.backend
-        })?;
+        let slot = self.find_reply(key)?;
         if self.expired(&self.slots[slot as usize], now) {
             self.remove(slot);
             self.stats.expired += 1;
             return None;
         }
         Some(slot)
+    }
+
+    /// The NAT flow whose replies `key` names, live or expired, changing nothing (the fast
+    /// path's look before [`lookup_reply`](FlowTable::lookup_reply)).
+    #[inline(always)]
+    pub fn find_reply(&self, key: &ReplyKey) -> Option<u32> {
+        let h = self.hash_reply(key);
+        self.reply_index.find(h, |s| {
+            let f = &self.slots[s as usize];
+            f.key.protocol == key.protocol
+                && f.key.client == key.client
+                && f.key.client_port == key.client_port
+                && self.endpoints[f.backend.0 as usize] == key.backend
+        })
+    }
+
+    /// The reply index's hash of `key` (for the two prefetches below).
+    #[inline(always)]
+    pub fn hash_of_reply(&self, key: &ReplyKey) -> u64 {
+        self.hash_reply(key)
+    }
+
+    /// [`prefetch_index`](FlowTable::prefetch_index) of the reply index.
+    #[inline(always)]
+    pub fn prefetch_reply_index(&self, hash: u64) {
+        self.reply_index.prefetch(hash);
+    }
+
+    /// [`prefetch_flows`](FlowTable::prefetch_flows) of the reply index.
+    #[inline(always)]
+    pub fn prefetch_reply_flows(&self, hash: u64) {
+        for s in self.reply_index.candidates(hash) {
+            if let Some(f) = self.slots.get(s as usize) {
+                crate::prefetch::prefetch(f);
+            }
+        }
     }
 
     /// Records a packet on a flow: its TCP flags (None for UDP) move the state, and the flow

@@ -23,12 +23,12 @@ pub const WARM_ABOVE_BYTES: usize = 384 << 10;
 pub const MAX_BURST: usize = 256;
 
 /// Warms the cache for [`process`] of a burst of frames (at most `MAX_BURST`), in two passes
-/// of prefetches: the index buckets of the flows of its client packets to VIPs, then the
-/// flows those buckets name. Prefetches retire at once, so the burst's cache misses overlap
+/// of prefetches: the index buckets of the flows of its client packets to VIPs (and of the
+/// NAT flows of the others, which may be replies), then the flows those buckets name. Prefetches retire at once, so the burst's cache misses overlap
 /// instead of each being waited for in turn when the burst is then processed.
 #[inline]
 pub fn warm_burst<'a>(frames: impl Iterator<Item = &'a [u8]>, snap: &Snapshot, w: &WorkerState) {
-    let mut hashes = [0u64; MAX_BURST];
+    let mut hashes = [Warmed::Flow(0); MAX_BURST];
     let mut n = 0;
     for frame in frames.take(MAX_BURST) {
         if let Some(h) = warm(frame, snap, w) {
@@ -37,7 +37,10 @@ pub fn warm_burst<'a>(frames: impl Iterator<Item = &'a [u8]>, snap: &Snapshot, w
         }
     }
     for &h in &hashes[..n] {
-        w.flows.prefetch_flows(h);
+        match h {
+            Warmed::Flow(h) => w.flows.prefetch_flows(h),
+            Warmed::Reply(h) => w.flows.prefetch_reply_flows(h),
+        }
     }
 }
 
@@ -45,7 +48,7 @@ pub fn warm_burst<'a>(frames: impl Iterator<Item = &'a [u8]>, snap: &Snapshot, w
 /// VIP, the index bucket of its flow starts loading and its hash is returned. A quick read of
 /// the headers without the checks of `process`, which decides everything.
 #[inline]
-pub(super) fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<u64> {
+pub(super) fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<Warmed> {
     let be16 = |at: usize| {
         frame
             .get(at..at + 2)
@@ -78,14 +81,35 @@ pub(super) fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<u64
         }
         _ => return None,
     };
-    if key.protocol != ipv4::PROTO_TCP && key.protocol != ipv4::PROTO_UDP
-        || !snap.maybe_vip(&key.vip)
-    {
+    if key.protocol != ipv4::PROTO_TCP && key.protocol != ipv4::PROTO_UDP {
         return None;
+    }
+    if !snap.maybe_vip(&key.vip) {
+        // Perhaps a NAT reply: read as a client's packet, its source is the backend and
+        // its destination the client.
+        let hash = w.flows.hash_of_reply(&crate::flow::ReplyKey {
+            protocol: key.protocol,
+            backend: crate::flow::Endpoint {
+                addr: key.client,
+                port: key.client_port,
+            },
+            client: key.vip,
+            client_port: key.vip_port,
+        });
+        w.flows.prefetch_reply_index(hash);
+        return Some(Warmed::Reply(hash));
     }
     let hash = w.flows.hash_of(&key);
     w.flows.prefetch_index(hash);
-    Some(hash)
+    Some(Warmed::Flow(hash))
+}
+
+/// What the first pass of [`warm_burst`] started loading: an index bucket of the flow index
+/// or of the reply index, by the hash it looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Warmed {
+    Flow(u64),
+    Reply(u64),
 }
 
 /// The flow key of a client's IPv4 packet, read from its fixed 20-byte header and the four
@@ -101,6 +125,81 @@ fn ipv4_flow_key(ip: &[u8; 20], ports: &[u8; 4]) -> FlowKey {
         vip_port: u16::from_be_bytes([ports[2], ports[3]]),
         protocol: ip[9],
     }
+}
+
+/// The second case of [`established_v4`]: the reply of an established NAT flow (backend to
+/// client), with the general path's checks in its order (not ours, owned here, a live flow, a
+/// client behind a gateway route) and its rewrite (`nat::reply`: the source becomes the VIP
+/// and its port). `h` is the frame's head, verified by the caller; anything else returns
+/// before anything is changed.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn nat_reply_v4(
+    h: &mut [u8; FAST_HEAD],
+    frame_len: usize,
+    proto: u8,
+    tcp_flags: Option<u8>,
+    checksum_at: usize,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, Fast> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+    let src4: [u8; 4] = h[L3 + 12..L3 + 16].try_into().expect("4 bytes");
+    let dst4: [u8; 4] = h[L3 + 16..L3 + 20].try_into().expect("4 bytes");
+    let client = addr::mapped(dst4);
+    let backend_port = u16::from_be_bytes([h[L4], h[L4 + 1]]);
+    let client_port = u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]);
+    if snap.is_local(&client) || super::nat_owner(snap, &client, client_port) != w.index {
+        return Err(Fast::Other);
+    }
+    let rk = crate::flow::ReplyKey {
+        protocol: proto,
+        backend: crate::flow::Endpoint {
+            addr: addr::mapped(src4),
+            port: backend_port,
+        },
+        client,
+        client_port,
+    };
+    let slot = w.flows.find_reply(&rk).ok_or(Fast::Other)?;
+    if w.flows.expired_at(slot, now) {
+        return Err(Fast::Other); // the general path's lookup removes it
+    }
+    let route = snap.gateway_route4(dst4).ok_or(Fast::Other)?;
+    // Decided: what `nat::reply` does with a live flow.
+    w.flows.touch(slot, tcp_flags, now);
+    let f = w.flows.get(slot);
+    let (service, backend, vip, vip_port) = (f.service, f.backend, f.key.vip, f.key.vip_port);
+    let new_addr: [u8; 4] = vip[12..].try_into().expect("4 bytes");
+    let addr_delta = checksum::delta4(src4, new_addr);
+    h[L3 + ipv4::field::SRC..L3 + ipv4::field::SRC + 4].copy_from_slice(&new_addr);
+    let at = L3 + ipv4::field::CHECKSUM;
+    let c = checksum::apply(u16::from_be_bytes([h[at], h[at + 1]]), addr_delta);
+    h[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    h[L4..L4 + 2].copy_from_slice(&vip_port.to_be_bytes());
+    let c = u16::from_be_bytes([h[checksum_at], h[checksum_at + 1]]);
+    let d = addr_delta + u32::from(!backend_port) + u32::from(vip_port);
+    let c = if tcp_flags.is_none() {
+        checksum::udp_apply(c, d)
+    } else {
+        checksum::apply(c, d)
+    };
+    h[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
+    let dst_mac = match egress::next_hop_mac(route, &w.neighbor_events) {
+        Ok(m) => m,
+        Err(r) => return Ok(Action::Drop(r)),
+    };
+    h[..6].copy_from_slice(&dst_mac.0);
+    h[6..12].copy_from_slice(&route.src_mac.0);
+    if let Some((s, b)) = w.traffic.of(service, backend) {
+        s.count_out(frame_len);
+        b.count_out(frame_len);
+    }
+    Ok(Action::Forward {
+        interface: route.interface,
+    })
 }
 
 /// What [`established_v4`] did.
@@ -194,7 +293,7 @@ fn established_v4_inner<P: PacketBuf>(
     };
     let dst4: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
     if !snap.maybe_vip4(dst4) {
-        return Err(Fast::Other);
+        return nat_reply_v4(h, frame_len, proto, tcp_flags, checksum_at, snap, w, now);
     }
     let key = ipv4_flow_key(ip, h[L4..L4 + 4].try_into().expect("4 bytes"));
     let slot = w.flows.find(&key).ok_or(Fast::NoFlow)?;

@@ -94,10 +94,21 @@ fn observable(w: &WorkerState) -> (usize, crate::flow::FlowTableStats, Vec<u64>)
         let c = w.flows.conns(crate::service::BackendId(id));
         counters.extend([u64::from(c.active), u64::from(c.inactive)]);
         if let Some(t) = w.traffic.backends.get(id as usize) {
-            counters.extend([t.packets_in.get(), t.bytes_in.get(), t.new_flows.get()]);
+            counters.extend([
+                t.packets_in.get(),
+                t.bytes_in.get(),
+                t.packets_out.get(),
+                t.bytes_out.get(),
+                t.new_flows.get(),
+            ]);
         }
         if let Some(t) = w.traffic.services.get(id as usize) {
-            counters.extend([t.packets_in.get(), t.bytes_in.get()]);
+            counters.extend([
+                t.packets_in.get(),
+                t.bytes_in.get(),
+                t.packets_out.get(),
+                t.bytes_out.get(),
+            ]);
         }
     }
     (w.flows.len(), w.flows.stats(), counters)
@@ -135,7 +146,8 @@ fn fast_path_equals_general_path_on_every_seed() {
         assert!(fast.flows.stats().created > 0, "the seeds create flows");
     }
     // And the fast path did take some of them, in every mode (else this test would prove
-    // nothing): the NAT, DR and TUN services' ports (TCP 80-82, UDP 1080-1082).
+    // nothing): the NAT, DR and TUN services' ports (TCP 80-82, UDP 1080-1082), and the NAT
+    // replies (from port 8080, TCP and UDP).
     let mut taken = std::collections::BTreeSet::new();
     for index in 0..2 {
         let mut probe = WorkerState::new(index, 64, 64, 256, FlowTimeouts::default());
@@ -146,7 +158,15 @@ fn fast_path_equals_general_path_on_every_seed() {
                     established_v4(&mut p, 0, snapshot(), &mut probe, now),
                     Fast::Done(_)
                 ) {
-                    taken.insert(u16::from_be_bytes([f[36], f[37]]));
+                    let (sport, dport) = (
+                        u16::from_be_bytes([f[34], f[35]]),
+                        u16::from_be_bytes([f[36], f[37]]),
+                    );
+                    taken.insert(if sport == 8080 {
+                        (f[23], sport)
+                    } else {
+                        (0, dport)
+                    });
                 } else {
                     super::process_general(&mut p, 0, snapshot(), &mut probe, now);
                 }
@@ -155,8 +175,17 @@ fn fast_path_equals_general_path_on_every_seed() {
     }
     assert_eq!(
         taken.into_iter().collect::<Vec<_>>(),
-        [80, 81, 82, 1080, 1081, 1082],
-        "VIP ports the fast path took"
+        [
+            (0, 80),
+            (0, 81),
+            (0, 82),
+            (0, 1080),
+            (0, 1081),
+            (0, 1082),
+            (6, 8080),
+            (17, 8080)
+        ],
+        "VIP ports and reply sources the fast path took"
     );
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::fast::Warmed;
 use super::*;
 use crate::addr::{IpPrefix, MacAddr};
 use crate::flow::{FlowState, FlowTimeouts};
@@ -1454,6 +1455,16 @@ pub(super) fn seed_frames() -> Vec<Vec<u8>> {
         },
     );
     seeds.push(frame(OUR_MAC, B1_MAC, &reply));
+    let reply = ipv4_packet(
+        v4hdr(B1, CLIENT),
+        L4Spec::Udp {
+            sport: 8080,
+            dport: 40000,
+            payload: b"answer",
+            zero_checksum: false,
+        },
+    );
+    seeds.push(frame(OUR_MAC, B1_MAC, &reply));
     let mut err = vec![3, 3, 0, 0, 0, 0, 0, 0];
     err.extend_from_slice(
         &ipv4_packet(
@@ -1673,19 +1684,48 @@ fn warming_names_the_flow_process_then_uses() {
             let mut w = worker();
             let (input, _) = client_packet(is_v6, proto, ForwardingMode::DirectRouting, 0x10);
             // Before the flow exists: a hash all the same (the packet is a client's to a VIP).
-            let before = super::fast::warm(&input, &snap, &w).expect("a client packet to a VIP");
+            let Some(Warmed::Flow(before)) = super::fast::warm(&input, &snap, &w) else {
+                panic!("a client packet to a VIP warms its flow's bucket");
+            };
             run(&snap, &mut w, &input);
             let flow = w.flows.iter().next().expect("one flow").key;
             assert_eq!(before, w.flows.hash_of(&flow), "{is_v6} {proto}");
-            assert_eq!(super::fast::warm(&input, &snap, &w), Some(before));
-            // Not a client packet to a VIP: nothing to warm.
+            assert_eq!(
+                super::fast::warm(&input, &snap, &w),
+                Some(Warmed::Flow(before))
+            );
+            // Not to a VIP: perhaps a NAT reply, from 2001:db8:9::9 or 198.19.9.9 (port 80
+            // or 53 of the client packet) to the client.
             let mut other = input.clone();
-            if is_v6 {
+            let (backend, client) = if is_v6 {
                 other[14 + 24..14 + 40].copy_from_slice(&v6("2001:db8:9::9").octets());
+                (v6("2001:db8:9::9").octets(), v6(CLIENT6).octets())
             } else {
                 other[14 + 16..14 + 20].copy_from_slice(&[198, 19, 9, 9]);
-            }
-            assert_eq!(super::fast::warm(&other, &snap, &w), None);
+                let m = |a: [u8; 4]| crate::addr::mapped(a);
+                (
+                    m([198, 19, 9, 9]),
+                    m(CLIENT.parse::<std::net::Ipv4Addr>().unwrap().octets()),
+                )
+            };
+            let ports = if is_v6 { 14 + 40 } else { 14 + 20 };
+            let rk = crate::flow::ReplyKey {
+                protocol: flow.protocol,
+                backend: crate::flow::Endpoint {
+                    addr: client,
+                    port: u16::from_be_bytes([other[ports], other[ports + 1]]),
+                },
+                client: backend,
+                client_port: u16::from_be_bytes([other[ports + 2], other[ports + 3]]),
+            };
+            assert_eq!(
+                super::fast::warm(&other, &snap, &w),
+                Some(Warmed::Reply(w.flows.hash_of_reply(&rk)))
+            );
+            // Neither TCP nor UDP: nothing to warm.
+            let mut icmp = input.clone();
+            icmp[if is_v6 { 14 + 6 } else { 14 + 9 }] = 1;
+            assert_eq!(super::fast::warm(&icmp, &snap, &w), None);
         }
     }
 }
@@ -2267,4 +2307,31 @@ fn a_peers_flows_and_templates_keep_their_backend_on_the_other_instance() {
     let mut twin = b_with(false);
     let (_, out) = run(&snap, &mut twin, &segment(CLIENT, 40000, ack));
     assert_eq!(dst_mac(&out), B2_MAC, "without the records");
+}
+
+#[test]
+fn the_gateway_routes_of_nat_replies_are_what_route_answers() {
+    let snap = Snapshot::build(config(1), 1);
+    for a in [CLIENT, "198.19.200.1", "198.18.0.254", B1, "198.18.0.100"] {
+        let ip: Ipv4Addr = a.parse().unwrap();
+        let general = snap.route(IpAddr::V4(ip));
+        match snap.gateway_route4(ip.octets()) {
+            Some(fast) => {
+                let general = general.expect("a route");
+                assert!(!general.on_link, "{a} is not on link");
+                assert_eq!(*fast, general, "{a}");
+            }
+            // On link (the general path resolves the client itself), or no route at all.
+            None => assert!(general.is_none_or(|r| r.on_link), "{a}"),
+        }
+    }
+    // The client behind the gateway has one.
+    assert!(
+        snap.gateway_route4(CLIENT.parse::<Ipv4Addr>().unwrap().octets())
+            .is_some()
+    );
+    assert!(
+        snap.gateway_route4(B1.parse::<Ipv4Addr>().unwrap().octets())
+            .is_none()
+    );
 }
