@@ -26,9 +26,12 @@ fn snapshot(scheduler: SchedulerKind) -> Snapshot {
     snapshot_of(scheduler, false)
 }
 
-/// A NAT service of 16 backends, IPv4 or IPv6 (which takes the general path: the fast path is
-/// IPv4's), every backend's neighbour known.
 fn snapshot_of(scheduler: SchedulerKind, v6: bool) -> Snapshot {
+    snapshot_in(scheduler, v6, ForwardingMode::Nat)
+}
+
+/// A service of 16 backends, IPv4 or IPv6, every backend's neighbour known.
+fn snapshot_in(scheduler: SchedulerKind, v6: bool, forwarding: ForwardingMode) -> Snapshot {
     let address = |i: u16| -> IpAddr {
         if v6 {
             Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i).into()
@@ -93,7 +96,7 @@ fn snapshot_of(scheduler: SchedulerKind, v6: bool) -> Snapshot {
                 vip,
                 port: 80,
                 scheduler,
-                forwarding: ForwardingMode::Nat,
+                forwarding,
                 maglev_table_size: 65537,
                 options: Default::default(),
                 backends,
@@ -136,13 +139,16 @@ fn frame(i: u32) -> Vec<u8> {
 
 /// A worker whose table holds `flows` established flows, and frames of flows spread over it.
 fn established_setup(flows: u32) -> (WorkerState, Vec<Vec<u8>>) {
-    let snap = snapshot(SchedulerKind::Maglev);
+    established_setup_in(flows, &snapshot(SchedulerKind::Maglev))
+}
+
+fn established_setup_in(flows: u32, snap: &Snapshot) -> (WorkerState, Vec<Vec<u8>>) {
     let mut w = WorkerState::new(0, flows + flows / 4, 16, 64, FlowTimeouts::default());
     let mut p = OwnedPacket::new(&frame(0));
     for i in 0..flows {
         p.reset_from(&frame(i));
         assert!(matches!(
-            process(&mut p, 0, &snap, &mut w, 1),
+            process(&mut p, 0, snap, &mut w, 1),
             Action::Forward { .. }
         ));
     }
@@ -327,4 +333,122 @@ criterion_group!(
     new_flows,
     maglev_build
 );
-criterion_main!(benches);
+/// The backend's UDP reply (from port 8080) to each NAT flow of `w`: a 64-byte frame as
+/// [`frame`] builds, the other way.
+fn reply_frames(w: &WorkerState) -> Vec<Vec<u8>> {
+    let v4 = |a: &[u8; 16]| Ipv4Addr::new(a[12], a[13], a[14], a[15]);
+    w.flows
+        .iter()
+        .map(|f| {
+            let (client, backend) = (v4(&f.key.client), v4(&w.flows.endpoint(f.backend).addr));
+            let mut x = frame(0);
+            x[6..12].copy_from_slice(&[2, 0, 0, 0, 1, f.backend.0 as u8]);
+            let ip = &mut x[14..34];
+            ip[12..16].copy_from_slice(&backend.octets());
+            ip[16..20].copy_from_slice(&client.octets());
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum::ipv4_header(ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let udp = &mut x[34..];
+            udp[0..2].copy_from_slice(&8080u16.to_be_bytes());
+            udp[2..4].copy_from_slice(&f.key.client_port.to_be_bytes());
+            udp[6..8].copy_from_slice(&[0, 0]);
+            let c = checksum::transport(checksum::pseudo_v4(backend, client, 17, 26), udp);
+            udp[6..8].copy_from_slice(&c.to_be_bytes());
+            x
+        })
+        .collect()
+}
+
+/// The counted loop: `n` packets of `frames`, each restored, then processed (or only restored,
+/// for the harness's own share). Run under callgrind with `--toggle-collect='*counted*'`, the
+/// instructions it collects / n are a packet's (scripts/instructions).
+#[inline(never)]
+fn counted(n: usize, frames: &[Vec<u8>], snap: &Snapshot, w: &mut WorkerState, process_too: bool) {
+    let mut p = OwnedPacket::new(&frames[0]);
+    for i in 0..n {
+        p.reset_from(&frames[i % frames.len()]);
+        if process_too {
+            black_box(process(&mut p, 0, snap, w, 2));
+        }
+    }
+}
+
+/// `L4LB_COUNT_PACKETS=n L4LB_COUNT_CASE=case`: sets the case up, runs [`counted`] once over
+/// n packets, and prints what each one did.
+fn count_instructions(n: usize, case: &str) {
+    let v4 = |mode| snapshot_in(SchedulerKind::Maglev, false, mode);
+    let (snap, (mut w, frames), process_too) = match case {
+        "restore" => {
+            let s = v4(ForwardingMode::Nat);
+            (
+                s,
+                (
+                    WorkerState::new(0, 64, 16, 64, FlowTimeouts::default()),
+                    vec![frame(0)],
+                ),
+                false,
+            )
+        }
+        "nat4" => {
+            let s = v4(ForwardingMode::Nat);
+            let e = established_setup_in(1000, &s);
+            (s, e, true)
+        }
+        "dr4" => {
+            let s = v4(ForwardingMode::DirectRouting);
+            let e = established_setup_in(1000, &s);
+            (s, e, true)
+        }
+        "tun4" => {
+            let s = v4(ForwardingMode::Tunnel);
+            let e = established_setup_in(1000, &s);
+            (s, e, true)
+        }
+        "reply4" => {
+            let s = v4(ForwardingMode::Nat);
+            let (w, _) = established_setup_in(1000, &s);
+            let replies = reply_frames(&w);
+            (s, (w, replies), true)
+        }
+        "nat6" => {
+            let s = snapshot_of(SchedulerKind::Maglev, true);
+            let mut w = WorkerState::new(0, 2048, 16, 64, FlowTimeouts::default());
+            let frames: Vec<Vec<u8>> = (0..1000).map(frame_v6).collect();
+            for f in &frames {
+                let mut p = OwnedPacket::new(f);
+                process(&mut p, 0, &s, &mut w, 1);
+            }
+            (s, (w, frames), true)
+        }
+        "new4" => {
+            // A full table of 1024 flows and 64k others: every packet is new and evicts.
+            let s = v4(ForwardingMode::Nat);
+            let mut w = WorkerState::new(0, 1024, 16, 64, FlowTimeouts::default());
+            let frames: Vec<Vec<u8>> = (0..65536).map(frame).collect();
+            for f in &frames[..2048] {
+                let mut p = OwnedPacket::new(f);
+                process(&mut p, 0, &s, &mut w, 1);
+            }
+            (s, (w, frames), true)
+        }
+        other => panic!("L4LB_COUNT_CASE {other:?}: restore nat4 dr4 tun4 reply4 nat6 new4"),
+    };
+    let before = w.flows.stats();
+    counted(n, &frames, &snap, &mut w, process_too);
+    println!(
+        "{case}: {n} packets, flows {} (created {} during the count)",
+        w.flows.len(),
+        w.flows.stats().created - before.created
+    );
+}
+
+fn main() {
+    if let Ok(n) = std::env::var("L4LB_COUNT_PACKETS") {
+        let case = std::env::var("L4LB_COUNT_CASE").unwrap_or_else(|_| "nat4".into());
+        count_instructions(n.parse().expect("L4LB_COUNT_PACKETS: a number"), &case);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -424,7 +424,13 @@ fn config(args: &BenchArgs, rig: &Rig) -> String {
     let mut backends = String::new();
     let mut neighbors = String::new();
     let tunnel = if args.mode == Mode::Tun {
-        format!("tunnel = \"{}\"\n", args.tunnel)
+        // GUE needs the backends' port (ipvsadm --tun-port); 6080 as IPVS's examples.
+        let port = if args.tunnel == "gue" {
+            "tunnel_port = 6080\n"
+        } else {
+            ""
+        };
+        format!("tunnel = \"{}\"\n{port}", args.tunnel)
     } else {
         String::new()
     };
