@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use dataplane::addr::{IpPrefix, MacAddr};
 use dataplane::checksum;
 use dataplane::flow::FlowTimeouts;
