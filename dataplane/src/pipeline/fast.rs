@@ -172,6 +172,8 @@ fn nat_reply_v4(
     w.flows.touch(slot, tcp_flags, now);
     let f = w.flows.get(slot);
     let (service, backend, vip, vip_port) = (f.service, f.backend, f.key.vip, f.key.vip_port);
+    // The rewrite of `established_v4_inner` on the source's offsets, written out again: one
+    // helper for both cost the forward path 6 instructions a packet (callgrind, 423 -> 429).
     let new_addr: [u8; 4] = vip[12..].try_into().expect("4 bytes");
     let addr_delta = checksum::delta4(src4, new_addr);
     h[L3 + ipv4::field::SRC..L3 + ipv4::field::SRC + 4].copy_from_slice(&new_addr);
