@@ -77,3 +77,68 @@ fn bench_with_an_idle_kernel_path_runs_in_a_namespace_of_its_own() {
     let left = String::from_utf8_lossy(&netns.stdout);
     assert!(!left.contains("l4lb-bench-"), "{left}");
 }
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_l4lb"))
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--seconds", "1", "--warmup", "0.3"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run l4lb bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: stderr:\n{stderr}");
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn bench_replies_are_the_backends_answers_out_of_port_0_with_the_default_table() {
+    let r = bench(&[
+        "--replies",
+        "--flows",
+        "256",
+        "--compare",
+        "--testpmd-modes",
+        "5tswap",
+    ]);
+    assert_eq!(r["case"]["replies"], true);
+    let l = &r["l4lb"];
+    // The appliance's default table, and why.
+    assert_eq!(l["flow_capacity"], 1_048_576, "{r}");
+    assert_eq!(l["flow_capacity_why"], "the appliance's default");
+    assert_eq!(l["flow_entries"], 256, "one flow per first packet");
+    // Replies come in on port 1 and leave by port 0; nothing goes out of port 1 once the
+    // flows are made, and no reply opens a flow or is dropped.
+    let out = l["out_pps"].as_f64().unwrap();
+    assert!(out > 0.0, "{r}");
+    assert_eq!(out, l["ports"][0]["tx_pps"].as_f64().unwrap());
+    assert_eq!(l["ports"][1]["tx_pps"].as_f64().unwrap(), 0.0, "{r}");
+    assert_eq!(l["new_flow_share"].as_f64().unwrap(), 0.0, "{r}");
+    assert!(l["drop_share"].as_object().unwrap().is_empty(), "{r}");
+    let t = r["testpmd"]["5tswap"]["tx_pps"].as_f64().unwrap();
+    assert!((r["ratio_to_testpmd"]["5tswap"].as_f64().unwrap() - out / t).abs() < 1e-9);
+}
+
+#[test]
+fn bench_tunnels_of_each_type_and_a_chosen_table_size() {
+    for tunnel in ["gue", "gre"] {
+        let r = bench(&[
+            "--mode",
+            "tun",
+            "--tunnel",
+            tunnel,
+            "--flows",
+            "256",
+            "--flow-capacity",
+            "4096",
+        ]);
+        assert_eq!(r["case"]["tunnel"], tunnel);
+        assert_eq!(r["l4lb"]["flow_capacity"], 4096, "{r}");
+        assert_eq!(r["l4lb"]["flow_capacity_why"], "--flow-capacity");
+        assert!(r["l4lb"]["out_pps"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            r["l4lb"]["drop_share"].as_object().unwrap().is_empty(),
+            "{tunnel}: {r}"
+        );
+    }
+}
