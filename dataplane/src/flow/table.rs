@@ -491,8 +491,9 @@ impl FlowTable {
         self.lists[state.index()].len
     }
 
+    /// The reply index's hash of `k` (also for the reply index's prefetches below).
     #[inline(always)]
-    fn hash_reply(&self, k: &ReplyKey) -> u64 {
+    pub fn hash_reply(&self, k: &ReplyKey) -> u64 {
         self.hasher.hash(k.words())
     }
 
@@ -564,7 +565,12 @@ impl FlowTable {
     /// is in the cache: after [`prefetch_index`](FlowTable::prefetch_index) has had time).
     #[inline(always)]
     pub fn prefetch_flows(&self, hash: u64) {
-        for s in self.index.candidates(hash) {
+        self.prefetch_candidates(&self.index, hash);
+    }
+
+    #[inline(always)]
+    fn prefetch_candidates(&self, index: &FlowIndex, hash: u64) {
+        for s in index.candidates(hash) {
             if let Some(f) = self.slots.get(s as usize) {
                 crate::prefetch::prefetch(f);
             }
@@ -603,12 +609,6 @@ impl FlowTable {
         })
     }
 
-    /// The reply index's hash of `key` (for the two prefetches below).
-    #[inline(always)]
-    pub fn hash_of_reply(&self, key: &ReplyKey) -> u64 {
-        self.hash_reply(key)
-    }
-
     /// [`prefetch_index`](FlowTable::prefetch_index) of the reply index.
     #[inline(always)]
     pub fn prefetch_reply_index(&self, hash: u64) {
@@ -618,11 +618,7 @@ impl FlowTable {
     /// [`prefetch_flows`](FlowTable::prefetch_flows) of the reply index.
     #[inline(always)]
     pub fn prefetch_reply_flows(&self, hash: u64) {
-        for s in self.reply_index.candidates(hash) {
-            if let Some(f) = self.slots.get(s as usize) {
-                crate::prefetch::prefetch(f);
-            }
-        }
+        self.prefetch_candidates(&self.reply_index, hash);
     }
 
     /// Records a packet on a flow: its TCP flags (None for UDP) move the state, and the flow

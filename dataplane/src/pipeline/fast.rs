@@ -87,7 +87,7 @@ pub(super) fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<War
     if !snap.maybe_vip(&key.vip) {
         // Perhaps a NAT reply: read as a client's packet, its source is the backend and
         // its destination the client.
-        let hash = w.flows.hash_of_reply(&crate::flow::ReplyKey {
+        let hash = w.flows.hash_reply(&crate::flow::ReplyKey {
             protocol: key.protocol,
             backend: crate::flow::Endpoint {
                 addr: key.client,

@@ -1720,7 +1720,7 @@ fn warming_names_the_flow_process_then_uses() {
             };
             assert_eq!(
                 super::fast::warm(&other, &snap, &w),
-                Some(Warmed::Reply(w.flows.hash_of_reply(&rk)))
+                Some(Warmed::Reply(w.flows.hash_reply(&rk)))
             );
             // Neither TCP nor UDP: nothing to warm.
             let mut icmp = input.clone();
