@@ -180,17 +180,24 @@ fn inner_protocol(inner_v6: bool) -> u8 {
 /// The UDP source port of a GUE packet: from the inner addresses and ports, so that one flow
 /// keeps one outer tuple (routers hash it for ECMP and NICs for RSS), in 49152..=65535.
 fn gue_source_port(frame: &[u8], ip: &IpView) -> u16 {
+    let ports = frame
+        .get(ip.l4..ip.l4 + 4)
+        .map_or([0; 4], |p| p.try_into().expect("4 bytes"));
+    gue_source_port_of(&ip.src, &ip.dst, ports, ip.proto)
+}
+
+/// [`gue_source_port`] from the inner addresses (16-byte form), the four bytes of ports as
+/// they are on the wire (zeros without them) and the protocol.
+#[inline]
+pub(crate) fn gue_source_port_of(src: &[u8; 16], dst: &[u8; 16], ports: [u8; 4], proto: u8) -> u16 {
     let w = |b: &[u8; 16], i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    let ports = frame.get(ip.l4..ip.l4 + 4).map_or(0, |p| {
-        u64::from(u32::from_ne_bytes(p.try_into().expect("4 bytes")))
-    });
     let h = crate::hash::fmix64(
-        w(&ip.src, 0)
-            ^ w(&ip.src, 8).rotate_left(13)
-            ^ w(&ip.dst, 0).rotate_left(29)
-            ^ w(&ip.dst, 8).rotate_left(41)
-            ^ ports
-            ^ u64::from(ip.proto) << 56,
+        w(src, 0)
+            ^ w(src, 8).rotate_left(13)
+            ^ w(dst, 0).rotate_left(29)
+            ^ w(dst, 8).rotate_left(41)
+            ^ u64::from(u32::from_ne_bytes(ports))
+            ^ u64::from(proto) << 56,
     );
     49152 + (h % 16384) as u16
 }
@@ -249,7 +256,49 @@ pub fn encapsulate<P: PacketBuf>(
         };
         f[l2 - 2..l2].copy_from_slice(&t.to_be_bytes());
     }
-    let inner = inner_protocol(ip.v6);
+    write_outer(
+        f,
+        l2,
+        ip.v6,
+        ip.total,
+        Outer {
+            tos,
+            df,
+            sport,
+            src: outer_src,
+            dst: outer_dst,
+        },
+        tunnel,
+    )
+}
+
+/// What the outer headers of an encapsulated packet say besides its tunnel: DSCP and ECN,
+/// DF, GUE's source port ([`gue_source_port_of`]), and the outer addresses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outer {
+    pub tos: u8,
+    pub df: bool,
+    pub sport: u16,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+}
+
+/// Writes the outer headers of `tunnel` after `l2` bytes of Ethernet header, in front of an
+/// inner packet of `inner_total` bytes (of family `inner_v6`) that already has room for them:
+/// [`encapsulate`]'s format, written once for it and for the fast path. False if the outer
+/// addresses are not of one family.
+#[inline]
+pub(crate) fn write_outer(
+    f: &mut [u8],
+    l2: usize,
+    inner_v6: bool,
+    inner_total: usize,
+    o: Outer,
+    tunnel: Tunnel,
+) -> bool {
+    let (outer_src, outer_dst, tos, df, sport) = (o.src, o.dst, o.tos, o.df, o.sport);
+    let outer_v6 = outer_dst.is_ipv6();
+    let inner = inner_protocol(inner_v6);
     let ip_len = tunnel.overhead(outer_v6) - Tunnel::Ipip.overhead(outer_v6);
     let protocol = match tunnel {
         Tunnel::Ipip => inner,
@@ -257,7 +306,7 @@ pub fn encapsulate<P: PacketBuf>(
         Tunnel::Gre => PROTO_GRE,
     };
     let outer_ip = l2..l2 + Tunnel::Ipip.overhead(outer_v6);
-    let payload_len = ip.total + ip_len;
+    let payload_len = inner_total + ip_len;
     match (outer_src, outer_dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4::Repr {
             src,
@@ -285,7 +334,7 @@ pub fn encapsulate<P: PacketBuf>(
         Tunnel::Ipip => {}
         Tunnel::Gre => {
             // GRE's protocol type is the inner packet's EtherType.
-            let ethertype = if ip.v6 {
+            let ethertype = if inner_v6 {
                 ethernet::ETHERTYPE_IPV6
             } else {
                 ethernet::ETHERTYPE_IPV4

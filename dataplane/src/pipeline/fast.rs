@@ -4,12 +4,15 @@
 use super::{Action, Ctx, WorkerState, egress};
 use crate::addr;
 use crate::checksum;
+use crate::drop_reason::DropReason;
 use crate::flow::FlowKey;
-use crate::forward::IpView;
+use crate::forward::{self, IpView, Outer, Tunnel};
+use crate::neighbor::NeighborEvents;
 use crate::packet::PacketBuf;
-use crate::service::ForwardingMode;
-use crate::snapshot::Snapshot;
+use crate::service::{BackendId, ForwardingMode};
+use crate::snapshot::{Route, Service, Snapshot};
 use crate::wire::{ethernet, ipv4};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Bytes of flows and index buckets ([`FlowTable::touched_bytes`]) above which a worker warms
 /// a whole burst ([`warm_burst`]) before processing it: about what L2 keeps beside the packets
@@ -319,23 +322,14 @@ fn established_v4_inner<P: PacketBuf>(
     let endpoint = w.flows.endpoint(backend);
     let nat_v4 = svc.config.forwarding == ForwardingMode::Nat && addr::is_mapped(&endpoint.addr);
     let (Some(route), true) = (snap.backend_route(backend), nat_v4) else {
-        // Another mode, or no route resolved for the backend: the general rewrite.
-        let view = IpView {
-            v6: false,
-            l3: L3,
-            total,
-            l4: L4,
-            proto,
-            src: key.client,
-            dst: key.vip,
-        };
+        // DR and TUN, or no route resolved for the backend: out of this function's registers.
         let cx = Ctx {
             snap,
             w,
             ingress,
             now,
         };
-        return Ok(egress::forward_out_of_line(pkt, &cx, &view, svc, backend));
+        return Ok(other_modes_v4(pkt, &cx, proto, total, svc, backend));
     };
     // NAT, as `forward::rewrite_endpoint` does it, on fixed offsets.
     let new_addr: [u8; 4] = endpoint.addr[12..].try_into().expect("4 bytes");
@@ -368,4 +362,140 @@ fn established_v4_inner<P: PacketBuf>(
     Ok(Action::Forward {
         interface: route.interface,
     })
+}
+
+/// TUN of a client's IPv4 packet to an IPv4 backend whose route is resolved and whose egress
+/// MTU it fits (the caller checked): `forward::encapsulate`'s steps without its general
+/// cases (a VLAN tag, a change of family), then the next hop. `total` is the inner packet's
+/// length (Ethernet padding is dropped first).
+#[inline(always)]
+fn tunnel_v4<P: PacketBuf>(
+    pkt: &mut P,
+    total: usize,
+    outer: Outer,
+    kind: Tunnel,
+    route: &Route,
+    events: &NeighborEvents,
+) -> Result<(), DropReason> {
+    const L2: usize = ethernet::HEADER_LEN;
+    let overhead = kind.overhead(false);
+    if !pkt.set_len(L2 + total) || !pkt.prepend(overhead) {
+        return Err(DropReason::NoHeadroom);
+    }
+    let f = pkt.data_mut();
+    let Some(eth) = f.get_mut(..L2 + overhead) else {
+        return Err(DropReason::NoHeadroom);
+    };
+    eth.copy_within(overhead..overhead + L2, 0);
+    forward::write_outer(f, L2, false, total, outer, kind);
+    // Encapsulated first: a packet held for the next hop needs only its Ethernet header.
+    let dst_mac = egress::next_hop_mac(route, events)?;
+    forward::set_l2(f, dst_mac, route.src_mac);
+    Ok(())
+}
+
+/// The rest of [`established_v4`] for a flow that is not NAT to an IPv4 backend with a
+/// resolved route: DR on the link and TUN from IPv4 to IPv4 on fixed offsets, as the general
+/// forwarding does them; anything else (no route resolved, a tunnel's packet too big, an
+/// IPv6 backend, DR off the link) by the general forwarding. The flow is touched already.
+#[inline(never)]
+fn other_modes_v4<P: PacketBuf>(
+    pkt: &mut P,
+    cx: &Ctx<'_>,
+    proto: u8,
+    total: usize,
+    svc: &Service,
+    backend: BackendId,
+) -> Action {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+    let frame_len = pkt.data().len();
+    let forwarded = |route: &Route| {
+        if let Some((s, b)) = cx.w.traffic.of(svc.config.id, backend) {
+            s.count_in(frame_len);
+            b.count_in(frame_len);
+        }
+        Action::Forward {
+            interface: route.interface,
+        }
+    };
+    let endpoint = cx.w.flows.endpoint(backend);
+    let v4_backend = addr::is_mapped(&endpoint.addr);
+    // The caller verified the head; the client and the VIP are read from it again rather
+    // than passed (a flow key in memory cost the NAT path above 20 instructions a packet),
+    // and only where they are needed.
+    let head = |pkt: &P| {
+        let h = pkt.data().get(..FAST_HEAD)?;
+        Some((
+            addr::mapped(h[L3 + 12..L3 + 16].try_into().expect("4 bytes")),
+            addr::mapped(h[L3 + 16..L3 + 20].try_into().expect("4 bytes")),
+            h[L3 + ipv4::field::TOS],
+            h[L3 + ipv4::field::FLAGS_FRAG],
+            <[u8; 4]>::try_from(&h[L4..L4 + 4]).expect("4 bytes"),
+        ))
+    };
+    match (cx.snap.backend_route(backend), svc.config.forwarding) {
+        // DR: the packet goes as it came, to the backend's MAC on the link.
+        (Some(route), ForwardingMode::DirectRouting) if route.on_link => {
+            match egress::next_hop_mac(route, &cx.w.neighbor_events) {
+                Ok(mac) => {
+                    forward::set_l2(pkt.data_mut(), mac, route.src_mac);
+                    forwarded(route)
+                }
+                Err(r) => Action::Drop(r),
+            }
+        }
+        (Some(route), ForwardingMode::Tunnel)
+            if v4_backend
+                && !route.failed
+                && matches!(route.tunnel_src, Some(IpAddr::V4(_)))
+                && cx
+                    .snap
+                    .interfaces
+                    .get(usize::from(route.interface))
+                    .is_some_and(|i| {
+                        total + svc.config.options.tunnel.overhead(false) <= usize::from(i.mtu)
+                    }) =>
+        {
+            let Some((client, vip, tos, frag, ports)) = head(pkt) else {
+                return Action::Drop(DropReason::Truncated);
+            };
+            let outer = Outer {
+                tos,
+                df: frag & 0x40 != 0,
+                sport: match svc.config.options.tunnel {
+                    Tunnel::Gue { .. } => forward::gue_source_port_of(&client, &vip, ports, proto),
+                    _ => 0,
+                },
+                src: route.tunnel_src.expect("IPv4, checked above"),
+                dst: IpAddr::V4(Ipv4Addr::from(
+                    <[u8; 4]>::try_from(&endpoint.addr[12..]).expect("4 bytes"),
+                )),
+            };
+            tunnel_v4(
+                pkt,
+                total,
+                outer,
+                svc.config.options.tunnel,
+                route,
+                &cx.w.neighbor_events,
+            )
+            .map_or_else(Action::Drop, |()| forwarded(route))
+        }
+        _ => {
+            let Some((client, vip, ..)) = head(pkt) else {
+                return Action::Drop(DropReason::Truncated);
+            };
+            let view = IpView {
+                v6: false,
+                l3: L3,
+                total,
+                l4: L4,
+                proto,
+                src: client,
+                dst: vip,
+            };
+            egress::forward_out_of_line(pkt, cx, &view, svc, backend)
+        }
+    }
 }

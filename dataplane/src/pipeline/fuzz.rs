@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
 use super::fast::{Fast, established_v4};
-use super::tests::{config, seed_frames};
+use super::tests::{GRE_PORT, GUE_PORT, config_with_tunnels, seed_frames, tunnel_seed_frames};
 use super::*;
 use crate::flow::FlowTimeouts;
 use crate::packet::OwnedPacket;
@@ -31,12 +31,12 @@ fn cfg() -> Config {
 /// Built once: building per case would be most of the time spent.
 fn snapshot() -> &'static Snapshot {
     static SNAP: std::sync::OnceLock<Snapshot> = std::sync::OnceLock::new();
-    SNAP.get_or_init(|| Snapshot::build(config(2), 1))
+    SNAP.get_or_init(|| Snapshot::build(config_with_tunnels(2), 1))
 }
 
 fn seeds() -> &'static [Vec<u8>] {
     static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
-    SEEDS.get_or_init(seed_frames)
+    SEEDS.get_or_init(|| [seed_frames(), tunnel_seed_frames()].concat())
 }
 
 fn check(snap: &Snapshot, w: &mut WorkerState, frame: &[u8], now: u32) {
@@ -90,7 +90,7 @@ proptest! {
 /// Everything of a worker's state a packet can change, for comparing two workers.
 fn observable(w: &WorkerState) -> (usize, crate::flow::FlowTableStats, Vec<u64>) {
     let mut counters = Vec::new();
-    for id in 0..8u32 {
+    for id in 0..16u32 {
         let c = w.flows.conns(crate::service::BackendId(id));
         counters.extend([u64::from(c.active), u64::from(c.inactive)]);
         if let Some(t) = w.traffic.backends.get(id as usize) {
@@ -146,8 +146,8 @@ fn fast_path_equals_general_path_on_every_seed() {
         assert!(fast.flows.stats().created > 0, "the seeds create flows");
     }
     // And the fast path did take some of them, in every mode (else this test would prove
-    // nothing): the NAT, DR and TUN services' ports (TCP 80-82, UDP 1080-1082), and the NAT
-    // replies (from port 8080, TCP and UDP).
+    // nothing): the NAT, DR and TUN services' ports (TCP 80-82, UDP 1080-1082; TUN with IPIP,
+    // GUE and GRE at 82-84), and the NAT replies (from port 8080, TCP and UDP).
     let mut taken = std::collections::BTreeSet::new();
     for index in 0..2 {
         let mut probe = WorkerState::new(index, 64, 64, 256, FlowTimeouts::default());
@@ -179,9 +179,13 @@ fn fast_path_equals_general_path_on_every_seed() {
             (0, 80),
             (0, 81),
             (0, 82),
+            (0, GUE_PORT),
+            (0, GRE_PORT),
             (0, 1080),
             (0, 1081),
             (0, 1082),
+            (0, GUE_PORT + 1000),
+            (0, GRE_PORT + 1000),
             (6, 8080),
             (17, 8080)
         ],

@@ -412,6 +412,71 @@ pub(super) fn config(workers: u16) -> SnapshotConfig {
     }
 }
 
+/// The VIP ports of the IPv4 TUN services [`config_with_tunnels`] adds, GUE then GRE (TCP;
+/// UDP is 1000 more): `config`'s own TUN services use IPIP.
+pub(super) const GUE_PORT: u16 = 83;
+pub(super) const GRE_PORT: u16 = 84;
+
+/// [`config`] and two IPv4 TUN services more, GUE (to port 6080) and GRE, for each protocol,
+/// to the same backend address: every tunnel type the fast path encapsulates.
+pub(super) fn config_with_tunnels(workers: u16) -> SnapshotConfig {
+    let mut c = config(workers);
+    let mut id = 12; // after `config`'s services (0-11) and IPv4 backends (0-5)
+    for (port, tunnel) in [
+        (GUE_PORT, crate::forward::Tunnel::Gue { port: 6080 }),
+        (GRE_PORT, crate::forward::Tunnel::Gre),
+    ] {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let port = if proto == Protocol::Udp {
+                port + 1000
+            } else {
+                port
+            };
+            c.services.push(ServiceConfig {
+                id: ServiceId(id),
+                name: format!("svc{id}"),
+                protocol: proto,
+                vip: VIP.parse().unwrap(),
+                port,
+                scheduler: SchedulerKind::RoundRobin,
+                forwarding: ForwardingMode::Tunnel,
+                maglev_table_size: 251,
+                options: crate::snapshot::ServiceOptions {
+                    tunnel,
+                    ..Default::default()
+                },
+                backends: vec![backend(id, "b1", B1, port)],
+                generation: 1,
+            });
+            id += 1;
+        }
+    }
+    c
+}
+
+/// Client packets to the services [`config_with_tunnels`] adds (SYN, ACK, RST; UDP, padded).
+pub(super) fn tunnel_seed_frames() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    for port in [GUE_PORT, GRE_PORT] {
+        for flags in [
+            crate::wire::tcp::SYN,
+            crate::wire::tcp::ACK,
+            crate::wire::tcp::RST,
+        ] {
+            let (_, l4) = client_packet(false, Protocol::Tcp, ForwardingMode::Tunnel, flags);
+            let ip = ipv4_packet(v4hdr(CLIENT, VIP), with_ports(l4, 40000, port));
+            seeds.push(frame(OUR_MAC, GW_MAC, &ip));
+        }
+        let (_, l4) = client_packet(false, Protocol::Udp, ForwardingMode::Tunnel, 0);
+        let ip = ipv4_packet(v4hdr(CLIENT, VIP), with_ports(l4, 40000, port + 1000));
+        // Padded to Ethernet's 60 bytes, as a NIC hands it over (the tunnel drops the padding).
+        let mut f = frame(OUR_MAC, GW_MAC, &ip);
+        f.resize(60, 0);
+        seeds.push(f);
+    }
+    seeds
+}
+
 fn worker() -> WorkerState {
     WorkerState::new(0, 1024, 64, 256, FlowTimeouts::default())
 }
