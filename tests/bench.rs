@@ -142,3 +142,46 @@ fn bench_tunnels_of_each_type_and_a_chosen_table_size() {
         );
     }
 }
+
+#[test]
+fn bench_republishes_through_the_api_and_reports_how_soon_each_change_was_live() {
+    let out = Command::new(env!("CARGO_BIN_EXE_l4lb"))
+        .args([
+            "bench",
+            "--json",
+            "--flows",
+            "256",
+            "--seconds",
+            "1",
+            "--warmup",
+            "0.2",
+            "--scheduler",
+            "maglev",
+            "--republish-ms",
+            "20",
+            "--republish-weights",
+            "3",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run l4lb bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr:\n{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let p = &r["l4lb"]["publish"];
+    assert_eq!(p["weights"], 3, "{p}");
+    // One change every 20 ms for a second, each answered once live: 50 at most.
+    let count = p["count"].as_u64().unwrap();
+    assert!((5..=51).contains(&count), "{count} publishes: {p}");
+    let (p50, p99, max) = (
+        p["p50_us"].as_u64().unwrap(),
+        p["p99_us"].as_u64().unwrap(),
+        p["max_us"].as_u64().unwrap(),
+    );
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{p}");
+    assert_eq!(
+        r["l4lb"]["drop_share"].as_object().map(|d| d.len()),
+        Some(0),
+        "nothing dropped while the weights changed: {r}"
+    );
+}

@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// changes through the REST API); reports how long each publish took to be live.
     #[arg(long, value_name = "MS")]
     pub republish_ms: Option<u64>,
+    /// The weights a republish gives the backend, in turn: 1 to N. With more than Maglev
+    /// keeps recently built tables of (17 and up), every publish builds its table anew; the
+    /// default, 2, toggles it as a flapping health check does.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub republish_weights: u32,
     /// Also run dpdk-testpmd on the same vdevs and pcap, and print the ratios.
     #[arg(long)]
     pub compare: bool,
@@ -649,7 +654,7 @@ fn stats(base: &str) -> Option<Value> {
 
 /// Changes a backend's weight every `every`, through the API, until `stop`; the time each change
 /// took to be live (the API answers once every worker uses it).
-fn republish(base: String, every: Duration, stop: Arc<AtomicBool>) -> Vec<Duration> {
+fn republish(base: String, every: Duration, weights: u32, stop: Arc<AtomicBool>) -> Vec<Duration> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
@@ -658,7 +663,7 @@ fn republish(base: String, every: Duration, stop: Arc<AtomicBool>) -> Vec<Durati
     let mut next = Instant::now();
     let mut weight = 1;
     while !stop.load(Ordering::Relaxed) {
-        weight = 3 - weight;
+        weight = weight % weights + 1;
         let t = Instant::now();
         let ok = agent
             .patch(format!("{base}/api/v1/services/bench/backends/b0"))
@@ -801,8 +806,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     let measured = measure(&prefix, "l4lb", args, &mut app, || {
         before = stats(&base);
         republisher = args.republish_ms.map(|ms| {
-            let (base, stop) = (base.clone(), Arc::clone(&stop));
-            std::thread::spawn(move || republish(base, Duration::from_millis(ms.max(1)), stop))
+            let (base, stop, n) = (base.clone(), Arc::clone(&stop), args.republish_weights);
+            std::thread::spawn(move || republish(base, Duration::from_millis(ms.max(1)), n, stop))
         });
     });
     stop.store(true, Ordering::Relaxed);
@@ -861,6 +866,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         p.sort();
         publish = json!({
             "count": p.len(),
+            "weights": args.republish_weights,
             "p50_us": percentile(&p, 0.5).as_micros() as u64,
             "p99_us": percentile(&p, 0.99).as_micros() as u64,
             "max_us": p.last().copied().unwrap_or_default().as_micros() as u64,
@@ -1029,8 +1035,8 @@ fn text(case: &str, r: &Value) -> String {
     ));
     if let Some(p) = r["l4lb"]["publish"].as_object() {
         out.push_str(&format!(
-            "  republished {} times: live after p50 {} us, p99 {} us, max {} us\n",
-            p["count"], p["p50_us"], p["p99_us"], p["max_us"]
+            "  republished {} times (weights 1 to {} in turn): live after p50 {} us, p99 {} us, max {} us\n",
+            p["count"], p["weights"], p["p50_us"], p["p99_us"], p["max_us"]
         ));
     }
     let tp: Vec<(String, Value)> = r["case"]["testpmd_modes"]

@@ -10,6 +10,9 @@
 //! order, whatever order the configuration lists them in, and the hash is [`crate::hash`]. Two
 //! appliances (or two runs) with the same backends pick the same backend for the same flow.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use super::hashing::{HashOf, Hashed};
 use super::{Cursor, PickInput, Scheduler};
 use crate::hash::{seed, stable_hash};
@@ -17,8 +20,8 @@ use crate::hash::{seed, stable_hash};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaglevTable {
     /// Backend index (into the list given to `build`) per slot; empty when no backend takes
-    /// new flows.
-    slots: Vec<u32>,
+    /// new flows. Shared with the recently built tables and the other snapshots that use it.
+    slots: Arc<[u32]>,
     /// What a pick hashes (the whole tuple unless [`hashing`](Self::hashing) says otherwise).
     hashed: Hashed,
 }
@@ -100,7 +103,7 @@ impl MaglevTable {
         let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].1 > 0).collect();
         if order.is_empty() || m == 0 {
             return MaglevTable {
-                slots: Vec::new(),
+                slots: Arc::from(Vec::new()),
                 hashed: TUPLE,
             };
         }
@@ -171,9 +174,52 @@ impl MaglevTable {
             }
         }
         MaglevTable {
-            slots,
+            slots: Arc::from(slots),
             hashed: TUPLE,
         }
+    }
+
+    /// [`build`](Self::build), or the same table built a moment ago for the same inputs (a
+    /// backend whose health check flaps, a weight set to 0 and back): the table depends on
+    /// nothing else, so it is the table `build` would give, without the milliseconds. The
+    /// [`RECENT_BYTES`] of tables built last are kept, process-wide.
+    pub fn build_recent(backends: &[(&str, u32)], m: u32) -> MaglevTable {
+        let same = |(k, km, _): &(Vec<(String, u32)>, u32, Arc<[u32]>)| {
+            *km == m
+                && k.len() == backends.len()
+                && k.iter()
+                    .zip(backends)
+                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+        };
+        {
+            let mut r = recent().lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = r.iter().position(same) {
+                let hit = r.remove(at).expect("a position in the list");
+                let slots = Arc::clone(&hit.2);
+                r.push_front(hit);
+                return MaglevTable {
+                    slots,
+                    hashed: TUPLE,
+                };
+            }
+        }
+        // Built outside the lock: two snapshots built at once wait for nothing.
+        let t = Self::build(backends, m);
+        let mut r = recent().lock().unwrap_or_else(|e| e.into_inner());
+        let key = backends.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+        r.push_front((key, m, Arc::clone(&t.slots)));
+        let mut bytes = 0;
+        r.retain(|(_, _, s)| {
+            bytes += s.len() * 4;
+            bytes <= RECENT_BYTES || Arc::ptr_eq(s, &t.slots)
+        });
+        t
+    }
+
+    /// True when both tables are one in memory (a table [`build_recent`](Self::build_recent)
+    /// found again).
+    pub fn shares_slots_with(&self, other: &MaglevTable) -> bool {
+        Arc::ptr_eq(&self.slots, &other.slots)
     }
 
     /// The table picking by `hashed` (IPVS's mh and its flags).
@@ -195,7 +241,7 @@ impl MaglevTable {
     /// Slots per backend index, for tests and the API.
     pub fn slot_counts(&self, backends: usize) -> Vec<usize> {
         let mut c = vec![0; backends];
-        for s in &self.slots {
+        for s in self.slots.iter() {
             c[*s as usize] += 1;
         }
         c
@@ -205,6 +251,18 @@ impl MaglevTable {
     pub fn slot(&self, i: usize) -> Option<u32> {
         self.slots.get(i).copied()
     }
+}
+
+/// Bytes of recently built tables [`MaglevTable::build_recent`] keeps: 16 tables of the
+/// default 65,537 slots (the newest is kept whatever its size).
+pub const RECENT_BYTES: usize = 16 * 65537 * 4;
+
+/// The tables built last, newest first: (backends as given, M, slots).
+type Recent = VecDeque<(Vec<(String, u32)>, u32, Arc<[u32]>)>;
+
+fn recent() -> &'static Mutex<Recent> {
+    static RECENT: Mutex<Recent> = Mutex::new(VecDeque::new());
+    &RECENT
 }
 
 impl Scheduler for MaglevTable {
@@ -358,6 +416,41 @@ mod tests {
             }
         }
         slots
+    }
+
+    #[test]
+    fn a_recent_table_is_found_again_and_is_the_table_build_gives() {
+        // Names of their own: the list is process-wide and other tests build tables too.
+        let ids: Vec<String> = (0..4).map(|i| format!("recent-{i}")).collect();
+        let with =
+            |w: [u32; 4]| -> Vec<(&str, u32)> { ids.iter().map(String::as_str).zip(w).collect() };
+        let (a, b) = (with([1, 1, 1, 1]), with([1, 2, 1, 1]));
+        let first = MaglevTable::build_recent(&a, 4093);
+        let other = MaglevTable::build_recent(&b, 4093);
+        let again = MaglevTable::build_recent(&a, 4093);
+        assert!(
+            again.shares_slots_with(&first),
+            "the same inputs: the table built before"
+        );
+        assert!(!other.shares_slots_with(&first));
+        assert_eq!(again, MaglevTable::build(&a, 4093));
+        assert_eq!(other, MaglevTable::build(&b, 4093));
+        // Another M, another order or another name is another table.
+        assert!(!MaglevTable::build_recent(&a, 251).shares_slots_with(&first));
+        let swapped: Vec<(&str, u32)> = a.iter().rev().copied().collect();
+        let t = MaglevTable::build_recent(&swapped, 4093);
+        assert!(!t.shares_slots_with(&first));
+        assert_eq!(t, MaglevTable::build(&swapped, 4093));
+        // Enough other tables push it out: then it is built again, and equal.
+        for i in 0..(RECENT_BYTES / (4093 * 4) + 1) as u32 {
+            MaglevTable::build_recent(&with([1, 1, 1, 100 + i]), 4093);
+        }
+        let rebuilt = MaglevTable::build_recent(&a, 4093);
+        assert!(
+            !rebuilt.shares_slots_with(&first),
+            "pushed out by newer tables"
+        );
+        assert_eq!(rebuilt, first);
     }
 
     #[test]

@@ -113,10 +113,12 @@ pub fn build(
 ) -> Box<dyn Scheduler> {
     let weights: Vec<u32> = backends.iter().map(|b| b.1).collect();
     let mh = |hashed| {
-        Box::new(MaglevTable::build(backends, maglev_size).hashing(Hashed {
-            fallback: flags.mh_fallback,
-            ..hashed
-        }))
+        Box::new(
+            MaglevTable::build_recent(backends, maglev_size).hashing(Hashed {
+                fallback: flags.mh_fallback,
+                ..hashed
+            }),
+        )
     };
     match kind {
         SchedulerKind::RoundRobin => Box::new(RoundRobin { generation }),
