@@ -184,7 +184,7 @@ impl MaglevTable {
     /// nothing else, so it is the table `build` would give, without the milliseconds. The
     /// [`RECENT_BYTES`] of tables built last are kept, process-wide.
     pub fn build_recent(backends: &[(&str, u32)], m: u32) -> MaglevTable {
-        let same = |(k, km, _): &(Vec<(String, u32)>, u32, Arc<[u32]>)| {
+        let same = |(k, km, _): &RecentTable| {
             *km == m
                 && k.len() == backends.len()
                 && k.iter()
@@ -257,8 +257,11 @@ impl MaglevTable {
 /// default 65,537 slots (the newest is kept whatever its size).
 pub const RECENT_BYTES: usize = 16 * 65537 * 4;
 
-/// The tables built last, newest first: (backends as given, M, slots).
-type Recent = VecDeque<(Vec<(String, u32)>, u32, Arc<[u32]>)>;
+/// A table built recently: its backends as given, its M, its slots.
+type RecentTable = (Vec<(String, u32)>, u32, Arc<[u32]>);
+
+/// The tables built last, newest first.
+type Recent = VecDeque<RecentTable>;
 
 fn recent() -> &'static Mutex<Recent> {
     static RECENT: Mutex<Recent> = Mutex::new(VecDeque::new());
