@@ -1,5 +1,6 @@
-//! The packet a load balancer sees most, on a straight line ([`established_v4`]), and the
-//! warming of a burst's cache lines before it is processed ([`warm_burst`]).
+//! The packet a load balancer sees most, on a straight line ([`established_v4`], and
+//! [`established_v6`] for IPv6), and the warming of a burst's cache lines before it is
+//! processed ([`warm_burst`]).
 
 use super::{Action, Ctx, WorkerState, egress};
 use crate::addr;
@@ -11,7 +12,7 @@ use crate::neighbor::NeighborEvents;
 use crate::packet::PacketBuf;
 use crate::service::{BackendId, ForwardingMode};
 use crate::snapshot::{Route, Service, Snapshot};
-use crate::wire::{ethernet, ipv4};
+use crate::wire::{ethernet, ipv4, ipv6};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Bytes of flows and index buckets ([`FlowTable::touched_bytes`]) above which a worker warms
@@ -498,4 +499,161 @@ fn other_modes_v4<P: PacketBuf>(
             egress::forward_out_of_line(pkt, cx, &view, svc, backend)
         }
     }
+}
+
+/// Bytes of a frame [`established_v6`] reads and writes through one fixed array: Ethernet, the
+/// 40-byte IPv6 header and the 8 of a UDP header (the shortest IPv6 frame a client sends is
+/// 62 bytes; TCP's flags and checksum, further on, are read and written apart).
+const FAST_HEAD6: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + 8;
+
+/// [`established_v4`] for IPv6: an untagged IPv6 TCP or UDP packet without extension headers,
+/// to our MAC, of a live flow of a live service, with the general path's checks in its order
+/// and, for NAT to an IPv6 backend with a resolved route, its rewrite on fixed offsets (the
+/// destination and its port; IPv6 has no header checksum, the transport's is updated). Other
+/// modes take the general forwarding; anything else returns before anything is changed.
+#[inline(never)]
+pub(super) fn established_v6<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Fast {
+    match established_v6_inner(pkt, ingress, snap, w, now) {
+        Ok(a) => Fast::Done(a),
+        Err(f) => f,
+    }
+}
+
+#[inline(always)]
+fn established_v6_inner<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, Fast> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv6::HEADER_LEN;
+    let itf = snap
+        .interfaces
+        .get(usize::from(ingress))
+        .ok_or(Fast::Other)?;
+    let frame = pkt.data_mut();
+    let frame_len = frame.len();
+    // The transport's own fields first: TCP's flags and data offset lie beyond the array.
+    let proto = *frame.get(L3 + 6).ok_or(Fast::Other)?;
+    let tcp = match proto {
+        ipv4::PROTO_TCP => Some(frame.get(L4 + 12..L4 + 14).ok_or(Fast::Other)?),
+        _ => None,
+    }
+    .map(|t| (t[0] >> 4, t[1]));
+    let h: &mut [u8; FAST_HEAD6] = frame
+        .get_mut(..FAST_HEAD6)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Fast::Other)?;
+    if h[..6] != itf.mac.0 || h[6] & 1 != 0 || h[12..14] != ethernet::ETHERTYPE_IPV6.to_be_bytes() {
+        return Err(Fast::Other);
+    }
+    // Version 6, a payload that fits, TCP or UDP right after the header.
+    let l4_len = usize::from(u16::from_be_bytes([h[L3 + 4], h[L3 + 5]]));
+    if h[L3] >> 4 != 6 || L4 + l4_len > frame_len {
+        return Err(Fast::Other);
+    }
+    let (tcp_flags, checksum_at) = match (proto, tcp) {
+        (ipv4::PROTO_TCP, Some((offset, flags)))
+            if l4_len >= 20 && offset >= 5 && l4_len >= usize::from(offset) * 4 =>
+        {
+            (Some(flags), L4 + 16)
+        }
+        (ipv4::PROTO_UDP, _)
+            if l4_len >= 8
+                && (8..=l4_len)
+                    .contains(&usize::from(u16::from_be_bytes([h[L4 + 4], h[L4 + 5]]))) =>
+        {
+            (None, L4 + 6)
+        }
+        _ => return Err(Fast::Other),
+    };
+    let addr16 = |at: usize| -> [u8; 16] { h[at..at + 16].try_into().expect("16 bytes") };
+    let vip = addr16(L3 + ipv6::field::DST);
+    if !snap.maybe_vip(&vip) {
+        return Err(Fast::Other);
+    }
+    let key = FlowKey {
+        client: addr16(L3 + ipv6::field::SRC),
+        vip,
+        client_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
+        vip_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
+        protocol: proto,
+    };
+    let slot = w.flows.find(&key).ok_or(Fast::NoFlow)?;
+    if w.flows.expired_at(slot, now) {
+        return Err(Fast::Other); // the general path's lookup removes it
+    }
+    let f = w.flows.get(slot);
+    if let Some(flags) = tcp_flags
+        && super::flow::reuses_tuple(flags, f.state)
+    {
+        return Err(Fast::Other); // a new connection on a closing flow's tuple
+    }
+    let backend = f.backend;
+    let svc = snap
+        .service_by_id(f.service)
+        .filter(|s| s.matches(&key))
+        .ok_or(Fast::Other)?;
+    // Decided: from here on it is what the general path does with a live flow of a live
+    // service.
+    w.flows.touch(slot, tcp_flags, now);
+    let endpoint = w.flows.endpoint(backend);
+    let nat_v6 = svc.config.forwarding == ForwardingMode::Nat && !addr::is_mapped(&endpoint.addr);
+    let (Some(route), true) = (snap.backend_route(backend), nat_v6) else {
+        let view = IpView {
+            v6: true,
+            l3: L3,
+            total: ipv6::HEADER_LEN + l4_len,
+            l4: L4,
+            proto,
+            src: key.client,
+            dst: key.vip,
+        };
+        let cx = Ctx {
+            snap,
+            w,
+            ingress,
+            now,
+        };
+        return Ok(egress::forward_out_of_line(pkt, &cx, &view, svc, backend));
+    };
+    // NAT, as `forward::rewrite_endpoint` does it for IPv6, on fixed offsets.
+    let addr_delta = checksum::delta(&vip, &endpoint.addr);
+    h[L3 + ipv6::field::DST..L3 + ipv6::field::DST + 16].copy_from_slice(&endpoint.addr);
+    h[L4 + 2..L4 + 4].copy_from_slice(&endpoint.port.to_be_bytes());
+    let dst_mac = egress::next_hop_mac(route, &w.neighbor_events);
+    if let Ok(m) = dst_mac {
+        h[..6].copy_from_slice(&m.0);
+        h[6..12].copy_from_slice(&route.src_mac.0);
+    }
+    // Within the frame: the transport header was checked to fit.
+    let Some(at) = pkt.data_mut().get_mut(checksum_at..checksum_at + 2) else {
+        return Ok(Action::Drop(DropReason::Truncated));
+    };
+    let c = u16::from_be_bytes([at[0], at[1]]);
+    let d = addr_delta + u32::from(!key.vip_port) + u32::from(endpoint.port);
+    let c = if tcp_flags.is_none() {
+        checksum::udp_apply(c, d)
+    } else {
+        checksum::apply(c, d)
+    };
+    at.copy_from_slice(&c.to_be_bytes());
+    if let Err(r) = dst_mac {
+        return Ok(Action::Drop(r));
+    }
+    if let Some((s, b)) = w.traffic.of(svc.config.id, backend) {
+        s.count_in(frame_len);
+        b.count_in(frame_len);
+    }
+    Ok(Action::Forward {
+        interface: route.interface,
+    })
 }

@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
-use super::fast::{Fast, established_v4};
+use super::fast::{Fast, established_v4, established_v6};
 use super::tests::{GRE_PORT, GUE_PORT, config_with_tunnels, seed_frames, tunnel_seed_frames};
 use super::*;
 use crate::flow::FlowTimeouts;
@@ -145,27 +145,28 @@ fn fast_path_equals_general_path_on_every_seed() {
         }
         assert!(fast.flows.stats().created > 0, "the seeds create flows");
     }
-    // And the fast path did take some of them, in every mode (else this test would prove
+    // And the fast paths did take some of them, in every mode (else this test would prove
     // nothing): the NAT, DR and TUN services' ports (TCP 80-82, UDP 1080-1082; TUN with IPIP,
-    // GUE and GRE at 82-84), and the NAT replies (from port 8080, TCP and UDP).
+    // GUE and GRE at 82-84 over IPv4), in both families, and the NAT replies (from port 8080,
+    // TCP and UDP).
     let mut taken = std::collections::BTreeSet::new();
     for index in 0..2 {
         let mut probe = WorkerState::new(index, 64, 64, 256, FlowTimeouts::default());
         for now in [20, 21] {
             for f in seeds() {
                 let mut p = OwnedPacket::new(f);
-                if matches!(
-                    established_v4(&mut p, 0, snapshot(), &mut probe, now),
-                    Fast::Done(_)
-                ) {
-                    let (sport, dport) = (
-                        u16::from_be_bytes([f[34], f[35]]),
-                        u16::from_be_bytes([f[36], f[37]]),
-                    );
-                    taken.insert(if sport == 8080 {
-                        (f[23], sport)
-                    } else {
-                        (0, dport)
+                let fast = match established_v4(&mut p, 0, snapshot(), &mut probe, now) {
+                    Fast::Other => established_v6(&mut p, 0, snapshot(), &mut probe, now),
+                    f => f,
+                };
+                if matches!(fast, Fast::Done(_)) {
+                    let v6 = f[12..14] == [0x86, 0xdd];
+                    let l4 = if v6 { 54 } else { 34 };
+                    let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+                    taken.insert(match (v6, port(l4)) {
+                        (false, 8080) => ("reply v4", f[23], 8080),
+                        (false, _) => ("to a VIP v4", 0, port(l4 + 2)),
+                        (true, _) => ("to a VIP v6", f[20], port(l4 + 2)),
                     });
                 } else {
                     super::process_general(&mut p, 0, snapshot(), &mut probe, now);
@@ -173,22 +174,17 @@ fn fast_path_equals_general_path_on_every_seed() {
             }
         }
     }
+    let mut want = vec![("reply v4", 6, 8080), ("reply v4", 17, 8080)];
+    for port in [80, 81, 82, GUE_PORT, GRE_PORT] {
+        want.extend([("to a VIP v4", 0, port), ("to a VIP v4", 0, port + 1000)]);
+    }
+    for port in [80, 81, 82] {
+        want.extend([("to a VIP v6", 6, port), ("to a VIP v6", 17, port + 1000)]);
+    }
+    want.sort();
     assert_eq!(
         taken.into_iter().collect::<Vec<_>>(),
-        [
-            (0, 80),
-            (0, 81),
-            (0, 82),
-            (0, GUE_PORT),
-            (0, GRE_PORT),
-            (0, 1080),
-            (0, 1081),
-            (0, 1082),
-            (0, GUE_PORT + 1000),
-            (0, GRE_PORT + 1000),
-            (6, 8080),
-            (17, 8080)
-        ],
+        want,
         "VIP ports and reply sources the fast path took"
     );
 }

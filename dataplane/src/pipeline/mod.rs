@@ -2,7 +2,8 @@
 //! [`Action`]. Each stage is one decision in a module of its own, and every drop names its
 //! [`DropReason`]:
 //!
-//! - [`fast`]: the established IPv4 flow on a straight line, and the warming of a burst;
+//! - [`fast`]: the established IPv4 and IPv6 flow on a straight line, and the warming of a
+//!   burst;
 //! - [`classify`]: Ethernet, IP and transport headers into a parsed description, and where
 //!   the packet goes next;
 //! - [`flow`]: to a VIP — the service, the flow, a new flow's backend;
@@ -118,7 +119,11 @@ pub fn process<P: PacketBuf>(
     w: &mut WorkerState,
     now: u32,
 ) -> Action {
-    let no_flow = match fast::established_v4(pkt, ingress, snap, w, now) {
+    let fast = match fast::established_v4(pkt, ingress, snap, w, now) {
+        fast::Fast::Other => fast::established_v6(pkt, ingress, snap, w, now),
+        f => f,
+    };
+    let no_flow = match fast {
         fast::Fast::Done(a) => return a,
         fast::Fast::NoFlow => true,
         fast::Fast::Other => false,

@@ -454,7 +454,8 @@ pub(super) fn config_with_tunnels(workers: u16) -> SnapshotConfig {
     c
 }
 
-/// Client packets to the services [`config_with_tunnels`] adds (SYN, ACK, RST; UDP, padded).
+/// Client packets to the services [`config_with_tunnels`] adds (SYN, ACK, RST; UDP, padded),
+/// and IPv6 UDP datagrams of 64 bytes and more.
 pub(super) fn tunnel_seed_frames() -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
     for port in [GUE_PORT, GRE_PORT] {
@@ -474,6 +475,36 @@ pub(super) fn tunnel_seed_frames() -> Vec<Vec<u8>> {
         f.resize(60, 0);
         seeds.push(f);
     }
+    // IPv6 UDP datagrams, one padded.
+    for mode in [
+        ForwardingMode::Nat,
+        ForwardingMode::DirectRouting,
+        ForwardingMode::Tunnel,
+    ] {
+        let l4 = L4Spec::Udp {
+            sport: 40000,
+            dport: vip_port(Protocol::Udp, mode),
+            payload: b"a query of twenty-two",
+            zero_checksum: false,
+        };
+        let mut f = frame(OUR_MAC, GW6_MAC, &ipv6_packet(v6hdr(CLIENT6, VIP6), l4));
+        if mode == ForwardingMode::Nat {
+            f.resize(f.len() + 6, 0);
+        }
+        seeds.push(f);
+    }
+    // The shortest a bench sends: 64 bytes, two of payload.
+    let l4 = L4Spec::Udp {
+        sport: 40001,
+        dport: vip_port(Protocol::Udp, ForwardingMode::Nat),
+        payload: b"ab",
+        zero_checksum: false,
+    };
+    seeds.push(frame(
+        OUR_MAC,
+        GW6_MAC,
+        &ipv6_packet(v6hdr(CLIENT6, VIP6), l4),
+    ));
     seeds
 }
 
