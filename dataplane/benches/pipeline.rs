@@ -13,7 +13,9 @@ use dataplane::addr::{IpPrefix, MacAddr};
 use dataplane::checksum;
 use dataplane::flow::FlowTimeouts;
 use dataplane::packet::{OwnedPacket, PacketBuf};
-use dataplane::pipeline::{Action, WARM_ABOVE_BYTES, WorkerState, process, warm_burst};
+use dataplane::pipeline::{
+    Action, MAX_BURST, WARM_ABOVE_BYTES, WorkerState, process, process_hinted, warm_burst,
+};
 use dataplane::sched::MaglevTable;
 use dataplane::service::{BackendId, ForwardingMode, Protocol, SchedulerKind, ServiceId};
 use dataplane::snapshot::{
@@ -261,6 +263,7 @@ fn established_burst(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BURST as u64));
     let snap = snapshot(SchedulerKind::Maglev);
     let mut pkts: Vec<OwnedPacket> = (0..BURST).map(|_| OwnedPacket::new(&frame(0))).collect();
+    let mut hints = [None; MAX_BURST];
     let mut k = 0;
     for flows in [1_000u32, 1_000_000] {
         let mut state: Option<(WorkerState, Vec<Vec<u8>>)> = None;
@@ -271,11 +274,14 @@ fn established_burst(c: &mut Criterion) {
                     p.reset_from(&probe[k % probe.len()]);
                     k += 1;
                 }
-                if w.flows.touched_bytes() > WARM_ABOVE_BYTES {
-                    warm_burst(pkts.iter().map(|p| p.data()), &snap, w);
-                }
-                for p in pkts.iter_mut() {
-                    black_box(process(p, 0, &snap, w, 2));
+                let warmed = if w.flows.touched_bytes() > WARM_ABOVE_BYTES {
+                    warm_burst(pkts.iter().map(|p| p.data()), &snap, w, &mut hints)
+                } else {
+                    0
+                };
+                for (i, p) in pkts.iter_mut().enumerate() {
+                    let hint = if i < warmed { hints[i] } else { None };
+                    black_box(process_hinted(p, 0, &snap, w, 2, hint));
                 }
             })
         });

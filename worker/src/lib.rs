@@ -16,7 +16,9 @@ use dataplane::drop_reason::DropReason;
 use dataplane::flow::FlowTableStats;
 use dataplane::neighbor::{HoldQueue, NeighborEvent, Released};
 use dataplane::packet::PacketBuf;
-use dataplane::pipeline::{Action, WARM_ABOVE_BYTES, WorkerState, process, warm_burst};
+use dataplane::pipeline::{
+    Action, WARM_ABOVE_BYTES, Warmed, WorkerState, process_hinted, warm_burst,
+};
 use dataplane::shared::{Reader, SharedSnapshot};
 pub use dpdk_rs::MAX_BURST;
 use dpdk_rs::{MbufBurst, MbufMut, RingConsumer, RingProducer, RxQueue, TxQueue};
@@ -114,6 +116,8 @@ struct Buffers {
     kernel: Vec<MbufBurst>,
     /// Packets waiting for their next hop's MAC.
     hold: HoldQueue<dpdk_rs::Mbuf>,
+    /// What the warm pass hashed for each packet of the burst.
+    hints: Box<[Option<Warmed>; MAX_BURST]>,
 }
 
 impl Worker<'_> {
@@ -139,6 +143,7 @@ impl Worker<'_> {
             dropped: MbufBurst::new(),
             kernel: (0..self.tx.len()).map(|_| MbufBurst::new()).collect(),
             hold: HoldQueue::new(HOLD_CAPACITY, HOLD_PER_NEIGHBOR),
+            hints: Box::new([None; MAX_BURST]),
         };
         let mut last_release = 0;
         let burst = settings.burst.clamp(1, MAX_BURST);
@@ -290,15 +295,23 @@ impl Worker<'_> {
     ) {
         let snap = reader.snapshot();
         let n = b.rx.len();
-        if self.state.flows.touched_bytes() > WARM_ABOVE_BYTES {
-            // Flows that do not stay in the caches: the burst's index buckets, then its flows, are
-            // prefetched first, so their cache misses overlap; the processing below then finds
-            // its lines in cache. (Interleaved with the rest of the work, each miss would be
-            // waited for alone.)
-            warm_burst((0..n).map(|i| b.rx.data(i)), snap, &self.state);
-        }
+        // Flows that do not stay in the caches: the burst's index buckets, then its flows, are
+        // prefetched first, so their cache misses overlap; the processing below then finds
+        // its lines in cache, and looks them up by the hashes the warm pass computed.
+        // (Interleaved with the rest of the work, each miss would be waited for alone.)
+        let warmed = if self.state.flows.touched_bytes() > WARM_ABOVE_BYTES {
+            warm_burst(
+                (0..n).map(|i| b.rx.data(i)),
+                snap,
+                &self.state,
+                &mut b.hints,
+            )
+        } else {
+            0
+        };
         // One pass: each packet is processed, then put where its action sends it.
         let mut rx = b.rx.drain();
+        let mut i = 0;
         while let Some(mut m) = rx.next() {
             // The next packets' headers are on their way to the cache while this one runs.
             rx.prefetch(1);
@@ -307,12 +320,15 @@ impl Worker<'_> {
                 .get(usize::from(m.port()))
                 .copied()
                 .unwrap_or(u16::MAX);
-            let a = process(
+            let hint = if i < warmed { b.hints[i] } else { None };
+            i += 1;
+            let a = process_hinted(
                 &mut Packet(m.as_mut()),
                 port_interface,
                 snap,
                 &mut self.state,
                 now,
+                hint,
             );
             if a == Action::Drop(DropReason::NeighborUnresolved)
                 && let Some((next_hop, interface)) = self.state.neighbor_events.take_unresolved()

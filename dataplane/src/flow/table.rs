@@ -544,8 +544,16 @@ impl FlowTable {
     /// to bring index entries and flows into the cache).
     #[inline(always)]
     pub fn find(&self, key: &FlowKey) -> Option<u32> {
-        let h = self.hash_of(key);
-        self.index.find(h, |s| self.slots[s as usize].key == *key)
+        self.find_hashed(key, self.hash_of(key))
+    }
+
+    /// [`find`](FlowTable::find) of a key whose [`hash_of`](FlowTable::hash_of) is `hash`,
+    /// computed already (by the warm pass, from the same bytes).
+    #[inline(always)]
+    pub fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<u32> {
+        debug_assert_eq!(hash, self.hash_of(key), "the hash of this key");
+        self.index
+            .find(hash, |s| self.slots[s as usize].key == *key)
     }
 
     /// The index hash of `key` (also for [`prefetch_index`](FlowTable::prefetch_index) and
@@ -599,8 +607,15 @@ impl FlowTable {
     /// path's look before [`lookup_reply`](FlowTable::lookup_reply)).
     #[inline(always)]
     pub fn find_reply(&self, key: &ReplyKey) -> Option<u32> {
-        let h = self.hash_reply(key);
-        self.reply_index.find(h, |s| {
+        self.find_reply_hashed(key, self.hash_reply(key))
+    }
+
+    /// [`find_reply`](FlowTable::find_reply) of a key whose
+    /// [`hash_reply`](FlowTable::hash_reply) is `hash`, computed already.
+    #[inline(always)]
+    pub fn find_reply_hashed(&self, key: &ReplyKey, hash: u64) -> Option<u32> {
+        debug_assert_eq!(hash, self.hash_reply(key), "the hash of this key");
+        self.reply_index.find(hash, |s| {
             let f = &self.slots[s as usize];
             f.key.protocol == key.protocol
                 && f.key.client == key.client

@@ -28,24 +28,30 @@ pub const MAX_BURST: usize = 256;
 
 /// Warms the cache for [`process`] of a burst of frames (at most `MAX_BURST`), in two passes
 /// of prefetches: the index buckets of the flows of its client packets to VIPs (and of the
-/// NAT flows of the others, which may be replies), then the flows those buckets name. Prefetches retire at once, so the burst's cache misses overlap
-/// instead of each being waited for in turn when the burst is then processed.
+/// NAT flows of the others, which may be replies), then the flows those buckets name.
+/// Prefetches retire at once, so the burst's cache misses overlap instead of each being
+/// waited for in turn when the burst is then processed. `hints[i]` is what the first pass
+/// hashed for frame i ([`process_hinted`](super::process_hinted) looks it up without hashing
+/// again); returns how many frames it read.
 #[inline]
-pub fn warm_burst<'a>(frames: impl Iterator<Item = &'a [u8]>, snap: &Snapshot, w: &WorkerState) {
-    let mut hashes = [Warmed::Flow(0); MAX_BURST];
+pub fn warm_burst<'a>(
+    frames: impl Iterator<Item = &'a [u8]>,
+    snap: &Snapshot,
+    w: &WorkerState,
+    hints: &mut [Option<Warmed>; MAX_BURST],
+) -> usize {
     let mut n = 0;
-    for frame in frames.take(MAX_BURST) {
-        if let Some(h) = warm(frame, snap, w) {
-            hashes[n] = h;
-            n += 1;
-        }
+    for (frame, hint) in frames.zip(hints.iter_mut()) {
+        *hint = warm(frame, snap, w);
+        n += 1;
     }
-    for &h in &hashes[..n] {
-        match h {
+    for h in hints[..n].iter().flatten() {
+        match *h {
             Warmed::Flow(h) => w.flows.prefetch_flows(h),
             Warmed::Reply(h) => w.flows.prefetch_reply_flows(h),
         }
     }
+    n
 }
 
 /// The first pass of [`warm_burst`]: if `frame` looks like a client's TCP or UDP packet to a
@@ -109,9 +115,11 @@ pub(super) fn warm(frame: &[u8], snap: &Snapshot, w: &WorkerState) -> Option<War
 }
 
 /// What the first pass of [`warm_burst`] started loading: an index bucket of the flow index
-/// or of the reply index, by the hash it looked up.
+/// or of the reply index, by the hash of the key it read from the frame. The fast paths read
+/// the same key from the same bytes, so they look it up by this hash instead of hashing again
+/// (a hint of the other kind is not used).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Warmed {
+pub enum Warmed {
     Flow(u64),
     Reply(u64),
 }
@@ -147,6 +155,7 @@ fn nat_reply_v4(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
+    hint: Option<Warmed>,
 ) -> Result<Action, Fast> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
@@ -167,7 +176,11 @@ fn nat_reply_v4(
         client,
         client_port,
     };
-    let slot = w.flows.find_reply(&rk).ok_or(Fast::Other)?;
+    let found = match hint {
+        Some(Warmed::Reply(hash)) => w.flows.find_reply_hashed(&rk, hash),
+        _ => w.flows.find_reply(&rk),
+    };
+    let slot = found.ok_or(Fast::Other)?;
     if w.flows.expired_at(slot, now) {
         return Err(Fast::Other); // the general path's lookup removes it
     }
@@ -231,8 +244,9 @@ pub(super) fn established_v4<P: PacketBuf>(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
+    hint: Option<Warmed>,
 ) -> Fast {
-    match established_v4_inner(pkt, ingress, snap, w, now) {
+    match established_v4_inner(pkt, ingress, snap, w, now, hint) {
         Ok(a) => Fast::Done(a),
         Err(f) => f,
     }
@@ -249,6 +263,7 @@ fn established_v4_inner<P: PacketBuf>(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
+    hint: Option<Warmed>,
 ) -> Result<Action, Fast> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
@@ -299,10 +314,24 @@ fn established_v4_inner<P: PacketBuf>(
     };
     let dst4: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
     if !snap.maybe_vip4(dst4) {
-        return nat_reply_v4(h, frame_len, proto, tcp_flags, checksum_at, snap, w, now);
+        return nat_reply_v4(
+            h,
+            frame_len,
+            proto,
+            tcp_flags,
+            checksum_at,
+            snap,
+            w,
+            now,
+            hint,
+        );
     }
     let key = ipv4_flow_key(ip, h[L4..L4 + 4].try_into().expect("4 bytes"));
-    let slot = w.flows.find(&key).ok_or(Fast::NoFlow)?;
+    let found = match hint {
+        Some(Warmed::Flow(hash)) => w.flows.find_hashed(&key, hash),
+        _ => w.flows.find(&key),
+    };
+    let slot = found.ok_or(Fast::NoFlow)?;
     if w.flows.expired_at(slot, now) {
         return Err(Fast::Other); // the general path's lookup removes it
     }
@@ -518,8 +547,9 @@ pub(super) fn established_v6<P: PacketBuf>(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
+    hint: Option<Warmed>,
 ) -> Fast {
-    match established_v6_inner(pkt, ingress, snap, w, now) {
+    match established_v6_inner(pkt, ingress, snap, w, now, hint) {
         Ok(a) => Fast::Done(a),
         Err(f) => f,
     }
@@ -532,6 +562,7 @@ fn established_v6_inner<P: PacketBuf>(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
+    hint: Option<Warmed>,
 ) -> Result<Action, Fast> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv6::HEADER_LEN;
@@ -587,7 +618,11 @@ fn established_v6_inner<P: PacketBuf>(
         vip_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
         protocol: proto,
     };
-    let slot = w.flows.find(&key).ok_or(Fast::NoFlow)?;
+    let found = match hint {
+        Some(Warmed::Flow(hash)) => w.flows.find_hashed(&key, hash),
+        _ => w.flows.find(&key),
+    };
+    let slot = found.ok_or(Fast::NoFlow)?;
     if w.flows.expired_at(slot, now) {
         return Err(Fast::Other); // the general path's lookup removes it
     }

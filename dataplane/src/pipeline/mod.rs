@@ -27,7 +27,7 @@ mod lookup;
 mod nat;
 mod state;
 
-pub use fast::{MAX_BURST, WARM_ABOVE_BYTES, warm_burst};
+pub use fast::{MAX_BURST, WARM_ABOVE_BYTES, Warmed, warm_burst};
 pub use lookup::{Lookup, lookup, owner_of};
 pub use state::{WorkerState, owner};
 pub(crate) use state::{flow_owner, nat_owner};
@@ -119,8 +119,22 @@ pub fn process<P: PacketBuf>(
     w: &mut WorkerState,
     now: u32,
 ) -> Action {
-    let fast = match fast::established_v4(pkt, ingress, snap, w, now) {
-        fast::Fast::Other => fast::established_v6(pkt, ingress, snap, w, now),
+    process_hinted(pkt, ingress, snap, w, now, None)
+}
+
+/// [`process`] of a frame [`warm_burst`] read, with what it hashed (`hints[i]` for frame i of
+/// the burst): the fast paths look the flow up by that hash instead of hashing again.
+#[inline(always)]
+pub fn process_hinted<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+    hint: Option<Warmed>,
+) -> Action {
+    let fast = match fast::established_v4(pkt, ingress, snap, w, now, hint) {
+        fast::Fast::Other => fast::established_v6(pkt, ingress, snap, w, now, hint),
         f => f,
     };
     let no_flow = match fast {
