@@ -1,5 +1,5 @@
 //! The packet path: a burst of frames (the input split at each `FRAME_BREAK`) warmed with
-//! `warm_burst`, then each through `process` on one worker of two, with a clock that moves on
+//! `warm_burst`, then each through `process_hinted` with what it hashed, on one worker of two, with a clock that moves on
 //! between frames, through a snapshot with NAT, DR and TUN services of both families. No input
 //! may panic; what comes out is a frame or a drop with a reason.
 
@@ -11,7 +11,7 @@ use controlplane::config;
 use controlplane::publish::{Down, Ids, Limits, snapshot_config};
 use dataplane::addr::MacAddr;
 use dataplane::packet::{OwnedPacket, PacketBuf};
-use dataplane::pipeline::{Action, WorkerState, process, warm_burst};
+use dataplane::pipeline::{Action, MAX_BURST, WorkerState, process_hinted, warm_burst};
 use dataplane::snapshot::Snapshot;
 use libfuzzer_sys::fuzz_target;
 
@@ -41,12 +41,14 @@ fuzz_target!(|data: &[u8]| {
     let snap = snapshot();
     let mut w = WorkerState::new(0, 64, 16, 64, snap.timeouts);
     let frames: Vec<&[u8]> = split(data).collect();
-    warm_burst(frames.iter().copied(), snap, &w);
+    let mut hints = [None; MAX_BURST];
+    let warmed = warm_burst(frames.iter().copied(), snap, &w, &mut hints);
     let mut now = 1_000;
     for (i, frame) in frames.into_iter().enumerate() {
         let mut p = OwnedPacket::new(frame);
         let ingress = (i % snap.interfaces.len().max(1)) as u16;
-        match process(&mut p, ingress, snap, &mut w, now) {
+        let hint = if i < warmed { hints[i] } else { None };
+        match process_hinted(&mut p, ingress, snap, &mut w, now, hint) {
             Action::Forward { interface } => {
                 assert!(usize::from(interface) < snap.interfaces.len())
             }
