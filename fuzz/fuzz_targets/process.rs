@@ -1,7 +1,8 @@
 //! The packet path: a burst of frames (the input split at each `FRAME_BREAK`) warmed with
-//! `warm_burst`, then each through `process_hinted` with what it hashed, on one worker of two, with a clock that moves on
-//! between frames, through a snapshot with NAT, DR and TUN services of both families. No input
-//! may panic; what comes out is a frame or a drop with a reason.
+//! `warm_burst`, then each through `process_hinted` with what it hashed, on one worker of
+//! two, with a clock that moves on between frames, through a snapshot with NAT, DR and TUN
+//! services of both families. No input may panic; what comes out is a frame or a drop with a
+//! reason.
 
 #![no_main]
 
