@@ -331,7 +331,9 @@ fn established_v4_inner<P: PacketBuf>(
         Some(Warmed::Flow(hash)) => w.flows.find_hashed(&key, hash),
         _ => w.flows.find(&key),
     };
-    let slot = found.ok_or(Fast::NoFlow)?;
+    let Some(slot) = found else {
+        return new_flow_v4(pkt, ingress, snap, w, now);
+    };
     if w.flows.expired_at(slot, now) {
         return Err(Fast::Other); // the general path's lookup removes it
     }
@@ -691,4 +693,65 @@ fn established_v6_inner<P: PacketBuf>(
     Ok(Action::Forward {
         interface: route.interface,
     })
+}
+
+/// The first packet of a flow to a service, verified by [`established_v4`]: the general path
+/// would parse it again to find what is known here (its headers are sound, it is a TCP or UDP
+/// packet to a VIP, the table has no flow for it), so the service is looked up and the new
+/// flow made by the general path's own `flow::new_flow`. A VIP without the service returns
+/// [`Fast::NoFlow`] (the general path answers it, a closed port say).
+#[inline(never)]
+fn new_flow_v4<P: PacketBuf>(
+    pkt: &mut P,
+    ingress: u16,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<Action, Fast> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+    // What the caller found is read from the verified head again rather than passed: more
+    // arguments at the call cost the established path 16-30 instructions a packet.
+    let h: &[u8; FAST_HEAD] = pkt
+        .data()
+        .get(..FAST_HEAD)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Fast::Other)?;
+    let key = ipv4_flow_key(
+        h[L3..L4].try_into().expect("20 bytes"),
+        h[L4..L4 + 4].try_into().expect("4 bytes"),
+    );
+    let total = usize::from(u16::from_be_bytes([h[L3 + 2], h[L3 + 3]]));
+    let tcp_flags = (key.protocol == ipv4::PROTO_TCP).then_some(h[L4 + 13]);
+    let svc = snap
+        .service(&crate::snapshot::ServiceKey {
+            protocol: key.protocol,
+            vip: key.vip,
+            port: key.vip_port,
+        })
+        .ok_or(Fast::NoFlow)?;
+    let p = super::Ip {
+        l2: L3,
+        ip: IpView {
+            v6: false,
+            l3: L3,
+            total,
+            l4: L4,
+            proto: key.protocol,
+            src: key.client,
+            dst: key.vip,
+        },
+    };
+    let l4 = super::L4 {
+        sport: key.client_port,
+        dport: key.vip_port,
+        tcp_flags,
+    };
+    let mut cx = Ctx {
+        snap,
+        w,
+        ingress,
+        now,
+    };
+    Ok(super::flow::new_flow(pkt, &mut cx, &p, &l4, key, svc).unwrap_or_else(Action::Drop))
 }

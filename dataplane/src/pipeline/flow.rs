@@ -80,7 +80,7 @@ pub(super) fn reuses_tuple(flags: u8, state: FlowState) -> bool {
 
 /// Client to VIP, first packet of a flow: the scheduler picks a backend and the flow is kept.
 #[inline(always)]
-fn new_flow<P: PacketBuf>(
+pub(super) fn new_flow<P: PacketBuf>(
     pkt: &mut P,
     cx: &mut Ctx<'_>,
     p: &Ip,
