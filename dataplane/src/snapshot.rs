@@ -288,6 +288,9 @@ pub struct Snapshot {
     /// IPv4 routes (network, mask, the route through their gateway), in `routes`' order.
     connected4: Vec<(u32, u32)>,
     routes4: Vec<(u32, u32, Option<Route>)>,
+    /// The same for IPv6, in 128-bit words.
+    connected6: Vec<(u128, u128)>,
+    routes6: Vec<(u128, u128, Option<Route>)>,
     /// The backends of one-packet NAT services, by (protocol, address, port): their replies
     /// find no flow and are translated back from this (service index, backend).
     one_packet_replies: HashMap<(u8, [u8; 16], u16), (u32, BackendId)>,
@@ -384,6 +387,8 @@ impl Snapshot {
             backend_routes: Vec::new(),
             connected4: Vec::new(),
             routes4: Vec::new(),
+            connected6: Vec::new(),
+            routes6: Vec::new(),
             one_packet_replies: HashMap::new(),
             nat_steering: [None; 2],
             port_zero: config.services.iter().any(|s| s.port == 0),
@@ -522,17 +527,27 @@ impl Snapshot {
             .iter()
             .filter_map(|(p, via)| {
                 let (net, mask) = net4(p)?;
-                // What `route` answers for an address of the prefix that is not on link.
-                let route = snap.on_link(*via).map(|interface| Route {
-                    interface,
-                    next_hop: *via,
-                    dst_mac: snap.neighbor(*via),
-                    failed: snap.failed.contains(&addr_bytes(*via)),
-                    src_mac: snap.interfaces[interface as usize].mac,
-                    on_link: false,
-                    tunnel_src: snap.interface_address(interface, p.addr),
-                });
-                Some((net, mask, route))
+                Some((net, mask, snap.gateway_of(p, *via)))
+            })
+            .collect();
+        let net6 = |p: &IpPrefix| match p.addr {
+            IpAddr::V6(a) => {
+                let mask = if p.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(p.len.min(128)))
+                };
+                Some((u128::from(a) & mask, mask))
+            }
+            IpAddr::V4(_) => None,
+        };
+        snap.connected6 = snap.connected.iter().filter_map(|(p, _)| net6(p)).collect();
+        snap.routes6 = snap
+            .routes
+            .iter()
+            .filter_map(|(p, via)| {
+                let (net, mask) = net6(p)?;
+                Some((net, mask, snap.gateway_of(p, *via)))
             })
             .collect();
         snap
@@ -563,6 +578,34 @@ impl Snapshot {
             return None;
         }
         self.routes4
+            .iter()
+            .find(|&&(net, mask, _)| a & mask == net)?
+            .2
+            .as_ref()
+    }
+
+    /// What [`route`](Snapshot::route) answers for an address of prefix `p` (routed via
+    /// `via`) that is not on link.
+    fn gateway_of(&self, p: &IpPrefix, via: IpAddr) -> Option<Route> {
+        self.on_link(via).map(|interface| Route {
+            interface,
+            next_hop: via,
+            dst_mac: self.neighbor(via),
+            failed: self.failed.contains(&addr_bytes(via)),
+            src_mac: self.interfaces[interface as usize].mac,
+            on_link: false,
+            tunnel_src: self.interface_address(interface, p.addr),
+        })
+    }
+
+    /// [`gateway_route4`](Snapshot::gateway_route4) of an IPv6 client.
+    #[inline]
+    pub fn gateway_route6(&self, dst: &[u8; 16]) -> Option<&Route> {
+        let a = u128::from_be_bytes(*dst);
+        if self.connected6.iter().any(|&(net, mask)| a & mask == net) {
+            return None;
+        }
+        self.routes6
             .iter()
             .find(|&&(net, mask, _)| a & mask == net)?
             .2

@@ -611,7 +611,7 @@ fn established_v6_inner<P: PacketBuf>(
     let addr16 = |at: usize| -> [u8; 16] { h[at..at + 16].try_into().expect("16 bytes") };
     let vip = addr16(L3 + ipv6::field::DST);
     if !snap.maybe_vip(&vip) {
-        return Err(Fast::Other);
+        return nat_reply_v6(pkt, frame_len, tcp_flags, checksum_at, snap, w, now, hint);
     }
     let key = FlowKey {
         client: addr16(L3 + ipv6::field::SRC),
@@ -754,4 +754,88 @@ fn new_flow_v4<P: PacketBuf>(
         now,
     };
     Ok(super::flow::new_flow(pkt, &mut cx, &p, &l4, key, svc).unwrap_or_else(Action::Drop))
+}
+
+/// [`nat_reply_v4`] for IPv6: the reply of an established NAT flow, from an IPv6 backend to a
+/// client behind a gateway route, with the general path's checks in its order and its rewrite
+/// (the source becomes the VIP and its port; the transport checksum follows). The caller
+/// verified the head (`FAST_HEAD6` bytes, TCP or UDP right after the header, its length).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn nat_reply_v6<P: PacketBuf>(
+    pkt: &mut P,
+    frame_len: usize,
+    tcp_flags: Option<u8>,
+    checksum_at: usize,
+    snap: &Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+    hint: Option<Warmed>,
+) -> Result<Action, Fast> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv6::HEADER_LEN;
+    let h: &mut [u8; FAST_HEAD6] = pkt
+        .data_mut()
+        .get_mut(..FAST_HEAD6)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Fast::Other)?;
+    let addr16 = |at: usize| -> [u8; 16] { h[at..at + 16].try_into().expect("16 bytes") };
+    let (backend_addr, client) = (addr16(L3 + ipv6::field::SRC), addr16(L3 + ipv6::field::DST));
+    let backend_port = u16::from_be_bytes([h[L4], h[L4 + 1]]);
+    let client_port = u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]);
+    if snap.is_local(&client) || super::nat_owner(snap, &client, client_port) != w.index {
+        return Err(Fast::Other);
+    }
+    let rk = crate::flow::ReplyKey {
+        protocol: h[L3 + 6],
+        backend: crate::flow::Endpoint {
+            addr: backend_addr,
+            port: backend_port,
+        },
+        client,
+        client_port,
+    };
+    let found = match hint {
+        Some(Warmed::Reply(hash)) => w.flows.find_reply_hashed(&rk, hash),
+        _ => w.flows.find_reply(&rk),
+    };
+    let slot = found.ok_or(Fast::Other)?;
+    if w.flows.expired_at(slot, now) {
+        return Err(Fast::Other); // the general path's lookup removes it
+    }
+    let route = snap.gateway_route6(&client).ok_or(Fast::Other)?;
+    // Decided: what `nat::reply` does with a live flow.
+    w.flows.touch(slot, tcp_flags, now);
+    let f = w.flows.get(slot);
+    let (service, backend, vip, vip_port) = (f.service, f.backend, f.key.vip, f.key.vip_port);
+    let addr_delta = checksum::delta(&backend_addr, &vip);
+    h[L3 + ipv6::field::SRC..L3 + ipv6::field::SRC + 16].copy_from_slice(&vip);
+    h[L4..L4 + 2].copy_from_slice(&vip_port.to_be_bytes());
+    let dst_mac = egress::next_hop_mac(route, &w.neighbor_events);
+    if let Ok(m) = dst_mac {
+        h[..6].copy_from_slice(&m.0);
+        h[6..12].copy_from_slice(&route.src_mac.0);
+    }
+    // Within the frame: the transport header was checked to fit.
+    let Some(at) = pkt.data_mut().get_mut(checksum_at..checksum_at + 2) else {
+        return Ok(Action::Drop(DropReason::Truncated));
+    };
+    let c = u16::from_be_bytes([at[0], at[1]]);
+    let d = addr_delta + u32::from(!backend_port) + u32::from(vip_port);
+    let c = if tcp_flags.is_none() {
+        checksum::udp_apply(c, d)
+    } else {
+        checksum::apply(c, d)
+    };
+    at.copy_from_slice(&c.to_be_bytes());
+    if let Err(r) = dst_mac {
+        return Ok(Action::Drop(r));
+    }
+    if let Some((s, b)) = w.traffic.of(service, backend) {
+        s.count_out(frame_len);
+        b.count_out(frame_len);
+    }
+    Ok(Action::Forward {
+        interface: route.interface,
+    })
 }

@@ -150,8 +150,8 @@ fn fast_path_equals_general_path_on_every_seed() {
     }
     // And the fast paths did take some of them, in every mode (else this test would prove
     // nothing): the NAT, DR and TUN services' ports (TCP 80-82, UDP 1080-1082; TUN with IPIP,
-    // GUE and GRE at 82-84 over IPv4), in both families, and the NAT replies (from port 8080,
-    // TCP and UDP).
+    // GUE and GRE at 82-84 over IPv4), in both families, and the NAT replies of both (from
+    // port 8080, TCP and UDP).
     let mut taken = std::collections::BTreeSet::new();
     for index in 0..2 {
         let mut probe = WorkerState::new(index, 64, 64, 256, FlowTimeouts::default());
@@ -169,6 +169,7 @@ fn fast_path_equals_general_path_on_every_seed() {
                     taken.insert(match (v6, port(l4)) {
                         (false, 8080) => ("reply v4", f[23], 8080),
                         (false, _) => ("to a VIP v4", 0, port(l4 + 2)),
+                        (true, 8080) => ("reply v6", f[20], 8080),
                         (true, _) => ("to a VIP v6", f[20], port(l4 + 2)),
                     });
                 } else {
@@ -177,7 +178,12 @@ fn fast_path_equals_general_path_on_every_seed() {
             }
         }
     }
-    let mut want = vec![("reply v4", 6, 8080), ("reply v4", 17, 8080)];
+    let mut want = vec![
+        ("reply v4", 6, 8080),
+        ("reply v4", 17, 8080),
+        ("reply v6", 6, 8080),
+        ("reply v6", 17, 8080),
+    ];
     for port in [80, 81, 82, GUE_PORT, GRE_PORT] {
         want.extend([("to a VIP v4", 0, port), ("to a VIP v4", 0, port + 1000)]);
     }

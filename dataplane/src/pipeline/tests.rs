@@ -455,7 +455,7 @@ pub(super) fn config_with_tunnels(workers: u16) -> SnapshotConfig {
 }
 
 /// Client packets to the services [`config_with_tunnels`] adds (SYN, ACK, RST; UDP, padded),
-/// and IPv6 UDP datagrams of 64 bytes and more.
+/// IPv6 UDP datagrams of 64 bytes and more, and IPv6 NAT replies.
 pub(super) fn tunnel_seed_frames() -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
     for port in [GUE_PORT, GRE_PORT] {
@@ -492,6 +492,27 @@ pub(super) fn tunnel_seed_frames() -> Vec<Vec<u8>> {
             f.resize(f.len() + 6, 0);
         }
         seeds.push(f);
+    }
+    // NAT replies from the IPv6 backend to the client behind the gateway, TCP and UDP.
+    for l4 in [
+        L4Spec::Tcp {
+            sport: 8080,
+            dport: 40000,
+            flags: 0x12,
+            payload: b"x",
+        },
+        L4Spec::Udp {
+            sport: 8080,
+            dport: 40000,
+            payload: b"an answer",
+            zero_checksum: false,
+        },
+    ] {
+        seeds.push(frame(
+            OUR_MAC,
+            B61_MAC,
+            &ipv6_packet(v6hdr(B61, CLIENT6), l4),
+        ));
     }
     // The shortest a bench sends: 64 bytes, two of payload.
     let l4 = L4Spec::Udp {
@@ -2430,4 +2451,24 @@ fn the_gateway_routes_of_nat_replies_are_what_route_answers() {
         snap.gateway_route4(B1.parse::<Ipv4Addr>().unwrap().octets())
             .is_none()
     );
+    for a in [
+        CLIENT6,
+        "2001:db8:77::1",
+        "2001:db8:1::fe",
+        B61,
+        "2001:db8:1::100",
+    ] {
+        let ip: Ipv6Addr = a.parse().unwrap();
+        let general = snap.route(IpAddr::V6(ip));
+        match snap.gateway_route6(&ip.octets()) {
+            Some(fast) => {
+                let general = general.expect("a route");
+                assert!(!general.on_link, "{a} is not on link");
+                assert_eq!(*fast, general, "{a}");
+            }
+            None => assert!(general.is_none_or(|r| r.on_link), "{a}"),
+        }
+    }
+    assert!(snap.gateway_route6(&v6(CLIENT6).octets()).is_some());
+    assert!(snap.gateway_route6(&v6(B61).octets()).is_none());
 }
