@@ -189,7 +189,7 @@ impl Repr {
         set_u16(h, field::CHECKSUM, 0);
         h[field::SRC..field::SRC + 4].copy_from_slice(&self.src.octets());
         h[field::DST..field::DST + 4].copy_from_slice(&self.dst.octets());
-        let c = crate::checksum::ipv4_header(h);
+        let c = crate::checksum::ipv4_header20(<&[u8; 20]>::try_from(&*h).expect("20 bytes"));
         set_u16(h, field::CHECKSUM, c);
     }
 }
