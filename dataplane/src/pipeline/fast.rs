@@ -252,6 +252,37 @@ pub(super) fn established_v4<P: PacketBuf>(
     }
 }
 
+/// The flow in `slot`, found for `key`, if the general path would forward the packet on it:
+/// not expired, not a new connection on a closing flow's tuple, its service still there and
+/// still its own. Then it is touched (the packet's flags move its state) and its service and
+/// backend are returned; otherwise nothing is changed. For both families.
+#[inline(always)]
+fn live_flow<'s>(
+    slot: u32,
+    key: &FlowKey,
+    tcp_flags: Option<u8>,
+    snap: &'s Snapshot,
+    w: &mut WorkerState,
+    now: u32,
+) -> Result<(&'s Service, BackendId), Fast> {
+    if w.flows.expired_at(slot, now) {
+        return Err(Fast::Other); // the general path's lookup removes it
+    }
+    let f = w.flows.get(slot);
+    if let Some(flags) = tcp_flags
+        && super::flow::reuses_tuple(flags, f.state)
+    {
+        return Err(Fast::Other); // a new connection on a closing flow's tuple
+    }
+    let backend = f.backend;
+    let svc = snap
+        .service_by_id(f.service)
+        .filter(|s| s.matches(key))
+        .ok_or(Fast::Other)?;
+    w.flows.touch(slot, tcp_flags, now);
+    Ok((svc, backend))
+}
+
 /// Bytes of a frame the fast path reads and writes: Ethernet, a 20-byte IPv4 header and the
 /// 20 bytes of a TCP header (a UDP packet this short takes the general path).
 const FAST_HEAD: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + 20;
@@ -334,23 +365,9 @@ fn established_v4_inner<P: PacketBuf>(
     let Some(slot) = found else {
         return new_flow_v4(pkt, ingress, snap, w, now);
     };
-    if w.flows.expired_at(slot, now) {
-        return Err(Fast::Other); // the general path's lookup removes it
-    }
-    let f = w.flows.get(slot);
-    if let Some(flags) = tcp_flags
-        && super::flow::reuses_tuple(flags, f.state)
-    {
-        return Err(Fast::Other); // a new connection on a closing flow's tuple
-    }
-    let backend = f.backend;
-    let svc = snap
-        .service_by_id(f.service)
-        .filter(|s| s.matches(&key))
-        .ok_or(Fast::Other)?;
+    let (svc, backend) = live_flow(slot, &key, tcp_flags, snap, w, now)?;
     // Decided: from here on it is what the general path does with a live flow of a live
     // service (its errors, an unresolved next hop say, are its drops too).
-    w.flows.touch(slot, tcp_flags, now);
     let endpoint = w.flows.endpoint(backend);
     let nat_v4 = svc.config.forwarding == ForwardingMode::Nat && addr::is_mapped(&endpoint.addr);
     let (Some(route), true) = (snap.backend_route(backend), nat_v4) else {
@@ -625,23 +642,9 @@ fn established_v6_inner<P: PacketBuf>(
         _ => w.flows.find(&key),
     };
     let slot = found.ok_or(Fast::NoFlow)?;
-    if w.flows.expired_at(slot, now) {
-        return Err(Fast::Other); // the general path's lookup removes it
-    }
-    let f = w.flows.get(slot);
-    if let Some(flags) = tcp_flags
-        && super::flow::reuses_tuple(flags, f.state)
-    {
-        return Err(Fast::Other); // a new connection on a closing flow's tuple
-    }
-    let backend = f.backend;
-    let svc = snap
-        .service_by_id(f.service)
-        .filter(|s| s.matches(&key))
-        .ok_or(Fast::Other)?;
+    let (svc, backend) = live_flow(slot, &key, tcp_flags, snap, w, now)?;
     // Decided: from here on it is what the general path does with a live flow of a live
-    // service.
-    w.flows.touch(slot, tcp_flags, now);
+    // service (its errors, an unresolved next hop say, are its drops too).
     let endpoint = w.flows.endpoint(backend);
     let nat_v6 = svc.config.forwarding == ForwardingMode::Nat && !addr::is_mapped(&endpoint.addr);
     let (Some(route), true) = (snap.backend_route(backend), nat_v6) else {
