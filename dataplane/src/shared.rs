@@ -1,6 +1,6 @@
 //! The configuration shared with the workers (docs/architecture.md, "The snapshot"): the
-//! control side publishes a whole new immutable [`Snapshot`]; each worker picks up the current
-//! one once per loop iteration and reports the epoch it saw, every iteration, in its own
+//! control side publishes a whole new immutable [`Snapshot`]; each worker looks for a newer
+//! one once per loop iteration and, when it takes one, reports its epoch in its own
 //! cache-line-padded slot.
 //!
 //! Reclamation follows the quiescent-state idea of DPDK's rte_rcu_qsbr and the left-right
@@ -27,6 +27,10 @@ pub const NOT_RUNNING: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct SharedSnapshot {
     current: ArcSwap<Snapshot>,
+    /// The epoch of `current`, stored after it. A worker reads this word every iteration and
+    /// loads `current` only when it differs from the epoch it holds: an `ArcSwap` load takes
+    /// and gives back a debt slot, two locked instructions, on every loop iteration otherwise.
+    published: AtomicU64,
     seen: Box<[Seen]>,
 }
 
@@ -40,6 +44,7 @@ pub struct Reader {
 impl SharedSnapshot {
     pub fn new(initial: Snapshot, workers: usize) -> Arc<SharedSnapshot> {
         Arc::new(SharedSnapshot {
+            published: AtomicU64::new(initial.epoch),
             current: ArcSwap::from_pointee(initial),
             seen: (0..workers)
                 .map(|_| Seen(AtomicU64::new(NOT_RUNNING)))
@@ -66,7 +71,11 @@ impl SharedSnapshot {
     /// Replaces the snapshot and returns the one it replaced. The caller keeps that one until
     /// [`all_seen`](Self::all_seen) says every running worker has moved on, then drops it.
     pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
-        self.current.swap(Arc::new(next))
+        let epoch = next.epoch;
+        let old = self.current.swap(Arc::new(next));
+        // After the pointer: a worker that reads this epoch then loads the new snapshot.
+        self.published.store(epoch, Ordering::Release);
+        old
     }
 
     /// True when every running worker reports `epoch` or later.
@@ -111,16 +120,17 @@ impl SharedSnapshot {
 
 impl Reader {
     /// Once per burst (also for an empty one): picks up a newer snapshot if there is one and
-    /// reports the epoch in use. No allocation, no lock; no free (see the module doc).
+    /// then reports its epoch (the old one is dropped first). No allocation, no lock; no free
+    /// (see the module doc). When nothing was published, one load of a word that stays in
+    /// the cache.
     #[inline]
     pub fn refresh(&mut self, shared: &SharedSnapshot) -> &Snapshot {
-        let cur = shared.current.load();
-        if !Arc::ptr_eq(&cur, &self.held) {
-            self.held = arc_swap::Guard::into_inner(cur);
+        if shared.published.load(Ordering::Acquire) != self.held.epoch {
+            self.held = shared.current.load_full();
+            shared.seen[self.worker]
+                .0
+                .store(self.held.epoch, Ordering::Release);
         }
-        shared.seen[self.worker]
-            .0
-            .store(self.held.epoch, Ordering::Release);
         &self.held
     }
 

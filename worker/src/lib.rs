@@ -65,12 +65,15 @@ pub struct LoopSettings {
 
 /// Flush partly filled tx buffers after this long (DPDK's examples use ~100 µs).
 const DRAIN_US: u64 = 100;
+/// How often a worker looks for the control side's commands and the peers' flows (a command
+/// waits this long at most before a busy worker takes it).
+const CHORES_US: u64 = 10;
 /// How often the connection counts are copied out for the control side.
 const MIRRORS_PER_SECOND: u64 = 10;
 /// Expired flows removed between bursts, at most, per loop iteration.
 const SWEEP_PER_ITERATION: usize = 64;
-/// Peers' flows installed per loop iteration, at most.
-const SYNC_PER_ITERATION: usize = 64;
+/// Peers' flows installed per look, at most (6.4 million a second when busy).
+const SYNC_PER_LOOK: usize = 64;
 /// Packets a worker holds for next hops being resolved: in all, and for one next hop.
 pub const HOLD_CAPACITY: usize = 256;
 const HOLD_PER_NEIGHBOR: usize = 16;
@@ -152,6 +155,8 @@ impl Worker<'_> {
         let start = dpdk_rs::rdtsc();
         let mut last_drain = start;
         let mut last_mirror = start;
+        let mut last_chores = start;
+        let chores_cycles = hz / 1_000_000 * CHORES_US;
         let mut stall_done = false;
         while !stop.load(Ordering::Relaxed) {
             let stall = settings
@@ -211,55 +216,65 @@ impl Worker<'_> {
                 }
                 last_drain = tsc;
             }
-            while let Ok(cmd) = self.commands.try_recv() {
-                match cmd {
-                    Command::FlushBackend(id) => {
-                        self.state.flows.flush_backend(id);
-                    }
-                    Command::Lookup { key, reply } => {
-                        let answer =
-                            dataplane::pipeline::lookup(reader.snapshot(), &self.state, &key, now);
-                        let _ = reply.try_send((self.index as u16, answer));
-                    }
-                    Command::RemoveFlow { key, reply } => {
-                        let had = match self.state.flows.find(&key) {
-                            Some(slot) => {
-                                self.state.flows.remove(slot);
-                                true
-                            }
-                            None => false,
-                        };
-                        let _ = reply.try_send((self.index as u16, had));
-                    }
-                    Command::DumpFlows {
-                        filter,
-                        mut into,
-                        reply,
-                    } => {
-                        let room = into.capacity();
-                        into.extend(
-                            self.state
-                                .flows
-                                .iter()
-                                .filter(|f| filter.matches(f))
-                                .take(room)
-                                .copied(),
-                        );
-                        // The control side may have given up waiting; then nobody needs it.
-                        let _ = reply.try_send(FlowDump {
-                            worker: self.index as u16,
-                            now,
-                            flows: into,
-                        });
+            // The control side's commands and the peers' flows, every CHORES_US: looking
+            // for them costs a fence or a shared line each (crossbeam's empty channel fences),
+            // on every iteration otherwise.
+            if tsc - last_chores >= chores_cycles {
+                last_chores = tsc;
+                while let Ok(cmd) = self.commands.try_recv() {
+                    match cmd {
+                        Command::FlushBackend(id) => {
+                            self.state.flows.flush_backend(id);
+                        }
+                        Command::Lookup { key, reply } => {
+                            let answer = dataplane::pipeline::lookup(
+                                reader.snapshot(),
+                                &self.state,
+                                &key,
+                                now,
+                            );
+                            let _ = reply.try_send((self.index as u16, answer));
+                        }
+                        Command::RemoveFlow { key, reply } => {
+                            let had = match self.state.flows.find(&key) {
+                                Some(slot) => {
+                                    self.state.flows.remove(slot);
+                                    true
+                                }
+                                None => false,
+                            };
+                            let _ = reply.try_send((self.index as u16, had));
+                        }
+                        Command::DumpFlows {
+                            filter,
+                            mut into,
+                            reply,
+                        } => {
+                            let room = into.capacity();
+                            into.extend(
+                                self.state
+                                    .flows
+                                    .iter()
+                                    .filter(|f| filter.matches(f))
+                                    .take(room)
+                                    .copied(),
+                            );
+                            // The control side may have given up waiting; then nobody needs it.
+                            let _ = reply.try_send(FlowDump {
+                                worker: self.index as u16,
+                                now,
+                                flows: into,
+                            });
+                        }
                     }
                 }
+                // The peers' flows come in, a bounded number at a time.
+                polled += self
+                    .state
+                    .install_synced(reader.snapshot(), now, SYNC_PER_LOOK);
             }
-            // What this iteration told the peers goes to the sync thread in one chunk; the
-            // peers' flows come in, a bounded number per iteration.
+            // What this iteration told the peers goes to the sync thread in one chunk.
             self.state.flows.flush_journal();
-            polled += self
-                .state
-                .install_synced(reader.snapshot(), now, SYNC_PER_ITERATION);
             self.state.flows.sweep(now, SWEEP_PER_ITERATION);
             if tsc - last_mirror >= hz / MIRRORS_PER_SECOND {
                 self.state.mirror_connections(reader.snapshot());
