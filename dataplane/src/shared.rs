@@ -195,6 +195,34 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_without_a_publish_keeps_its_snapshot_and_writes_nothing_shared() {
+        let shared = SharedSnapshot::new(snap(1), 1);
+        let mut r = shared.reader(0);
+        let held = Arc::as_ptr(&r.held);
+        // Overwritten here to see whether a refresh writes it again: it must not (a worker's
+        // slot is written only when it takes a new snapshot).
+        shared.seen[0].0.store(0, Ordering::Release);
+        for _ in 0..3 {
+            assert_eq!(r.refresh(&shared).epoch, 1);
+        }
+        assert_eq!(
+            Arc::as_ptr(&r.held),
+            held,
+            "the same snapshot, not loaded again"
+        );
+        assert_eq!(shared.seen[0].0.load(Ordering::Acquire), 0);
+        // A publish: taken at the next refresh, and reported.
+        let old = shared.swap(snap(2));
+        assert_eq!(r.refresh(&shared).epoch, 2);
+        assert_eq!(shared.seen[0].0.load(Ordering::Acquire), 2);
+        assert_eq!(
+            Arc::strong_count(&old),
+            1,
+            "the reader let go of the old one"
+        );
+    }
+
+    #[test]
     fn readers_on_other_threads_see_whole_snapshots_while_the_writer_publishes() {
         let shared = SharedSnapshot::new(snap(1), 2);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
