@@ -362,3 +362,147 @@ pub(crate) fn write_outer(
     }
     true
 }
+
+/// The outer headers of a TUN backend's IPv4-in-IPv4 packets, written once when the snapshot
+/// is built instead of for every packet: the outer IPv4 header
+/// with its TOS, total length, DF and checksum left zero, then the tunnel's own header (GUE's
+/// UDP source port and length zero too). A packet fills those in ([`write`](Self::write)); its
+/// header checksum is the template's sum plus its length, TOS and DF, a few additions instead
+/// of a sum over 20 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outer4Template {
+    pub tunnel: Tunnel,
+    /// The outer destination: the backend.
+    pub dst: [u8; 4],
+    /// The longest inner packet that fits the egress MTU with the outer headers.
+    pub max_inner: u16,
+    /// Bytes of `header` in use: the tunnel's overhead (20, 24 or 32).
+    len: u8,
+    /// The one's-complement sum of the outer IPv4 header's words as `header` has them.
+    sum: u16,
+    header: [u8; 32],
+}
+
+impl Outer4Template {
+    /// The template from `src` (the egress interface's address) to `dst`, for an egress MTU
+    /// of `mtu`; None when not even an empty inner packet fits.
+    pub fn new(
+        tunnel: Tunnel,
+        src: std::net::Ipv4Addr,
+        dst: std::net::Ipv4Addr,
+        mtu: u16,
+    ) -> Option<Self> {
+        let len = tunnel.overhead(false);
+        let max_inner = usize::from(mtu).checked_sub(len)?;
+        let mut header = [0u8; 32];
+        let o = Outer {
+            tos: 0,
+            df: false,
+            sport: 0,
+            src: src.into(),
+            dst: dst.into(),
+        };
+        write_outer(&mut header, 0, false, 0, o, tunnel);
+        // What each packet writes, zeroed: the IPv4 total length and checksum, GUE's UDP
+        // length (TOS, DF and the UDP source port are zero already).
+        header[ipv4::field::LEN..ipv4::field::LEN + 2].fill(0);
+        header[ipv4::field::CHECKSUM..ipv4::field::CHECKSUM + 2].fill(0);
+        if let Tunnel::Gue { .. } = tunnel {
+            header[ipv4::MIN_HEADER_LEN + 4..ipv4::MIN_HEADER_LEN + 6].fill(0);
+        }
+        let sum = checksum::fold(checksum::sum(&header[..ipv4::MIN_HEADER_LEN]));
+        Some(Outer4Template {
+            tunnel,
+            dst: dst.octets(),
+            max_inner: max_inner.min(usize::from(u16::MAX)) as u16,
+            len: len as u8,
+            sum,
+            header,
+        })
+    }
+
+    /// Bytes the outer headers take.
+    #[inline(always)]
+    pub fn overhead(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Writes the outer headers at the start of `out` for an inner IPv4 packet of
+    /// `inner_total` bytes (at most `max_inner`) with `tos` and `df`, and GUE's `sport`:
+    /// what [`write_outer`] writes for it, byte for byte.
+    #[inline(always)]
+    pub fn write(&self, out: &mut [u8; 32], inner_total: usize, tos: u8, df: bool, sport: u16) {
+        // Fixed-size copies: a copy of `len` bytes would be a call to memcpy.
+        match self.len {
+            20 => out[..20].copy_from_slice(&self.header[..20]),
+            24 => out[..24].copy_from_slice(&self.header[..24]),
+            _ => *out = self.header,
+        }
+        let total = (inner_total + self.overhead()) as u16;
+        out[ipv4::field::TOS] = tos;
+        out[ipv4::field::LEN..ipv4::field::LEN + 2].copy_from_slice(&total.to_be_bytes());
+        let df_bits = if df { ipv4::FLAG_DF } else { 0 };
+        out[ipv4::field::FLAGS_FRAG..ipv4::field::FLAGS_FRAG + 2]
+            .copy_from_slice(&df_bits.to_be_bytes());
+        // RFC 1071: the header's sum is the template's plus the words this packet changed.
+        let s = u32::from(self.sum) + u32::from(total) + u32::from(tos) + u32::from(df_bits);
+        let c = !checksum::fold(s);
+        out[ipv4::field::CHECKSUM..ipv4::field::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+        if let Tunnel::Gue { .. } = self.tunnel {
+            let u = ipv4::MIN_HEADER_LEN;
+            out[u..u + 2].copy_from_slice(&sport.to_be_bytes());
+            let udp_len = total - ipv4::MIN_HEADER_LEN as u16;
+            out[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    const TUNNELS: [Tunnel; 3] = [Tunnel::Ipip, Tunnel::Gue { port: 6080 }, Tunnel::Gre];
+
+    proptest! {
+        /// A template's headers are `write_outer`'s, byte for byte, whatever the packet.
+        #[test]
+        fn a_template_writes_what_write_outer_writes(
+            which in 0usize..3,
+            src in any::<[u8; 4]>(),
+            dst in any::<[u8; 4]>(),
+            inner_total in 20usize..1500,
+            tos in any::<u8>(),
+            df in any::<bool>(),
+            sport in any::<u16>(),
+        ) {
+            let tunnel = TUNNELS[which];
+            let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
+            let t = Outer4Template::new(tunnel, src, dst, 1500 + 32).expect("fits");
+            let mut got = [0xa5u8; 32];
+            t.write(&mut got, inner_total, tos, df, sport);
+            let mut want = [0xa5u8; 32];
+            let o = Outer { tos, df, sport, src: src.into(), dst: dst.into() };
+            prop_assert!(write_outer(&mut want, 0, false, inner_total, o, tunnel));
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(t.overhead(), tunnel.overhead(false));
+            prop_assert_eq!(t.dst, dst.octets());
+        }
+    }
+
+    #[test]
+    fn a_template_fits_its_mtu() {
+        for tunnel in TUNNELS {
+            let n = tunnel.overhead(false) as u16;
+            let a = Ipv4Addr::new(198, 18, 0, 1);
+            let t = Outer4Template::new(tunnel, a, a, 1500).expect("fits");
+            assert_eq!(t.max_inner, 1500 - n, "{tunnel:?}");
+            assert_eq!(
+                Outer4Template::new(tunnel, a, a, n).map(|t| t.max_inner),
+                Some(0)
+            );
+            assert_eq!(Outer4Template::new(tunnel, a, a, n - 1), None, "{tunnel:?}");
+        }
+    }
+}

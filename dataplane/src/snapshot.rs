@@ -284,6 +284,9 @@ pub struct Snapshot {
     failed: HashSet<[u8; 16]>,
     /// Per backend id: its route, resolved once here instead of for every packet.
     backend_routes: Vec<Option<Route>>,
+    /// Per backend id of a TUN service: the outer headers of its IPv4-in-IPv4 packets, when
+    /// the backend is IPv4 and its route resolved, not failed, from an IPv4 address.
+    tunnels4: Vec<Option<crate::forward::Outer4Template>>,
     /// For the fast path of NAT replies: the IPv4 connected prefixes (network, mask), and the
     /// IPv4 routes (network, mask, the route through their gateway), in `routes`' order.
     connected4: Vec<(u32, u32)>,
@@ -385,6 +388,7 @@ impl Snapshot {
             neighbors,
             failed,
             backend_routes: Vec::new(),
+            tunnels4: Vec::new(),
             connected4: Vec::new(),
             routes4: Vec::new(),
             connected6: Vec::new(),
@@ -403,8 +407,20 @@ impl Snapshot {
             .max()
             .unwrap_or(0);
         let mut backend_routes = vec![None; max_id];
-        for b in config.services.iter().flat_map(|s| &s.backends) {
-            backend_routes[b.id.0 as usize] = snap.route(b.address);
+        let mut tunnels4 = vec![None; max_id];
+        for s in &config.services {
+            for b in &s.backends {
+                let route = snap.route(b.address);
+                backend_routes[b.id.0 as usize] = route;
+                if let (ForwardingMode::Tunnel, IpAddr::V4(dst), Some(r)) =
+                    (s.forwarding, b.address, route)
+                    && let (false, Some(IpAddr::V4(src))) = (r.failed, r.tunnel_src)
+                {
+                    let mtu = snap.interfaces[usize::from(r.interface)].mtu;
+                    tunnels4[b.id.0 as usize] =
+                        crate::forward::Outer4Template::new(s.options.tunnel, src, dst, mtu);
+                }
+            }
         }
         for (s, key) in config.services.into_iter().zip(keys) {
             // A backend takes new flows while it is enabled and its next hop has not failed; the sorry
@@ -510,6 +526,7 @@ impl Snapshot {
             snap.vip_filter[bit / 64] |= 1 << (bit % 64);
         }
         snap.backend_routes = backend_routes;
+        snap.tunnels4 = tunnels4;
         let net4 = |p: &IpPrefix| match p.addr {
             IpAddr::V4(a) => {
                 let mask = if p.len == 0 {
@@ -617,6 +634,13 @@ impl Snapshot {
     #[inline]
     pub fn backend_route(&self, id: BackendId) -> Option<&Route> {
         self.backend_routes.get(id.0 as usize)?.as_ref()
+    }
+
+    /// The outer headers of a TUN backend's IPv4-in-IPv4 packets, prepared when this snapshot
+    /// was built (see the field).
+    #[inline]
+    pub fn tunnel4(&self, id: BackendId) -> Option<&crate::forward::Outer4Template> {
+        self.tunnels4.get(id.0 as usize)?.as_ref()
     }
 
     /// False: `a` is certainly not a VIP. True: it may be.

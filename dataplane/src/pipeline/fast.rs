@@ -7,13 +7,12 @@ use crate::addr;
 use crate::checksum;
 use crate::drop_reason::DropReason;
 use crate::flow::FlowKey;
-use crate::forward::{self, IpView, Outer, Tunnel};
+use crate::forward::{self, IpView, Tunnel};
 use crate::neighbor::NeighborEvents;
 use crate::packet::PacketBuf;
 use crate::service::{BackendId, ForwardingMode};
 use crate::snapshot::{Route, Service, Snapshot};
 use crate::wire::{ethernet, ipv4, ipv6};
-use std::net::{IpAddr, Ipv4Addr};
 
 /// Bytes of flows and index buckets ([`FlowTable::touched_bytes`]) above which a worker warms
 /// a whole burst ([`warm_burst`]) before processing it: about what L2 keeps beside the packets
@@ -413,30 +412,57 @@ fn established_v4_inner<P: PacketBuf>(
     })
 }
 
-/// TUN of a client's IPv4 packet to an IPv4 backend whose route is resolved and whose egress
-/// MTU it fits (the caller checked): `forward::encapsulate`'s steps without its general
-/// cases (a VLAN tag, a change of family), then the next hop. `total` is the inner packet's
-/// length (Ethernet padding is dropped first).
+/// TUN of a client's IPv4 packet (a TCP or UDP one, its head verified) to an IPv4 backend
+/// through its prepared outer headers `t` (the caller checked that the packet fits them):
+/// `forward::encapsulate`'s bytes without its general cases (a VLAN tag, a change of family),
+/// then the next hop. `total` is the inner packet's length (Ethernet padding is dropped first).
 #[inline(always)]
 fn tunnel_v4<P: PacketBuf>(
     pkt: &mut P,
     total: usize,
-    outer: Outer,
-    kind: Tunnel,
+    t: &forward::Outer4Template,
     route: &Route,
     events: &NeighborEvents,
 ) -> Result<(), DropReason> {
     const L2: usize = ethernet::HEADER_LEN;
-    let overhead = kind.overhead(false);
-    if !pkt.set_len(L2 + total) || !pkt.prepend(overhead) {
+    let n = t.overhead();
+    if !pkt.set_len(L2 + total) || !pkt.prepend(n) {
         return Err(DropReason::NoHeadroom);
     }
     let f = pkt.data_mut();
-    let Some(eth) = f.get_mut(..L2 + overhead) else {
+    // The old Ethernet header and the inner IP and ports, now behind the room made for the
+    // outer headers (at most 32 bytes: a verified head is in reach).
+    let Some(old) = f.get(n..n + L2 + ipv4::MIN_HEADER_LEN + 4) else {
         return Err(DropReason::NoHeadroom);
     };
-    eth.copy_within(overhead..overhead + L2, 0);
-    forward::write_outer(f, L2, false, total, outer, kind);
+    let macs: [u8; 12] = old[..12].try_into().expect("12 bytes");
+    let ip = &old[L2..];
+    let (tos, df) = (
+        ip[ipv4::field::TOS],
+        ip[ipv4::field::FLAGS_FRAG] & 0x40 != 0,
+    );
+    let sport = match t.tunnel {
+        Tunnel::Gue { .. } => forward::gue_source_port_of(
+            &addr::mapped(ip[12..16].try_into().expect("4 bytes")),
+            &addr::mapped(ip[16..20].try_into().expect("4 bytes")),
+            ip[20..24].try_into().expect("4 bytes"),
+            ip[9],
+        ),
+        _ => 0,
+    };
+    let Some(head) = f.get_mut(..L2 + 32) else {
+        return Err(DropReason::NoHeadroom);
+    };
+    // The Ethernet header moves to the front (its EtherType is IPv4's, as before).
+    head[..12].copy_from_slice(&macs);
+    head[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
+    t.write(
+        (&mut head[L2..]).try_into().expect("32 bytes"),
+        total,
+        tos,
+        df,
+        sport,
+    );
     // Encapsulated first: a packet held for the next hop needs only its Ethernet header.
     let dst_mac = egress::next_hop_mac(route, events)?;
     forward::set_l2(f, dst_mac, route.src_mac);
@@ -495,41 +521,14 @@ fn other_modes_v4<P: PacketBuf>(
             }
         }
         (Some(route), ForwardingMode::Tunnel)
-            if v4_backend
-                && !route.failed
-                && matches!(route.tunnel_src, Some(IpAddr::V4(_)))
-                && cx
-                    .snap
-                    .interfaces
-                    .get(usize::from(route.interface))
-                    .is_some_and(|i| {
-                        total + svc.config.options.tunnel.overhead(false) <= usize::from(i.mtu)
-                    }) =>
+            if let Some(t) = cx.snap.tunnel4(backend)
+                && v4_backend
+                && endpoint.addr[12..] == t.dst
+                && t.tunnel == svc.config.options.tunnel
+                && total <= usize::from(t.max_inner) =>
         {
-            let Some((client, vip, tos, frag, ports)) = head(pkt) else {
-                return Action::Drop(DropReason::Truncated);
-            };
-            let outer = Outer {
-                tos,
-                df: frag & 0x40 != 0,
-                sport: match svc.config.options.tunnel {
-                    Tunnel::Gue { .. } => forward::gue_source_port_of(&client, &vip, ports, proto),
-                    _ => 0,
-                },
-                src: route.tunnel_src.expect("IPv4, checked above"),
-                dst: IpAddr::V4(Ipv4Addr::from(
-                    <[u8; 4]>::try_from(&endpoint.addr[12..]).expect("4 bytes"),
-                )),
-            };
-            tunnel_v4(
-                pkt,
-                total,
-                outer,
-                svc.config.options.tunnel,
-                route,
-                &cx.w.neighbor_events,
-            )
-            .map_or_else(Action::Drop, |()| forwarded(route))
+            tunnel_v4(pkt, total, t, route, &cx.w.neighbor_events)
+                .map_or_else(Action::Drop, |()| forwarded(route))
         }
         _ => {
             let Some((client, vip, ..)) = head(pkt) else {
