@@ -368,34 +368,42 @@ fn established_v4_inner<P: PacketBuf>(
     // Decided: from here on it is what the general path does with a live flow of a live
     // service (its errors, an unresolved next hop say, are its drops too).
     let endpoint = w.flows.endpoint(backend);
-    let nat_v4 = svc.config.forwarding == ForwardingMode::Nat && addr::is_mapped(&endpoint.addr);
-    let (Some(route), true) = (snap.backend_route(backend), nat_v4) else {
-        // DR and TUN, or no route resolved for the backend: out of this function's registers.
-        let cx = Ctx {
-            snap,
-            w,
-            ingress,
-            now,
+    let mode = svc.config.forwarding;
+    let nat_v4 = mode == ForwardingMode::Nat && addr::is_mapped(&endpoint.addr);
+    let route = match snap.backend_route(backend) {
+        // DR on the link sends the packet as it came: only its Ethernet header changes, below.
+        Some(r) if nat_v4 || mode == ForwardingMode::DirectRouting && r.on_link => r,
+        // TUN, DR off the link, or no route resolved for the backend: out of this function's
+        // registers.
+        _ => {
+            let cx = Ctx {
+                snap,
+                w,
+                ingress,
+                now,
+            };
+            return Ok(other_modes_v4(pkt, &cx, proto, total, svc, backend));
+        }
+    };
+    if nat_v4 {
+        // NAT, as `forward::rewrite_endpoint` does it, on fixed offsets.
+        let new_addr: [u8; 4] = endpoint.addr[12..].try_into().expect("4 bytes");
+        let addr_delta = checksum::delta4(dst4, new_addr);
+        h[L3 + ipv4::field::DST..L3 + ipv4::field::DST + 4].copy_from_slice(&new_addr);
+        let at = L3 + ipv4::field::CHECKSUM;
+        let c = checksum::apply(u16::from_be_bytes([h[at], h[at + 1]]), addr_delta);
+        h[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        let old_port = key.vip_port;
+        h[L4 + 2..L4 + 4].copy_from_slice(&endpoint.port.to_be_bytes());
+        let c = u16::from_be_bytes([h[checksum_at], h[checksum_at + 1]]);
+        let d = addr_delta + u32::from(!old_port) + u32::from(endpoint.port);
+        let c = if tcp_flags.is_none() {
+            checksum::udp_apply(c, d)
+        } else {
+            checksum::apply(c, d)
         };
-        return Ok(other_modes_v4(pkt, &cx, proto, total, svc, backend));
-    };
-    // NAT, as `forward::rewrite_endpoint` does it, on fixed offsets.
-    let new_addr: [u8; 4] = endpoint.addr[12..].try_into().expect("4 bytes");
-    let addr_delta = checksum::delta4(dst4, new_addr);
-    h[L3 + ipv4::field::DST..L3 + ipv4::field::DST + 4].copy_from_slice(&new_addr);
-    let at = L3 + ipv4::field::CHECKSUM;
-    let c = checksum::apply(u16::from_be_bytes([h[at], h[at + 1]]), addr_delta);
-    h[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    let old_port = key.vip_port;
-    h[L4 + 2..L4 + 4].copy_from_slice(&endpoint.port.to_be_bytes());
-    let c = u16::from_be_bytes([h[checksum_at], h[checksum_at + 1]]);
-    let d = addr_delta + u32::from(!old_port) + u32::from(endpoint.port);
-    let c = if tcp_flags.is_none() {
-        checksum::udp_apply(c, d)
-    } else {
-        checksum::apply(c, d)
-    };
-    h[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
+        h[checksum_at..checksum_at + 2].copy_from_slice(&c.to_be_bytes());
+    }
     // Rewritten first: a packet held for its next hop needs only its Ethernet header.
     let dst_mac = match egress::next_hop_mac(route, &w.neighbor_events) {
         Ok(m) => m,
@@ -469,10 +477,10 @@ fn tunnel_v4<P: PacketBuf>(
     Ok(())
 }
 
-/// The rest of [`established_v4`] for a flow that is not NAT to an IPv4 backend with a
-/// resolved route: DR on the link and TUN from IPv4 to IPv4 on fixed offsets, as the general
-/// forwarding does them; anything else (no route resolved, a tunnel's packet too big, an
-/// IPv6 backend, DR off the link) by the general forwarding. The flow is touched already.
+/// The rest of [`established_v4`] for a flow that is neither NAT to an IPv4 backend nor DR
+/// on the link, both with a resolved route: TUN from IPv4 to IPv4 on fixed offsets, as the
+/// general forwarding does it; anything else (no route resolved, a tunnel's packet too big,
+/// an IPv6 backend, DR off the link) by the general forwarding. The flow is touched already.
 #[inline(never)]
 fn other_modes_v4<P: PacketBuf>(
     pkt: &mut P,
@@ -510,16 +518,6 @@ fn other_modes_v4<P: PacketBuf>(
         ))
     };
     match (cx.snap.backend_route(backend), svc.config.forwarding) {
-        // DR: the packet goes as it came, to the backend's MAC on the link.
-        (Some(route), ForwardingMode::DirectRouting) if route.on_link => {
-            match egress::next_hop_mac(route, &cx.w.neighbor_events) {
-                Ok(mac) => {
-                    forward::set_l2(pkt.data_mut(), mac, route.src_mac);
-                    forwarded(route)
-                }
-                Err(r) => Action::Drop(r),
-            }
-        }
         (Some(route), ForwardingMode::Tunnel)
             if let Some(t) = cx.snap.tunnel4(backend)
                 && v4_backend
