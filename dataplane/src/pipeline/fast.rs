@@ -663,7 +663,7 @@ fn established_v6_inner<P: PacketBuf>(
         return Ok(egress::forward_out_of_line(pkt, &cx, &view, svc, backend));
     };
     // NAT, as `forward::rewrite_endpoint` does it for IPv6, on fixed offsets.
-    let addr_delta = checksum::delta(&vip, &endpoint.addr);
+    let addr_delta = checksum::delta16(&vip, &endpoint.addr);
     h[L3 + ipv6::field::DST..L3 + ipv6::field::DST + 16].copy_from_slice(&endpoint.addr);
     h[L4 + 2..L4 + 4].copy_from_slice(&endpoint.port.to_be_bytes());
     let dst_mac = egress::next_hop_mac(route, &w.neighbor_events);
@@ -808,7 +808,7 @@ fn nat_reply_v6<P: PacketBuf>(
     w.flows.touch(slot, tcp_flags, now);
     let f = w.flows.get(slot);
     let (service, backend, vip, vip_port) = (f.service, f.backend, f.key.vip, f.key.vip_port);
-    let addr_delta = checksum::delta(&backend_addr, &vip);
+    let addr_delta = checksum::delta16(&backend_addr, &vip);
     h[L3 + ipv6::field::SRC..L3 + ipv6::field::SRC + 16].copy_from_slice(&vip);
     h[L4..L4 + 2].copy_from_slice(&vip_port.to_be_bytes());
     let dst_mac = egress::next_hop_mac(route, &w.neighbor_events);
