@@ -133,9 +133,11 @@ pub fn process_hinted<P: PacketBuf>(
     now: u32,
     hint: Option<Warmed>,
 ) -> Action {
-    let fast = match fast::established_v4(pkt, ingress, snap, w, now, hint) {
-        fast::Fast::Other => fast::established_v6(pkt, ingress, snap, w, now, hint),
-        f => f,
+    // By the EtherType, so that an IPv6 packet does not first fail the IPv4 path's checks.
+    let fast = if pkt.data().get(12..14) == Some(&ETHERTYPE_IPV6_BYTES[..]) {
+        fast::established_v6(pkt, ingress, snap, w, now, hint)
+    } else {
+        fast::established_v4(pkt, ingress, snap, w, now, hint)
     };
     let no_flow = match fast {
         fast::Fast::Done(a) => return a,
@@ -144,6 +146,8 @@ pub fn process_hinted<P: PacketBuf>(
     };
     general(pkt, ingress, snap, w, now, no_flow)
 }
+
+const ETHERTYPE_IPV6_BYTES: [u8; 2] = crate::wire::ethernet::ETHERTYPE_IPV6.to_be_bytes();
 
 /// The general path; `no_flow`: the fast path found no flow for this packet.
 #[inline(always)]
