@@ -866,11 +866,19 @@ impl FlowTable {
     /// Removes expired flows from the old end of each list, at most `budget` of them. Once a
     /// sweep has found nothing (more) to remove at `now`, the next ones at the same `now`
     /// return at once (a new flow sweeps too: most would otherwise read five list heads).
+    #[inline(always)]
     pub fn sweep(&mut self, now: u32, budget: usize) -> usize {
         self.clock = self.clock.max(now);
+        // Inline, the common answer costs no call (every new flow asks).
         if self.swept_clean_at == Some(now) {
             return 0;
         }
+        self.sweep_lists(now, budget)
+    }
+
+    /// [`sweep`](Self::sweep) once it has to look at the lists.
+    #[inline(never)]
+    fn sweep_lists(&mut self, now: u32, budget: usize) -> usize {
         let mut removed = 0;
         // (The synced list is in the order the records came, not strictly by expiry: one
         // whose head lives on waits for it, or for an eviction.)
