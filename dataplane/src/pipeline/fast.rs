@@ -236,7 +236,7 @@ pub(super) enum Fast {
 /// general path's own. Anything else, or any doubt (a bad checksum, no flow or an expired one,
 /// its service gone), returns before anything is changed, and the general path decides.
 /// `fuzz::fast_path_equals_general_path` holds the two to the same results.
-#[inline(never)]
+#[inline(always)]
 pub(super) fn established_v4<P: PacketBuf>(
     pkt: &mut P,
     ingress: u16,
