@@ -41,8 +41,19 @@ struct Tail {
 impl Tail {
     /// From the walks (next slot, skip) and the slots still free. None when a skip has no
     /// inverse modulo `m` (m not prime): the walks then go on to the end.
-    fn new(walk: &[(u32, u32)], m: u32, taken: impl Fn(u32) -> bool) -> Option<Tail> {
-        let free: Vec<u32> = (0..m).filter(|&s| !taken(s)).collect();
+    fn new(walk: &[(u32, u32)], m: u32, taken: &[u64]) -> Option<Tail> {
+        // The free slots, from the bitmap's zero bits (those past m are not slots).
+        let mut free: Vec<u32> = Vec::new();
+        for (w, &bits) in taken.iter().enumerate() {
+            let mut open = !bits;
+            while open != 0 {
+                let s = w as u32 * 64 + open.trailing_zeros();
+                if s < m {
+                    free.push(s);
+                }
+                open &= open - 1;
+            }
+        }
         let m64 = u64::from(m);
         // x mod m without a division (Barrett): with r = floor(2^64 / m) the quotient
         // estimate floor(x·r / 2^64) is at most one short for any 64-bit x.
@@ -52,19 +63,20 @@ impl Tail {
             let rem = x - q * m64;
             if rem >= m64 { rem - m64 } else { rem }
         };
+        let n = free.len();
+        let mut counts = vec![0u32; n + 1];
         let mut lists = Vec::with_capacity(walk.len());
         for &(next, skip) in walk {
             let inverse = inverse_mod(u64::from(skip), m64)?;
             // The walk reaches slot s after ((s - next) / skip) mod m steps.
-            let mut list: Vec<u64> = free
+            let keyed: Vec<u64> = free
                 .iter()
                 .map(|&s| {
                     let ahead = if s >= next { s - next } else { s + m - next };
                     reduce(u64::from(ahead) * inverse) << 32 | u64::from(s)
                 })
                 .collect();
-            list.sort_unstable();
-            lists.push(list);
+            lists.push(sort_spread(&keyed, m64, &mut counts));
         }
         Some(Tail {
             cursor: vec![0; lists.len()],
@@ -82,6 +94,40 @@ impl Tail {
         }
         list[*c] as u32
     }
+}
+
+/// `keyed` (steps << 32 | slot, distinct steps below `m`) in order, in linear time rather than
+/// a comparison sort's n log n: a counting sort into n buckets (by steps · n / m), then an
+/// insertion pass within each. A walk's steps to the free slots are spread evenly over 0..m, so
+/// a bucket holds one or two; it spans m / n steps, so never more than that. `counts` is
+/// scratch of n + 1 entries.
+fn sort_spread(keyed: &[u64], m: u64, counts: &mut [u32]) -> Vec<u64> {
+    // steps · n / m as a multiplication: below n, and in the order of the steps.
+    let scale = ((keyed.len() as u64) << 32) / m;
+    let bucket = |x: u64| (((x >> 32) * scale) >> 32) as usize;
+    counts.fill(0);
+    for &x in keyed {
+        counts[bucket(x) + 1] += 1;
+    }
+    for b in 1..counts.len() {
+        counts[b] += counts[b - 1];
+    }
+    let mut sorted = vec![0u64; keyed.len()];
+    for &x in keyed {
+        let at = &mut counts[bucket(x)];
+        sorted[*at as usize] = x;
+        *at += 1;
+    }
+    for i in 1..sorted.len() {
+        let x = sorted[i];
+        let mut j = i;
+        while j > 0 && sorted[j - 1] > x {
+            sorted[j] = sorted[j - 1];
+            j -= 1;
+        }
+        sorted[j] = x;
+    }
+    sorted
 }
 
 /// x such that a·x ≡ 1 (mod m), if a and m are coprime (extended Euclid).
@@ -127,7 +173,10 @@ impl MaglevTable {
         let weights: Vec<u64> = order.iter().map(|&i| u64::from(backends[i].1)).collect();
         let max_weight = weights.iter().copied().max().unwrap_or(1);
         let mut credit = vec![0u64; order.len()];
-        let mut slots = vec![u32::MAX; m as usize];
+        // Made where the table will live (collecting into the Arc allocates it once; an
+        // `Arc::from(Vec)` copies it, a second 256 KB whose pages are new to the process).
+        let mut table: Arc<[u32]> = std::iter::repeat_n(u32::MAX, m as usize).collect();
+        let slots = Arc::get_mut(&mut table).expect("just made, not shared");
         // Which slots are taken, one bit each: the walks probe this (8 KB for M = 65537, in
         // the L1 cache) rather than the 256 KB of slots.
         let mut taken = vec![0u64; (m as usize).div_ceil(64)];
@@ -169,12 +218,12 @@ impl MaglevTable {
                     break 'rounds;
                 }
                 if tail.is_none() && slots.len() - filled == tail_from {
-                    tail = Tail::new(&walk, m, |s| is_taken(&taken, s));
+                    tail = Tail::new(&walk, m, &taken);
                 }
             }
         }
         MaglevTable {
-            slots: Arc::from(slots),
+            slots: table,
             hashed: TUPLE,
         }
     }
