@@ -533,6 +533,36 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// The tail's counting sort is a sort, however the steps are spread (all in one
+        /// bucket's span included).
+        #[test]
+        fn the_spread_sort_sorts(
+            m in 2u64..70_000,
+            picks in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..3000),
+            crowd in proptest::prelude::any::<bool>(),
+        ) {
+            // Distinct steps below m: crowded at the start, or anywhere.
+            let mut steps: Vec<u64> = picks
+                .iter()
+                .map(|p| if crowd { p % m.min(picks.len() as u64 * 2) } else { p % m })
+                .collect();
+            steps.sort_unstable();
+            steps.dedup();
+            let keyed: Vec<u64> = steps
+                .iter()
+                .rev()
+                .enumerate()
+                .map(|(i, &st)| st << 32 | (i as u64 * 7919 % m))
+                .collect();
+            let mut expected = keyed.clone();
+            expected.sort_unstable();
+            let mut counts = vec![0; keyed.len() + 1];
+            proptest::prop_assert_eq!(sort_spread(&keyed, m, &mut counts), expected);
+        }
+    }
+
     #[test]
     fn inverses_modulo_a_prime_and_none_without_one() {
         assert_eq!(inverse_mod(3, 65537), Some(21846)); // 3 x 21846 = 65538
