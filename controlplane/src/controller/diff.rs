@@ -85,6 +85,15 @@ fn summary(v: &Value, skip: &[&str]) -> String {
     format!("({})", parts.join(", "))
 }
 
+/// Whether two versions of a service differ in nothing but their backends.
+fn same_but_backends(a: &Service, b: &Service) -> bool {
+    let bare = |s: &Service| Service {
+        backends: Vec::new(),
+        ..s.clone()
+    };
+    bare(a) == bare(b)
+}
+
 /// Every difference between two service lists, one entry each.
 pub fn services(old: &[Service], new: &[Service]) -> Vec<String> {
     let mut out = Vec::new();
@@ -112,9 +121,17 @@ pub fn services(old: &[Service], new: &[Service]) -> Vec<String> {
             ));
             continue;
         };
-        let changed = fields(&spec_json(s), &spec_json(n), "backends");
-        if !changed.is_empty() {
-            out.push(format!("service {}: {}", n.id, changed.join(", ")));
+        // The specs are written out (as JSON) only for what differs: a change touches one
+        // service, often one backend's field, and writing out every service and backend of the
+        // running configuration was most of the work a change did.
+        if s == n {
+            continue;
+        }
+        if !same_but_backends(s, n) {
+            let changed = fields(&spec_json(s), &spec_json(n), "backends");
+            if !changed.is_empty() {
+                out.push(format!("service {}: {}", n.id, changed.join(", ")));
+            }
         }
         for b in &s.backends {
             if !n.backends.iter().any(|x| x.id == b.id) {
@@ -129,6 +146,7 @@ pub fn services(old: &[Service], new: &[Service]) -> Vec<String> {
                     b.id,
                     summary(&backend_json(b), &["id"])
                 )),
+                Some(was) if was == b => {}
                 Some(was) => {
                     let changed = fields(&backend_json(was), &backend_json(b), "");
                     if !changed.is_empty() {

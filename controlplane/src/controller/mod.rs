@@ -145,6 +145,8 @@ pub struct Controller {
     health_changed: bool,
     /// The probe targets, when they changed and the prober has not been told yet.
     targets: Option<Vec<Target>>,
+    /// The probe targets the tracker (and so the prober) has; None before the first.
+    probed: Option<Vec<Target>>,
     /// Backends that went down with `on_down = "remove"`: their flows are removed once the
     /// snapshot without them is live.
     to_flush: Vec<(String, String)>,
@@ -204,6 +206,7 @@ impl Controller {
             health: Tracker::default(),
             health_changed: false,
             targets: None,
+            probed: None,
             to_flush: Vec::new(),
             beats: Vec::new(),
             links_down: BTreeSet::new(),
@@ -216,7 +219,9 @@ impl Controller {
     }
 
     /// The probe targets of the running configuration, handed to the tracker (and, through
-    /// [`Self::take_targets`], to the prober) when they changed.
+    /// [`Self::take_targets`], to the prober) when they changed: most changes (a weight, a
+    /// backend's address in a service without checks) leave them as they are, and the prober's
+    /// thread is not woken for nothing.
     fn refresh_targets(&mut self) {
         let targets: Vec<Target> = self
             .running
@@ -233,9 +238,13 @@ impl Controller {
                 })
             })
             .collect();
+        if self.probed.as_ref() == Some(&targets) {
+            return;
+        }
         let down_before = self.health.down();
         self.health.set_targets(&targets, SystemTime::now());
         self.health_changed |= self.health.down() != down_before;
+        self.probed = Some(targets.clone());
         self.targets = Some(targets);
     }
 
