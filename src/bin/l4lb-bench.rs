@@ -653,8 +653,15 @@ fn stats(base: &str) -> Option<Value> {
 }
 
 /// Changes a backend's weight every `every`, through the API, until `stop`; the time each change
-/// took to be live (the API answers once every worker uses it).
+/// took to be live (the API answers once every worker uses it). The thread runs on CPU 0, with
+/// the appliance's control plane and its main lcore: left to the scheduler it also lands on the
+/// worker's CPU, and waits there behind the busy-polling worker for the rest of its time slice
+/// (a p99 of 4 ms where pinned it is 2, on 2026-12-07's machine), which says nothing of the
+/// appliance. An operator's client is on another machine.
 fn republish(base: String, every: Duration, weights: u32, stop: Arc<AtomicBool>) -> Vec<Duration> {
+    if let Err(e) = harness::pin_to_cpu(0) {
+        eprintln!("l4lb bench: the republishing thread stays unpinned ({e})");
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
