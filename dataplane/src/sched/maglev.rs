@@ -191,34 +191,52 @@ impl MaglevTable {
         // first listed that is still free: the slot the walk would have found, so the table is
         // the same.
         let tail_from = m as usize / (4 * order.len());
-        let mut tail: Option<Tail> = None;
-        let mut filled = 0usize;
-        'rounds: loop {
-            for (k, &i) in order.iter().enumerate() {
-                credit[k] += weights[k];
-                if credit[k] < max_weight {
-                    continue;
-                }
-                credit[k] -= max_weight;
-                let claimed = match &mut tail {
-                    Some(t) => t.claim(k, |s| is_taken(&taken, s)),
-                    None => {
-                        let (mut next, skip) = walk[k];
-                        while is_taken(&taken, next) {
-                            next = step(next, skip);
-                        }
-                        walk[k].0 = step(next, skip);
-                        next
+        // Whose turn it is: in each round every backend adds its weight to its credit and
+        // claims a slot each time the credit reaches the largest weight.
+        let mut turns = {
+            let mut k = order.len() - 1;
+            std::iter::from_fn(move || {
+                loop {
+                    k = if k + 1 == weights.len() { 0 } else { k + 1 };
+                    credit[k] += weights[k];
+                    if credit[k] >= max_weight {
+                        credit[k] -= max_weight;
+                        return Some(k);
                     }
-                };
-                taken[claimed as usize / 64] |= 1 << (claimed % 64);
-                slots[claimed as usize] = i as u32;
-                filled += 1;
-                if filled == slots.len() {
-                    break 'rounds;
                 }
-                if tail.is_none() && slots.len() - filled == tail_from {
-                    tail = Tail::new(&walk, m, &taken);
+            })
+        };
+        let mut claim = |k: usize, s: u32, taken: &mut [u64]| {
+            taken[s as usize / 64] |= 1 << (s % 64);
+            slots[s as usize] = order[k] as u32;
+        };
+        // Backend k's walk to its next free slot.
+        let walk_on = |walk: &mut [(u32, u32)], taken: &[u64], k: usize| {
+            let (mut next, skip) = walk[k];
+            while is_taken(taken, next) {
+                next = step(next, skip);
+            }
+            walk[k].0 = step(next, skip);
+            next
+        };
+        // The walks, then the tail: two loops, so that no claim asks which part it is in or
+        // whether the table is full (a sixth of a build's time when every claim asked).
+        for k in turns.by_ref().take(m as usize - tail_from) {
+            let s = walk_on(&mut walk, &taken, k);
+            claim(k, s, &mut taken);
+        }
+        match Tail::new(&walk, m, &taken) {
+            Some(mut tail) => {
+                for k in turns.take(tail_from) {
+                    let s = tail.claim(k, |s| is_taken(&taken, s));
+                    claim(k, s, &mut taken);
+                }
+            }
+            // No tail lists (m not prime): the walks go on to the end.
+            None => {
+                for k in turns.take(tail_from) {
+                    let s = walk_on(&mut walk, &taken, k);
+                    claim(k, s, &mut taken);
                 }
             }
         }
