@@ -39,7 +39,7 @@ struct Tail {
 }
 
 impl Tail {
-    /// From the walks (next slot, skip) and the slots still free. None when a skip has no
+    /// From the walks (next slot, skip) and the bitmap of taken slots. None when a skip has no
     /// inverse modulo `m` (m not prime): the walks then go on to the end.
     fn new(walk: &[(u32, u32)], m: u32, taken: &[u64]) -> Option<Tail> {
         // The free slots, from the bitmap's zero bits (those past m are not slots).
