@@ -662,8 +662,15 @@ fn republish(base: String, every: Duration, weights: u32, stop: Arc<AtomicBool>)
     if let Err(e) = harness::pin_to_cpu(0) {
         eprintln!("l4lb bench: the republishing thread stays unpinned ({e})");
     }
+    // A timeout for each step but name resolution: with a global timeout ureq resolves on a
+    // thread of its own, a thread started (on this CPU) for every change.
+    let five = Some(Duration::from_secs(5));
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
+        .timeout_connect(five)
+        .timeout_send_request(five)
+        .timeout_send_body(five)
+        .timeout_recv_response(five)
+        .timeout_recv_body(five)
         .build()
         .new_agent();
     let mut took = Vec::new();
@@ -672,9 +679,12 @@ fn republish(base: String, every: Duration, weights: u32, stop: Arc<AtomicBool>)
     while !stop.load(Ordering::Relaxed) {
         weight = weight % weights + 1;
         let t = Instant::now();
+        // The answer read to its end, so that the connection is kept for the next change (an
+        // answer left unread closes it, and every change paid for a new connection).
         let ok = agent
             .patch(format!("{base}/api/v1/services/bench/backends/b0"))
             .send_json(json!({ "weight": weight }))
+            .and_then(|mut r| r.body_mut().read_to_string())
             .is_ok();
         if ok {
             took.push(t.elapsed());
