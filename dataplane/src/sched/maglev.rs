@@ -265,7 +265,7 @@ impl MaglevTable {
         let slots = Arc::get_mut(&mut table).expect("just made, not shared");
         if weights.iter().all(|&w| w == max_weight) {
             // Equal weights (the usual case): the backends simply take turns, without the
-            // credits below (a seventh of an 8-backend build's instructions).
+            // credits below (a tenth of an 8-backend build's instructions).
             let n = order.len();
             let mut k = n - 1;
             let turns = std::iter::from_fn(move || {
@@ -638,7 +638,7 @@ mod tests {
         assert_eq!(inverse_mod(3, 65537), Some(21846)); // 3 x 21846 = 65538
         assert_eq!(inverse_mod(1, 13), Some(1));
         assert_eq!(inverse_mod(4, 12), None);
-        // Every a of a prime, and the largest m a table may have.
+        // Every a of a prime, and a modulus near the top of 32 bits.
         for a in 1..251 {
             assert_eq!(u64::from(a) * inverse_mod(a, 251).unwrap() % 251, 1, "{a}");
         }
