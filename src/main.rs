@@ -677,6 +677,7 @@ fn run(
         info!(workers = n_workers, lcores = ?lcores.iter().map(|l| l.0).collect::<Vec<_>>(), "running; SIGINT or SIGTERM stops, SIGHUP reloads the configuration");
         let workers_done = AtomicBool::new(false);
         let sync_stop = AtomicBool::new(false);
+        let prebuild_stop = AtomicBool::new(false);
         let (calls_tx, calls_rx) = controlplane::api::http::queues();
         let router =
             controlplane::api::http::router(calls_tx, model.api.token.as_deref(), version_json());
@@ -709,6 +710,26 @@ fn run(
                 })
                 .map_err(|e| format!("cannot start the API thread: {e}"))?;
             info!("REST API listening on http://{api_address}");
+            // Maglev tables with one backend out, built before a health check, a drain or a
+            // removal asks for them, in the time the control plane leaves (SCHED_IDLE).
+            let prebuilder = std::thread::Builder::new()
+                .name("l4lb-maglev".into())
+                .spawn_scoped(scope, || {
+                    use thread_priority::{
+                        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                    };
+                    if let Err(e) = thread_priority::set_thread_priority_and_policy(
+                        thread_priority::thread_native_id(),
+                        ThreadPriority::Min,
+                        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+                    ) {
+                        warn!("the Maglev prebuilder runs at normal priority: {e:?}");
+                    }
+                    dataplane::sched::prebuild_loop(PREBUILD_QUIET, &prebuild_stop);
+                })
+                .map_err(|e| format!("cannot start the Maglev prebuilder: {e}"))?;
+            // Stopped however this closure ends (an error below too): the scope waits for it.
+            let _prebuilder_stops = RaiseOnDrop(&prebuild_stop);
             let sync = match (&model.sync, sync_socket) {
                 (Some(settings), Some(socket)) => {
                     let (shared, counters, stop) = (&*shared, &*sync_counters, &sync_stop);
@@ -741,6 +762,10 @@ fn run(
             };
             workers_done.store(true, Ordering::Relaxed);
             sync_stop.store(true, Ordering::Relaxed);
+            prebuild_stop.store(true, Ordering::Relaxed);
+            if prebuilder.join().is_err() {
+                warn!("the Maglev prebuilder panicked");
+            }
             if let Some(t) = sync
                 && t.join().is_err()
             {
@@ -770,6 +795,19 @@ fn run(
     report(ports, &counters, &controller, elapsed);
     Ok(())
 }
+
+/// Sets its flag when dropped.
+struct RaiseOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for RaiseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How long no Maglev table must have been asked for before the prebuilder builds the next
+/// ones: changes come in bursts, and what the middle of one asked for is not what comes next.
+const PREBUILD_QUIET: Duration = Duration::from_millis(50);
 
 /// What l4lb prints when it stops: a line per port (`key=value`, for scripts), the actions,
 /// the drops by reason, the flow table, each service and backend, the configuration.

@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// default, 2, toggles it as a flapping health check does.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub republish_weights: u32,
+    /// Each republish takes one backend out (weight 0) or puts it back (weight 1), the
+    /// backends in turn, as a failing health check or a drain does; in place of the weights.
+    #[arg(long, requires = "republish_ms")]
+    pub republish_out: bool,
     /// Also run dpdk-testpmd on the same vdevs and pcap, and print the ratios.
     #[arg(long)]
     pub compare: bool,
@@ -658,7 +662,13 @@ fn stats(base: &str) -> Option<Value> {
 /// worker's CPU, and waits there behind the busy-polling worker for the rest of its time slice
 /// (a p99 of 4 ms where pinned it is 2, on 2026-12-07's machine), which says nothing of the
 /// appliance. An operator's client is on another machine.
-fn republish(base: String, every: Duration, weights: u32, stop: Arc<AtomicBool>) -> Vec<Duration> {
+fn republish(
+    base: String,
+    every: Duration,
+    weights: u32,
+    out: bool,
+    stop: Arc<AtomicBool>,
+) -> Vec<Duration> {
     if let Err(e) = harness::pin_to_cpu(0) {
         eprintln!("l4lb bench: the republishing thread stays unpinned ({e})");
     }
@@ -676,13 +686,22 @@ fn republish(base: String, every: Duration, weights: u32, stop: Arc<AtomicBool>)
     let mut took = Vec::new();
     let mut next = Instant::now();
     let mut weight = 1;
+    let mut changes = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        weight = weight % weights + 1;
+        // b0 through the weights, or b0 out, b0 back, b1 out, b1 back, ...
+        let backend = if out {
+            weight = (changes % 2) as u32;
+            changes / 2 % u64::from(BACKENDS)
+        } else {
+            weight = weight % weights + 1;
+            0
+        };
+        changes += 1;
         let t = Instant::now();
         // The answer read to its end, so that the connection is kept for the next change (an
         // answer left unread closes it, and every change paid for a new connection).
         let ok = agent
-            .patch(format!("{base}/api/v1/services/bench/backends/b0"))
+            .patch(format!("{base}/api/v1/services/bench/backends/b{backend}"))
             .send_json(json!({ "weight": weight }))
             .and_then(|mut r| r.body_mut().read_to_string())
             .is_ok();
@@ -824,7 +843,10 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         before = stats(&base);
         republisher = args.republish_ms.map(|ms| {
             let (base, stop, n) = (base.clone(), Arc::clone(&stop), args.republish_weights);
-            std::thread::spawn(move || republish(base, Duration::from_millis(ms.max(1)), n, stop))
+            let out = args.republish_out;
+            std::thread::spawn(move || {
+                republish(base, Duration::from_millis(ms.max(1)), n, out, stop)
+            })
         });
     });
     stop.store(true, Ordering::Relaxed);
@@ -884,6 +906,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         publish = json!({
             "count": p.len(),
             "weights": args.republish_weights,
+            "out": args.republish_out,
             "p50_us": percentile(&p, 0.5).as_micros() as u64,
             "p99_us": percentile(&p, 0.99).as_micros() as u64,
             "max_us": p.last().copied().unwrap_or_default().as_micros() as u64,
@@ -1051,9 +1074,14 @@ fn text(case: &str, r: &Value) -> String {
         r["l4lb"]["new_flow_share"].as_f64().unwrap_or(0.0) * 100.0
     ));
     if let Some(p) = r["l4lb"]["publish"].as_object() {
+        let what = if p["out"].as_bool() == Some(true) {
+            "a backend out and back, each in turn".to_string()
+        } else {
+            format!("weights 1 to {} in turn", p["weights"])
+        };
         out.push_str(&format!(
-            "  republished {} times (weights 1 to {} in turn): live after p50 {} us, p99 {} us, max {} us\n",
-            p["count"], p["weights"], p["p50_us"], p["p99_us"], p["max_us"]
+            "  republished {} times ({what}): live after p50 {} us, p99 {} us, max {} us\n",
+            p["count"], p["p50_us"], p["p99_us"], p["max_us"]
         ));
     }
     let tp: Vec<(String, Value)> = r["case"]["testpmd_modes"]

@@ -232,14 +232,15 @@ impl MaglevTable {
     /// Builds the table for `backends` (id, weight) with `m` slots (`m` prime). Backends of
     /// weight 0 get no slot.
     pub fn build(backends: &[(&str, u32)], m: u32) -> MaglevTable {
-        let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].1 > 0).collect();
+        #[cfg(test)]
+        tests::BUILDS.with(|b| b.set(b.get() + 1));
+        let order = usable(backends);
         if order.is_empty() || m == 0 {
             return MaglevTable {
                 slots: Arc::from(Vec::new()),
                 hashed: TUPLE,
             };
         }
-        order.sort_unstable_by(|&a, &b| backends[a].0.cmp(backends[b].0));
         let m64 = u64::from(m);
         // (next slot to try, skip) per backend, in id order. Both stay below m, so a step is
         // an addition and at most one subtraction, never a division.
@@ -297,40 +298,90 @@ impl MaglevTable {
     }
 
     /// [`build`](Self::build), or the same table built a moment ago for the same inputs (a
-    /// backend whose health check flaps, a weight set to 0 and back): the table depends on
-    /// nothing else, so it is the table `build` would give, without the milliseconds. The
-    /// [`RECENT_BYTES`] of tables built last are kept, process-wide.
+    /// backend whose health check flaps, a weight set to 0 and back), or built ahead of time
+    /// by [`prebuild_loop`] (a backend that fails, is drained or is removed): the table depends
+    /// on nothing else, so it is the table `build` would give, without the milliseconds. The
+    /// [`RECENT_BYTES`] of tables built last are kept, process-wide. A table is found by the
+    /// backends it gives slots to (id and weight, weight 0 and absent alike); listed in another
+    /// order it is given with its slots renumbered for this list.
     pub fn build_recent(backends: &[(&str, u32)], m: u32) -> MaglevTable {
-        let same = |(k, km, _): &RecentTable| {
-            *km == m
-                && k.len() == backends.len()
-                && k.iter()
-                    .zip(backends)
-                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+        let owners: Vec<u32> = usable(backends).into_iter().map(|i| i as u32).collect();
+        let same = |t: &Kept| {
+            t.m == m
+                && t.key.len() == owners.len()
+                && t.key
+                    .iter()
+                    .zip(&owners)
+                    .all(|(a, &i)| a.0 == backends[i as usize].0 && a.1 == backends[i as usize].1)
         };
-        {
-            let mut r = recent().lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(at) = r.iter().position(same) {
-                let hit = r.remove(at).expect("a position in the list");
-                let slots = Arc::clone(&hit.2);
-                r.push_front(hit);
-                return MaglevTable {
-                    slots,
-                    hashed: TUPLE,
-                };
+        let found = {
+            let mut k = kept().lock().unwrap_or_else(|e| e.into_inner());
+            let at = k.recent.iter().position(|t| same(t) && t.owners == owners);
+            let at = at.or_else(|| k.recent.iter().position(same));
+            match at {
+                Some(at) => {
+                    let hit = k.recent.remove(at).expect("a position in the list");
+                    k.recent.push_front(hit);
+                    Some(k.recent[0].clone())
+                }
+                None => k.ahead.iter().find(|t| same(t)).cloned(),
             }
+        };
+        let slots = match found {
+            Some(t) if t.owners == owners => t.slots,
+            Some(t) => t.renumbered(&owners),
+            // Built outside the lock: two snapshots built at once wait for nothing.
+            None => Self::build(backends, m).slots,
+        };
+        let key: Vec<(String, u32)> = owners
+            .iter()
+            .map(|&i| (backends[i as usize].0.to_string(), backends[i as usize].1))
+            .collect();
+        let mut k = kept().lock().unwrap_or_else(|e| e.into_inner());
+        if !k
+            .recent
+            .front()
+            .is_some_and(|t| Arc::ptr_eq(&t.slots, &slots))
+        {
+            k.recent.push_front(Kept {
+                key: key.clone(),
+                m,
+                owners,
+                slots: Arc::clone(&slots),
+            });
+            let mut bytes = 0;
+            k.recent.retain(|t| {
+                bytes += t.slots.len() * 4;
+                bytes <= RECENT_BYTES || Arc::ptr_eq(&t.slots, &slots)
+            });
         }
-        // Built outside the lock: two snapshots built at once wait for nothing.
-        let t = Self::build(backends, m);
-        let mut r = recent().lock().unwrap_or_else(|e| e.into_inner());
-        let key = backends.iter().map(|(n, w)| (n.to_string(), *w)).collect();
-        r.push_front((key, m, Arc::clone(&t.slots)));
-        let mut bytes = 0;
-        r.retain(|(_, _, s)| {
-            bytes += s.len() * 4;
-            bytes <= RECENT_BYTES || Arc::ptr_eq(s, &t.slots)
-        });
-        t
+        // What the prebuilder should prepare for next: the backends of this table, each one
+        // out in turn.
+        k.wanted.retain(|(w, wm)| *w != key || *wm != m);
+        k.wanted.push_front((key, m));
+        k.wanted.truncate(WANTED_KEPT);
+        k.posted = Some(std::time::Instant::now());
+        drop(k);
+        wanted_posted().notify_all();
+        MaglevTable {
+            slots,
+            hashed: TUPLE,
+        }
+    }
+
+    /// True when a table for these backends (weight 0 and absent alike) and `m` is kept,
+    /// recently built or built ahead: [`build_recent`](Self::build_recent) then builds none.
+    pub fn is_kept(backends: &[(&str, u32)], m: u32) -> bool {
+        let order = usable(backends);
+        let k = kept().lock().unwrap_or_else(|e| e.into_inner());
+        k.recent.iter().chain(&k.ahead).any(|t| {
+            t.m == m
+                && t.key.len() == order.len()
+                && t.key
+                    .iter()
+                    .zip(&order)
+                    .all(|(a, &i)| a.0 == backends[i].0 && a.1 == backends[i].1)
+        })
     }
 
     /// True when both tables are one in memory (a table [`build_recent`](Self::build_recent)
@@ -374,15 +425,158 @@ impl MaglevTable {
 /// default 65,537 slots (the newest is kept whatever its size).
 pub const RECENT_BYTES: usize = 16 * 65537 * 4;
 
-/// A table built recently: its backends as given, its M, its slots.
-type RecentTable = (Vec<(String, u32)>, u32, Arc<[u32]>);
+/// Bytes of tables [`prebuild_loop`] keeps ready: 32 of the default size (a service of 32
+/// backends, or four of 8).
+pub const AHEAD_BYTES: usize = 32 * 65537 * 4;
 
-/// The tables built last, newest first.
-type Recent = VecDeque<RecentTable>;
+/// How many tables' backends the prebuilder prepares for (the services changed last).
+const WANTED_KEPT: usize = 4;
 
-fn recent() -> &'static Mutex<Recent> {
-    static RECENT: Mutex<Recent> = Mutex::new(VecDeque::new());
-    &RECENT
+/// A table kept: the backends it gives slots to (id order, weights above 0), its M, where
+/// each of them is in the list it was built for, and its slots (indexes into that list).
+#[derive(Clone)]
+struct Kept {
+    key: Vec<(String, u32)>,
+    m: u32,
+    owners: Vec<u32>,
+    slots: Arc<[u32]>,
+}
+
+impl Kept {
+    /// The slots for a list in which the same backends are at `owners`.
+    fn renumbered(&self, owners: &[u32]) -> Arc<[u32]> {
+        let width = self.owners.iter().max().map_or(0, |&o| o as usize + 1);
+        let mut to = vec![u32::MAX; width];
+        for (&from, &new) in self.owners.iter().zip(owners) {
+            to[from as usize] = new;
+        }
+        self.slots.iter().map(|&s| to[s as usize]).collect()
+    }
+}
+
+#[derive(Default)]
+struct Tables {
+    /// The tables built or given last, newest first.
+    recent: VecDeque<Kept>,
+    /// Tables built ahead of time, newest first.
+    ahead: VecDeque<Kept>,
+    /// The backends of the tables given last, newest first, for the prebuilder.
+    wanted: VecDeque<(Vec<(String, u32)>, u32)>,
+    /// When a table was last given.
+    posted: Option<std::time::Instant>,
+}
+
+fn kept() -> &'static Mutex<Tables> {
+    static KEPT: Mutex<Tables> = Mutex::new(Tables {
+        recent: VecDeque::new(),
+        ahead: VecDeque::new(),
+        wanted: VecDeque::new(),
+        posted: None,
+    });
+    &KEPT
+}
+
+fn wanted_posted() -> &'static std::sync::Condvar {
+    static POSTED: std::sync::Condvar = std::sync::Condvar::new();
+    &POSTED
+}
+
+/// The indexes of the backends that take slots (weight above 0), in the order of their ids.
+fn usable(backends: &[(&str, u32)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].1 > 0).collect();
+    order.sort_unstable_by(|&a, &b| backends[a].0.cmp(backends[b].0));
+    order
+}
+
+/// Builds, ahead of time, the tables of `backends` (id order, weights above 0) with each one
+/// of them out in turn — what a health check that fails, a drain to weight 0 or a removal
+/// asks for next — unless they are kept already; stops early when `stop` says so. Returns
+/// how many it built. The tables are the ones [`MaglevTable::build`] gives: only sooner.
+pub fn prebuild_without_each(backends: &[(String, u32)], m: u32, stop: impl Fn() -> bool) -> usize {
+    let mut built = 0;
+    for out in 0..backends.len() {
+        if backends.len() < 2 || stop() {
+            break;
+        }
+        let rest: Vec<(&str, u32)> = backends
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != out)
+            .map(|(_, (id, w))| (id.as_str(), *w))
+            .collect();
+        let same = |t: &Kept| {
+            t.m == m
+                && t.key.len() == rest.len()
+                && t.key
+                    .iter()
+                    .zip(&rest)
+                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+        };
+        {
+            let k = kept().lock().unwrap_or_else(|e| e.into_inner());
+            if k.recent.iter().chain(&k.ahead).any(same) {
+                continue;
+            }
+        }
+        let slots = MaglevTable::build(&rest, m).slots;
+        built += 1;
+        let mut k = kept().lock().unwrap_or_else(|e| e.into_inner());
+        k.ahead.push_front(Kept {
+            key: rest.iter().map(|(id, w)| (id.to_string(), *w)).collect(),
+            m,
+            owners: (0..rest.len() as u32).collect(),
+            slots,
+        });
+        let mut bytes = 0;
+        k.ahead.retain(|t| {
+            bytes += t.slots.len() * 4;
+            bytes <= AHEAD_BYTES
+        });
+    }
+    built
+}
+
+/// The prebuilder: once no table has been asked for during `quiet` (changes come in bursts;
+/// what a burst's middle asked for is not what comes next), builds the tables of
+/// [`prebuild_without_each`] for the tables given last, newest first, and starts again when
+/// a table is asked for in the meantime. Runs until `stop`; meant for a thread of its own at
+/// the lowest priority, so that it uses only time the control plane leaves.
+pub fn prebuild_loop(quiet: std::time::Duration, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    // The request after which everything wanted was prepared.
+    let mut prepared = None;
+    while !stop.load(Ordering::Relaxed) {
+        let jobs = {
+            let k = kept().lock().unwrap_or_else(|e| e.into_inner());
+            match k.posted {
+                Some(p) if Some(p) != prepared && p.elapsed() >= quiet => {
+                    Some((k.wanted.clone(), p))
+                }
+                Some(p) if Some(p) != prepared => {
+                    let left = quiet - p.elapsed().min(quiet);
+                    drop(wanted_posted().wait_timeout(k, left));
+                    None
+                }
+                _ => {
+                    drop(wanted_posted().wait_timeout(k, std::time::Duration::from_millis(100)));
+                    None
+                }
+            }
+        };
+        let Some((jobs, posted)) = jobs else {
+            continue;
+        };
+        let asked_again = || {
+            stop.load(Ordering::Relaxed)
+                || kept().lock().unwrap_or_else(|e| e.into_inner()).posted != Some(posted)
+        };
+        for (backends, m) in &jobs {
+            prebuild_without_each(backends, *m, asked_again);
+        }
+        if !asked_again() {
+            prepared = Some(posted);
+        }
+    }
 }
 
 impl Scheduler for MaglevTable {
@@ -399,6 +593,64 @@ impl Scheduler for MaglevTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Builds made on this thread (the kept tables are process-wide; tests run in parallel).
+        pub(super) static BUILDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn builds() -> usize {
+        BUILDS.with(std::cell::Cell::get)
+    }
+
+    #[test]
+    fn a_table_built_ahead_for_a_backend_out_is_given_without_a_build() {
+        // Names of their own: the kept tables are process-wide.
+        let ids: Vec<String> = (0..5).map(|i| format!("ahead-{i}")).collect();
+        let all: Vec<(String, u32)> = ids.iter().map(|i| (i.clone(), 1)).collect();
+        let before = builds();
+        assert_eq!(prebuild_without_each(&all, 4093, || false), 5);
+        assert_eq!(builds(), before + 5);
+        assert_eq!(
+            prebuild_without_each(&all, 4093, || false),
+            0,
+            "kept already"
+        );
+        for out in 0..5 {
+            // Removed from the list, or left in it at weight 0: the same backends.
+            let removed: Vec<(&str, u32)> = ids
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != out)
+                .map(|(_, id)| (id.as_str(), 1))
+                .collect();
+            let zero: Vec<(&str, u32)> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), u32::from(i != out)))
+                .collect();
+            assert!(MaglevTable::is_kept(&removed, 4093) && MaglevTable::is_kept(&zero, 4093));
+            let b = builds();
+            let (r, z) = (
+                MaglevTable::build_recent(&removed, 4093),
+                MaglevTable::build_recent(&zero, 4093),
+            );
+            assert_eq!(builds(), b, "backend {out} out: found, not built");
+            assert!(
+                r == MaglevTable::build(&removed, 4093),
+                "backend {out} removed"
+            );
+            assert!(
+                z == MaglevTable::build(&zero, 4093),
+                "backend {out} at weight 0"
+            );
+            // The slots name each list's own indexes: the same but for the last one.
+            assert_eq!(r == z, out == 4, "backend {out}");
+        }
+        // Stopped at once: nothing built.
+        let other: Vec<(String, u32)> = ids.iter().map(|i| (i.clone(), 2)).collect();
+        assert_eq!(prebuild_without_each(&other, 4093, || true), 0);
+    }
 
     const M: u32 = 65537;
 

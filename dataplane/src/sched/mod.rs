@@ -20,7 +20,7 @@ use std::fmt::Debug;
 pub use failover::{WeightedFailover, WeightedOverflow};
 pub use hashing::{DestinationHash, Hashed, SourceHash, WeightedHash};
 pub use least::{LeastConnection, NeverQueue, ShortestExpectedDelay, WeightedLeastConnection};
-pub use maglev::MaglevTable;
+pub use maglev::{AHEAD_BYTES, MaglevTable, prebuild_loop, prebuild_without_each};
 pub use overload::ConnBoard;
 pub use rr::RoundRobin;
 pub use twos::TwoChoices;
