@@ -185,3 +185,38 @@ fn bench_republishes_through_the_api_and_reports_how_soon_each_change_was_live()
         "nothing dropped while the weights changed: {r}"
     );
 }
+
+#[test]
+fn bench_takes_each_backend_out_and_back_in_turn() {
+    let out = Command::new(env!("CARGO_BIN_EXE_l4lb"))
+        .args([
+            "bench",
+            "--json",
+            "--flows",
+            "256",
+            "--seconds",
+            "1",
+            "--warmup",
+            "0.2",
+            "--republish-ms",
+            "20",
+            "--republish-out",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run l4lb bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr:\n{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let p = &r["l4lb"]["publish"];
+    assert_eq!(p["out"], true, "{p}");
+    let count = p["count"].as_u64().unwrap();
+    assert!((5..=51).contains(&count), "{count} publishes: {p}");
+    // A backend at weight 0 takes no new flow, but its established flows stay: nothing is
+    // dropped while backends go out and come back.
+    assert_eq!(
+        r["l4lb"]["drop_share"].as_object().map(|d| d.len()),
+        Some(0),
+        "nothing dropped: {r}"
+    );
+}
