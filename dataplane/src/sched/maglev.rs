@@ -306,14 +306,7 @@ impl MaglevTable {
     /// order it is given with its slots renumbered for this list.
     pub fn build_recent(backends: &[(&str, u32)], m: u32) -> MaglevTable {
         let owners: Vec<u32> = usable(backends).into_iter().map(|i| i as u32).collect();
-        let same = |t: &Kept| {
-            t.m == m
-                && t.key.len() == owners.len()
-                && t.key
-                    .iter()
-                    .zip(&owners)
-                    .all(|(a, &i)| a.0 == backends[i as usize].0 && a.1 == backends[i as usize].1)
-        };
+        let same = |t: &Kept| t.serves(m, owners.iter().map(|&i| backends[i as usize]));
         let found = {
             let mut k = kept().lock().unwrap_or_else(|e| e.into_inner());
             let at = k.recent.iter().position(|t| same(t) && t.owners == owners);
@@ -374,14 +367,10 @@ impl MaglevTable {
     pub fn is_kept(backends: &[(&str, u32)], m: u32) -> bool {
         let order = usable(backends);
         let k = kept().lock().unwrap_or_else(|e| e.into_inner());
-        k.recent.iter().chain(&k.ahead).any(|t| {
-            t.m == m
-                && t.key.len() == order.len()
-                && t.key
-                    .iter()
-                    .zip(&order)
-                    .all(|(a, &i)| a.0 == backends[i].0 && a.1 == backends[i].1)
-        })
+        k.recent
+            .iter()
+            .chain(&k.ahead)
+            .any(|t| t.serves(m, order.iter().map(|&i| backends[i])))
     }
 
     /// True when both tables are one in memory (a table [`build_recent`](Self::build_recent)
@@ -443,6 +432,17 @@ struct Kept {
 }
 
 impl Kept {
+    /// True when this table, with `m` slots, gives slots to exactly `backends` (id order).
+    fn serves<'a>(&self, m: u32, backends: impl ExactSizeIterator<Item = (&'a str, u32)>) -> bool {
+        self.m == m
+            && self.key.len() == backends.len()
+            && self
+                .key
+                .iter()
+                .zip(backends)
+                .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+    }
+
     /// The slots for a list in which the same backends are at `owners`.
     fn renumbered(&self, owners: &[u32]) -> Arc<[u32]> {
         let width = self.owners.iter().max().map_or(0, |&o| o as usize + 1);
@@ -504,19 +504,8 @@ pub fn prebuild_without_each(backends: &[(String, u32)], m: u32, stop: impl Fn()
             .filter(|&(i, _)| i != out)
             .map(|(_, (id, w))| (id.as_str(), *w))
             .collect();
-        let same = |t: &Kept| {
-            t.m == m
-                && t.key.len() == rest.len()
-                && t.key
-                    .iter()
-                    .zip(&rest)
-                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
-        };
-        {
-            let k = kept().lock().unwrap_or_else(|e| e.into_inner());
-            if k.recent.iter().chain(&k.ahead).any(same) {
-                continue;
-            }
+        if MaglevTable::is_kept(&rest, m) {
+            continue;
         }
         let slots = MaglevTable::build(&rest, m).slots;
         built += 1;
