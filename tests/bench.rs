@@ -143,8 +143,9 @@ fn bench_tunnels_of_each_type_and_a_chosen_table_size() {
     }
 }
 
-#[test]
-fn bench_republishes_through_the_api_and_reports_how_soon_each_change_was_live() {
+/// `l4lb bench --json` for a second at 256 flows, changing the configuration every 20 ms in
+/// the way `how` says; its report.
+fn republishing_bench(how: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_l4lb"))
         .args([
             "bench",
@@ -155,19 +156,21 @@ fn bench_republishes_through_the_api_and_reports_how_soon_each_change_was_live()
             "1",
             "--warmup",
             "0.2",
-            "--scheduler",
-            "maglev",
             "--republish-ms",
             "20",
-            "--republish-weights",
-            "3",
         ])
+        .args(how)
         .env_remove("RUST_LOG")
         .output()
         .expect("run l4lb bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stderr:\n{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn bench_republishes_through_the_api_and_reports_how_soon_each_change_was_live() {
+    let r = republishing_bench(&["--scheduler", "maglev", "--republish-weights", "3"]);
     let p = &r["l4lb"]["publish"];
     assert_eq!(p["weights"], 3, "{p}");
     // One change every 20 ms for a second, each answered once live: 50 at most.
@@ -188,26 +191,7 @@ fn bench_republishes_through_the_api_and_reports_how_soon_each_change_was_live()
 
 #[test]
 fn bench_takes_each_backend_out_and_back_in_turn() {
-    let out = Command::new(env!("CARGO_BIN_EXE_l4lb"))
-        .args([
-            "bench",
-            "--json",
-            "--flows",
-            "256",
-            "--seconds",
-            "1",
-            "--warmup",
-            "0.2",
-            "--republish-ms",
-            "20",
-            "--republish-out",
-        ])
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run l4lb bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stderr:\n{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let r = republishing_bench(&["--republish-out"]);
     let p = &r["l4lb"]["publish"];
     assert_eq!(p["out"], true, "{p}");
     let count = p["count"].as_u64().unwrap();
