@@ -152,6 +152,61 @@ pub fn update_u16(checksum: u16, old: u16, new: u16) -> u16 {
     !fold(u32::from(!checksum) + u32::from(!old) + u32::from(new))
 }
 
+/// The NAT rewrite of an IPv4 header's address and the port after it, in place: the 4-byte
+/// address at `addr_at` becomes `new_addr` and the port at `port_at` `new_port` (both as they
+/// are on the wire), with the header checksum at `ip_checksum_at` and the transport's at
+/// `l4_checksum_at` updated (RFC 1624 eqn. 3; `udp`: a UDP checksum, whose 0 means none).
+///
+/// The same checksums as [`apply`] and [`udp_apply`] with [`delta4`], on fewer instructions:
+/// everything is read and written in native byte order, with no swap (a one's-complement sum
+/// of byte-swapped words is the byte-swapped sum, RFC 1071 §2(B), and 0 and 0xffff are their
+/// own swaps), and the sums are 32-bit one's-complement additions ([`add32`]) folded once at
+/// the end.
+#[inline(always)]
+pub fn nat4_rewrite<const N: usize>(
+    h: &mut [u8; N],
+    addr_at: usize,
+    new_addr: [u8; 4],
+    port_at: usize,
+    new_port: [u8; 2],
+    (ip_checksum_at, l4_checksum_at, udp): (usize, usize, bool),
+) {
+    let ne16 = |h: &[u8; N], at: usize| u32::from(u16::from_ne_bytes([h[at], h[at + 1]]));
+    let old = u32::from_ne_bytes([h[addr_at], h[addr_at + 1], h[addr_at + 2], h[addr_at + 3]]);
+    let addr = add32(!old, u32::from_ne_bytes(new_addr));
+    let port = (ne16(h, port_at) ^ 0xffff) + u32::from(u16::from_ne_bytes(new_port));
+    let ip = !fold32(add32(addr, ne16(h, ip_checksum_at) ^ 0xffff));
+    let c = ne16(h, l4_checksum_at);
+    let l4 = !fold32(add32(addr, port + (c ^ 0xffff)));
+    // Over UDP a 0 means "no checksum" and stays 0; a computed 0 is sent as 0xffff (RFC 768).
+    let l4 = match (udp, c, l4) {
+        (true, 0, _) => 0,
+        (true, _, 0) => 0xffff,
+        _ => l4,
+    };
+    h[addr_at..addr_at + 4].copy_from_slice(&new_addr);
+    h[port_at..port_at + 2].copy_from_slice(&new_port);
+    h[ip_checksum_at..ip_checksum_at + 2].copy_from_slice(&ip.to_ne_bytes());
+    h[l4_checksum_at..l4_checksum_at + 2].copy_from_slice(&l4.to_ne_bytes());
+}
+
+/// One's-complement addition of 32-bit values (the carry out added back in: `add`, `adc`):
+/// congruent to the sum of their 16-bit words modulo 0xffff (2^16 and 2^32 are both 1), and
+/// 0 only when both are.
+#[inline(always)]
+pub fn add32(a: u32, b: u32) -> u32 {
+    let (s, carry) = a.overflowing_add(b);
+    s + u32::from(carry)
+}
+
+/// Folds a 32-bit one's-complement value to 16 bits: the same number as [`fold`] (the
+/// second step's high half needs no mask, it is cut off).
+#[inline(always)]
+fn fold32(s: u32) -> u16 {
+    let s = (s & 0xffff) + (s >> 16);
+    (s + (s >> 16)) as u16
+}
+
 /// A UDP checksum after an update: over IPv4 a 0 means "no checksum" and must stay 0 (there
 /// is nothing to update); a computed 0 is sent as 0xffff (RFC 768).
 #[inline]
@@ -223,6 +278,62 @@ mod tests {
                         udp_apply(c, delta16(&old, &new)),
                         udp_apply(c, delta(&old, &new))
                     );
+                }
+            }
+        }
+    }
+
+    /// What [`nat4_rewrite`] must give: the general updates, in wire order.
+    fn nat4_reference(
+        h: &mut [u8; 54],
+        addr_at: usize,
+        new_addr: [u8; 4],
+        port_at: usize,
+        new_port: [u8; 2],
+        at: (usize, usize, bool),
+    ) {
+        let old: [u8; 4] = h[addr_at..addr_at + 4].try_into().unwrap();
+        let old_port = u16::from_be_bytes([h[port_at], h[port_at + 1]]);
+        let d = delta4(old, new_addr);
+        let be = |h: &[u8; 54], i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+        let ip = apply(be(h, at.0), d);
+        let d4 = d + u32::from(!old_port) + u32::from(u16::from_be_bytes(new_port));
+        let l4 = if at.2 {
+            udp_apply(be(h, at.1), d4)
+        } else {
+            apply(be(h, at.1), d4)
+        };
+        h[addr_at..addr_at + 4].copy_from_slice(&new_addr);
+        h[port_at..port_at + 2].copy_from_slice(&new_port);
+        h[at.0..at.0 + 2].copy_from_slice(&ip.to_be_bytes());
+        h[at.1..at.1 + 2].copy_from_slice(&l4.to_be_bytes());
+    }
+
+    #[test]
+    fn nat4_rewrite_equals_the_general_updates_at_the_edges() {
+        // All-zero and all-one words and checksums: where the two zeros of one's complement
+        // and UDP's "no checksum" differ. Offsets of a TCP and a UDP packet's destination.
+        let words = [[0u8; 4], [0xff; 4], [0, 0, 0, 1], [0xff, 0xff, 0, 0]];
+        let ports = [[0u8; 2], [0xff; 2], [0, 1]];
+        let sums = [[0u8; 2], [0xff; 2], [0, 1], [0xff, 0xfe]];
+        for udp in [false, true] {
+            let at = (24, if udp { 40 } else { 50 }, udp);
+            for (old, new) in words.iter().flat_map(|o| words.iter().map(move |n| (o, n))) {
+                for (op, np) in ports.iter().flat_map(|o| ports.iter().map(move |n| (o, n))) {
+                    for (ip, l4) in sums.iter().flat_map(|i| sums.iter().map(move |l| (i, l))) {
+                        let mut h = [0x5au8; 54];
+                        h[30..34].copy_from_slice(old);
+                        h[36..38].copy_from_slice(op);
+                        h[at.0..at.0 + 2].copy_from_slice(ip);
+                        h[at.1..at.1 + 2].copy_from_slice(l4);
+                        let mut want = h;
+                        nat4_reference(&mut want, 30, *new, 36, *np, at);
+                        nat4_rewrite(&mut h, 30, *new, 36, *np, at);
+                        assert_eq!(
+                            h, want,
+                            "old {old:?} new {new:?} ports {op:?} {np:?} sums {ip:?} {l4:?} udp {udp}"
+                        );
+                    }
                 }
             }
         }
@@ -310,6 +421,29 @@ mod tests {
             let inc = update(c, &old, &new_dst);
             let full = ipv4_header(&h);
             prop_assert!(inc == full || (inc | full) == 0xffff && (inc & full) == 0);
+        }
+
+        #[test]
+        fn nat4_rewrite_equals_the_general_updates(
+            h in any::<[u8; 54]>(),
+            new_addr in any::<[u8; 4]>(),
+            new_port in any::<[u8; 2]>(),
+            udp in any::<bool>(),
+            zero in any::<bool>(),
+            source in any::<bool>(),
+        ) {
+            let mut h = h;
+            // The destination and its port, or the source and its port (a reply).
+            let (addr_at, port_at) = if source { (26, 34) } else { (30, 36) };
+            let at = (24, if udp { 40 } else { 50 }, udp);
+            if zero && udp {
+                h[40] = 0;
+                h[41] = 0;
+            }
+            let mut want = h;
+            nat4_reference(&mut want, addr_at, new_addr, port_at, new_port, at);
+            nat4_rewrite(&mut h, addr_at, new_addr, port_at, new_port, at);
+            prop_assert_eq!(h, want);
         }
     }
 }

@@ -234,6 +234,17 @@ pub struct Route {
     pub on_link: bool,
     /// The egress interface's first address of the same family (a tunnel's outer source).
     pub tunnel_src: Option<IpAddr>,
+    /// `dst_mac` then `src_mac`, the first 12 bytes of a frame sent this way, for the fast
+    /// paths to write in two stores (the first six are zero while `dst_mac` is None).
+    pub macs: [u8; 12],
+}
+
+/// [`Route::macs`] of a next hop's MAC and the interface's.
+fn route_macs(dst: Option<MacAddr>, src: MacAddr) -> [u8; 12] {
+    let mut m = [0; 12];
+    m[..6].copy_from_slice(&dst.unwrap_or(MacAddr([0; 6])).0);
+    m[6..].copy_from_slice(&src.0);
+    m
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,14 +585,16 @@ impl Snapshot {
     pub fn route(&self, dst: IpAddr) -> Option<Route> {
         let (interface, next_hop) = self.next_hop(dst)?;
         let itf = &self.interfaces[interface as usize];
+        let dst_mac = self.neighbor(next_hop);
         Some(Route {
             interface,
             next_hop,
-            dst_mac: self.neighbor(next_hop),
+            dst_mac,
             failed: self.failed.contains(&addr_bytes(next_hop)),
             src_mac: itf.mac,
             on_link: next_hop == dst,
             tunnel_src: self.interface_address(interface, dst),
+            macs: route_macs(dst_mac, itf.mac),
         })
     }
 
@@ -604,14 +617,18 @@ impl Snapshot {
     /// What [`route`](Snapshot::route) answers for an address of prefix `p` (routed via
     /// `via`) that is not on link.
     fn gateway_of(&self, p: &IpPrefix, via: IpAddr) -> Option<Route> {
-        self.on_link(via).map(|interface| Route {
-            interface,
-            next_hop: via,
-            dst_mac: self.neighbor(via),
-            failed: self.failed.contains(&addr_bytes(via)),
-            src_mac: self.interfaces[interface as usize].mac,
-            on_link: false,
-            tunnel_src: self.interface_address(interface, p.addr),
+        self.on_link(via).map(|interface| {
+            let (dst_mac, src_mac) = (self.neighbor(via), self.interfaces[interface as usize].mac);
+            Route {
+                interface,
+                next_hop: via,
+                dst_mac,
+                failed: self.failed.contains(&addr_bytes(via)),
+                src_mac,
+                on_link: false,
+                tunnel_src: self.interface_address(interface, p.addr),
+                macs: route_macs(dst_mac, src_mac),
+            }
         })
     }
 

@@ -167,6 +167,16 @@ pub(super) fn next_hop_mac(route: &Route, events: &NeighborEvents) -> Result<Mac
     })
 }
 
+/// [`next_hop_mac`] as the frame's first 12 bytes, the next hop's MAC and the interface's
+/// ([`Route::macs`]), for the fast paths.
+#[inline(always)]
+pub(super) fn next_hop_macs<'r>(
+    route: &'r Route,
+    events: &NeighborEvents,
+) -> Result<&'r [u8; 12], DropReason> {
+    next_hop_mac(route, events).map(|_| &route.macs)
+}
+
 /// Sets the Ethernet header for a resolved route and says where to send.
 #[inline(always)]
 fn send_via(
