@@ -59,11 +59,13 @@ pub fn internet(data: &[u8]) -> u16 {
 /// (RFC 1071 §2(B)). The general `sum` costs four times as many instructions here.
 ///
 /// The words are summed in native byte order: a one's-complement sum of byte-swapped words is
-/// the byte-swapped sum (RFC 1071 §2(B)), and 0xffff is its own swap.
+/// the byte-swapped sum (RFC 1071 §2(B)), and 0xffff is its own swap. They are added as 32-bit
+/// one's-complement numbers ([`add32`]: `add` and `adc`), folded once.
 #[inline(always)]
 pub fn ipv4_header20_ok(h: &[u8; 20]) -> bool {
-    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    fold64(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
+    let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let s = add32(add32(add32(add32(w(0), w(4)), w(8)), w(12)), w(16));
+    fold32(s) == 0xffff
 }
 
 /// The IPv4 header checksum; the header's own checksum field must be zero.

@@ -139,12 +139,10 @@ pub fn process_hinted<P: PacketBuf>(
     } else {
         fast::established_v4(pkt, ingress, snap, w, now, hint)
     };
-    let no_flow = match fast {
-        fast::Fast::Done(a) => return a,
-        fast::Fast::NoFlow => true,
-        fast::Fast::Other => false,
-    };
-    general(pkt, ingress, snap, w, now, no_flow)
+    match fast {
+        Ok(a) => a,
+        Err(why) => general(pkt, ingress, snap, w, now, why == fast::Fast::NoFlow),
+    }
 }
 
 const ETHERTYPE_IPV6_BYTES: [u8; 2] = crate::wire::ethernet::ETHERTYPE_IPV6.to_be_bytes();
