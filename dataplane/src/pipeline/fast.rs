@@ -188,7 +188,7 @@ fn nat_reply_v4(
     w.flows.touch(slot, tcp_flags, now);
     let f = w.flows.get(slot);
     let (service, backend, vip, vip_port) = (f.service, f.backend, f.key.vip, f.key.vip_port);
-    // The rewrite of `established_v4_inner` on the source's offsets.
+    // The rewrite of `established_v4` on the source's offsets.
     checksum::nat4_rewrite(
         h,
         L3 + ipv4::field::SRC,
@@ -218,28 +218,6 @@ pub(super) enum Fast {
     NoFlow,
     /// Anything else: the general path decides from scratch.
     Other,
-}
-
-/// The packet a load balancer sees most: an untagged IPv4 TCP or UDP packet without options,
-/// to our MAC, of a live flow of a live service. Its checks are the general path's, on a
-/// straight line and without building what that case does not need; the forwarding is the
-/// general path's own. Anything else, or any doubt (a bad checksum, no flow or an expired one,
-/// its service gone), returns before anything is changed, and the general path decides.
-/// `fuzz::fast_path_equals_general_path` holds the two to the same results.
-///
-/// Its answer is a `Result` with nothing in the error but why, so that a packet the fast
-/// path forwarded costs one compare of the answer's tag (a `Fast` that also carried the
-/// `Action` cost seven instructions to take apart).
-#[inline(always)]
-pub(super) fn established_v4<P: PacketBuf>(
-    pkt: &mut P,
-    ingress: u16,
-    snap: &Snapshot,
-    w: &mut WorkerState,
-    now: u32,
-    hint: Option<Warmed>,
-) -> Result<Action, Fast> {
-    established_v4_inner(pkt, ingress, snap, w, now, hint)
 }
 
 /// The flow in `slot`, found for `key`, if the general path would forward the packet on it:
@@ -277,8 +255,18 @@ fn live_flow<'s>(
 /// 20 bytes of a TCP header (a UDP packet this short takes the general path).
 const FAST_HEAD: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + 20;
 
+/// The packet a load balancer sees most: an untagged IPv4 TCP or UDP packet without options,
+/// to our MAC, of a live flow of a live service. Its checks are the general path's, on a
+/// straight line and without building what that case does not need; the forwarding is the
+/// general path's own. Anything else, or any doubt (a bad checksum, no flow or an expired one,
+/// its service gone), returns before anything is changed, and the general path decides.
+/// `fuzz::fast_path_equals_general_path` holds the two to the same results.
+///
+/// Its answer is a `Result` with nothing in the error but why, so that a packet the fast
+/// path forwarded costs one compare of the answer's tag (a `Fast` that also carried the
+/// `Action` cost seven instructions to take apart).
 #[inline(always)]
-fn established_v4_inner<P: PacketBuf>(
+pub(super) fn established_v4<P: PacketBuf>(
     pkt: &mut P,
     ingress: u16,
     snap: &Snapshot,
@@ -539,18 +527,6 @@ const FAST_HEAD6: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + 8;
 /// modes take the general forwarding; anything else returns before anything is changed.
 #[inline(never)]
 pub(super) fn established_v6<P: PacketBuf>(
-    pkt: &mut P,
-    ingress: u16,
-    snap: &Snapshot,
-    w: &mut WorkerState,
-    now: u32,
-    hint: Option<Warmed>,
-) -> Result<Action, Fast> {
-    established_v6_inner(pkt, ingress, snap, w, now, hint)
-}
-
-#[inline(always)]
-fn established_v6_inner<P: PacketBuf>(
     pkt: &mut P,
     ingress: u16,
     snap: &Snapshot,
