@@ -456,6 +456,17 @@ impl FlowTable {
         self.len() == 0
     }
 
+    /// `len() >= capacity`, without adding up the lists: every slab entry is a flow when none
+    /// is free and the slab has reached its capacity (it only grows when none is free).
+    #[inline(always)]
+    fn is_full(&self) -> bool {
+        debug_assert_eq!(
+            self.free == NIL && self.slots.len() >= self.capacity as usize,
+            self.len() >= self.capacity as usize
+        );
+        self.free == NIL && self.slots.len() >= self.capacity as usize
+    }
+
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -513,7 +524,13 @@ impl FlowTable {
     /// The live flow for `key`; an expired one is removed and not returned.
     #[inline(always)]
     pub fn lookup(&mut self, key: &FlowKey, now: u32) -> Option<u32> {
-        let slot = self.find(key)?;
+        self.lookup_hashed(key, self.hash_of(key), now)
+    }
+
+    /// [`lookup`](Self::lookup) of a key whose [`hash_of`](Self::hash_of) is `hash`.
+    #[inline(always)]
+    pub fn lookup_hashed(&mut self, key: &FlowKey, hash: u64, now: u32) -> Option<u32> {
+        let slot = self.find_hashed(key, hash)?;
         if self.expired(&self.slots[slot as usize], now) {
             self.remove(slot);
             self.stats.expired += 1;
@@ -752,16 +769,16 @@ impl FlowTable {
             updated = true;
         }
         if self.lists[SYNCED_LIST].len >= self.max_synced
-            || self.len() as u32 >= self.capacity && self.lists[SYNCED_LIST].head != NIL
+            || self.is_full() && self.lists[SYNCED_LIST].head != NIL
         {
             let oldest = self.lists[SYNCED_LIST].head;
             self.evict(oldest, now);
         }
-        if self.len() as u32 >= self.capacity {
+        if self.is_full() {
             self.stats.sync_full += 1;
             return Installed::Full;
         }
-        self.place(new, now, SYNCED);
+        self.place(new, self.hash_of(&new.key), now, SYNCED);
         if updated {
             self.stats.sync_updated += 1;
             Installed::Updated
@@ -771,9 +788,9 @@ impl FlowTable {
         }
     }
 
-    /// Puts a flow in the slab, the index (and the reply index, NAT) and at the tail of its
-    /// list; counts nothing.
-    fn place(&mut self, new: NewFlow, now: u32, flags: u8) -> u32 {
+    /// Puts a flow in the slab, the index (under `hash`, its key's [`hash_of`](Self::hash_of);
+    /// and the reply index, NAT) and at the tail of its list; counts nothing.
+    fn place(&mut self, new: NewFlow, hash: u64, now: u32, flags: u8) -> u32 {
         self.endpoints[new.backend.0 as usize] = new.endpoint;
         let flow = Flow {
             key: new.key,
@@ -797,9 +814,9 @@ impl FlowTable {
             self.slots.push(flow);
             (self.slots.len() - 1) as u32
         };
-        let h = self.hash_of(&new.key);
+        debug_assert_eq!(hash, self.hash_of(&new.key), "the hash of this key");
         // Sized for the capacity, which `len` never exceeds: there is always room.
-        let added = self.index.insert(h, slot);
+        let added = self.index.insert(hash, slot);
         debug_assert!(added);
         if new.nat {
             let rk = self.reply_key_of(&self.slots[slot as usize]);
@@ -813,14 +830,20 @@ impl FlowTable {
     /// Adds a flow (the key must not be in the table). When full, the entry the eviction order
     /// names goes first. `nat` flows are also found by their replies.
     pub fn insert(&mut self, new: NewFlow, now: u32) -> Result<u32, InsertError> {
+        self.insert_hashed(new, self.hash_of(&new.key), now)
+    }
+
+    /// [`insert`](Self::insert) of a flow whose key's [`hash_of`](Self::hash_of) is `hash`,
+    /// computed already (by the lookup that found no flow).
+    pub fn insert_hashed(&mut self, new: NewFlow, hash: u64, now: u32) -> Result<u32, InsertError> {
         let (backend, state, template) = (new.backend, new.state, new.template);
         if backend.0 as usize >= self.conns.len() {
             return Err(InsertError::BackendIdTooLarge);
         }
-        if self.len() as u32 >= self.capacity {
+        if self.is_full() {
             self.evict_one(now);
         }
-        let slot = self.place(new, now, 0);
+        let slot = self.place(new, hash, now, 0);
         self.count_in(backend, state);
         self.bind(backend, true);
         self.clock = self.clock.max(now);

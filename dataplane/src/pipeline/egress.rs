@@ -184,8 +184,8 @@ fn send_via(
     route: &Route,
     events: &NeighborEvents,
 ) -> Result<Action, DropReason> {
-    let dst_mac = next_hop_mac(route, events)?;
-    forward::set_l2(frame, dst_mac, route.src_mac);
+    let macs = next_hop_macs(route, events)?;
+    frame[..12].copy_from_slice(macs);
     Ok(Action::Forward {
         interface: route.interface,
     })

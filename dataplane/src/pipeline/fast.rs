@@ -336,12 +336,12 @@ pub(super) fn established_v4<P: PacketBuf>(
         );
     }
     let key = ipv4_flow_key(ip, h[L4..L4 + 4].try_into().expect("4 bytes"));
-    let found = match hint {
-        Some(Warmed::Flow(hash)) => w.flows.find_hashed(&key, hash),
-        _ => w.flows.find(&key),
+    let hash = match hint {
+        Some(Warmed::Flow(hash)) => hash,
+        _ => w.flows.hash_of(&key),
     };
-    let Some(slot) = found else {
-        return new_flow_v4(pkt, ingress, snap, w, now);
+    let Some(slot) = w.flows.find_hashed(&key, hash) else {
+        return new_flow_v4(pkt, ingress, snap, w, now, hash);
     };
     let (svc, backend) = live_flow(slot, &key, tcp_flags, snap, w, now)?;
     // Decided: from here on it is what the general path does with a live flow of a live
@@ -652,7 +652,8 @@ pub(super) fn established_v6<P: PacketBuf>(
 /// would parse it again to find what is known here (its headers are sound, it is a TCP or UDP
 /// packet to a VIP, the table has no flow for it), so the service is looked up and the new
 /// flow made by the general path's own `flow::new_flow`. A VIP without the service returns
-/// [`Fast::NoFlow`] (the general path answers it, a closed port say).
+/// [`Fast::NoFlow`] (the general path answers it, a closed port say). `hash` is the lookup's
+/// hash of the flow key, for the insert.
 #[inline(never)]
 fn new_flow_v4<P: PacketBuf>(
     pkt: &mut P,
@@ -660,6 +661,7 @@ fn new_flow_v4<P: PacketBuf>(
     snap: &Snapshot,
     w: &mut WorkerState,
     now: u32,
+    hash: u64,
 ) -> Result<Action, Fast> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
@@ -706,7 +708,7 @@ fn new_flow_v4<P: PacketBuf>(
         ingress,
         now,
     };
-    Ok(super::flow::new_flow(pkt, &mut cx, &p, &l4, key, svc).unwrap_or_else(Action::Drop))
+    Ok(super::flow::new_flow(pkt, &mut cx, &p, &l4, key, hash, svc).unwrap_or_else(Action::Drop))
 }
 
 /// [`nat_reply_v4`] for IPv6: the reply of an established NAT flow, from an IPv6 backend to a

@@ -10,7 +10,7 @@
 use super::{Action, Ctx, Ip, L4, egress, flow_owner};
 use crate::drop_reason::DropReason;
 use crate::flow::persist::TemplateKey;
-use crate::flow::{Endpoint, FlowKey, FlowState, NewFlow, NoFlow};
+use crate::flow::{FlowKey, FlowState, NewFlow, NoFlow};
 use crate::packet::PacketBuf;
 use crate::sched::PickInput;
 use crate::service::ForwardingMode;
@@ -38,9 +38,11 @@ pub(super) fn to_vip<P: PacketBuf>(
         vip_port: l4.dport,
         protocol: ip.proto,
     };
+    // Hashed once, for the lookup and for a new flow's insert.
+    let hash = cx.w.flows.hash_of(&key);
     // The common case first: an established flow names its service, so one lookup does.
     if let Some(slot) = (!no_flow)
-        .then(|| cx.w.flows.lookup(&key, cx.now))
+        .then(|| cx.w.flows.lookup_hashed(&key, hash, cx.now))
         .flatten()
     {
         let (service, backend, state) = {
@@ -68,7 +70,7 @@ pub(super) fn to_vip<P: PacketBuf>(
         port: l4.dport,
     };
     let svc = cx.snap.service(&skey)?;
-    Some(new_flow(pkt, cx, p, l4, key, svc))
+    Some(new_flow(pkt, cx, p, l4, key, hash, svc))
 }
 
 /// A segment with these `flags` on a flow in `state` opens a new connection on its tuple: a SYN
@@ -79,6 +81,7 @@ pub(super) fn reuses_tuple(flags: u8, state: FlowState) -> bool {
 }
 
 /// Client to VIP, first packet of a flow: the scheduler picks a backend and the flow is kept.
+/// `hash` is the flow table's [`hash_of`](crate::flow::FlowTable::hash_of) `key`.
 #[inline(always)]
 pub(super) fn new_flow<P: PacketBuf>(
     pkt: &mut P,
@@ -86,6 +89,7 @@ pub(super) fn new_flow<P: PacketBuf>(
     p: &Ip,
     l4: &L4,
     key: FlowKey,
+    hash: u64,
     svc: &Service,
 ) -> Result<Action, DropReason> {
     if cx.snap.is_martian_source(&p.ip.src, p.ip.v6) {
@@ -149,11 +153,9 @@ pub(super) fn new_flow<P: PacketBuf>(
             cursor,
         )
     };
-    let b = &svc.config.backends[pick.ok_or(DropReason::NoBackend)?];
-    let endpoint = Endpoint {
-        addr: crate::flow::addr_bytes(b.address),
-        port: b.port,
-    };
+    let pick = pick.ok_or(DropReason::NoBackend)?;
+    let b = &svc.config.backends[pick];
+    let endpoint = svc.endpoints[pick];
     if state == FlowState::Udp && svc.config.options.one_packet {
         w.flows.set_endpoint(b.id, endpoint);
         // Scheduled on its own; no flow is kept (NAT replies find the service by their
@@ -175,7 +177,7 @@ pub(super) fn new_flow<P: PacketBuf>(
         template,
     };
     w.flows
-        .insert(new, cx.now)
+        .insert_hashed(new, hash, cx.now)
         .map_err(|_| DropReason::FlowInsertFailed)?;
     if let Some((s, c)) = w.traffic.of(svc.config.id, b.id) {
         s.new_flows.add(1);
