@@ -34,6 +34,10 @@ pub fn stable_hash(seed: u64, bytes: &[u8]) -> u64 {
 /// with its own lane constant and mixed by fmix64, the five results XORed with `seed`, and
 /// mixed once more. The five mixes are independent of each other, so the CPU runs them side by
 /// side: a fifth of the time of FNV over the 37 bytes, which new flows paid on every packet.
+///
+/// A word that is zero mixes to a constant, known here at compile time: the first eight bytes
+/// of an IPv4 address's 16-byte form are zero, so an IPv4 flow's key costs three mixes, not
+/// five (the same value: a shortcut, not another hash).
 #[inline]
 pub fn stable_hash_words(seed: u64, words: [u64; 5]) -> u64 {
     const LANES: [u64; 5] = [
@@ -43,16 +47,20 @@ pub fn stable_hash_words(seed: u64, words: [u64; 5]) -> u64 {
         0xd6e8_feb8_6659_fd93,
         0xa076_1d64_78bd_642f,
     ];
+    const ZERO_MIXED: [u64; 2] = [fmix64(LANES[0]), fmix64(LANES[2])];
+    let mix_or_zero = |w: u64, lane: u64, zero: u64| if w == 0 { zero } else { fmix64(w ^ lane) };
     let mut h = seed;
-    for (w, lane) in words.into_iter().zip(LANES) {
-        h ^= fmix64(w ^ lane);
-    }
+    h ^= mix_or_zero(words[0], LANES[0], ZERO_MIXED[0]);
+    h ^= fmix64(words[1] ^ LANES[1]);
+    h ^= mix_or_zero(words[2], LANES[2], ZERO_MIXED[1]);
+    h ^= fmix64(words[3] ^ LANES[3]);
+    h ^= fmix64(words[4] ^ LANES[4]);
     fmix64(h)
 }
 
 /// MurmurHash3's fmix64.
 #[inline]
-pub fn fmix64(mut k: u64) -> u64 {
+pub const fn fmix64(mut k: u64) -> u64 {
     k ^= k >> 33;
     k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
     k ^= k >> 33;
@@ -78,6 +86,29 @@ mod tests {
             stable_hash(seed::MAGLEV_OFFSET, b"web-1"),
             stable_hash(seed::MAGLEV_SKIP, b"web-1")
         );
+    }
+
+    proptest::proptest! {
+        /// The shortcut for zero words gives the definition's value: each word mixed with its
+        /// lane, XORed, mixed again. Words are zero half the time.
+        #[test]
+        fn the_words_hash_is_its_definition(
+            seed: u64,
+            words in proptest::array::uniform5(proptest::prop_oneof![proptest::strategy::Just(0u64), proptest::num::u64::ANY]),
+        ) {
+            const LANES: [u64; 5] = [
+                0x9e37_79b9_7f4a_7c15,
+                0xbf58_476d_1ce4_e5b9,
+                0x94d0_49bb_1331_11eb,
+                0xd6e8_feb8_6659_fd93,
+                0xa076_1d64_78bd_642f,
+            ];
+            let mut h = seed;
+            for (w, lane) in words.into_iter().zip(LANES) {
+                h ^= fmix64(w ^ lane);
+            }
+            proptest::prop_assert_eq!(stable_hash_words(seed, words), fmix64(h));
+        }
     }
 
     #[test]
