@@ -678,12 +678,13 @@ fn new_flow_v4<P: PacketBuf>(
     );
     let total = usize::from(u16::from_be_bytes([h[L3 + 2], h[L3 + 3]]));
     let tcp_flags = (key.protocol == ipv4::PROTO_TCP).then_some(h[L4 + 13]);
-    // From the header's bytes, not from `key`: read back out of the key in memory, the VIP's
-    // 16 bytes waited on the narrower stores that had built it (store forwarding fails).
+    // From the header's bytes and as one number (`mapped_wide`), not from `key`: read back
+    // out of the key in memory, the VIP's words waited on the narrower stores that had built
+    // it (store forwarding fails).
     let svc = snap
         .service(&crate::snapshot::ServiceKey {
             protocol: h[L3 + 9],
-            vip: addr::mapped(h[L3 + 16..L3 + 20].try_into().expect("4 bytes")),
+            vip: addr::mapped_wide(h[L3 + 16..L3 + 20].try_into().expect("4 bytes")),
             port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
         })
         .ok_or(Fast::NoFlow)?;
