@@ -285,9 +285,11 @@ impl ServiceTable {
     /// The home slot: one 64x64->128 multiply of the folded words, its top bits.
     #[inline(always)]
     fn home(&self, w: &[u64; 3]) -> usize {
-        let p = u128::from(w[0] ^ w[1].rotate_left(29) ^ 0x243f_6a88_85a3_08d3)
-            * u128::from(w[2] ^ w[1] ^ 0x1319_8a2e_0370_7344);
-        (((p as u64) ^ (p >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+        let f = crate::flow::folded_multiply(
+            w[0] ^ w[1].rotate_left(29) ^ 0x243f_6a88_85a3_08d3,
+            w[2] ^ w[1] ^ 0x1319_8a2e_0370_7344,
+        );
+        (f.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
     }
 
     fn new(keys: impl ExactSizeIterator<Item = ServiceKey>) -> ServiceTable {

@@ -41,8 +41,10 @@ pub struct KeyHasher {
     k: [u64; 4],
 }
 
+/// The 128-bit product of `a` and `b`, its halves XORed (also the snapshot's service table's
+/// hash).
 #[inline(always)]
-fn folded_multiply(a: u64, b: u64) -> u64 {
+pub(crate) fn folded_multiply(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ (p >> 64) as u64
 }
