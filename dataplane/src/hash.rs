@@ -29,6 +29,15 @@ pub fn stable_hash(seed: u64, bytes: &[u8]) -> u64 {
     fmix64(h)
 }
 
+/// [`stable_hash_words`]' constant per word.
+const LANES: [u64; 5] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xbf58_476d_1ce4_e5b9,
+    0x94d0_49bb_1331_11eb,
+    0xd6e8_feb8_6659_fd93,
+    0xa076_1d64_78bd_642f,
+];
+
 /// The stable hash of a flow's five words (client address as two big-endian words, VIP
 /// address likewise, then `client_port << 24 | vip_port << 8 | protocol`): each word XORed
 /// with its own lane constant and mixed by fmix64, the five results XORed with `seed`, and
@@ -40,13 +49,6 @@ pub fn stable_hash(seed: u64, bytes: &[u8]) -> u64 {
 /// five (the same value: a shortcut, not another hash).
 #[inline]
 pub fn stable_hash_words(seed: u64, words: [u64; 5]) -> u64 {
-    const LANES: [u64; 5] = [
-        0x9e37_79b9_7f4a_7c15,
-        0xbf58_476d_1ce4_e5b9,
-        0x94d0_49bb_1331_11eb,
-        0xd6e8_feb8_6659_fd93,
-        0xa076_1d64_78bd_642f,
-    ];
     const ZERO_MIXED: [u64; 2] = [fmix64(LANES[0]), fmix64(LANES[2])];
     let mix_or_zero = |w: u64, lane: u64, zero: u64| if w == 0 { zero } else { fmix64(w ^ lane) };
     let mut h = seed;
@@ -96,13 +98,6 @@ mod tests {
             seed: u64,
             words in proptest::array::uniform5(proptest::prop_oneof![proptest::strategy::Just(0u64), proptest::num::u64::ANY]),
         ) {
-            const LANES: [u64; 5] = [
-                0x9e37_79b9_7f4a_7c15,
-                0xbf58_476d_1ce4_e5b9,
-                0x94d0_49bb_1331_11eb,
-                0xd6e8_feb8_6659_fd93,
-                0xa076_1d64_78bd_642f,
-            ];
             let mut h = seed;
             for (w, lane) in words.into_iter().zip(LANES) {
                 h ^= fmix64(w ^ lane);
